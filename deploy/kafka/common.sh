@@ -1,0 +1,36 @@
+# Shared settings for deploy/kafka/*.sh (sourced, not executed).
+# Every value can be overridden from the environment.
+
+KAFKA_DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# Pinned Apache Kafka release; keep in sync with <kafka.version> in pom.xml.
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"
+
+NOTIFGUARD_CACHE="${NOTIFGUARD_CACHE:-${HOME:-/root}/.cache/notifguard}"
+KAFKA_LIBS="${KAFKA_LIBS:-$NOTIFGUARD_CACHE/kafka-$KAFKA_VERSION/libs}"
+KAFKA_DATA="${NOTIFGUARD_KAFKA_DATA:-$NOTIFGUARD_CACHE/kafka-data}"
+
+KAFKA_HOST="${KAFKA_HOST:-127.0.0.1}"
+KAFKA_PORT="${KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
+
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
+KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+
+KAFKA_PID_FILE="$KAFKA_DATA/broker.pid"
+KAFKA_LOG_DIR="$KAFKA_DATA/logs"          # log4j output (server.log, stdout.log)
+KAFKA_STORAGE_DIR="$KAFKA_DATA/kraft"     # log.dirs: topic partitions + __cluster_metadata
+KAFKA_CONFIG="$KAFKA_DATA/server.properties"
+
+# Prints the pid from the pid file if that process is alive and is a Kafka broker.
+kafka_running_pid() {
+    local pid
+    [[ -f "$KAFKA_PID_FILE" ]] || return 1
+    pid="$(cat "$KAFKA_PID_FILE" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'kafka\.Kafka' || return 1
+    echo "$pid"
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Starts a single-node Apache Kafka broker (KRaft, broker+controller) on 127.0.0.1,
+# no Docker: the broker jars come from fetch.sh, the JVM runs in the background.
+#
+#   deploy/kafka/start.sh        -> prints "kafka ... up: bootstrap 127.0.0.1:19092 ..."
+#
+# Idempotent: a broker started by this script that still answers is reused.
+# Environment (defaults in common.sh): KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093),
+# NOTIFGUARD_KAFKA_DATA (data dir), NOTIFGUARD_CACHE, KAFKA_VERSION, KAFKA_HEAP_OPTS,
+# KAFKA_START_TIMEOUT (60 s). Logs: <data>/logs/server.log. Stop with stop.sh.
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
+
+PYTHON="${PYTHON:-python3}"
+t0=$SECONDS
+
+ping_broker() { "$PYTHON" "$KAFKA_DEPLOY_DIR/ping.py" "$KAFKA_BOOTSTRAP" 2; }
+
+fail() {
+    echo "start.sh: $*" >&2
+    for f in "$KAFKA_LOG_DIR/stdout.log" "$KAFKA_LOG_DIR/server.log"; do
+        if [[ -s "$f" ]]; then
+            echo "--- last lines of $f" >&2
+            grep -E 'ERROR|FATAL|Exception' "$f" | tail -n 15 >&2 || tail -n 15 "$f" >&2
+        fi
+    done
+    echo "(if the data dir is from an incompatible run: $KAFKA_DEPLOY_DIR/stop.sh --wipe)" >&2
+    exit 1
+}
+
+# Waits until the broker answers, or its process dies, or the timeout passes.
+wait_ready() {
+    local pid="$1" deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        # (kafka_running_pid, not kill -0: a dead child stays a zombie of this shell)
+        kafka_running_pid >/dev/null || fail "broker process $pid exited during startup"
+        ping_broker && return 0
+        sleep 0.5
+    done
+    fail "broker (pid $pid) did not answer on $KAFKA_BOOTSTRAP within ${KAFKA_START_TIMEOUT}s"
+}
+
+# 1. Reuse a broker this script started earlier.
+if pid="$(kafka_running_pid)"; then
+    wait_ready "$pid"
+    echo "kafka $KAFKA_VERSION already running: bootstrap $KAFKA_BOOTSTRAP (pid $pid, data $KAFKA_DATA)"
+    exit 0
+fi
+rm -f "$KAFKA_PID_FILE"
+
+for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    if (exec 3<>"/dev/tcp/$KAFKA_HOST/$port") 2>/dev/null; then
+        fail "port $KAFKA_HOST:$port is already in use by a process not started by this script"
+    fi
+done
+
+command -v java >/dev/null 2>&1 || fail "java not found (need Java 17+)"
+
+# 2. Broker jars (no network when cached).
+fetch_out="$("$KAFKA_DEPLOY_DIR/fetch.sh" 2>&1)" || { echo "$fetch_out" >&2; exit 1; }
+
+mkdir -p "$KAFKA_LOG_DIR" "$KAFKA_STORAGE_DIR"
+
+# 3. Broker config, rewritten on every start so port/env changes apply.
+cat >"$KAFKA_CONFIG" <<PROPS
+# Written by deploy/kafka/start.sh; edits are overwritten on the next start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_STORAGE_DIR
+num.partitions=6
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=false
+delete.topic.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=24
+log.segment.bytes=67108864
+log.retention.check.interval.ms=60000
+PROPS
+
+JAVA_OPTS=(
+    $KAFKA_HEAP_OPTS
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+    -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$KAFKA_DEPLOY_DIR/log4j2.xml"
+    "-Dkafka.logs.dir=$KAFKA_LOG_DIR"
+    -cp "$KAFKA_LIBS/*"
+)
+
+# 4. Format KRaft storage once (meta.properties marks a formatted log dir).
+if [[ ! -f "$KAFKA_STORAGE_DIR/meta.properties" ]]; then
+    cluster_id="$(java "${JAVA_OPTS[@]}" kafka.tools.StorageTool random-uuid 2>"$KAFKA_LOG_DIR/format.log")" \
+        || { cat "$KAFKA_LOG_DIR/format.log" >&2; fail "StorageTool random-uuid failed"; }
+    java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONFIG" \
+        >>"$KAFKA_LOG_DIR/format.log" 2>&1 \
+        || { cat "$KAFKA_LOG_DIR/format.log" >&2; fail "StorageTool format failed"; }
+    echo "$KAFKA_VERSION" >"$KAFKA_DATA/formatted-by-kafka-version"
+fi
+
+# 5. Start the broker detached from this shell (own session, no tty, output to files).
+setsid java "${JAVA_OPTS[@]}" -Dkafka.broker.tag=notifguard kafka.Kafka "$KAFKA_CONFIG" \
+    </dev/null >"$KAFKA_LOG_DIR/stdout.log" 2>&1 &
+pid=$!
+echo "$pid" >"$KAFKA_PID_FILE"
+
+wait_ready "$pid"
+echo "kafka $KAFKA_VERSION up: bootstrap $KAFKA_BOOTSTRAP (pid $pid, data $KAFKA_DATA, $((SECONDS - t0))s)"

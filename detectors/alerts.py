@@ -1,0 +1,68 @@
+"""Alert records of the contract, their stable dedup keys and readable one-line summaries."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from detectors import kinds
+
+
+class Subject(msgspec.Struct, frozen=True):
+    msisdn_masked: str
+    msisdn_ref: str
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """One record on notifguard.alerts (docs/schemas/notifguard.alerts.json)."""
+
+    alert_id: str
+    dedup_key: str
+    kind: str
+    severity: str
+    event_time: str
+    detected_at: str
+    trigger_event_id: str
+    event_ids: list[str]
+    subject: Subject
+    brand: str | None
+    template: str | None
+    sender: str | None
+    summary: str
+    evidence: dict[str, Any]
+    late: bool
+    runbook_url: str
+    schema_version: int = 1
+
+
+def dedup_key(kind: str, trigger_event_id: str) -> str:
+    """Stable across replays and restarts: a function of kind and trigger event only."""
+    digest = hashlib.sha256(f"{kind}\n{trigger_event_id}".encode()).hexdigest()
+    return f"{kind}:{digest[:20]}"
+
+
+def unique(ids: list[str | None]) -> list[str]:
+    """Event ids in first-seen order, without gaps or repeats."""
+    seen: dict[str, None] = {}
+    for i in ids:
+        if i:
+            seen.setdefault(i, None)
+    return list(seen)
+
+
+def severity(kind: str) -> str:
+    return kinds.SEVERITY[kind]
+
+
+alert_encoder = msgspec.json.Encoder()
+alert_decoder = msgspec.json.Decoder(Alert)
+
+
+def encode_alert(alert: Alert) -> bytes:
+    return alert_encoder.encode(alert)
+
+
+def decode_alert(data: bytes | str) -> Alert:
+    return alert_decoder.decode(data)

@@ -1,0 +1,588 @@
+"""The detection engine: arrival, dedup, watermark and grace per partition, event-time release, verdicts.
+
+It is fed raw records (topic, partition, key, value) and an injected wall
+clock, and collects alerts, dead letters and verdicts for its caller to drain.
+The offline replay and the Kafka worker drive this same class.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from detectors import kinds
+from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.holdings import (
+    PORTS,
+    STARTS,
+    TYPE_CODES,
+    TYPE_NAMES,
+    Change,
+    Holding,
+    derive,
+)
+from detectors.patterns import count_in_window, re_port
+from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
+from detectors.records import (
+    CHANGE_CLASSES,
+    UNKNOWN_TOPIC,
+    BadRecord,
+    ContractChange,
+    Delivery,
+    InputRecord,
+    Outbound,
+    decode,
+)
+from detectors.settings import Settings
+from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
+from detectors.timefmt import rfc3339
+from detectors.verdicts import Verdict, judge
+
+# Tie order at one event_time (spec): contract changes, notifications, deliveries.
+CHANGE: Final = 0
+NOTIFICATION: Final = 1
+DELIVERY: Final = 2
+TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
+_CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
+_HOLDINGS_CACHE_MAX: Final = 100_000
+_CHANGE_CODE: Final[dict[type, int]] = {
+    cls: TYPE_CODES[str(cls.__struct_config__.tag)] for cls in CHANGE_CLASSES
+}
+_DAY_US: Final = 86_400_000_000
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """One record on notifguard.deadletter: the input as received and why it was refused."""
+
+    source_topic: str
+    partition: int | None
+    offset: int | None
+    timestamp_ms: int | None
+    key: str | None
+    key_encoding: str
+    value: str | None
+    value_encoding: str
+    reason: str
+    reason_code: str
+    detected_at: str
+    schema_version: int = 1
+
+
+class VerdictRecord(msgspec.Struct, array_like=True, frozen=True):
+    """The verdict on one notification, for rate metrics (bounded labels only)."""
+
+    brand: str
+    template: str
+    sender: str
+    channel: str
+    verdict: str  # kinds.OK or a recipient kind
+    late: bool
+    event_time: int
+
+
+class NumberStore(Protocol):
+    """Where per-number state lives: a dict offline, a table in the worker."""
+
+    def get(self, ref: str) -> NumberState | None: ...
+    def __setitem__(self, ref: str, state: NumberState) -> None: ...
+
+
+@dataclass
+class PartitionState:
+    """Watermark and the reorder buffer of one input partition (co-partitioned topics)."""
+
+    watermark: int | None = None
+    wall_at_watermark: int = 0
+    last_arrival_wall: int = 0
+    pending: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """Plain counters the shell exports; keys are bounded vocabularies."""
+
+    records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
+    late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
+    deadletters: dict[str, int] = field(default_factory=dict)
+    alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
+    released: int = 0
+
+
+def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
+    if data is None or isinstance(data, str):
+        return data, "utf-8"
+    try:
+        return data.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), "base64"
+
+
+class Engine:
+    """Judge a stream of input records; collect outputs in `alerts`, `deadletters`, `verdicts`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        new_id: Callable[[], str],
+        numbers: NumberStore | None = None,
+        index: AddressIndex | None = None,
+    ) -> None:
+        self.settings = settings
+        self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
+        self._new_id = new_id
+        self.numbers: NumberStore = numbers if numbers is not None else {}  # type: ignore[assignment]
+        self.index = index if index is not None else AddressIndex()
+        self.partitions: dict[int, PartitionState] = {}
+        self.stats = Stats()
+        self.alerts: list[Alert] = []
+        self.deadletters: list[DeadLetter] = []
+        self.verdicts: list[VerdictRecord] = []
+        t = settings.topics
+        self._topic_kind = {t.changes: "changes", t.outbound: "outbound", t.delivery: "delivery"}
+        us = settings.us
+        self._grace = us(settings.grace_s)
+        self._idle = us(settings.idle_flush_s)
+        self._dedup = us(settings.dedup_retention_s)
+        self._re_port = us(settings.re_port_window_s)
+        self._port_window = us(settings.port_flapping_window_s)
+        self._bounce_window = us(settings.bounce_burst_window_s)
+        self._correlation = us(settings.delivery_correlation_s)
+        self._holdings: dict[str, tuple[list[Change], int, list[Holding]]] = {}
+        self._seq = 0
+        self._now = 0
+
+    # ------------------------------------------------------------------ input
+
+    def process(
+        self,
+        topic: str,
+        partition: int,
+        offset: int | None,
+        key: bytes | str | None,
+        value: bytes | str | None,
+        now_us: int,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Take one Kafka record as received; `now_us` is the injected wall clock."""
+        self._now = now_us
+        kind = self._topic_kind.get(topic)
+        try:
+            if kind is None:
+                raise BadRecord(UNKNOWN_TOPIC, f"topic {topic!r} is not an input topic of notifguard")
+            record, t = decode(kind, key, value)
+        except BadRecord as bad:
+            self._dead_letter(topic, partition, offset, timestamp_ms, key, value, bad)
+            return
+        ref = self._pseudo.msisdn_ref(record.msisdn)
+        state = self.numbers.get(ref)
+        if state is None:
+            state = NumberState()
+        elif state.is_duplicate(record.event_id):
+            self.stats.duplicates[kind] += 1
+            return
+        state.remember(t, record.event_id, self._dedup)
+        self.numbers[ref] = state
+        self.stats.records[kind] += 1
+
+        ps = self.partitions.get(partition)
+        if ps is None:
+            ps = self.partitions[partition] = PartitionState()
+        category = _CATEGORY[kind]
+        wm = ps.watermark
+        ps.last_arrival_wall = now_us
+        if wm is not None and wm - t > self._grace:
+            self.stats.late[kind] += 1
+            self._apply(category, t, record, ref, True)
+            return
+        sub = _CHANGE_CODE[type(record)] if category == CHANGE else 0
+        self._seq += 1
+        heappush(ps.pending, (t, category, sub, record.event_id, self._seq, ref, record))
+        if wm is None or t > wm:
+            ps.watermark = wm = t
+            ps.wall_at_watermark = now_us
+        self._release(ps, wm - self._grace)
+
+    def tick(self, now_us: int) -> None:
+        """Wall-clock timer: a partition quiet for idle_flush moves its watermark on by the time passed."""
+        self._now = now_us
+        for ps in self.partitions.values():
+            if ps.watermark is None or now_us - ps.last_arrival_wall < self._idle:
+                continue
+            ps.watermark += now_us - ps.wall_at_watermark
+            ps.wall_at_watermark = now_us
+            self._release(ps, ps.watermark - self._grace)
+
+    def flush(self, now_us: int) -> None:
+        """End of input: release everything pending, in event-time order."""
+        self._now = now_us
+        for ps in self.partitions.values():
+            self._release(ps, None)
+
+    def pending_count(self) -> int:
+        return sum(len(ps.pending) for ps in self.partitions.values())
+
+    def drain(self) -> tuple[list[Alert], list[DeadLetter], list[VerdictRecord]]:
+        out = (self.alerts, self.deadletters, self.verdicts)
+        self.alerts, self.deadletters, self.verdicts = [], [], []
+        return out
+
+    # --------------------------------------------------------------- release
+
+    def _release(self, ps: PartitionState, limit: int | None) -> None:
+        pending = ps.pending
+        while pending and (limit is None or pending[0][0] < limit):
+            t, category, _, _, _, ref, record = heappop(pending)
+            self.stats.released += 1
+            self._apply(category, t, record, ref, False)
+
+    def _apply(self, category: int, t: int, record: InputRecord, ref: str, late: bool) -> None:
+        state = self.numbers.get(ref) or NumberState()
+        if category == NOTIFICATION:
+            self._notification(t, record, ref, state, late)  # type: ignore[arg-type]
+        elif category == DELIVERY:
+            self._delivery(t, record, ref, state, late)  # type: ignore[arg-type]
+        else:
+            self._change(t, record, ref, state, late)  # type: ignore[arg-type]
+        self.numbers[ref] = state
+
+    def holdings(self, ref: str, state: NumberState) -> list[Holding]:
+        """The number's holdings, derived from its change log (cached per log version)."""
+        cached = self._holdings.get(ref)
+        changes = state.changes
+        if cached is not None and cached[0] is changes and cached[1] == len(changes):
+            return cached[2]
+        holdings = derive(changes)
+        if len(self._holdings) >= _HOLDINGS_CACHE_MAX:
+            del self._holdings[next(iter(self._holdings))]
+        self._holdings[ref] = (changes, len(changes), holdings)
+        return holdings
+
+    # --------------------------------------------------------- contract changes
+
+    def _change(self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool) -> None:
+        code = _CHANGE_CODE[type(rec)]
+        email = getattr(rec, "email", None)
+        addr = self._pseudo.address_ref(email) if email and email.strip() else None
+        change = Change(
+            t,
+            code,
+            rec.event_id,
+            rec.contract_id,
+            getattr(rec, "customer_id", None),
+            getattr(rec, "brand", None),
+            addr,
+        )
+        before = self.holdings(ref, state)
+        state.add_change(change)
+        after = self.holdings(ref, state)
+        self.index.replace(ref, _links(ref, before), _links(ref, after))
+
+        if code in STARTS:
+            started = next((h for h in after if h.start_event_id == rec.event_id), None)
+            prev = re_port(after, started, self._re_port) if started is not None else None
+            if started is not None and prev is not None:
+                self._re_port_alert(t, rec, ref, started, prev, late)
+        if code in PORTS:
+            fires, state.port_hot, window = count_in_window(
+                state.ports,
+                Mark(t, rec.event_id),
+                self._port_window,
+                self.settings.port_flapping_threshold,
+                state.port_hot,
+            )
+            if fires:
+                self._port_flapping_alert(t, rec, ref, window, late)
+
+    # ----------------------------------------------------------- notifications
+
+    def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
+        email = rec.channel == "email"
+        addr = self._pseudo.address_ref(rec.recipient) if email else None
+        links = self.index.get(addr) if addr is not None else []
+        verdict = judge(self.holdings(ref, state), t, rec.channel, addr, links, ref)
+        self.verdicts.append(
+            VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, verdict.kind, late, t)
+        )
+        if email:
+            sent = state.sent
+            horizon = state.max_t - self._correlation
+            if sent and sent[0].t < horizon:
+                sent[:] = [s for s in sent if s.t >= horizon]
+            sent.append(Sent(t, rec.message_id, rec.event_id, verdict.kind == kinds.OK, rec.template))
+        if verdict.kind != kinds.OK:
+            self._recipient_alert(t, rec, ref, addr, verdict, late)
+
+    # --------------------------------------------------------------- deliveries
+
+    def _delivery(self, t: int, rec: Delivery, ref: str, state: NumberState, late: bool) -> None:
+        if rec.status != "bounced":
+            return
+        fires, state.bounce_hot, window = count_in_window(
+            state.bounces,
+            Mark(t, rec.event_id),
+            self._bounce_window,
+            self.settings.bounce_burst_threshold,
+            state.bounce_hot,
+        )
+        if fires:
+            self._bounce_burst_alert(t, rec, ref, window, late)
+        if rec.bounce_type == "hard":
+            for sent in state.sent:
+                if sent.message_id == rec.message_id:
+                    if sent.to_current and not sent.alerted:
+                        sent.alerted = True
+                        self._bouncing_alert(t, rec, ref, sent, late)
+                    break
+
+    # ------------------------------------------------------------------ alerts
+
+    def _emit(
+        self,
+        kind: str,
+        t: int,
+        rec: InputRecord,
+        ref: str,
+        event_ids: list[str | None],
+        summary: str,
+        evidence: dict[str, Any],
+        late: bool,
+        brand: str | None,
+        template: str | None = None,
+        sender: str | None = None,
+    ) -> None:
+        self.stats.alerts[kind] += 1
+        self.alerts.append(
+            Alert(
+                alert_id=self._new_id(),
+                dedup_key=dedup_key(kind, rec.event_id),
+                kind=kind,
+                severity=kinds.SEVERITY[kind],
+                event_time=rfc3339(t),
+                detected_at=rfc3339(self._now),
+                trigger_event_id=rec.event_id,
+                event_ids=unique([rec.event_id, *event_ids]),
+                subject=Subject(mask_msisdn(rec.msisdn), ref),
+                brand=brand,
+                template=template,
+                sender=sender,
+                summary=summary,
+                evidence=evidence,
+                late=late,
+                runbook_url=f"{self.settings.runbook_base_url}{kind}.md",
+            )
+        )
+
+    def _recipient_alert(
+        self, t: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool
+    ) -> None:
+        masked_number = mask_msisdn(rec.msisdn)
+        masked_to = mask_address(rec.recipient) if rec.channel == "email" else mask_msisdn(rec.recipient)
+        what = f"{rec.brand} {rec.template} {rec.channel} for {masked_number}"
+        active = v.active
+        evidence: dict[str, Any] = {
+            "channel": rec.channel,
+            "message_id": rec.message_id,
+            "recipient_masked": masked_to,
+            "recipient_ref": addr.hex() if addr is not None else self._pseudo.msisdn_ref(rec.recipient),
+            "notification_contract_id": rec.contract_id,
+            "notification_customer_id": rec.customer_id,
+            "active": active.describe() if active is not None else None,
+        }
+        ids: list[str | None] = []
+        if active is not None:
+            ids.append(active.start_event_id)
+        linked: dict[str, Any] | None = None
+        owner = ""
+        if v.holding is not None:
+            h = v.holding
+            linked = {"via": "this_number", "msisdn_ref": ref, **h.describe()}
+            ids += [h.start_event_id, v.since_event_id, h.end_event_id]
+            owner = f"customer {h.customer_id}'s {h.brand} contract {h.contract_id}" + (
+                f" (ended {rfc3339(h.end)[:10]})" if h.end is not None else ""
+            )
+        elif v.link is not None:
+            k = v.link
+            linked = {
+                "via": "other_number",
+                "msisdn_ref": k.msisdn_ref,
+                "contract_id": k.contract_id,
+                "customer_id": k.customer_id,
+                "brand": k.brand,
+                "start": rfc3339(k.start),
+                "start_event_id": k.start_event_id,
+                "end": None if k.end is None else rfc3339(k.end),
+                "end_event_id": k.end_event_id,
+            }
+            ids += [k.start_event_id, v.since_event_id, k.end_event_id]
+            owner = f"customer {k.customer_id}'s {k.brand} contract {k.contract_id} on another number"
+        if linked is not None and v.since is not None:
+            linked["linked_since"] = rfc3339(v.since)
+            linked["linked_since_event_id"] = v.since_event_id
+        evidence["linked"] = linked
+        holder = (
+            f"customer {active.customer_id}'s {active.brand} contract {active.contract_id}"
+            if active is not None
+            else ""
+        )
+        if v.kind == kinds.NOTIFICATION_WITHOUT_CONTRACT:
+            if v.holding is not None:
+                h = v.holding
+                end_type = TYPE_NAMES[h.end_type] if h.end_type is not None else "?"
+                end_date = rfc3339(h.end)[:10] if h.end is not None else "?"
+                summary = (
+                    f"{what} sent while the number has no active contract: "
+                    f"last contract {h.contract_id} ({h.brand}) ended {end_date} by {end_type}"
+                )
+            else:
+                summary = f"{what} sent to a number notifguard knows no contract of"
+            evidence["linked"] = None
+            evidence["previous_contract"] = v.holding.describe() if v.holding is not None else None
+        elif v.kind == kinds.RECIPIENT_PREVIOUS_HOLDER:
+            summary = f"{what} went to {masked_to}, an address of the number's previous holder: {owner}; the number is now {holder}"
+        elif v.kind == kinds.RECIPIENT_OTHER_CUSTOMER:
+            summary = f"{what} went to {masked_to}, an address of another customer: {owner}; the number is {holder}"
+        elif v.kind == kinds.RECIPIENT_STALE_CONTRACT:
+            summary = f"{what} went to {masked_to}, an old address of the holder from {owner}, not the current address of {holder}"
+        else:
+            summary = f"{what} went to {masked_to}, an address linked to no customer; the number is {holder}"
+        self._emit(
+            v.kind, t, rec, ref, ids, summary, evidence, late, rec.brand, rec.template, rec.sender
+        )
+
+    def _re_port_alert(
+        self, t: int, rec: ContractChange, ref: str, started: Holding, prev: Holding, late: bool
+    ) -> None:
+        days = (t - (prev.end or t)) // _DAY_US
+        end_type = TYPE_NAMES[prev.end_type] if prev.end_type is not None else "?"
+        summary = (
+            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {started.brand} for customer "
+            f"{started.customer_id} {days} days after customer {prev.customer_id}'s {prev.brand} "
+            f"contract {prev.contract_id} ended by {end_type}: contact data of the previous holder may linger"
+        )
+        evidence = {"started": started.describe(), "previous": prev.describe(), "gap_days": days}
+        self._emit(
+            kinds.RE_PORT, t, rec, ref, [prev.end_event_id], summary, evidence, late, started.brand
+        )
+
+    def _port_flapping_alert(
+        self, t: int, rec: ContractChange, ref: str, window: list[Mark], late: bool
+    ) -> None:
+        days = self.settings.port_flapping_window_s / 86_400
+        summary = f"{len(window)} port events within {days:g} days on {mask_msisdn(rec.msisdn)}"
+        evidence = {"count": len(window), "window_days": days, "events": [rfc3339(m.t) for m in window]}
+        self._emit(
+            kinds.PORT_FLAPPING,
+            t,
+            rec,
+            ref,
+            [m.event_id for m in window],
+            summary,
+            evidence,
+            late,
+            getattr(rec, "brand", None),
+        )
+
+    def _bounce_burst_alert(
+        self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
+    ) -> None:
+        hours = self.settings.bounce_burst_window_s / 3600
+        summary = f"{len(window)} bounces within {hours:g} h for {mask_msisdn(rec.msisdn)} ({rec.brand}, {rec.sender})"
+        evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
+        self._emit(
+            kinds.BOUNCE_BURST,
+            t,
+            rec,
+            ref,
+            [m.event_id for m in window],
+            summary,
+            evidence,
+            late,
+            rec.brand,
+            None,
+            rec.sender,
+        )
+
+    def _bouncing_alert(self, t: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> None:
+        masked_to = mask_address(rec.recipient)
+        summary = (
+            f"{rec.brand} {sent.template} mail to the current address {masked_to} of "
+            f"{mask_msisdn(rec.msisdn)} hard-bounced ({rec.smtp_status or 'no SMTP status'}): "
+            "the customer misses reminders and confirmations"
+        )
+        evidence = {
+            "message_id": rec.message_id,
+            "recipient_masked": masked_to,
+            "recipient_ref": self._pseudo.address_ref(rec.recipient).hex(),
+            "smtp_status": rec.smtp_status,
+            "notification_event_id": sent.event_id,
+            "notification_time": rfc3339(sent.t),
+            "bounce_event_id": rec.event_id,
+        }
+        self._emit(
+            kinds.CURRENT_ADDRESS_BOUNCING,
+            t,
+            rec,
+            ref,
+            [sent.event_id],
+            summary,
+            evidence,
+            late,
+            rec.brand,
+            sent.template,
+            rec.sender,
+        )
+
+    # ------------------------------------------------------------ dead letters
+
+    def _dead_letter(
+        self,
+        topic: str,
+        partition: int | None,
+        offset: int | None,
+        timestamp_ms: int | None,
+        key: bytes | str | None,
+        value: bytes | str | None,
+        bad: BadRecord,
+    ) -> None:
+        self.stats.deadletters[bad.code] = self.stats.deadletters.get(bad.code, 0) + 1
+        k, k_enc = _encode_bytes(key)
+        v, v_enc = _encode_bytes(value)
+        self.deadletters.append(
+            DeadLetter(
+                topic, partition, offset, timestamp_ms, k, k_enc, v, v_enc, bad.reason, bad.code, rfc3339(self._now)
+            )
+        )
+
+
+def _links(ref: str, holdings: list[Holding]) -> list[tuple[bytes, Link]]:
+    """The address links a number's holdings create: each address from when it first became current."""
+    out: list[tuple[bytes, Link]] = []
+    for h in holdings:
+        firsts: dict[bytes, tuple[int, str]] = {}
+        for a in h.addresses:
+            firsts.setdefault(a.addr, (a.t, a.event_id))
+        for addr, (since, eid) in firsts.items():
+            out.append(
+                (
+                    addr,
+                    Link(
+                        ref,
+                        h.customer_id,
+                        h.contract_id,
+                        h.brand,
+                        since,
+                        eid,
+                        h.start,
+                        h.start_event_id,
+                        h.end,
+                        h.end_event_id,
+                    ),
+                )
+            )
+    return out

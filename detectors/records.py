@@ -1,0 +1,215 @@
+"""The wire contract's input records, and their strict decoding into typed events or a reason."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from detectors.timefmt import parse_rfc3339
+
+SCHEMA_VERSION: Final = 1
+
+# E.164: "+", a country code not starting with 0, at most 15 digits in all; \Z, not $,
+# so that a trailing newline does not pass.
+# Seven digits is the shortest national number in use with a country code.
+MSISDN_PATTERN: Final = r"^\+[1-9][0-9]{6,14}\Z"
+# RFC 3339 date-time, syntactically; calendar validity is checked on parse.
+EVENT_TIME_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Msisdn = Annotated[str, msgspec.Meta(pattern=MSISDN_PATTERN)]
+EventTime = Annotated[str, msgspec.Meta(pattern=EVENT_TIME_PATTERN)]
+Version = Literal[1]
+
+
+class Outbound(msgspec.Struct, frozen=True, omit_defaults=True):
+    """notifications.outbound: a notification handed to a sender."""
+
+    schema_version: Version
+    event_id: NonEmpty
+    event_time: EventTime
+    msisdn: Msisdn
+    message_id: NonEmpty
+    brand: NonEmpty
+    channel: Literal["email", "sms"]
+    recipient: NonEmpty
+    template: NonEmpty
+    sender: NonEmpty
+    contract_id: str | None = None
+    customer_id: str | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
+    """notifications.delivery: the sender's outcome for one message."""
+
+    schema_version: Version
+    event_id: NonEmpty
+    event_time: EventTime
+    msisdn: Msisdn
+    message_id: NonEmpty
+    recipient: NonEmpty
+    status: Literal["delivered", "bounced", "deferred", "complained"]
+    brand: NonEmpty
+    sender: NonEmpty
+    bounce_type: Literal["hard", "soft"] | None = None
+    smtp_status: str | None = None
+
+
+class _Change(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type"):
+    schema_version: Version
+    event_id: NonEmpty
+    event_time: EventTime
+    msisdn: Msisdn
+    contract_id: NonEmpty
+
+
+class ContractStarted(_Change, tag="contract_started"):
+    customer_id: NonEmpty
+    brand: NonEmpty
+    email: str | None = None
+
+
+class ContractEnded(_Change, tag="contract_ended"):
+    pass
+
+
+class EmailChanged(_Change, tag="email_changed"):
+    email: str
+
+
+class EmailVerified(_Change, tag="email_verified"):
+    email: str
+
+
+class HolderChanged(_Change, tag="holder_changed"):
+    customer_id: NonEmpty
+
+
+class PortedIn(_Change, tag="ported_in"):
+    customer_id: NonEmpty
+    brand: NonEmpty
+    operator: NonEmpty
+    email: str | None = None
+
+
+class PortedOut(_Change, tag="ported_out"):
+    operator: NonEmpty
+
+
+ContractChange = (
+    ContractStarted | ContractEnded | EmailChanged | EmailVerified | HolderChanged | PortedIn | PortedOut
+)
+InputRecord = Outbound | Delivery | ContractChange
+CHANGE_CLASSES: Final = (
+    ContractStarted, ContractEnded, EmailChanged, EmailVerified, HolderChanged, PortedIn, PortedOut
+)
+
+
+def change_type(record: _Change) -> str:
+    """The `type` tag of a decoded contract change."""
+    tag = type(record).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+# Reason codes: a bounded vocabulary, safe as a metrics label.
+INVALID_JSON: Final = "invalid_json"
+NOT_AN_OBJECT: Final = "not_an_object"
+INVALID_RECORD: Final = "invalid_record"
+UNSUPPORTED_SCHEMA_VERSION: Final = "unsupported_schema_version"
+BAD_MSISDN: Final = "bad_msisdn"
+BAD_EVENT_TIME: Final = "bad_event_time"
+KEY_MISMATCH: Final = "key_mismatch"
+UNKNOWN_TOPIC: Final = "unknown_topic"
+BAD_ENVELOPE: Final = "bad_envelope"
+REASON_CODES: Final = (
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    INVALID_RECORD,
+    UNSUPPORTED_SCHEMA_VERSION,
+    BAD_MSISDN,
+    BAD_EVENT_TIME,
+    KEY_MISMATCH,
+    UNKNOWN_TOPIC,
+    BAD_ENVELOPE,
+)
+
+
+class BadRecord(Exception):
+    """Input that does not fit the contract: dead-lettered with `code` and a readable `reason`."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def _classify(err: msgspec.ValidationError, what: str) -> BadRecord:
+    message = str(err)
+    m = _PATH.search(message)
+    path = m.group(1) if m else ""
+    if not m and message.startswith("Expected `object`"):
+        return BadRecord(NOT_AN_OBJECT, f"{what} value is not a JSON object: {message}")
+    if path == "schema_version" and message.startswith("Invalid enum value"):
+        return BadRecord(
+            UNSUPPORTED_SCHEMA_VERSION,
+            f"{what}: schema_version must be {SCHEMA_VERSION} ({message})",
+        )
+    if path == "msisdn":
+        return BadRecord(BAD_MSISDN, f"{what}: msisdn is not an E.164 number like +4917612345678 ({message})")
+    if path == "event_time":
+        return BadRecord(
+            BAD_EVENT_TIME,
+            f"{what}: event_time must be RFC 3339 with a time zone, e.g. 2026-03-01T08:15:02.120Z ({message})",
+        )
+    if path == "type" and message.startswith("Invalid value"):
+        return BadRecord(INVALID_RECORD, f"{what}: unknown change type ({message})")
+    return BadRecord(INVALID_RECORD, f"{what} does not fit the contract: {message}")
+
+
+_DECODERS: Final = {
+    "outbound": msgspec.json.Decoder(Outbound),
+    "changes": msgspec.json.Decoder(ContractChange),
+    "delivery": msgspec.json.Decoder(Delivery),
+}
+
+
+def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tuple[InputRecord, int]:
+    """Decode one input record of topic kind `outbound`, `changes` or `delivery`.
+
+    Returns the typed record and its event time in microseconds, or raises
+    BadRecord with a reason a person can act on.
+    """
+    what = {"outbound": "notification", "changes": "contract change", "delivery": "delivery event"}[kind]
+    if value is None:
+        raise BadRecord(INVALID_JSON, f"{what} has no value (tombstone or empty record)")
+    try:
+        record: InputRecord = _DECODERS[kind].decode(value)
+    except msgspec.ValidationError as err:
+        raise _classify(err, what) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise BadRecord(INVALID_JSON, f"{what} value is not valid UTF-8 JSON: {err}") from None
+    try:
+        when = parse_rfc3339(record.event_time)
+    except (ValueError, OverflowError) as err:
+        raise BadRecord(
+            BAD_EVENT_TIME, f"{what}: event_time {record.event_time!r} is not a real instant ({err})"
+        ) from None
+    if isinstance(key, bytes):
+        try:
+            key = key.decode()
+        except UnicodeDecodeError:
+            key = None
+    if key != record.msisdn:
+        raise BadRecord(
+            KEY_MISMATCH,
+            f"{what}: the Kafka key must be the record's msisdn (co-partitioning); "
+            + ("the key is missing or not UTF-8" if key is None else "they differ"),
+        )
+    return record, when

@@ -1,0 +1,85 @@
+"""The one frozen settings object: every rule threshold and window, with where its default comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SECOND_US = 1_000_000
+DAY_S = 86_400
+
+# Development key: it makes hashes reproducible in tests and the demo, and is
+# useless in production (everybody knows it). The shell warns when it is used.
+DEV_PSEUDONYMISATION_KEY = "notifguard-development-key-do-not-use-in-production"
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True)
+class Topics:
+    outbound: str = "notifications.outbound"
+    changes: str = "contracts.changes"
+    delivery: str = "notifications.delivery"
+    alerts: str = "notifguard.alerts"
+    deadletter: str = "notifguard.deadletter"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Spec default (topics.md, "Event time, grace"): producers' clocks and
+    # Kafka batching reorder events by seconds; 30 s covers that with margin.
+    grace_s: float = 30.0
+    # A quiet partition is flushed after this much wall-clock silence, so no
+    # verdict waits forever; equal to grace, the spec's own patience.
+    idle_flush_s: float = 30.0
+    # Spec: "at least 24 h"; 48 h also catches resends after a day-long outage.
+    dedup_retention_s: float = 2 * DAY_S
+    # Spec default for re_port: a number recycled within a year still has
+    # contact data of its previous holder around (Bundesnetzagentur quarantine
+    # for recycled numbers is months, not years).
+    re_port_window_s: float = 365 * DAY_S
+    # Spec defaults for port_flapping: 3 port events within 30 days.
+    port_flapping_threshold: int = 3
+    port_flapping_window_s: float = 30 * DAY_S
+    # Spec defaults for bounce_burst: 3 bounces within 24 hours.
+    bounce_burst_threshold: int = 3
+    bounce_burst_window_s: float = 1 * DAY_S
+    # How long a sent notification is remembered for its delivery outcome:
+    # RFC 5321 4.5.4.1 suggests giving up retries after 4-5 days, so a hard
+    # bounce can arrive up to ~5 days after the send; 7 days covers it.
+    delivery_correlation_s: float = 7 * DAY_S
+    # Holdings that ended longer ago than this are dropped from state (GDPR
+    # data minimisation); 3 years covers re_port's 1 year and any
+    # late-arriving mail of a long-ended contract many times over.
+    history_retention_s: float = 3 * 365 * DAY_S
+    # Where runbooks live; runbook_url is this + "<kind>.md".
+    runbook_base_url: str = "docs/runbooks/"
+    topics: Topics = field(default_factory=Topics)
+    pseudonymisation_key: Secret = field(default_factory=lambda: Secret(DEV_PSEUDONYMISATION_KEY))
+
+    @property
+    def uses_dev_key(self) -> bool:
+        return self.pseudonymisation_key.reveal() == DEV_PSEUDONYMISATION_KEY
+
+    def us(self, seconds: float) -> int:
+        return int(seconds * SECOND_US)

@@ -1,0 +1,140 @@
+"""Explicit, serialisable state: per number, and the cross-number address index."""
+
+from __future__ import annotations
+
+from bisect import insort
+from typing import Final
+
+import msgspec
+
+from detectors.holdings import Change
+
+
+class Mark(msgspec.Struct, array_like=True, frozen=True):
+    """An event counted somewhere: its event time and id."""
+
+    t: int
+    event_id: str
+
+
+class Sent(msgspec.Struct, array_like=True):
+    """An e-mail notification remembered until its delivery outcome can no longer come."""
+
+    t: int
+    message_id: str
+    event_id: str
+    to_current: bool  # sent to the current address of the holding active then
+    template: str
+    alerted: bool = False
+
+
+class NumberState(msgspec.Struct, array_like=True):
+    """Everything notifguard keeps about one number (keyed by its msisdn_ref)."""
+
+    changes: list[Change] = msgspec.field(default_factory=list)
+    sent: list[Sent] = msgspec.field(default_factory=list)
+    bounces: list[Mark] = msgspec.field(default_factory=list)
+    bounce_hot: bool = False
+    ports: list[Mark] = msgspec.field(default_factory=list)
+    port_hot: bool = False
+    seen: list[Mark] = msgspec.field(default_factory=list)
+    max_t: int = 0  # newest event time seen for the number, for pruning
+
+    def add_change(self, change: Change) -> None:
+        insort(self.changes, change, key=Change.sort_key)
+
+    def is_duplicate(self, event_id: str) -> bool:
+        return any(m.event_id == event_id for m in self.seen)
+
+    def remember(self, t: int, event_id: str, retention_us: int) -> None:
+        """Record an event id for duplicate detection; forget ids older than retention."""
+        if t > self.max_t:
+            self.max_t = t
+        horizon = self.max_t - retention_us
+        seen = self.seen
+        if seen and seen[0].t < horizon:
+            seen[:] = [m for m in seen if m.t >= horizon]
+        seen.append(Mark(t, event_id))
+
+
+class Link(msgspec.Struct, array_like=True, frozen=True):
+    """An address linked to a customer through one holding on one number."""
+
+    msisdn_ref: str
+    customer_id: str
+    contract_id: str
+    brand: str | None
+    since: int  # when the address first became current in the holding
+    since_event_id: str
+    start: int
+    start_event_id: str
+    end: int | None
+    end_event_id: str | None
+
+    def identity(self) -> tuple[str, str, str, int]:
+        return (self.msisdn_ref, self.contract_id, self.customer_id, self.start)
+
+
+class AddressIndex:
+    """Which customers each address (keyed hash) is linked to, across numbers.
+
+    A plain mapping addr -> links behind a small API, so the Kafka worker can
+    hold it in an address-partitioned table instead of one dict.
+    """
+
+    __slots__ = ("_links",)
+
+    def __init__(self, links: dict[bytes, list[Link]] | None = None) -> None:
+        self._links: dict[bytes, list[Link]] = links if links is not None else {}
+
+    def get(self, addr: bytes) -> list[Link]:
+        return self._links.get(addr, _EMPTY)
+
+    def replace(self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> None:
+        """Swap one number's links: drop those it no longer has, upsert the rest."""
+        new_ids = {(a, link.identity()) for a, link in new}
+        for addr, link in old:
+            if (addr, link.identity()) not in new_ids:
+                self._remove(addr, link.identity())
+        for addr, link in new:
+            self._upsert(addr, link)
+
+    def _remove(self, addr: bytes, identity: tuple[str, str, str, int]) -> None:
+        links = self._links.get(addr)
+        if links is None:
+            return
+        kept = [x for x in links if x.identity() != identity]
+        if kept:
+            self._links[addr] = kept
+        else:
+            del self._links[addr]
+
+    def _upsert(self, addr: bytes, link: Link) -> None:
+        links = self._links.setdefault(addr, [])
+        ident = link.identity()
+        for i, x in enumerate(links):
+            if x.identity() == ident:
+                links[i] = link
+                return
+        links.append(link)
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def items(self) -> list[tuple[bytes, list[Link]]]:
+        return list(self._links.items())
+
+
+_EMPTY: Final[list[Link]] = []
+
+number_encoder: Final = msgspec.msgpack.Encoder()
+number_decoder: Final = msgspec.msgpack.Decoder(NumberState)
+links_decoder: Final = msgspec.msgpack.Decoder(list[Link])
+
+
+def encode_number(state: NumberState) -> bytes:
+    return number_encoder.encode(state)
+
+
+def decode_number(data: bytes) -> NumberState:
+    return number_decoder.decode(data)

@@ -1,0 +1,91 @@
+"""The recipient verdict: one notification judged against its number's state as of its event time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from detectors import kinds
+from detectors.holdings import Holding, active_at
+from detectors.state import Link
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str  # kinds.OK or a recipient kind
+    active: Holding | None = None
+    # The evidence the recipient belongs elsewhere: a holding on this number
+    # (with the AddressSet that linked it) or a link through another number.
+    holding: Holding | None = None
+    link: Link | None = None
+    since_event_id: str | None = None
+    since: int | None = None
+
+
+def judge(
+    holdings: list[Holding],
+    t: int,
+    channel: str,
+    addr: bytes | None,
+    links: list[Link],
+    own_ref: str,
+) -> Verdict:
+    """Decide one notification; the first matching row of the contract's table wins."""
+    active = active_at(holdings, t)
+    if active is None:
+        return Verdict(kinds.NOTIFICATION_WITHOUT_CONTRACT, holding=_last_ended(holdings, t))
+    if channel != "email" or addr is None:
+        return Verdict(kinds.OK, active)
+    if active.current_address(t) == addr:
+        return Verdict(kinds.OK, active)
+    customer = active.customer_id
+
+    # Earlier holdings on this number whose customer is not the active holder.
+    for h in reversed(holdings):
+        if h is active or h.start > t or h.customer_id == customer:
+            continue
+        hit = h.linked_since(addr, t)
+        if hit is not None:
+            return Verdict(
+                kinds.RECIPIENT_PREVIOUS_HOLDER, active, h, None, hit.event_id, hit.t
+            )
+
+    # Other numbers: another customer first, then the active holder's own.
+    own_link: Link | None = None
+    other: Link | None = None
+    for link in links:
+        if link.since > t or link.msisdn_ref == own_ref:
+            continue
+        if link.customer_id != customer:
+            if other is None or link.since > other.since:
+                other = link
+        elif own_link is None or link.since > own_link.since:
+            own_link = link
+    if other is not None:
+        return Verdict(
+            kinds.RECIPIENT_OTHER_CUSTOMER, active, None, other, other.since_event_id, other.since
+        )
+
+    for h in reversed(holdings):
+        if h.start > t or h.customer_id != customer:
+            continue
+        hit = h.linked_since(addr, t)
+        if hit is not None:
+            return Verdict(kinds.RECIPIENT_STALE_CONTRACT, active, h, None, hit.event_id, hit.t)
+    if own_link is not None:
+        return Verdict(
+            kinds.RECIPIENT_STALE_CONTRACT,
+            active,
+            None,
+            own_link,
+            own_link.since_event_id,
+            own_link.since,
+        )
+    return Verdict(kinds.RECIPIENT_UNLINKED, active)
+
+
+def _last_ended(holdings: list[Holding], t: int) -> Holding | None:
+    best: Holding | None = None
+    for h in holdings:
+        if h.end is not None and h.end <= t and (best is None or h.end >= (best.end or 0)):
+            best = h
+    return best
