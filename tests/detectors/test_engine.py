@@ -1,0 +1,155 @@
+"""Event time in the engine: grace, lateness, release order, duplicates, dead letters, timers."""
+
+from detectors.settings import Settings
+from detectors.state import decode_number, encode_number
+from tests.factories import MSISDN, Rec, change, delivery, feed, kinds_of, mail, new_engine
+
+DAY = 86_400
+S = 1_000_000
+STARTED = change("contract_started", 0, id="s", email="old@x.de")
+
+
+def test_a_change_arriving_after_the_mail_within_grace_is_applied_first():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("new@x.de", DAY + 5, id="n"), change("email_changed", DAY, email="new@x.de")])
+    engine.flush(0)
+    alerts, _, verdicts = engine.drain()
+    assert alerts == [] and [v.verdict for v in verdicts] == ["ok"]
+    assert engine.stats.late == {"changes": 0, "outbound": 0, "delivery": 0}
+
+
+def test_nothing_is_judged_before_the_watermark_passes_event_time_plus_grace():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("stranger@x.de", DAY, id="n")])
+    assert engine.pending_count() == 1
+    feed(engine, [delivery("z", "delivered", DAY + 30)])  # watermark == t + grace: not yet past
+    assert engine.drain()[0] == [] and engine.pending_count() == 2
+    feed(engine, [delivery("z2", "delivered", DAY + 30.001)])
+    assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
+
+
+def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("new@x.de", DAY + 5, id="n1"), delivery("x", "delivered", DAY + 100),
+                  change("email_changed", DAY, id="late-change", email="new@x.de"),
+                  mail("new@x.de", DAY + 200, id="n2")])
+    engine.flush(0)
+    alerts = engine.drain()[0]
+    assert kinds_of(alerts) == [("recipient_unlinked", "n1")]  # n2 sees the late change: silent
+    assert alerts[0].late is False
+    assert engine.stats.late["changes"] == 1
+
+
+def test_a_late_notification_is_judged_at_once_and_marked():
+    engine = new_engine()
+    feed(engine, [STARTED, delivery("x", "delivered", DAY + 100)])
+    feed(engine, [mail("stranger@x.de", DAY, id="late")])
+    alerts, _, verdicts = engine.drain()  # no flush needed: judged at once
+    assert kinds_of(alerts) == [("recipient_unlinked", "late")]
+    assert alerts[0].late is True and verdicts[-1].late is True
+    assert engine.stats.late["outbound"] == 1
+
+
+def test_same_event_time_applies_changes_then_notifications_then_deliveries():
+    engine = new_engine()
+    t = DAY
+    feed(engine, [STARTED,
+                  delivery("m1", "bounced", t, id="d", bounce_type="hard", recipient="new@x.de"),
+                  mail("new@x.de", t, id="n", message_id="m1"),
+                  change("email_changed", t, id="c", email="new@x.de")])
+    engine.flush(0)
+    # the change makes new@ current for the mail, the mail is known to the bounce
+    assert kinds_of(engine.drain()[0]) == [("current_address_bouncing", "d")]
+
+
+def test_duplicates_change_nothing_and_are_counted():
+    engine = new_engine()
+    n = mail("stranger@x.de", DAY, id="n")
+    feed(engine, [STARTED, STARTED, n, n])
+    engine.flush(0)
+    feed(engine, [n])
+    assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
+    assert engine.stats.duplicates == {"changes": 1, "outbound": 2, "delivery": 0}
+
+
+def test_duplicate_ids_are_forgotten_after_the_retention():
+    engine = new_engine(Settings(dedup_retention_s=3600))
+    feed(engine, [STARTED, change("email_changed", 2 * 3600, id="later", email="a@b.c"), STARTED])
+    assert engine.stats.duplicates["changes"] == 0  # old id forgotten: a resend long after counts again
+    assert engine.stats.late["changes"] == 1
+
+
+def test_bad_records_are_dead_lettered_and_change_no_state():
+    engine = new_engine()
+    feed(engine, [STARTED])
+    before = {ref: encode_number(s) for ref, s in engine.numbers.items()}
+    wm = engine.partitions[0].watermark
+    far_future = change("contract_ended", 10 * DAY, msisdn=MSISDN)
+    bad = [
+        Rec("notifications.outbound", MSISDN, b"{oops"),
+        Rec("notifications.outbound", MSISDN, b"\xff\xfe"),
+        Rec("contracts.changes", MSISDN, far_future.value.replace('"contract_ended"', '"contract_frozen"')),
+        Rec("contracts.changes", "+4900000000", far_future.value),  # key mismatch
+        Rec("some.other.topic", MSISDN, far_future.value),
+        Rec("notifications.delivery", MSISDN, None),
+    ]
+    feed(engine, bad)
+    _, dead, _ = engine.drain()
+    assert [d.reason_code for d in dead] == [
+        "invalid_json", "invalid_json", "invalid_record", "key_mismatch", "unknown_topic", "invalid_json"]
+    assert dead[1].value_encoding == "base64"
+    assert dead[2].source_topic == "contracts.changes" and dead[2].offset == 2
+    assert {ref: encode_number(s) for ref, s in engine.numbers.items()} == before
+    assert engine.partitions[0].watermark == wm
+    assert engine.stats.deadletters == {"invalid_json": 3, "invalid_record": 1, "key_mismatch": 1,
+                                        "unknown_topic": 1}
+
+
+def test_idle_partition_is_flushed_by_the_wall_clock():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("stranger@x.de", DAY, id="n")], now_us=1000 * S)
+    engine.tick(1010 * S)
+    assert engine.drain()[0] == []  # quiet for 10 s < idle_flush
+    engine.tick(1031 * S)  # watermark moves 31 s on: past event_time + grace
+    assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
+
+
+def test_partitions_have_their_own_watermarks():
+    engine = new_engine()
+    other = "+4917600000002"
+    recs = [STARTED, change("contract_started", 0, msisdn=other, customer_id="C-2", email="b@x.de")]
+    recs[1] = Rec(recs[1].topic, recs[1].key, recs[1].value, partition=1)
+    feed(engine, recs)
+    feed(engine, [mail("stranger@x.de", DAY, id="n")])
+    late_on_1 = mail("stranger2@x.de", 10, id="n2", msisdn=other)
+    feed(engine, [Rec(late_on_1.topic, late_on_1.key, late_on_1.value, partition=1)])
+    # partition 1's watermark is at 0: a mail at 10 s is not late there
+    assert engine.stats.late["outbound"] == 0
+    assert engine.partitions[0].watermark != engine.partitions[1].watermark
+
+
+def test_flush_releases_everything_in_event_time_order():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("a@x.de", DAY + 2, id="n2"), mail("b@x.de", DAY + 1, id="n1")])
+    engine.flush(0)
+    alerts = engine.drain()[0]
+    assert [a.trigger_event_id for a in alerts] == ["n1", "n2"]
+    assert engine.pending_count() == 0
+
+
+def test_number_state_survives_a_round_trip():
+    engine = new_engine()
+    feed(engine, [STARTED, change("email_changed", 10, email="n@x.de"), mail("n@x.de", 20, id="n"),
+                  delivery("m-n", "bounced", 21, bounce_type="hard")])
+    engine.flush(0)
+    for state in engine.numbers.values():
+        assert decode_number(encode_number(state)) == state
+
+
+def test_stats_count_records_alerts_and_releases():
+    engine = new_engine()
+    feed(engine, [STARTED, mail("stranger@x.de", DAY, id="n")])
+    engine.flush(0)
+    assert engine.stats.records == {"changes": 1, "outbound": 1, "delivery": 0}
+    assert engine.stats.alerts["recipient_unlinked"] == 1
+    assert engine.stats.released == 2

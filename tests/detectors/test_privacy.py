@@ -1,0 +1,34 @@
+from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn, normalise_address
+from detectors.settings import Secret, Settings
+
+
+def test_msisdn_mask_keeps_prefix_and_last_two_digits():
+    assert mask_msisdn("+4917612345678") == "+49176******78"
+    assert mask_msisdn("+491761234") == "+49176**34"
+    assert mask_msisdn("+4915198765432") == "+49151******32"
+
+
+def test_address_mask_keeps_first_letter_and_domain():
+    assert mask_address("  Jane.Doe@GMX.de ") == "j***@gmx.de"
+    assert mask_address("not-an-address") == "n***"
+    assert mask_address("@x.de") == "***@x.de"
+
+
+def test_normalisation_is_trim_and_lower_case_only():
+    assert normalise_address("  A.B+c@Gmail.COM\t") == "a.b+c@gmail.com"
+
+
+def test_keyed_hashes_depend_on_the_key_and_on_nothing_but_the_normalised_value():
+    a, b = Pseudonymiser(b"k1"), Pseudonymiser(b"k2")
+    assert a.address_ref("X@y.de") == a.address_ref(" x@Y.DE ")
+    assert a.address_ref("x@y.de") != b.address_ref("x@y.de")
+    assert a.msisdn_ref("+4917612345678") == a.msisdn_ref("+4917612345678")
+    assert len(a.msisdn_ref("+4917612345678")) == 24
+    # domain separation: a number and an address with the same text differ
+    assert a.msisdn_ref("+491") != a.address_ref("+491").hex()
+
+
+def test_secrets_never_show_in_repr():
+    s = Settings(pseudonymisation_key=Secret("hunter2-very-secret"))
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.pseudonymisation_key)
+    assert "k1" not in repr(Pseudonymiser(b"k1"))

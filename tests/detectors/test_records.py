@@ -1,0 +1,115 @@
+import json
+
+import pytest
+
+from detectors import records as r
+from detectors.records import BadRecord, decode
+from tests.factories import MSISDN, change, delivery, mail
+
+
+def _decode(rec):
+    kind = {"contracts.changes": "changes", "notifications.outbound": "outbound",
+            "notifications.delivery": "delivery"}[rec.topic]
+    return decode(kind, rec.key, rec.value)
+
+
+def test_every_change_type_decodes_to_its_class():
+    cases = {
+        "contract_started": r.ContractStarted, "contract_ended": r.ContractEnded,
+        "email_changed": r.EmailChanged, "email_verified": r.EmailVerified,
+        "holder_changed": r.HolderChanged, "ported_in": r.PortedIn, "ported_out": r.PortedOut,
+    }
+    for type_, cls in cases.items():
+        extra = {"email": "a@b.c"} if type_.startswith("email") else {}
+        record, t = _decode(change(type_, 1.5, **extra))
+        assert isinstance(record, cls)
+        assert r.change_type(record) == type_
+        assert t == 1767225601500000  # 2026-01-01T00:00:01.500Z in microseconds
+
+
+def test_unknown_fields_are_ignored_and_optional_fields_default():
+    rec = mail("a@b.c", 0, future_field={"x": 1})
+    record, _ = _decode(rec)
+    assert record.contract_id is None and record.customer_id is None
+
+
+def test_offsets_are_normalised_to_utc():
+    a, ta = _decode(change("contract_ended", "2026-03-01T10:00:00+02:00"))
+    b, tb = _decode(change("contract_ended", "2026-03-01T08:00:00Z"))
+    assert ta == tb
+
+
+def _with(rec, **patch):
+    value = json.loads(rec.value)
+    for k, v in patch.items():
+        if v is _DROP:
+            value.pop(k)
+        else:
+            value[k] = v
+    return type(rec)(rec.topic, rec.key, json.dumps(value))
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("rec", "code", "words"),
+    [
+        (_with(mail("a@b.c"), channel="fax"), r.INVALID_RECORD, "channel"),
+        (_with(mail("a@b.c"), recipient=""), r.INVALID_RECORD, "recipient"),
+        (_with(mail("a@b.c"), message_id=_DROP), r.INVALID_RECORD, "message_id"),
+        (_with(mail("a@b.c"), brand=7), r.INVALID_RECORD, "brand"),
+        (_with(delivery("m"), status="lost"), r.INVALID_RECORD, "status"),
+        (_with(delivery("m"), bounce_type="medium"), r.INVALID_RECORD, "bounce_type"),
+        (_with(change("contract_ended"), type="contract_paused"), r.INVALID_RECORD, "unknown change type"),
+        (_with(change("contract_ended"), type=_DROP), r.INVALID_RECORD, "type"),
+        (_with(change("contract_started"), customer_id=None), r.INVALID_RECORD, "customer_id"),
+        (_with(change("email_changed", email="a@b"), email=_DROP), r.INVALID_RECORD, "email"),
+        (_with(change("ported_out"), operator=_DROP), r.INVALID_RECORD, "operator"),
+        (_with(mail("a@b.c"), schema_version=2), r.UNSUPPORTED_SCHEMA_VERSION, "schema_version"),
+        (_with(mail("a@b.c"), schema_version="1"), r.INVALID_RECORD, "schema_version"),
+        (_with(mail("a@b.c"), event_id=""), r.INVALID_RECORD, "event_id"),
+        (_with(mail("a@b.c"), msisdn="017612345678"), r.BAD_MSISDN, "E.164"),
+        (_with(mail("a@b.c"), msisdn="+49 176 1234"), r.BAD_MSISDN, "E.164"),
+        (_with(mail("a@b.c"), event_time="2026-03-01T08:15:02"), r.BAD_EVENT_TIME, "time zone"),
+        (_with(mail("a@b.c"), event_time="2026-02-30T08:15:02Z"), r.BAD_EVENT_TIME, "real instant"),
+        (_with(mail("a@b.c"), event_time=1772352902), r.BAD_EVENT_TIME, "RFC 3339"),
+        (_with(mail("a@b.c"), msisdn=MSISDN[:-1] + "9"), r.KEY_MISMATCH, "key"),
+    ],
+)
+def test_bad_records_have_a_code_and_a_reason_naming_the_problem(rec, code, words):
+    with pytest.raises(BadRecord) as info:
+        _decode(rec)
+    assert info.value.code == code
+    assert words in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (b"{not json", r.INVALID_JSON),
+        (b"\xff\xfe", r.INVALID_JSON),
+        (None, r.INVALID_JSON),
+        (b"[1, 2]", r.NOT_AN_OBJECT),
+        (b'"text"', r.NOT_AN_OBJECT),
+    ],
+)
+def test_values_that_are_no_json_object(value, code):
+    with pytest.raises(BadRecord) as info:
+        decode("outbound", MSISDN, value)
+    assert info.value.code == code
+
+
+def test_missing_key_is_a_key_mismatch():
+    rec = mail("a@b.c")
+    with pytest.raises(BadRecord) as info:
+        decode("outbound", None, rec.value)
+    assert info.value.code == r.KEY_MISMATCH
+    with pytest.raises(BadRecord):
+        decode("outbound", b"\xff", rec.value)
+
+
+def test_key_as_bytes_is_accepted():
+    rec = mail("a@b.c")
+    record, _ = decode("outbound", MSISDN.encode(), rec.value.encode())
+    assert record.msisdn == MSISDN

@@ -1,0 +1,111 @@
+"""The recipient rules, one row per case: a history, a mail, the verdict it must get."""
+
+import pytest
+
+from tests.factories import change, kinds_of, mail, new_engine, feed
+
+DAY = 86_400
+OTHER = "+4917600000002"
+
+
+def verdict_of(history, notification):
+    engine = new_engine()
+    feed(engine, [*history, notification])
+    engine.flush(0)
+    alerts, _, verdicts = engine.drain()
+    assert len(verdicts) >= 1
+    return verdicts[-1].verdict, alerts
+
+
+started = change("contract_started", 0, id="s", email="holder@x.de")
+CASES = [
+    ("current address", [started], mail("holder@x.de", DAY), "ok"),
+    ("current address, other case and spaces", [started], mail(" HOLDER@X.DE ", DAY), "ok"),
+    ("sms to an active number", [started], mail("+4917612345678", DAY, channel="sms"), "ok"),
+    ("no contract ever", [], mail("holder@x.de", DAY), "notification_without_contract"),
+    ("before the contract started", [change("contract_started", 2 * DAY, email="h@x.de")],
+     mail("h@x.de", DAY), "notification_without_contract"),
+    ("at the instant the contract ended", [started, change("contract_ended", DAY)],
+     mail("holder@x.de", DAY), "notification_without_contract"),
+    ("sms after port-out", [started, change("ported_out", DAY)],
+     mail("+4917612345678", 2 * DAY, channel="sms"), "notification_without_contract"),
+    ("previous holder's address after a recycle",
+     [started, change("contract_ended", DAY), change("contract_started", 2 * DAY, contract_id="K-2",
+                                                     customer_id="C-2", email="new@x.de")],
+     mail("holder@x.de", 3 * DAY), "recipient_previous_holder"),
+    ("old holder's address after a holder change",
+     [started, change("holder_changed", DAY, customer_id="C-2")],
+     mail("holder@x.de", 2 * DAY), "recipient_previous_holder"),
+    ("new holder's own address set later is current",
+     [started, change("holder_changed", DAY, customer_id="C-2"),
+      change("email_changed", DAY + 1, email="new@x.de")],
+     mail("new@x.de", 2 * DAY), "ok"),
+    ("another customer's address on another number",
+     [started, change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
+     mail("nine@x.de", DAY), "recipient_other_customer"),
+    ("another customer's address linked only after the mail",
+     [started, change("contract_started", 2 * DAY, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
+     mail("nine@x.de", DAY), "recipient_unlinked"),
+    ("superseded address of the holder",
+     [started, change("email_changed", DAY, email="new@x.de")],
+     mail("holder@x.de", 2 * DAY), "recipient_stale_contract"),
+    ("mail before the change went to the then-current address (as-of)",
+     [started, change("email_changed", 2 * DAY, email="new@x.de")],
+     mail("holder@x.de", DAY), "ok"),
+    ("holder's address from her ended contract (brand switch)",
+     [started, change("contract_ended", DAY), change("contract_started", DAY, contract_id="K-2",
+                                                     email="second@x.de")],
+     mail("holder@x.de", 2 * DAY), "recipient_stale_contract"),
+    ("holder's address on her other number",
+     [started, change("contract_started", 0, msisdn=OTHER, contract_id="K-7", email="work@x.de")],
+     mail("work@x.de", DAY), "recipient_stale_contract"),
+    ("address nobody has", [started], mail("stranger@x.de", DAY), "recipient_unlinked"),
+    ("an address of the same number's previous holder beats another customer's link",
+     [started, change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de"),
+      change("contract_ended", DAY),
+      change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="new@x.de")],
+     mail("holder@x.de", 2 * DAY), "recipient_previous_holder"),
+    ("another customer beats the holder's own stale link",
+     [started, change("email_changed", DAY, email="new@x.de"),
+      change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de")],
+     mail("holder@x.de", 2 * DAY), "recipient_other_customer"),
+    ("the current address wins even if a previous holder also had it",
+     [started, change("contract_ended", DAY),
+      change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="holder@x.de")],
+     mail("holder@x.de", 2 * DAY), "ok"),
+]
+
+
+@pytest.mark.parametrize(("history", "notification", "expected"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_recipient_rules(history, notification, expected):
+    verdict, alerts = verdict_of(history, notification)
+    assert verdict == expected
+    recipient_alerts = [a for a in alerts if a.kind.startswith(("recipient", "notification"))]
+    if expected == "ok":
+        assert recipient_alerts == []
+    else:
+        assert [a.kind for a in recipient_alerts] == [expected]
+        assert recipient_alerts[0].trigger_event_id == notification.event["event_id"]
+
+
+def test_breach_alert_carries_masked_evidence_and_no_clear_text():
+    history = [started, change("contract_ended", DAY, id="e"),
+               change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", email="n@x.de")]
+    _, alerts = verdict_of(history, mail("holder@x.de", 3 * DAY, id="n"))
+    (alert,) = [a for a in alerts if a.kind == "recipient_previous_holder"]
+    assert alert.severity == "critical"
+    assert alert.event_ids == ["n", "s2", "s", "e"]
+    assert alert.evidence["active"]["contract_id"] == "K-2"
+    assert alert.evidence["linked"]["customer_id"] == "C-1"
+    assert alert.evidence["linked"]["end"] == "2026-01-02T00:00:00.000Z"
+    assert alert.evidence["recipient_masked"] == "h***@x.de"
+    text = repr(alert)
+    assert "holder@x.de" not in text and "+4917612345678" not in text
+    assert alert.subject.msisdn_masked == "+49176******78"
+    assert alert.runbook_url == "docs/runbooks/recipient_previous_holder.md"
+
+
+def test_kinds_helper_lists_trigger_pairs():
+    _, alerts = verdict_of([], mail("a@b.de", 0, id="n0"))
+    assert kinds_of(alerts) == [("notification_without_contract", "n0")]
