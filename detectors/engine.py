@@ -136,7 +136,7 @@ class Engine:
         self.settings = settings
         self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
         self._new_id = new_id
-        self.numbers: NumberStore = numbers if numbers is not None else {}  # type: ignore[assignment]
+        self.numbers: NumberStore = numbers if numbers is not None else {}
         self.index = index if index is not None else AddressIndex()
         self.partitions: dict[int, PartitionState] = {}
         self.stats = Stats()
@@ -444,11 +444,17 @@ class Engine:
             evidence["linked"] = None
             evidence["previous_contract"] = v.holding.describe() if v.holding is not None else None
         elif v.kind == kinds.RECIPIENT_PREVIOUS_HOLDER:
-            summary = f"{what} went to {masked_to}, an address of the number's previous holder: {owner}; the number is now {holder}"
+            summary = (
+                f"{what} went to {masked_to}, an address of the number's previous holder: {owner}; "
+                f"the number is now {holder}"
+            )
         elif v.kind == kinds.RECIPIENT_OTHER_CUSTOMER:
             summary = f"{what} went to {masked_to}, an address of another customer: {owner}; the number is {holder}"
         elif v.kind == kinds.RECIPIENT_STALE_CONTRACT:
-            summary = f"{what} went to {masked_to}, an old address of the holder from {owner}, not the current address of {holder}"
+            summary = (
+                f"{what} went to {masked_to}, an old address of the holder from {owner}, "
+                f"not the current address of {holder}"
+            )
         else:
             summary = f"{what} went to {masked_to}, an address linked to no customer; the number is {holder}"
         self._emit(
@@ -492,7 +498,8 @@ class Engine:
         self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
     ) -> None:
         hours = self.settings.bounce_burst_window_s / 3600
-        summary = f"{len(window)} bounces within {hours:g} h for {mask_msisdn(rec.msisdn)} ({rec.brand}, {rec.sender})"
+        who = f"{mask_msisdn(rec.msisdn)} ({rec.brand}, {rec.sender})"
+        summary = f"{len(window)} bounces within {hours:g} h for {who}"
         evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
         self._emit(
             kinds.BOUNCE_BURST,

@@ -130,7 +130,7 @@ def derive(changes: list[Change]) -> list[Holding]:
             holdings.append(current)
         elif current is None or current.contract_id != ch.contract_id:
             continue  # a change for a contract not on the number then: nothing to apply
-        elif kind == CONTRACT_ENDED or kind == PORTED_OUT:
+        elif kind in (CONTRACT_ENDED, PORTED_OUT):
             _close(current, ch.t, kind, ch.event_id)
             current = None
         elif kind == HOLDER_CHANGED:
@@ -153,13 +153,3 @@ def active_at(holdings: list[Holding], t: int) -> Holding | None:
         if h.active_at(t):
             return h
     return None
-
-
-def last_real_end_before(holdings: list[Holding], t: int) -> Holding | None:
-    """The holding that last ended by contract_ended or ported_out at or before t."""
-    best: Holding | None = None
-    for h in holdings:
-        if h.end is not None and h.end <= t and h.end_type in REAL_ENDS:
-            if best is None or h.end > (best.end or 0):
-                best = h
-    return best

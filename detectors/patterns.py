@@ -8,7 +8,9 @@ from detectors.holdings import REAL_ENDS, Holding
 from detectors.state import Mark
 
 
-def count_in_window(marks: list[Mark], mark: Mark, window_us: int, threshold: int, hot: bool) -> tuple[bool, bool, list[Mark]]:
+def count_in_window(
+    marks: list[Mark], mark: Mark, window_us: int, threshold: int, hot: bool
+) -> tuple[bool, bool, list[Mark]]:
     """Add a counted event to a number's window; say whether a pattern fires.
 
     The trailing window of an event at t holds the counted events with

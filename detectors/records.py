@@ -67,36 +67,36 @@ class _Change(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type")
     contract_id: NonEmpty
 
 
-class ContractStarted(_Change, tag="contract_started"):
+class ContractStarted(_Change, frozen=True, tag="contract_started"):
     customer_id: NonEmpty
     brand: NonEmpty
     email: str | None = None
 
 
-class ContractEnded(_Change, tag="contract_ended"):
+class ContractEnded(_Change, frozen=True, tag="contract_ended"):
     pass
 
 
-class EmailChanged(_Change, tag="email_changed"):
+class EmailChanged(_Change, frozen=True, tag="email_changed"):
     email: str
 
 
-class EmailVerified(_Change, tag="email_verified"):
+class EmailVerified(_Change, frozen=True, tag="email_verified"):
     email: str
 
 
-class HolderChanged(_Change, tag="holder_changed"):
+class HolderChanged(_Change, frozen=True, tag="holder_changed"):
     customer_id: NonEmpty
 
 
-class PortedIn(_Change, tag="ported_in"):
+class PortedIn(_Change, frozen=True, tag="ported_in"):
     customer_id: NonEmpty
     brand: NonEmpty
     operator: NonEmpty
     email: str | None = None
 
 
-class PortedOut(_Change, tag="ported_out"):
+class PortedOut(_Change, frozen=True, tag="ported_out"):
     operator: NonEmpty
 
 

@@ -24,10 +24,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if path is None:
         path = env.get(_ENV_PREFIX + "CONFIG") or None
     if path is not None:
-        with open(path, "rb") as f:
-            values.update(tomllib.load(f))
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    for name, f in fields.items():
+        with open(path, "rb") as fh:
+            values.update(tomllib.load(fh))
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    for name in fields:
         raw = env.get(_ENV_PREFIX + name.upper())
         if raw is not None and name not in ("topics",):
             values[name] = raw

@@ -124,7 +124,7 @@ def replay(
                 try:
                     env = decode_line(line)
                 except msgspec.DecodeError as err:
-                    engine._dead_letter(  # noqa: SLF001 - same policy, other source
+                    engine._dead_letter(
                         f"{path}:{lineno}", None, None, None, None, line.rstrip(b"\n"),
                         BadRecord(BAD_ENVELOPE, f"line is not a kcat -J envelope: {err}"),
                     )

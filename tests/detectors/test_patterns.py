@@ -38,7 +38,7 @@ def test_bounce_burst_threshold_and_window_are_settings():
 
 
 def test_delivered_and_deferred_do_not_count():
-    recs = bounces(0, 1) + [delivery("x", "delivered", 2), delivery("y", "deferred", 3)]
+    recs = [*bounces(0, 1), delivery("x", "delivered", 2), delivery("y", "deferred", 3)]
     assert run(recs) == []
 
 

@@ -71,8 +71,9 @@ def test_any_arrival_order_within_grace_gives_the_same_alerts(records, data):
     expected, _ = _alerts(in_order)
     # arrival = event time + a delay in [0, grace]: nothing arrives later than grace after the watermark
     delays = [data.draw(st.floats(min_value=0, max_value=GRACE)) for _ in records]
-    shuffled = [r for _, _, r in sorted(zip([_t(r) + d for r, d in zip(records, delays)],
-                                            data.draw(st.permutations(range(len(records)))), records))]
+    arrival = [_t(r) + d for r, d in zip(records, delays, strict=True)]
+    tiebreak = data.draw(st.permutations(range(len(records))))
+    shuffled = [r for _, _, r in sorted(zip(arrival, tiebreak, records, strict=True))]
     got, _ = _alerts(shuffled)
     assert got == expected
 

@@ -34,8 +34,8 @@ def test_unknown_fields_are_ignored_and_optional_fields_default():
 
 
 def test_offsets_are_normalised_to_utc():
-    a, ta = _decode(change("contract_ended", "2026-03-01T10:00:00+02:00"))
-    b, tb = _decode(change("contract_ended", "2026-03-01T08:00:00Z"))
+    _, ta = _decode(change("contract_ended", "2026-03-01T10:00:00+02:00"))
+    _, tb = _decode(change("contract_ended", "2026-03-01T08:00:00Z"))
     assert ta == tb
 
 

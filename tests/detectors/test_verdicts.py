@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.factories import change, kinds_of, mail, new_engine, feed
+from tests.factories import change, feed, kinds_of, mail, new_engine
 
 DAY = 86_400
 OTHER = "+4917600000002"

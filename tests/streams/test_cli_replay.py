@@ -1,0 +1,69 @@
+"""`notifguard replay --offline` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from detectors.capture import encode_line
+from streams.cli import main
+from streams.scenarios import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _capture(tmp_path: Path, name: str = "motivating_re_port_leak") -> Path:
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"".join(encode_line(e) for e in load(name).envelopes()))
+    return path
+
+
+def test_replay_writes_alerts_and_prints_a_summary(tmp_path, capsys):
+    cap = _capture(tmp_path)
+    with open(cap, "ab") as f:
+        f.write(b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"+49","payload":"{}"}\n')
+    out, dead = tmp_path / "alerts.jsonl", tmp_path / "dead.jsonl"
+    rc = main(["replay", "--offline", str(cap), "--alerts-out", str(out), "--deadletter-out", str(dead)])
+    assert rc == 0
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+    assert json.loads(dead.read_text())["reason_code"] == "invalid_record"
+    text = capsys.readouterr().out
+    assert "records               8" in text
+    assert "recipient_previous_holder              1" in text
+    assert "severity critical                      1" in text
+    assert "dead letters          1" in text
+    assert "records/s" in text
+
+
+def test_replaying_twice_gives_the_same_dedup_keys(tmp_path):
+    cap = _capture(tmp_path)
+    keys = []
+    for i in range(2):
+        out = tmp_path / f"a{i}.jsonl"
+        assert main(["replay", "--offline", str(cap), "--alerts-out", str(out)]) == 0
+        keys.append(sorted(json.loads(line)["dedup_key"] for line in out.read_text().splitlines()))
+    assert keys[0] == keys[1] and len(keys[0]) == 2
+
+
+def test_config_file_changes_the_rules(tmp_path):
+    cap = _capture(tmp_path)
+    conf = tmp_path / "conf.toml"
+    conf.write_text("re_port_window_s = 86400.0\npseudonymisation_key = 'k-test'\n")
+    out = tmp_path / "a.jsonl"
+    assert main(["replay", "--offline", str(cap), "--alerts-out", str(out), "--config", str(conf)]) == 0
+    assert [json.loads(line)["kind"] for line in out.read_text().splitlines()] == ["recipient_previous_holder"]
+
+
+def test_cannot_run_exits_non_zero_but_alerts_do_not(tmp_path):
+    assert main(["replay", "--offline", str(tmp_path / "missing.jsonl")]) == 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "replay", "--offline", str(_capture(tmp_path)), "--print-alerts"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0
+    assert "[critical] recipient_previous_holder" in proc.stdout
+    assert "DEVELOPMENT PSEUDONYMISATION KEY" in proc.stderr
+    assert "anna.schmidt" not in proc.stdout + proc.stderr.lower()
