@@ -100,6 +100,7 @@ class PartitionState:
     wall_at_watermark: int = 0
     last_arrival_wall: int = 0
     pending: list[tuple[Any, ...]] = field(default_factory=list)
+    pending_ids: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -180,19 +181,18 @@ class Engine:
             self._dead_letter(topic, partition, offset, timestamp_ms, key, value, bad)
             return
         ref = self._pseudo.msisdn_ref(record.msisdn)
-        state = self.numbers.get(ref)
-        if state is None:
-            state = NumberState()
-        elif state.is_duplicate(record.event_id):
-            self.stats.duplicates[kind] += 1
-            return
-        state.remember(t, record.event_id, self._dedup)
-        self.numbers[ref] = state
-        self.stats.records[kind] += 1
-
         ps = self.partitions.get(partition)
         if ps is None:
             ps = self.partitions[partition] = PartitionState()
+        # Duplicates: applied ones are remembered in the number's state, pending
+        # ones in the partition's buffer. Ids are remembered when applied, so a
+        # worker that restarts before releasing its buffer re-reads and applies.
+        pending_id = (ref, record.event_id)
+        state = self.numbers.get(ref)
+        if pending_id in ps.pending_ids or (state is not None and state.is_duplicate(record.event_id)):
+            self.stats.duplicates[kind] += 1
+            return
+        self.stats.records[kind] += 1
         category = _CATEGORY[kind]
         wm = ps.watermark
         ps.last_arrival_wall = now_us
@@ -203,6 +203,7 @@ class Engine:
         sub = _CHANGE_CODE[type(record)] if category == CHANGE else 0
         self._seq += 1
         heappush(ps.pending, (t, category, sub, record.event_id, self._seq, ref, record))
+        ps.pending_ids.add(pending_id)
         if wm is None or t > wm:
             ps.watermark = wm = t
             ps.wall_at_watermark = now_us
@@ -237,12 +238,14 @@ class Engine:
     def _release(self, ps: PartitionState, limit: int | None) -> None:
         pending = ps.pending
         while pending and (limit is None or pending[0][0] < limit):
-            t, category, _, _, _, ref, record = heappop(pending)
+            t, category, _, event_id, _, ref, record = heappop(pending)
+            ps.pending_ids.discard((ref, event_id))
             self.stats.released += 1
             self._apply(category, t, record, ref, False)
 
     def _apply(self, category: int, t: int, record: InputRecord, ref: str, late: bool) -> None:
         state = self.numbers.get(ref) or NumberState()
+        state.remember(t, record.event_id, self._dedup)
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)  # type: ignore[arg-type]
         elif category == DELIVERY:
