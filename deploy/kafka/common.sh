@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared settings for deploy/kafka/*.sh (sourced, not executed).
 # Every value can be overridden from the environment.
 

@@ -40,4 +40,4 @@ done
 echo "$want" >"$tmp/.notifguard-fetched"
 rm -rf "$KAFKA_LIBS"
 mv "$tmp" "$KAFKA_LIBS"
-echo "kafka $KAFKA_VERSION libs: $KAFKA_LIBS ($(ls "$KAFKA_LIBS" | wc -l) jars fetched)"
+echo "kafka $KAFKA_VERSION libs: $KAFKA_LIBS ($(find "$KAFKA_LIBS" -name "*.jar" | wc -l) jars fetched)"

@@ -60,7 +60,7 @@ def ping(host: str, port: int, timeout: float) -> int:
             body += struct.pack(">??", False, False)
         data = _request(sock, 3, version, 2, body)
         pos = 4  # throttle_time_ms
-        (brokers,) = struct.unpack(">i", data[pos : pos + 4])
+        brokers: int = struct.unpack(">i", data[pos : pos + 4])[0]
         return brokers
 
 

@@ -16,15 +16,18 @@ t0=$SECONDS
 
 ping_broker() { "$PYTHON" "$KAFKA_DEPLOY_DIR/ping.py" "$KAFKA_BOOTSTRAP" 2; }
 
+die() { echo "start.sh: $*" >&2; exit 1; }
+
+# Startup failure: show the broker's errors before exiting.
 fail() {
     echo "start.sh: $*" >&2
     for f in "$KAFKA_LOG_DIR/stdout.log" "$KAFKA_LOG_DIR/server.log"; do
         if [[ -s "$f" ]]; then
-            echo "--- last lines of $f" >&2
+            echo "--- last errors in $f" >&2
             grep -E 'ERROR|FATAL|Exception' "$f" | tail -n 15 >&2 || tail -n 15 "$f" >&2
         fi
     done
-    echo "(if the data dir is from an incompatible run: $KAFKA_DEPLOY_DIR/stop.sh --wipe)" >&2
+    echo "(storage left by an incompatible run? reset it: $KAFKA_DEPLOY_DIR/stop.sh --wipe)" >&2
     exit 1
 }
 
@@ -50,11 +53,11 @@ rm -f "$KAFKA_PID_FILE"
 
 for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     if (exec 3<>"/dev/tcp/$KAFKA_HOST/$port") 2>/dev/null; then
-        fail "port $KAFKA_HOST:$port is already in use by a process not started by this script"
+        die "port $KAFKA_HOST:$port is already in use by a process not started by this script"
     fi
 done
 
-command -v java >/dev/null 2>&1 || fail "java not found (need Java 17+)"
+command -v java >/dev/null 2>&1 || die "java not found (need Java 17+)"
 
 # 2. Broker jars (no network when cached).
 fetch_out="$("$KAFKA_DEPLOY_DIR/fetch.sh" 2>&1)" || { echo "$fetch_out" >&2; exit 1; }
@@ -94,8 +97,9 @@ log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 PROPS
 
+read -r -a heap_opts <<<"$KAFKA_HEAP_OPTS"
 JAVA_OPTS=(
-    $KAFKA_HEAP_OPTS
+    "${heap_opts[@]}"
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
     -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$KAFKA_DEPLOY_DIR/log4j2.xml"
@@ -105,10 +109,13 @@ JAVA_OPTS=(
 
 # 4. Format KRaft storage once (meta.properties marks a formatted log dir).
 if [[ ! -f "$KAFKA_STORAGE_DIR/meta.properties" ]]; then
-    cluster_id="$(java "${JAVA_OPTS[@]}" kafka.tools.StorageTool random-uuid 2>"$KAFKA_LOG_DIR/format.log")" \
-        || { cat "$KAFKA_LOG_DIR/format.log" >&2; fail "StorageTool random-uuid failed"; }
+    # Same form as `kafka-storage random-uuid`: 16 random bytes, URL-safe base64, no padding.
+    cluster_id="$("$PYTHON" -c 'import base64, uuid
+while (u := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+    pass
+print(u)')"
     java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONFIG" \
-        >>"$KAFKA_LOG_DIR/format.log" 2>&1 \
+        >"$KAFKA_LOG_DIR/format.log" 2>&1 \
         || { cat "$KAFKA_LOG_DIR/format.log" >&2; fail "StorageTool format failed"; }
     echo "$KAFKA_VERSION" >"$KAFKA_DATA/formatted-by-kafka-version"
 fi
