@@ -16,8 +16,12 @@ def _replay(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     warn_if_dev_key(settings)
     if not args.offline:
-        print("notifguard replay: only --offline is available in this build", file=sys.stderr)
-        return 2
+        if not args.bootstrap:
+            print("notifguard replay: give --offline, or --bootstrap to produce to Kafka", file=sys.stderr)
+            return 2
+        from streams.staging import replay_to_kafka_command
+
+        return replay_to_kafka_command(args, settings)
     with ExitStack() as stack:
         alerts_out = stack.enter_context(open(args.alerts_out, "wb")) if args.alerts_out else None
         dead_out = (
@@ -59,7 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deadletter-out", metavar="FILE", help="write dead letters as JSON Lines")
     r.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     r.add_argument("--print-alerts", action="store_true", help="print one line per alert")
+    r.add_argument("--bootstrap", metavar="HOST:PORT", help="produce the captures to this Kafka cluster")
+    r.add_argument("--speed", type=float, default=0.0,
+                   help="with --bootstrap: 1 = original pacing, 0 = as fast as possible (default)")
+    r.add_argument("--rebase-time", metavar="now|RFC3339",
+                   help="with --bootstrap: shift event times so the first record is at this time")
+    r.add_argument("--rename", metavar="OLD=NEW", action="append", default=[],
+                   help="with --bootstrap: produce records of topic OLD to NEW (repeatable)")
     r.set_defaults(func=_replay)
+
+    c = sub.add_parser("capture", help="capture Kafka topics to a kcat -J capture file")
+    c.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    c.add_argument("--topics", required=True, nargs="+")
+    c.add_argument("--out", required=True, metavar="FILE")
+    c.add_argument("--from-beginning", action="store_true", default=True)
+    c.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="stop after this many seconds without a new record (default 5)")
+    c.add_argument("--max-records", type=int, default=0)
+    c.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).capture_command(a))
+
+    k = sub.add_parser("check", help="replay a scenario into a running system and await its alerts")
+    k.add_argument("scenario", help="name in scenarios/ or path to a .toml")
+    k.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    k.add_argument("--timeout", type=float, default=60.0)
+    k.add_argument("--config", metavar="FILE", help="settings file (TOML), for topic names")
+    k.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="replay ids, numbers and addresses as written (default: rewrite them per run)")
+    k.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).check_command(a))
 
     s = sub.add_parser("scenario-capture", help="write a scenario as a kcat -J capture")
     s.add_argument("scenario", help="name in scenarios/ or path to a .toml")
