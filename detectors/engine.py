@@ -18,6 +18,7 @@ import msgspec
 from detectors import kinds
 from detectors.alerts import Alert, Subject, dedup_key, unique
 from detectors.holdings import (
+    ADDRESS_EVENTS,
     PORTS,
     STARTS,
     TYPE_CODES,
@@ -256,15 +257,25 @@ class Engine:
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version)."""
+        return self._derived(ref, state)[2]
+
+    def _derived(self, ref: str, state: NumberState) -> list[Any]:
+        """[changes, len(changes), holdings, links or None]: the cache entry of the number's log."""
         cached = self._holdings.get(ref)
         changes = state.changes
         if cached is not None and cached[0] is changes and cached[1] == len(changes):
-            return cached[2]
-        holdings = derive(changes)
+            return cached
+        entry: list[Any] = [changes, len(changes), derive(changes), None]
         if len(self._holdings) >= _HOLDINGS_CACHE_MAX:
             del self._holdings[next(iter(self._holdings))]
-        self._holdings[ref] = (changes, len(changes), holdings)
-        return holdings
+        self._holdings[ref] = entry
+        return entry
+
+    def _links(self, ref: str, entry: list[Any]) -> list[tuple[bytes, Link]]:
+        if entry[3] is None:
+            entry[3] = _links(ref, entry[2])
+        links: list[tuple[bytes, Link]] = entry[3]
+        return links
 
     # --------------------------------------------------------- contract changes
 
@@ -281,14 +292,18 @@ class Engine:
             getattr(rec, "brand", None),
             addr,
         )
-        before = self.holdings(ref, state)
+        before = self._derived(ref, state)
+        if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
+            return  # the holding's current address already: nothing to store or link
+        old_links = self._links(ref, before)
         state.add_change(change)
-        after = self.holdings(ref, state)
-        self.index.replace(ref, _links(ref, before), _links(ref, after))
+        after = self._derived(ref, state)
+        self.index.replace(ref, old_links, self._links(ref, after))
+        after_holdings: list[Holding] = after[2]
 
         if code in STARTS:
-            started = next((h for h in after if h.start_event_id == rec.event_id), None)
-            prev = re_port(after, started, self._re_port) if started is not None else None
+            started = next((h for h in after_holdings if h.start_event_id == rec.event_id), None)
+            prev = re_port(after_holdings, started, self._re_port) if started is not None else None
             if started is not None and prev is not None:
                 self._re_port_alert(t, rec, ref, started, prev, late)
         if code in PORTS:
@@ -568,6 +583,14 @@ class Engine:
                 topic, partition, offset, timestamp_ms, k, k_enc, v, v_enc, bad.reason, bad.code, rfc3339(self._now)
             )
         )
+
+
+def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:
+    """An address event, in order, that sets the address its open holding already has."""
+    if not holdings or (state.changes and state.changes[-1].t > change.t):
+        return False
+    h = holdings[-1]
+    return h.end is None and h.contract_id == change.contract_id and h.current_address(change.t) == change.addr
 
 
 def _links(ref: str, holdings: list[Holding]) -> list[tuple[bytes, Link]]:

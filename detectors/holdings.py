@@ -38,6 +38,7 @@ TYPE_CODES: Final = {name: code for code, name in enumerate(TYPE_NAMES)}
 STARTS: Final = frozenset({CONTRACT_STARTED, PORTED_IN})
 PORTS: Final = frozenset({PORTED_IN, PORTED_OUT})
 REAL_ENDS: Final = frozenset({CONTRACT_ENDED, PORTED_OUT})
+ADDRESS_EVENTS: Final = frozenset({EMAIL_CHANGED, EMAIL_VERIFIED})
 
 
 class Change(msgspec.Struct, array_like=True, frozen=True):

@@ -13,26 +13,46 @@ def normalise_address(address: str) -> str:
 
 
 class Pseudonymiser:
-    """HMAC-SHA256 with a secret key, domain-separated per kind of value, truncated."""
+    """HMAC-SHA256 with a secret key, domain-separated per kind of value, truncated.
 
-    __slots__ = ("_key",)
+    Recent results are memoised in process memory (never persisted, bounded),
+    since the same numbers and addresses recur and HMAC is the costliest step
+    of a record's processing.
+    """
+
+    __slots__ = ("_addresses", "_key", "_numbers")
+    CACHE_MAX = 200_000
 
     def __init__(self, key: bytes) -> None:
         if not key:
             raise ValueError("the pseudonymisation key must not be empty")
         self._key = key
+        self._numbers: dict[str, str] = {}
+        self._addresses: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         return "Pseudonymiser(key=********)"
 
     def msisdn_ref(self, msisdn: str) -> str:
         """Stable reference of a number (hex), for state keys and alerts."""
-        return hmac.digest(self._key, b"msisdn\x00" + msisdn.encode(), "sha256")[:REF_BYTES].hex()
+        ref = self._numbers.get(msisdn)
+        if ref is None:
+            if len(self._numbers) >= self.CACHE_MAX:
+                self._numbers.clear()
+            ref = hmac.digest(self._key, b"msisdn\x00" + msisdn.encode(), "sha256")[:REF_BYTES].hex()
+            self._numbers[msisdn] = ref
+        return ref
 
     def address_ref(self, address: str) -> bytes:
         """Keyed hash of a normalised e-mail address, as held in state."""
-        data = b"email\x00" + normalise_address(address).encode()
-        return hmac.digest(self._key, data, "sha256")[:REF_BYTES]
+        ref = self._addresses.get(address)
+        if ref is None:
+            if len(self._addresses) >= self.CACHE_MAX:
+                self._addresses.clear()
+            data = b"email\x00" + normalise_address(address).encode()
+            ref = hmac.digest(self._key, data, "sha256")[:REF_BYTES]
+            self._addresses[address] = ref
+        return ref
 
 
 def mask_msisdn(msisdn: str) -> str:

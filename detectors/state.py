@@ -44,7 +44,10 @@ class NumberState(msgspec.Struct, array_like=True):
         insort(self.changes, change, key=Change.sort_key)
 
     def is_duplicate(self, event_id: str) -> bool:
-        return any(m.event_id == event_id for m in self.seen)
+        for m in self.seen:
+            if m.event_id == event_id:
+                return True
+        return False
 
     def remember(self, t: int, event_id: str, retention_us: int) -> None:
         """Record an event id for duplicate detection; forget ids older than retention."""
