@@ -155,7 +155,7 @@ class Engine:
         self._port_window = us(settings.port_flapping_window_s)
         self._bounce_window = us(settings.bounce_burst_window_s)
         self._correlation = us(settings.delivery_correlation_s)
-        self._holdings: dict[str, tuple[list[Change], int, list[Holding]]] = {}
+        self._holdings: dict[str, list[Any]] = {}
         self._seq = 0
         self._now = 0
 
@@ -257,7 +257,8 @@ class Engine:
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version)."""
-        return self._derived(ref, state)[2]
+        holdings: list[Holding] = self._derived(ref, state)[2]
+        return holdings
 
     def _derived(self, ref: str, state: NumberState) -> list[Any]:
         """[changes, len(changes), holdings, links or None]: the cache entry of the number's log."""

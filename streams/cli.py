@@ -21,7 +21,7 @@ def _replay(args: argparse.Namespace) -> int:
             return 2
         from streams.staging import replay_to_kafka_command
 
-        return replay_to_kafka_command(args, settings)
+        return int(replay_to_kafka_command(args, settings))
     with ExitStack() as stack:
         alerts_out = stack.enter_context(open(args.alerts_out, "wb")) if args.alerts_out else None
         dead_out = (
