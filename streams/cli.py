@@ -51,6 +51,35 @@ def _scenario_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from streams.config import load_worker_config
+
+    config = load_worker_config(args.config)
+    overrides = {k: v for k, v in {
+        "bootstrap": args.bootstrap, "store": args.store, "datadir": args.datadir, "web_port": args.web_port,
+    }.items() if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    warn_if_dev_key(config.rules)
+    if args.create_topics:
+        from streams.topics import ensure_topics, wait_for_broker
+
+        if not wait_for_broker(config.bootstrap, timeout=60):
+            print(f"notifguard worker: no Kafka broker answers at {config.bootstrap}", file=sys.stderr)
+            return 2
+        ensure_topics(config.bootstrap, config.rules, partitions=config.partitions, app_id=config.app_id)
+    from streams.worker import create_app
+
+    app = create_app(config)
+    app.notifguard.echo = args.print_alerts  # type: ignore[attr-defined]
+    import faust
+
+    worker = faust.Worker(app, loglevel=args.log_level, quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notifguard", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -90,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="replay ids, numbers and addresses as written (default: rewrite them per run)")
     k.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).check_command(a))
+
+    w = sub.add_parser("worker", help="run the streaming detector (Faust) against Kafka")
+    w.add_argument("--config", metavar="FILE", help="settings file (TOML; [worker] section for the worker)")
+    w.add_argument("--bootstrap", metavar="HOST:PORT")
+    w.add_argument("--store", help="rocksdb:// (default) or memory://")
+    w.add_argument("--datadir", help="where RocksDB keeps the tables")
+    w.add_argument("--web-port", type=int, help="port of /health and /metrics (default 6066)")
+    w.add_argument("--print-alerts", action="store_true", help="print one readable line per alert")
+    w.add_argument("--no-create-topics", dest="create_topics", action="store_false",
+                   help="do not create missing topics at start")
+    w.set_defaults(func=_worker)
 
     s = sub.add_parser("scenario-capture", help="write a scenario as a kcat -J capture")
     s.add_argument("scenario", help="name in scenarios/ or path to a .toml")

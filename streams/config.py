@@ -26,6 +26,13 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if path is not None:
         with open(path, "rb") as fh:
             values.update(tomllib.load(fh))
+        values.pop("worker", None)  # the worker's own section: see load_worker_config
+    return _settings_from(values, env)
+
+
+def _settings_from(values: dict[str, Any], env: Mapping[str, str]) -> Settings:
+    values = dict(values)
+    values.pop("worker", None)
     fields = {f.name for f in dataclasses.fields(Settings)}
     for name in fields:
         raw = env.get(_ENV_PREFIX + name.upper())
@@ -64,3 +71,55 @@ def warn_if_dev_key(settings: Settings) -> None:
             "USING THE DEVELOPMENT PSEUDONYMISATION KEY: hashes in alerts and state are not secret. "
             "Set NOTIFGUARD_PSEUDONYMISATION_KEY (or pseudonymisation_key in the config file) in production."
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of the Kafka worker: the rules plus where and how it runs."""
+
+    rules: Settings
+    bootstrap: str = "127.0.0.1:19092"
+    app_id: str = "notifguard"
+    # RocksDB (through rocksdict) in production; memory for tests. Either way
+    # the tables are rebuilt from their changelog topics after a restart.
+    store: str = "rocksdb://"
+    datadir: str = ".notifguard-data"
+    partitions: int = 6
+    # Faust's default; "exactly_once" uses Kafka transactions.
+    processing_guarantee: str = "at_least_once"
+    # One host: no standby replicas; raise with more workers to speed up fail-over.
+    standby_replicas: int = 0
+    # The web server serves /health and /metrics only, on loopback unless configured.
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # State writes are coalesced and flushed (with the acks of their records) this often.
+    flush_interval_s: float = 0.2
+    # Wall-clock timer for idle partitions (the engine's idle_flush applies).
+    tick_interval_s: float = 1.0
+
+
+def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:
+    """The worker's [worker] table of the settings file and NOTIFGUARD_WORKER_* env vars."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(_ENV_PREFIX + "CONFIG") or None
+    section: dict[str, Any] = {}
+    rules_env = dict(env)
+    if path is not None:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+        section = dict(doc.pop("worker", {}) or {})
+    rules = _settings_from(doc if path is not None else {}, rules_env)
+    kwargs: dict[str, Any] = {}
+    defaults = WorkerConfig(rules=rules)
+    names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules"}
+    for name in names:
+        raw = env.get(f"{_ENV_PREFIX}WORKER_{name.upper()}", section.get(name))
+        if raw is None:
+            continue
+        default = getattr(defaults, name)
+        kwargs[name] = type(default)(raw)
+    unknown = set(section) - names
+    if unknown:
+        raise ValueError(f"unknown worker settings: {', '.join(sorted(unknown))}")
+    return WorkerConfig(rules=rules, **kwargs)

@@ -1,0 +1,68 @@
+"""Read co-partitioned input topics in event-time order while catching up on a backlog.
+
+Per input partition, records of each topic wait in a queue; the oldest head
+(by Kafka record timestamp, which producers set to event_time) goes to the
+engine, unless a topic that still has unread records (it lags behind its
+highwater) has nothing queued: then its next record could be older, and the
+others wait. So after a restart or an outage no notification is judged ahead
+of the contract changes that precede it, however far one topic ran ahead.
+Queues over `max_queue` ask the consumer to pause that topic-partition.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+class Merger:
+    def __init__(self, topics: tuple[str, ...], max_queue: int = 5000) -> None:
+        self.topics = topics
+        self.max_queue = max_queue
+        self._queues: dict[tuple[str, int], deque[tuple[int, Any]]] = {}
+        self.queued = 0
+
+    def push(self, topic: str, partition: int, ts: int, item: Any) -> None:
+        q = self._queues.get((topic, partition))
+        if q is None:
+            q = self._queues[(topic, partition)] = deque()
+        q.append((ts, item))
+        self.queued += 1
+
+    def ready(self, partition: int, lagging: Callable[[str, int], bool]) -> Iterator[Any]:
+        """Items of one partition in timestamp order, as far as they can be known to be next."""
+        queues = [(t, self._queues.get((t, partition))) for t in self.topics]
+        while True:
+            best: deque[tuple[int, Any]] | None = None
+            for topic, q in queues:
+                if not q:
+                    if lagging(topic, partition):
+                        return  # its next record may be older than anything queued
+                    continue
+                if best is None or q[0][0] < best[0][0]:
+                    best = q
+            if best is None:
+                return
+            self.queued -= 1
+            yield best.popleft()[1]
+
+    def drain(self, partition: int) -> Iterator[Any]:
+        """Everything queued for a partition, in timestamp order (nothing lags any more)."""
+        return self.ready(partition, lambda topic, p: False)
+
+    def over_limit(self) -> set[tuple[str, int]]:
+        return {tp for tp, q in self._queues.items() if len(q) >= self.max_queue}
+
+    def partitions(self) -> set[int]:
+        return {p for (_, p), q in self._queues.items() if q}
+
+    def forget(self, partition: int) -> list[Any]:
+        """Drop a revoked partition's queues; returns what was queued (unacked, re-read later)."""
+        dropped: list[Any] = []
+        for t in self.topics:
+            q = self._queues.pop((t, partition), None)
+            if q:
+                self.queued -= len(q)
+                dropped.extend(item for _, item in q)
+        return dropped

@@ -1,0 +1,127 @@
+"""Engine state in Faust tables: per-number states and the address index, with explicit partitions.
+
+Writes bypass Faust's `table[key] = value` (which needs the current stream
+event to pick the changelog partition): the worker knows each number's input
+partition, coalesces writes, and flushes them with `send_changelog` before it
+acknowledges the records they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from detectors.state import Link, NumberState, decode_number, encode_number
+
+_links_encoder = msgspec.msgpack.Encoder()
+_links_decoder = msgspec.msgpack.Decoder(list[Link])
+
+
+class TableNumbers:
+    """ref -> NumberState over a Faust table of msgpack bytes; dirty states flushed in batches."""
+
+    def __init__(self, table: Any, cache_max: int = 200_000) -> None:
+        self.table = table
+        self.cache: dict[str, NumberState] = {}
+        self.dirty: set[str] = set()
+        self.partition_of: dict[str, int] = {}
+        self.cache_max = cache_max
+
+    def get(self, ref: str) -> NumberState | None:
+        state = self.cache.get(ref)
+        if state is None:
+            raw = self.table.data.get(ref.encode())
+            if raw is None:
+                return None
+            state = self.cache[ref] = decode_number(raw)
+        return state
+
+    def __setitem__(self, ref: str, state: NumberState) -> None:
+        self.cache[ref] = state
+        self.dirty.add(ref)
+
+    def flush(self) -> int:
+        """Write dirty states to the store and their changelog partitions; returns how many."""
+        n = len(self.dirty)
+        data, send = self.table.data, self.table.send_changelog
+        for ref in self.dirty:
+            key, value = ref.encode(), encode_number(self.cache[ref])
+            data[key] = value
+            send(self.partition_of[ref], key, value)
+        self.dirty.clear()
+        if len(self.cache) > self.cache_max:
+            self.cache.clear()  # clean entries only: dirty ones were just written
+        return n
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """After a revocation: another worker owns these numbers now."""
+        gone = [ref for ref, p in self.partition_of.items() if p in partitions]
+        for ref in gone:
+            self.cache.pop(ref, None)
+            self.dirty.discard(ref)
+            del self.partition_of[ref]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.table.data.keys())
+
+    def values(self) -> Iterator[NumberState]:
+        for raw in self.table.data.values():
+            yield decode_number(raw)
+
+
+class TableLinks:
+    """addr -> list[Link] over a Faust GlobalTable (every worker sees every address).
+
+    Not cached across records (other workers update it too): an engine call's
+    touched entries are written back right after the call.
+    """
+
+    def __init__(self, table: Any, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.touched: dict[bytes, list[Link] | None] = {}
+
+    def _load(self, addr: bytes) -> list[Link] | None:
+        if addr in self.touched:
+            return self.touched[addr]
+        raw = self.table.data.get(addr)
+        return None if raw is None else _links_decoder.decode(raw)
+
+    def get(self, addr: bytes, default: Any = None) -> Any:
+        links = self._load(addr)
+        return default if links is None else links
+
+    def setdefault(self, addr: bytes, default: list[Link]) -> list[Link]:
+        links = self._load(addr)
+        if links is None:
+            links = default
+        self.touched[addr] = links
+        return links
+
+    def __setitem__(self, addr: bytes, links: list[Link]) -> None:
+        self.touched[addr] = links
+
+    def __delitem__(self, addr: bytes) -> None:
+        self.touched[addr] = None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.table.data.keys())
+
+    def items(self) -> Iterator[tuple[bytes, list[Link]]]:
+        for key, raw in self.table.data.items():
+            yield key, _links_decoder.decode(raw)
+
+    def flush(self) -> None:
+        data, send = self.table.data, self.table.send_changelog
+        for addr, links in self.touched.items():
+            partition = int.from_bytes(addr[:4], "big") % self.partitions
+            if links:
+                value = _links_encoder.encode(links)
+                data[addr] = value
+                send(partition, addr, value)
+            else:
+                data.pop(addr, None)
+                send(partition, addr, None, value_serializer="raw")
+        self.touched.clear()

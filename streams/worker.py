@@ -1,0 +1,301 @@
+"""The Faust application: the pure engine on Kafka, with its state in changelog-backed tables.
+
+`create_app(config)` builds everything and starts nothing (no import-time side
+effects); `notifguard worker` runs it. One agent reads the three co-partitioned
+input topics (concurrency 1), merges each partition's topics in event-time
+order while catching up (streams.merge), feeds the engine, and holds each
+record's Kafka ack until the engine has released it from its grace buffer and
+the state it changed is flushed to the changelog: a crash re-reads exactly
+what was not done, and the engine's event-id dedup absorbs the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+import traceback
+import uuid
+from typing import Any
+
+import faust
+import msgspec
+from faust.types import TP
+
+from detectors.alerts import encode_alert
+from detectors.engine import Engine
+from detectors.privacy import Pseudonymiser
+from detectors.settings import Settings
+from streams.config import WorkerConfig
+from streams.merge import Merger
+from streams.metrics import Metrics
+from streams.tablestore import TableLinks, TableNumbers
+from streams.replay_offline import alert_line
+
+log = logging.getLogger("notifguard.worker")
+_json = msgspec.json.Encoder()
+_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Runtime:
+    """Everything the agent and the timers share; one per worker process."""
+
+    def __init__(self, app: faust.App, config: WorkerConfig, numbers_table: Any, links_table: Any) -> None:
+        from detectors.state import AddressIndex
+
+        self.app = app
+        self.config = config
+        rules: Settings = config.rules
+        self.topics = rules.topics
+        self.inputs = (rules.topics.changes, rules.topics.outbound, rules.topics.delivery)
+        self.numbers = TableNumbers(numbers_table)
+        self.links = TableLinks(links_table, config.partitions)
+        self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
+                             index=AddressIndex(self.links))  # type: ignore[arg-type]
+        self.pseudo = Pseudonymiser(rules.pseudonymisation_key.reveal().encode())
+        self.merger = Merger(self.inputs)
+        self.metrics = Metrics(rules.topics)
+        self.grace_us = rules.us(rules.grace_s)
+        self.alerts_topic = app.topic(rules.topics.alerts, **_RAW)
+        self.dead_topic = app.topic(rules.topics.deadletter, **_RAW)
+        # acks held until the engine releases the record: per partition (event time, seq, event)
+        self.held: dict[int, list[tuple[int, int, Any]]] = {}
+        self.to_ack: list[Any] = []
+        self.seq = 0
+        self.paused: set[TP] = set()
+        self.last_flush = time.monotonic()
+        self.echo = False  # print alerts as readable lines (the demo)
+        self.started = False
+
+    # ----------------------------------------------------------------- records
+
+    def on_event(self, event: Any) -> None:
+        msg = event.message
+        self.metrics.consumed.labels(msg.topic).inc()
+        ts = msg.timestamp if msg.timestamp is not None else 0
+        self.merger.push(msg.topic, msg.partition, int(ts * 1000), event)
+        self._run_partition(msg.partition)
+        self._pause_overfull()
+        if time.monotonic() - self.last_flush >= self.config.flush_interval_s:
+            self.flush()
+
+    def _lagging(self, topic: str, partition: int) -> bool:
+        consumer = self.app.consumer
+        tp = TP(topic, partition)
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:
+            return False
+        if highwater is None or highwater < 0:
+            return False
+        last = self._read.get((topic, partition))
+        return last is None and highwater > 0 and tp in self._assigned or (
+            last is not None and highwater > last + 1
+        )
+
+    _read: dict[tuple[str, int], int] = {}
+    _assigned: set[TP] = set()
+
+    def _run_partition(self, partition: int) -> None:
+        for event in self.merger.ready(partition, self._lagging):
+            self._process(event)
+
+    def _process(self, event: Any) -> None:
+        msg = event.message
+        p = msg.partition
+        self._read[(msg.topic, p)] = msg.offset
+        key = msg.key
+        if isinstance(key, bytes):
+            try:
+                self.numbers.partition_of[self.pseudo.msisdn_ref(key.decode())] = p
+            except UnicodeDecodeError:
+                pass
+        engine = self.engine
+        started = time.perf_counter()
+        try:
+            engine.process(msg.topic, p, msg.offset, key, msg.value, _now_us(),
+                           int(msg.timestamp * 1000) if msg.timestamp is not None else None)
+        except Exception:
+            # Not bad input (that is dead-lettered by the engine): a bug. Loud, counted,
+            # and the record is not acknowledged as processed silently: it is dead-lettered
+            # with the traceback so nothing is lost, and the worker goes on.
+            self.metrics.errors.labels(msg.topic).inc()
+            log.exception("BUG while processing %s[%s]@%s", msg.topic, p, msg.offset)
+            self._bug_letter(msg, traceback.format_exc(limit=3))
+            self.to_ack.append(event)
+            return
+        self.metrics.processing.observe(time.perf_counter() - started)
+        self.links.flush()
+        if engine.last_buffered is not None:
+            self.seq += 1
+            heapq.heappush(self.held.setdefault(p, []), (engine.last_buffered, self.seq, event))
+        else:
+            self.to_ack.append(event)
+        self._release_held(p)
+        self._emit()
+
+    def _release_held(self, partition: int) -> None:
+        held = self.held.get(partition)
+        ps = self.engine.partitions.get(partition)
+        if not held or ps is None or ps.watermark is None:
+            return
+        limit = ps.watermark - self.grace_us
+        while held and held[0][0] < limit:
+            self.to_ack.append(heapq.heappop(held)[2])
+
+    def _emit(self) -> None:
+        alerts, dead, verdicts = self.engine.drain()
+        for a in alerts:
+            self.alerts_topic.send_soon(key=a.dedup_key.encode(), value=encode_alert(a))
+            if self.echo:
+                print(alert_line(a), flush=True)
+        for d in dead:
+            self.metrics.deadletters.labels(d.source_topic, d.reason_code).inc()
+            self.dead_topic.send_soon(key=(d.key or "").encode(), value=_json.encode(d))
+        if verdicts:
+            self.metrics.observe_verdicts(verdicts)
+            now = time.time()
+            for v in verdicts:
+                if not v.late:
+                    self.metrics.verdict_delay.observe(max(0.0, now - v.event_time / 1e6))
+
+    def _bug_letter(self, msg: Any, trace: str) -> None:
+        from detectors.engine import DeadLetter, _encode_bytes
+        from detectors.timefmt import rfc3339
+
+        k, k_enc = _encode_bytes(msg.key)
+        v, v_enc = _encode_bytes(msg.value)
+        letter = DeadLetter(msg.topic, msg.partition, msg.offset, None, k, k_enc, v, v_enc,
+                            f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
+                            rfc3339(_now_us()))
+        self.dead_topic.send_soon(key=(k or "").encode(), value=_json.encode(letter))
+
+    # ------------------------------------------------------------ flush & acks
+
+    def flush(self) -> None:
+        """State to the changelogs first, then the acks of the records it came from."""
+        self.numbers.flush()
+        self.links.flush()
+        for event in self.to_ack:
+            event.ack()
+        self.to_ack.clear()
+        self.last_flush = time.monotonic()
+
+    def tick(self) -> None:
+        """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
+        for p in list(self.merger.partitions()):
+            self._run_partition(p)
+        self.engine.tick(_now_us())
+        for p in list(self.held):
+            self._release_held(p)
+        self._emit()
+        self.flush()
+        self._pause_overfull()
+        now = _now_us()
+        m = self.metrics
+        m.sync_stats(self.engine.stats)
+        m.pending.set(self.engine.pending_count() + self.merger.queued)
+        for p, ps in self.engine.partitions.items():
+            if ps.watermark is not None:
+                m.watermark_lag.labels(str(p)).set(max(0.0, (now - ps.watermark) / 1e6))
+        m.tracked.set(len(self.numbers.cache))
+        m.ready.set(1 if self.is_ready() else 0)
+
+    def _pause_overfull(self) -> None:
+        over = {TP(t, p) for t, p in self.merger.over_limit()}
+        consumer = self.app.consumer
+        if over - self.paused:
+            consumer.pause_partitions(over - self.paused)
+        if self.paused - over:
+            consumer.resume_partitions(self.paused - over)
+        self.paused = over
+
+    # --------------------------------------------------------------- rebalance
+
+    def on_revoked(self, revoked: set[TP]) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic in self.inputs}
+        self.flush()
+        for p in partitions:
+            self.merger.forget(p)
+            self.held.pop(p, None)
+            self.engine.partitions.pop(p, None)
+        self.numbers.forget_partitions(partitions)
+        self.to_ack.clear()
+        self.metrics.rebalances.inc()
+
+    def on_assigned(self, assigned: set[TP]) -> None:
+        self._assigned = {tp for tp in assigned if tp.topic in self.inputs}
+        self._read = {k: v for k, v in self._read.items() if TP(*k) in self._assigned}
+
+    def is_ready(self) -> bool:
+        app = self.app
+        return bool(self.started and not app.rebalancing and not getattr(app, "in_recovery", False))
+
+
+def create_app(config: WorkerConfig) -> faust.App:
+    """The notifguard Faust app; nothing connects or starts until it runs."""
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.bootstrap}",
+        store=config.store,
+        datadir=config.datadir,
+        topic_partitions=config.partitions,
+        topic_replication_factor=1,
+        processing_guarantee=config.processing_guarantee,
+        table_standby_replicas=config.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        autodiscover=False,
+        web_enabled=True,
+        web_host=config.web_host,
+        web_bind=config.web_host,
+        web_port=config.web_port,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        broker_commit_interval=1.0,
+    )
+    numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
+    links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes,
+                                  value_type=bytes)
+    rt = Runtime(app, config, numbers_table, links_table)
+    app.notifguard = rt  # type: ignore[attr-defined]
+    inputs = app.topic(*rt.inputs, **_RAW)
+
+    @app.agent(inputs, concurrency=1)
+    async def detect(stream: Any) -> None:
+        async for event in stream.noack().events():
+            rt.on_event(event)
+
+    @app.timer(config.tick_interval_s)
+    async def tick() -> None:
+        rt.tick()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
+        rt.on_revoked(set(revoked))
+
+    @app.on_partitions_assigned.connect
+    async def assigned(app: faust.App, assigned: set[TP], **_: Any) -> None:
+        rt.on_assigned(set(assigned))
+
+    @app.task
+    async def mark_started() -> None:
+        rt.started = True
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        ready = rt.is_ready()
+        body = {"ready": ready, "rebalancing": bool(app.rebalancing), "pending": rt.engine.pending_count()}
+        return web.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(rt.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    return app
