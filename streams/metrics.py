@@ -21,7 +21,7 @@ class Metrics:
     """The worker's registry; `*_created` series are off (they double every counter for nothing)."""
 
     def __init__(self, topics: Topics, registry: CollectorRegistry | None = None) -> None:
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.topics = {"changes": topics.changes, "outbound": topics.outbound, "delivery": topics.delivery}

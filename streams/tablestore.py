@@ -19,6 +19,30 @@ _links_encoder = msgspec.msgpack.Encoder()
 _links_decoder = msgspec.msgpack.Decoder(list[Link])
 
 
+def store_put(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
+    """Write (or delete, value None) one key in a table's local store, in an explicit partition.
+
+    Faust's RocksDB store keeps one database per partition and picks it from
+    the current stream event; writes made outside an event (timers, batched
+    flushes) name the partition themselves, as the changelog does.
+    """
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:  # the memory store: one dict
+        if value is None:
+            store.data.pop(key, None)
+        else:
+            store.data[key] = value
+        return
+    db = db_for_partition(partition)
+    if value is None:
+        db.delete(key)
+        store._key_index.pop(key, None)
+    else:
+        db.put(key, value)
+        store._key_index[key] = partition
+
+
 class TableNumbers:
     """ref -> NumberState over a Faust table of msgpack bytes; dirty states flushed in batches."""
 
@@ -45,11 +69,12 @@ class TableNumbers:
     def flush(self) -> int:
         """Write dirty states to the store and their changelog partitions; returns how many."""
         n = len(self.dirty)
-        data, send = self.table.data, self.table.send_changelog
+        send = self.table.send_changelog
         for ref in self.dirty:
             key, value = ref.encode(), encode_number(self.cache[ref])
-            data[key] = value
-            send(self.partition_of[ref], key, value)
+            partition = self.partition_of[ref]
+            store_put(self.table, partition, key, value)
+            send(partition, key, value)
         self.dirty.clear()
         if len(self.cache) > self.cache_max:
             self.cache.clear()  # clean entries only: dirty ones were just written
@@ -64,7 +89,7 @@ class TableNumbers:
             del self.partition_of[ref]
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.data.keys())
+        return sum(1 for _ in self.table.data)
 
     def values(self) -> Iterator[NumberState]:
         for raw in self.table.data.values():
@@ -107,21 +132,17 @@ class TableLinks:
         self.touched[addr] = None
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.data.keys())
+        return sum(1 for _ in self.table.data)
 
     def items(self) -> Iterator[tuple[bytes, list[Link]]]:
         for key, raw in self.table.data.items():
             yield key, _links_decoder.decode(raw)
 
     def flush(self) -> None:
-        data, send = self.table.data, self.table.send_changelog
+        send = self.table.send_changelog
         for addr, links in self.touched.items():
             partition = int.from_bytes(addr[:4], "big") % self.partitions
-            if links:
-                value = _links_encoder.encode(links)
-                data[addr] = value
-                send(partition, addr, value)
-            else:
-                data.pop(addr, None)
-                send(partition, addr, None, value_serializer="raw")
+            value = _links_encoder.encode(links) if links else None
+            store_put(self.table, partition, addr, value)
+            send(partition, addr, value, value_serializer="raw")
         self.touched.clear()

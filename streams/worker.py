@@ -11,6 +11,7 @@ what was not done, and the engine's event-id dedup absorbs the rest.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import time
@@ -29,12 +30,12 @@ from detectors.settings import Settings
 from streams.config import WorkerConfig
 from streams.merge import Merger
 from streams.metrics import Metrics
-from streams.tablestore import TableLinks, TableNumbers
 from streams.replay_offline import alert_line
+from streams.tablestore import TableLinks, TableNumbers
 
 log = logging.getLogger("notifguard.worker")
 _json = msgspec.json.Encoder()
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+_RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
 def _now_us() -> int:
@@ -70,6 +71,8 @@ class Runtime:
         self.last_flush = time.monotonic()
         self.echo = False  # print alerts as readable lines (the demo)
         self.started = False
+        self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
+        self._assigned: set[TP] = set()
 
     # ----------------------------------------------------------------- records
 
@@ -93,12 +96,9 @@ class Runtime:
         if highwater is None or highwater < 0:
             return False
         last = self._read.get((topic, partition))
-        return last is None and highwater > 0 and tp in self._assigned or (
+        return (last is None and highwater > 0 and tp in self._assigned) or (
             last is not None and highwater > last + 1
         )
-
-    _read: dict[tuple[str, int], int] = {}
-    _assigned: set[TP] = set()
 
     def _run_partition(self, partition: int) -> None:
         for event in self.merger.ready(partition, self._lagging):
@@ -110,10 +110,8 @@ class Runtime:
         self._read[(msg.topic, p)] = msg.offset
         key = msg.key
         if isinstance(key, bytes):
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 self.numbers.partition_of[self.pseudo.msisdn_ref(key.decode())] = p
-            except UnicodeDecodeError:
-                pass
         engine = self.engine
         started = time.perf_counter()
         try:
@@ -276,13 +274,14 @@ def create_app(config: WorkerConfig) -> faust.App:
     async def tick() -> None:
         rt.tick()
 
-    @app.on_partitions_revoked.connect
-    async def revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
+    async def revoked(app: Any, revoked: set[TP], **_: Any) -> None:
         rt.on_revoked(set(revoked))
 
-    @app.on_partitions_assigned.connect
-    async def assigned(app: faust.App, assigned: set[TP], **_: Any) -> None:
+    async def assigned(app: Any, assigned: set[TP], **_: Any) -> None:
         rt.on_assigned(set(assigned))
+
+    app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
 
     @app.task
     async def mark_started() -> None:

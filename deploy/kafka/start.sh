@@ -92,7 +92,11 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
-log.retention.hours=24
+# No time-based retention: replays and tests produce records with historic
+# event-time timestamps, which time-based retention would delete at once.
+# Size-bounded instead (per partition).
+log.retention.ms=-1
+log.retention.bytes=536870912
 log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 PROPS

@@ -1,0 +1,232 @@
+"""Create and check the topics notifguard reads and writes (kafka-python admin client).
+
+`ensure_topics` is idempotent: missing topics are created, existing ones are
+checked. Partition counts that break co-partitioning (the three input topics
+and the worker's address-keyed repartition topic must have one count) are an
+error; other differences (a config that is not what we would have set, an
+output topic with another partition count) are reported as notes, never
+changed behind the operator's back.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.settings import Settings
+
+DAY_MS = 86_400_000
+
+
+class TopicLayoutError(RuntimeError):
+    """Existing topics cannot be used as they are (co-partitioning would break)."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    role: str
+    partitions: int
+    configs: dict[str, str]
+    # Must have the same partition count as the input topics.
+    co_partitioned: bool
+
+
+@dataclass
+class TopicState:
+    spec: TopicSpec
+    partitions: int
+    created: bool
+    configs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class TopicsReport:
+    bootstrap: str
+    topics: list[TopicState]
+
+    def by_name(self) -> dict[str, TopicState]:
+        return {t.name: t for t in self.topics}
+
+    @property
+    def created(self) -> list[str]:
+        return [t.name for t in self.topics if t.created]
+
+    def render(self) -> str:
+        lines = [f"topics on {self.bootstrap}:"]
+        for t in self.topics:
+            state = "created" if t.created else "exists "
+            cfg = ", ".join(f"{k}={v}" for k, v in sorted(t.configs.items()))
+            lines.append(f"  {state} {t.name:<40} {t.spec.role:<16} partitions={t.partitions:<3} {cfg}")
+            lines += [f"          note: {n}" for n in t.notes]
+        return "\n".join(lines)
+
+
+def address_index_topic(app_id: str) -> str:
+    return f"{app_id}-address-index"
+
+
+def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifguard") -> list[TopicSpec]:
+    """The intended layout: names from the settings, counts and configs of the contract."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, not {partitions}")
+    t = settings.topics
+    delete = {"cleanup.policy": "delete"}
+    return [
+        TopicSpec(t.outbound, "input", partitions, dict(delete), True),
+        TopicSpec(t.changes, "input", partitions, dict(delete), True),
+        TopicSpec(t.delivery, "input", partitions, dict(delete), True),
+        # Keyed by dedup_key: compaction keeps the newest record per alert, delete bounds the age.
+        TopicSpec(t.alerts, "output", partitions,
+                  {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(t.deadletter, "output", partitions,
+                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(address_index_topic(app_id), "internal", partitions,
+                  {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}, True),
+    ]
+
+
+def _admin(bootstrap: str, **kw: Any) -> Any:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="notifguard-admin", **kw)
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> bool:
+    """True once a broker at `bootstrap` answers a metadata request, False after `timeout` seconds."""
+    from kafka.errors import KafkaError
+
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = None
+        left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
+        try:
+            # A cheap TCP probe first: the admin client waits its full bootstrap timeout otherwise.
+            with socket.create_connection((host, int(port)), timeout=min(2.0, left_ms / 1000)):
+                pass
+            admin = _admin(bootstrap, request_timeout_ms=min(left_ms, 10_000),
+                           bootstrap_timeout_ms=min(left_ms, 10_000))
+            if admin.describe_cluster().get("brokers"):
+                return True
+        except (KafkaError, OSError, ValueError):
+            pass
+        finally:
+            if admin is not None:
+                admin.close()
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _existing(admin: Any, names: list[str]) -> dict[str, int]:
+    """Partition counts of the topics among `names` that exist."""
+    out: dict[str, int] = {}
+    for t in admin.describe_topics(names):
+        if t.get("error_code", 0) == 0 and t.get("partitions"):
+            out[t["name"]] = len(t["partitions"])
+    return out
+
+
+def _configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    names = list(names)
+    if not names:
+        return {}
+    got = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n) for n in names], config_filter="all"
+    ).get("topic", {})
+    return {n: {k: str(v.get("value")) for k, v in got.get(n, {}).items()} for n in names}
+
+
+def ensure_topics(
+    bootstrap: str, settings: Settings, partitions: int = 6, app_id: str = "notifguard",
+    timeout: float = 30.0,
+) -> TopicsReport:
+    """Create what is missing, check what exists; raise TopicLayoutError when co-partitioning would break."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = topic_specs(settings, partitions, app_id)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"topic names must be distinct: {names}")
+    admin = _admin(bootstrap)
+    try:
+        existing = _existing(admin, names)
+        co = {s.name: existing[s.name] for s in specs if s.co_partitioned and s.name in existing}
+        counts = set(co.values())
+        if len(counts) > 1:
+            listing = ", ".join(f"{n}: {c}" for n, c in sorted(co.items()))
+            raise TopicLayoutError(
+                "the input topics (and the worker's address index) must be co-partitioned, but their "
+                f"partition counts differ ({listing}); all must have the same number of partitions"
+            )
+        if counts and counts != {partitions}:
+            (have,) = counts
+            listing = ", ".join(sorted(co))
+            raise TopicLayoutError(
+                f"{listing} already exist(s) with {have} partitions, but {partitions} were requested; "
+                f"new co-partitioned topics would not match: ask for {have} partitions, or recreate the topics"
+            )
+        created: list[str] = []
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            try:
+                admin.create_topics(
+                    {spec.name: {"num_partitions": spec.partitions, "replication_factor": -1,
+                                 "configs": spec.configs}},
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently; checked below like any existing topic
+        if created:
+            admin.wait_for_topics(created, timeout_ms=int(timeout * 1000))
+        counts_now = _existing(admin, names)
+        configs = _configs(admin, names)
+    finally:
+        admin.close()
+
+    states = []
+    for spec in specs:
+        have = counts_now.get(spec.name, 0)
+        state = TopicState(spec, have, spec.name in created,
+                           {k: configs.get(spec.name, {}).get(k, "?") for k in spec.configs})
+        if spec.co_partitioned and have != spec.partitions:
+            # Raced with another creator that used another count.
+            raise TopicLayoutError(
+                f"{spec.name} has {have} partitions, expected {spec.partitions} (co-partitioned with the inputs)"
+            )
+        if have != spec.partitions:
+            state.notes.append(f"has {have} partitions, {spec.partitions} intended (not co-partitioned: allowed)")
+        for key, want in spec.configs.items():
+            got = state.configs.get(key)
+            if got != want:
+                state.notes.append(f"{key} is {got!r}, intended {want!r} (left unchanged)")
+        states.append(state)
+    return TopicsReport(bootstrap, states)
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> list[str]:
+    """Delete those of `names` that exist and wait until they are gone; returns the ones deleted."""
+    names = list(names)
+    admin = _admin(bootstrap)
+    try:
+        present = sorted(_existing(admin, names))
+        if present:
+            admin.delete_topics(present, raise_errors=False)
+        deadline = time.monotonic() + timeout
+        while present and _existing(admin, present) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return present
+    finally:
+        admin.close()
