@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --bootstrap: shift event times so the first record is at this time")
     r.add_argument("--rename", metavar="OLD=NEW", action="append", default=[],
                    help="with --bootstrap: produce records of topic OLD to NEW (repeatable)")
+    r.add_argument("--keep-partitions", action="store_true",
+                   help="with --bootstrap: produce to the capture's partition numbers, not by key")
     r.set_defaults(func=_replay)
 
     c = sub.add_parser("capture", help="capture Kafka topics to a kcat -J capture file")
