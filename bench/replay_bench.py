@@ -43,7 +43,7 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
 def state_size(engine: Engine) -> dict[str, float]:
     numbers = engine.numbers
     n = len(numbers)  # type: ignore[arg-type]
-    number_bytes = sum(len(encode_number(s)) for s in numbers.values())  # type: ignore[attr-defined]
+    number_bytes = sum(len(encode_number(s)) for s in numbers.values())  # type: ignore[attr-defined, misc]
     enc = msgspec.msgpack.Encoder()
     index_bytes = sum(len(addr) + len(enc.encode(links)) for addr, links in engine.index.items())
     return {

@@ -55,6 +55,16 @@ _CHANGE_CODE: Final[dict[type, int]] = {
     cls: TYPE_CODES[str(cls.__struct_config__.tag)] for cls in CHANGE_CLASSES
 }
 _DAY_US: Final = 86_400_000_000
+_NO_LINKS: Final[list[Link]] = []
+
+
+def _change_code(cls: type) -> int:
+    """The change type code of a record class or of a subclass of one (e.g. a transfer form)."""
+    for base in cls.__mro__:
+        if base in CHANGE_CLASSES:
+            code = _CHANGE_CODE[cls] = _CHANGE_CODE[base]
+            return code
+    raise TypeError(f"{cls.__name__} is not a contract change")
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -74,7 +84,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     schema_version: int = 1
 
 
-class VerdictRecord(msgspec.Struct, array_like=True, frozen=True):
+class VerdictRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The verdict on one notification, for rate metrics (bounded labels only)."""
 
     brand: str
@@ -158,6 +168,12 @@ class Engine:
         self._holdings: dict[str, list[Any]] = {}
         self._seq = 0
         self._now = 0
+        self._refs = self._pseudo.numbers_memo()
+        self._addresses = self._pseudo.addresses_memo()
+        # Event time of the record the last process() call put in a grace
+        # buffer, or None: lets a shell hold that record's Kafka ack until
+        # the engine releases it (watermark - grace > this time).
+        self.last_buffered: int | None = None
 
     # ------------------------------------------------------------------ input
 
@@ -173,6 +189,7 @@ class Engine:
     ) -> None:
         """Take one Kafka record as received; `now_us` is the injected wall clock."""
         self._now = now_us
+        self.last_buffered = None
         kind = self._topic_kind.get(topic)
         try:
             if kind is None:
@@ -181,16 +198,32 @@ class Engine:
         except BadRecord as bad:
             self._dead_letter(topic, partition, offset, timestamp_ms, key, value, bad)
             return
-        ref = self._pseudo.msisdn_ref(record.msisdn)
+        self.process_decoded(kind, partition, record, t, now_us)
+
+    def process_decoded(self, kind: str, partition: int, record: InputRecord, t: int, now_us: int) -> None:
+        """Take one record already decoded by `detectors.records.decode` (topic kind, event time in µs).
+
+        `process` ends here; a caller may decode elsewhere (another process) and feed the results.
+        """
+        self._now = now_us
+        self.last_buffered = None
+        msisdn = record.msisdn
+        ref = self._refs.get(msisdn)
+        if ref is None:
+            ref = self._pseudo.msisdn_ref(msisdn)
         ps = self.partitions.get(partition)
         if ps is None:
             ps = self.partitions[partition] = PartitionState()
         # Duplicates: applied ones are remembered in the number's state, pending
         # ones in the partition's buffer. Ids are remembered when applied, so a
         # worker that restarts before releasing its buffer re-reads and applies.
-        pending_id = (ref, record.event_id)
+        event_id = record.event_id
+        pending_id = (ref, event_id)
+        if pending_id in ps.pending_ids:
+            self.stats.duplicates[kind] += 1
+            return
         state = self.numbers.get(ref)
-        if pending_id in ps.pending_ids or (state is not None and state.is_duplicate(record.event_id)):
+        if state is not None and state.is_duplicate(event_id):
             self.stats.duplicates[kind] += 1
             return
         self.stats.records[kind] += 1
@@ -201,14 +234,21 @@ class Engine:
             self.stats.late[kind] += 1
             self._apply(category, t, record, ref, True)
             return
-        sub = _CHANGE_CODE[type(record)] if category == CHANGE else 0
+        sub = 0
+        if category == CHANGE:
+            code = _CHANGE_CODE.get(type(record))
+            sub = _change_code(type(record)) if code is None else code
         self._seq += 1
-        heappush(ps.pending, (t, category, sub, record.event_id, self._seq, ref, record))
+        heappush(ps.pending, (t, category, sub, event_id, self._seq, ref, record))
         ps.pending_ids.add(pending_id)
+        self.last_buffered = t
         if wm is None or t > wm:
             ps.watermark = wm = t
             ps.wall_at_watermark = now_us
-        self._release(ps, wm - self._grace)
+        limit = wm - self._grace
+        pending = ps.pending
+        if pending[0][0] < limit:
+            self._release(ps, limit)
 
     def tick(self, now_us: int) -> None:
         """Wall-clock timer: a partition quiet for idle_flush moves its watermark on by the time passed."""
@@ -238,22 +278,39 @@ class Engine:
 
     def _release(self, ps: PartitionState, limit: int | None) -> None:
         pending = ps.pending
-        while pending and (limit is None or pending[0][0] < limit):
-            t, category, _, event_id, _, ref, record = heappop(pending)
-            ps.pending_ids.discard((ref, event_id))
-            self.stats.released += 1
-            self._apply(category, t, record, ref, False)
+        discard = ps.pending_ids.discard
+        apply = self._apply
+        released = 0
+        try:
+            while pending and (limit is None or pending[0][0] < limit):
+                t, category, _, event_id, _, ref, record = heappop(pending)
+                discard((ref, event_id))
+                released += 1
+                apply(category, t, record, ref, False)
+        finally:
+            self.stats.released += released
 
     def _apply(self, category: int, t: int, record: InputRecord, ref: str, late: bool) -> None:
-        state = self.numbers.get(ref) or NumberState()
-        state.remember(t, record.event_id, self._dedup)
+        numbers = self.numbers
+        state = numbers.get(ref)
+        if state is None:
+            state = NumberState()
+        # state.remember(t, record.event_id, self._dedup), inlined: once per record
+        if t > state.max_t:
+            state.max_t = t
+        seen = state.seen
+        if seen and seen[0].t < state.max_t - self._dedup:
+            horizon = state.max_t - self._dedup
+            seen[:] = [m for m in seen if m.t >= horizon]
+        seen.append(Mark(t, record.event_id))
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)  # type: ignore[arg-type]
         elif category == DELIVERY:
-            self._delivery(t, record, ref, state, late)  # type: ignore[arg-type]
+            if record.status == "bounced":  # type: ignore[union-attr]
+                self._delivery(t, record, ref, state, late)  # type: ignore[arg-type]
         else:
             self._change(t, record, ref, state, late)  # type: ignore[arg-type]
-        self.numbers[ref] = state
+        numbers[ref] = state
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version)."""
@@ -281,7 +338,9 @@ class Engine:
     # --------------------------------------------------------- contract changes
 
     def _change(self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool) -> None:
-        code = _CHANGE_CODE[type(rec)]
+        code = _CHANGE_CODE.get(type(rec))
+        if code is None:
+            code = _change_code(type(rec))
         email = getattr(rec, "email", None)
         addr = self._pseudo.address_ref(email) if email and email.strip() else None
         change = Change(
@@ -321,20 +380,31 @@ class Engine:
     # ----------------------------------------------------------- notifications
 
     def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
-        email = rec.channel == "email"
-        addr = self._pseudo.address_ref(rec.recipient) if email else None
-        links = self.index.get(addr) if addr is not None else []
-        verdict = judge(self.holdings(ref, state), t, rec.channel, addr, links, ref)
-        self.verdicts.append(
-            VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, verdict.kind, late, t)
-        )
-        if email:
+        channel = rec.channel
+        addr: bytes | None = None
+        links = _NO_LINKS
+        if channel == "email":
+            recipient = rec.recipient
+            addr = self._addresses.get(recipient)
+            if addr is None:
+                addr = self._pseudo.address_ref(recipient)
+            links = self.index.get(addr)
+        cached = self._holdings.get(ref)
+        changes = state.changes
+        if cached is not None and cached[0] is changes and cached[1] == len(changes):
+            holdings: list[Holding] = cached[2]
+        else:
+            holdings = self._derived(ref, state)[2]
+        verdict = judge(holdings, t, channel, addr, links, ref)
+        kind = verdict.kind
+        self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, channel, kind, late, t))
+        if addr is not None:
             sent = state.sent
-            horizon = state.max_t - self._correlation
-            if sent and sent[0].t < horizon:
+            if sent and sent[0].t < state.max_t - self._correlation:
+                horizon = state.max_t - self._correlation
                 sent[:] = [s for s in sent if s.t >= horizon]
-            sent.append(Sent(t, rec.message_id, rec.event_id, verdict.kind == kinds.OK, rec.template))
-        if verdict.kind != kinds.OK:
+            sent.append(Sent(t, rec.message_id, rec.event_id, kind == kinds.OK, rec.template))
+        if kind != kinds.OK:
             self._recipient_alert(t, rec, ref, addr, verdict, late)
 
     # --------------------------------------------------------------- deliveries

@@ -41,7 +41,7 @@ REAL_ENDS: Final = frozenset({CONTRACT_ENDED, PORTED_OUT})
 ADDRESS_EVENTS: Final = frozenset({EMAIL_CHANGED, EMAIL_VERIFIED})
 
 
-class Change(msgspec.Struct, array_like=True, frozen=True):
+class Change(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One contract change of a number, as kept in state (no clear-text address)."""
 
     t: int
@@ -56,7 +56,7 @@ class Change(msgspec.Struct, array_like=True, frozen=True):
         return (self.t, self.type, self.event_id)
 
 
-class AddressSet(msgspec.Struct, array_like=True, frozen=True):
+class AddressSet(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """An address became the holding's current one at `t` through `event_id`."""
 
     t: int

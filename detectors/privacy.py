@@ -33,6 +33,14 @@ class Pseudonymiser:
     def __repr__(self) -> str:
         return "Pseudonymiser(key=********)"
 
+    def numbers_memo(self) -> dict[str, str]:
+        """The live memo msisdn -> ref, for callers that look it up before calling msisdn_ref."""
+        return self._numbers
+
+    def addresses_memo(self) -> dict[str, bytes]:
+        """The live memo address (as given) -> keyed hash, likewise."""
+        return self._addresses
+
     def msisdn_ref(self, msisdn: str) -> str:
         """Stable reference of a number (hex), for state keys and alerts."""
         ref = self._numbers.get(msisdn)

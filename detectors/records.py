@@ -26,7 +26,7 @@ EventTime = Annotated[str, msgspec.Meta(pattern=EVENT_TIME_PATTERN)]
 Version = Literal[1]
 
 
-class Outbound(msgspec.Struct, frozen=True, omit_defaults=True):
+class Outbound(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """notifications.outbound: a notification handed to a sender."""
 
     schema_version: Version
@@ -43,7 +43,7 @@ class Outbound(msgspec.Struct, frozen=True, omit_defaults=True):
     customer_id: str | None = None
 
 
-class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
+class Delivery(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """notifications.delivery: the sender's outcome for one message."""
 
     schema_version: Version
@@ -59,7 +59,7 @@ class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
     smtp_status: str | None = None
 
 
-class _Change(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type"):
+class _Change(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", gc=False):
     schema_version: Version
     event_id: NonEmpty
     event_time: EventTime

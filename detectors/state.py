@@ -10,14 +10,14 @@ import msgspec
 from detectors.holdings import Change
 
 
-class Mark(msgspec.Struct, array_like=True, frozen=True):
+class Mark(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """An event counted somewhere: its event time and id."""
 
     t: int
     event_id: str
 
 
-class Sent(msgspec.Struct, array_like=True):
+class Sent(msgspec.Struct, array_like=True, gc=False):
     """An e-mail notification remembered until its delivery outcome can no longer come."""
 
     t: int
@@ -60,7 +60,7 @@ class NumberState(msgspec.Struct, array_like=True):
         seen.append(Mark(t, event_id))
 
 
-class Link(msgspec.Struct, array_like=True, frozen=True):
+class Link(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """An address linked to a customer through one holding on one number."""
 
     msisdn_ref: str
@@ -94,13 +94,29 @@ class AddressIndex:
         return self._links.get(addr, _EMPTY)
 
     def replace(self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> None:
-        """Swap one number's links: drop those it no longer has, upsert the rest."""
-        new_ids = {(a, link.identity()) for a, link in new}
-        for addr, link in old:
-            if (addr, link.identity()) not in new_ids:
-                self._remove(addr, link.identity())
-        for addr, link in new:
-            self._upsert(addr, link)
+        """Swap one number's links: drop those it no longer has, upsert the rest.
+
+        Addresses whose links are exactly as before are left alone (upserting them
+        again would give the same list), so a change touches only what it changes.
+        """
+        if old == new:
+            return
+        old_by = _by_address(old)
+        new_by = _by_address(new)
+        for addr, links in old_by.items():
+            kept = new_by.get(addr)
+            if kept == links:
+                continue
+            new_ids = {link.identity() for link in kept} if kept else set()
+            for link in links:
+                ident = link.identity()
+                if ident not in new_ids:
+                    self._remove(addr, ident)
+        for addr, links in new_by.items():
+            if old_by.get(addr) == links:
+                continue
+            for link in links:
+                self._upsert(addr, link)
 
     def _remove(self, addr: bytes, identity: tuple[str, str, str, int]) -> None:
         links = self._links.get(addr)
@@ -129,6 +145,17 @@ class AddressIndex:
 
 
 _EMPTY: Final[list[Link]] = []
+
+
+def _by_address(pairs: list[tuple[bytes, Link]]) -> dict[bytes, list[Link]]:
+    out: dict[bytes, list[Link]] = {}
+    for addr, link in pairs:
+        links = out.get(addr)
+        if links is None:
+            out[addr] = [link]
+        else:
+            links.append(link)
+    return out
 
 number_encoder: Final = msgspec.msgpack.Encoder()
 number_decoder: Final = msgspec.msgpack.Decoder(NumberState)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detectors import kinds
-from detectors.holdings import Holding, active_at
+from detectors.holdings import Holding
 from detectors.state import Link
 
 
@@ -30,12 +30,21 @@ def judge(
     own_ref: str,
 ) -> Verdict:
     """Decide one notification; the first matching row of the contract's table wins."""
-    active = active_at(holdings, t)
+    active = None
+    for h in reversed(holdings):  # active_at(holdings, t), inlined: once per notification
+        if h.start <= t and (h.end is None or h.end > t):
+            active = h
+            break
     if active is None:
         return Verdict(kinds.NOTIFICATION_WITHOUT_CONTRACT, holding=_last_ended(holdings, t))
     if channel != "email" or addr is None:
         return Verdict(kinds.OK, active)
-    if active.current_address(t) == addr:
+    current = None
+    for a in active.addresses:  # active.current_address(t), inlined
+        if a.t > t:
+            break
+        current = a.addr
+    if current == addr:
         return Verdict(kinds.OK, active)
     customer = active.customer_id
 

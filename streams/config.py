@@ -96,6 +96,10 @@ class WorkerConfig:
     flush_interval_s: float = 0.2
     # Wall-clock timer for idle partitions (the engine's idle_flush applies).
     tick_interval_s: float = 1.0
+    # Records are taken from the stream in batches of at most this many, or
+    # what arrived within batch_within_s: Faust's per-event overhead is paid once a batch.
+    batch_max: int = 2000
+    batch_within_s: float = 0.05
 
 
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:

@@ -1,9 +1,10 @@
 """Engine state in Faust tables: per-number states and the address index, with explicit partitions.
 
 Writes bypass Faust's `table[key] = value` (which needs the current stream
-event to pick the changelog partition): the worker knows each number's input
-partition, coalesces writes, and flushes them with `send_changelog` before it
-acknowledges the records they came from.
+event to pick the changelog partition, and sends each write through Faust's
+one-message-at-a-time producer buffer): the worker knows each number's input
+partition, coalesces writes, and hands them to the Kafka producer in batches
+before it acknowledges the records they came from.
 """
 
 from __future__ import annotations
@@ -66,19 +67,18 @@ class TableNumbers:
         self.cache[ref] = state
         self.dirty.add(ref)
 
-    def flush(self) -> int:
-        """Write dirty states to the store and their changelog partitions; returns how many."""
-        n = len(self.dirty)
-        send = self.table.send_changelog
+    def flush(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Write dirty states to the local store; returns the changelog records to send."""
+        out: list[tuple[int, bytes, bytes | None]] = []
         for ref in self.dirty:
             key, value = ref.encode(), encode_number(self.cache[ref])
             partition = self.partition_of[ref]
             store_put(self.table, partition, key, value)
-            send(partition, key, value)
+            out.append((partition, key, value))
         self.dirty.clear()
         if len(self.cache) > self.cache_max:
             self.cache.clear()  # clean entries only: dirty ones were just written
-        return n
+        return out
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """After a revocation: another worker owns these numbers now."""
@@ -138,11 +138,13 @@ class TableLinks:
         for key, raw in self.table.data.items():
             yield key, _links_decoder.decode(raw)
 
-    def flush(self) -> None:
-        send = self.table.send_changelog
+    def flush(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Write touched entries to the local store; returns the changelog records to send."""
+        out: list[tuple[int, bytes, bytes | None]] = []
         for addr, links in self.touched.items():
             partition = int.from_bytes(addr[:4], "big") % self.partitions
             value = _links_encoder.encode(links) if links else None
             store_put(self.table, partition, addr, value)
-            send(partition, addr, value, value_serializer="raw")
+            out.append((partition, addr, value))
         self.touched.clear()
+        return out

@@ -61,8 +61,10 @@ class Runtime:
         self.merger = Merger(self.inputs)
         self.metrics = Metrics(rules.topics)
         self.grace_us = rules.us(rules.grace_s)
-        self.alerts_topic = app.topic(rules.topics.alerts, **_RAW)
-        self.dead_topic = app.topic(rules.topics.deadletter, **_RAW)
+        self.numbers_changelog = numbers_table.changelog_topic.get_topic_name()
+        self.links_changelog = links_table.changelog_topic.get_topic_name()
+        # records to produce at the next flush: (topic, key, value, partition or None)
+        self.out: list[tuple[str, bytes, bytes | None, int | None]] = []
         # acks held until the engine releases the record: per partition (event time, seq, event)
         self.held: dict[int, list[tuple[int, int, Any]]] = {}
         self.to_ack: list[Any] = []
@@ -76,15 +78,23 @@ class Runtime:
 
     # ----------------------------------------------------------------- records
 
-    def on_event(self, event: Any) -> None:
-        msg = event.message
-        self.metrics.consumed.labels(msg.topic).inc()
-        ts = msg.timestamp if msg.timestamp is not None else 0
-        self.merger.push(msg.topic, msg.partition, int(ts * 1000), event)
-        self._run_partition(msg.partition)
+    def on_events(self, events: list[Any]) -> None:
+        """A batch from the stream: each record's Kafka ack is ours to give (incref)."""
+        partitions = set()
+        consumed = self.metrics.consumed
+        for event in events:
+            msg = event.message
+            msg.incref()  # held until processed, released and flushed (see flush)
+            consumed.labels(msg.topic).inc()
+            ts = msg.timestamp if msg.timestamp is not None else 0
+            self.merger.push(msg.topic, msg.partition, int(ts * 1000), event)
+            partitions.add(msg.partition)
+        for p in partitions:
+            self._run_partition(p)
         self._pause_overfull()
-        if time.monotonic() - self.last_flush >= self.config.flush_interval_s:
-            self.flush()
+
+    def flush_due(self) -> bool:
+        return time.monotonic() - self.last_flush >= self.config.flush_interval_s
 
     def _lagging(self, topic: str, partition: int) -> bool:
         consumer = self.app.consumer
@@ -127,7 +137,6 @@ class Runtime:
             self.to_ack.append(event)
             return
         self.metrics.processing.observe(time.perf_counter() - started)
-        self.links.flush()
         if engine.last_buffered is not None:
             self.seq += 1
             heapq.heappush(self.held.setdefault(p, []), (engine.last_buffered, self.seq, event))
@@ -147,13 +156,14 @@ class Runtime:
 
     def _emit(self) -> None:
         alerts, dead, verdicts = self.engine.drain()
+        out = self.out
         for a in alerts:
-            self.alerts_topic.send_soon(key=a.dedup_key.encode(), value=encode_alert(a))
+            out.append((self.topics.alerts, a.dedup_key.encode(), encode_alert(a), None))
             if self.echo:
                 print(alert_line(a), flush=True)
         for d in dead:
             self.metrics.deadletters.labels(d.source_topic, d.reason_code).inc()
-            self.dead_topic.send_soon(key=(d.key or "").encode(), value=_json.encode(d))
+            out.append((self.topics.deadletter, (d.key or "").encode(), _json.encode(d), None))
         if verdicts:
             self.metrics.observe_verdicts(verdicts)
             now = time.time()
@@ -170,20 +180,31 @@ class Runtime:
         letter = DeadLetter(msg.topic, msg.partition, msg.offset, None, k, k_enc, v, v_enc,
                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
                             rfc3339(_now_us()))
-        self.dead_topic.send_soon(key=(k or "").encode(), value=_json.encode(letter))
+        self.out.append((self.topics.deadletter, (k or "").encode(), _json.encode(letter), None))
 
     # ------------------------------------------------------------ flush & acks
 
-    def flush(self) -> None:
-        """State to the changelogs first, then the acks of the records it came from."""
-        self.numbers.flush()
-        self.links.flush()
+    async def flush(self) -> None:
+        """State and outputs to the producer first, then the acks of the records they came from.
+
+        Faust flushes the producer before it commits offsets, so a committed
+        offset never runs ahead of the changelog and alerts it caused.
+        """
+        send = self.app.producer.send
+        for partition, key, value in self.numbers.flush():
+            await send(self.numbers_changelog, key, value, partition, None, None)
+        for partition, key, value in self.links.flush():
+            await send(self.links_changelog, key, value, partition, None, None)
+        out, self.out = self.out, []
+        for topic, key, value, maybe_partition in out:
+            await send(topic, key, value, maybe_partition, None, None)
+        consumer = self.app.consumer
         for event in self.to_ack:
-            event.ack()
+            event.message.ack(consumer)
         self.to_ack.clear()
         self.last_flush = time.monotonic()
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         for p in list(self.merger.partitions()):
             self._run_partition(p)
@@ -191,7 +212,7 @@ class Runtime:
         for p in list(self.held):
             self._release_held(p)
         self._emit()
-        self.flush()
+        await self.flush()
         self._pause_overfull()
         now = _now_us()
         m = self.metrics
@@ -214,9 +235,9 @@ class Runtime:
 
     # --------------------------------------------------------------- rebalance
 
-    def on_revoked(self, revoked: set[TP]) -> None:
+    async def on_revoked(self, revoked: set[TP]) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic in self.inputs}
-        self.flush()
+        await self.flush()
         for p in partitions:
             self.merger.forget(p)
             self.held.pop(p, None)
@@ -267,15 +288,17 @@ def create_app(config: WorkerConfig) -> faust.App:
 
     @app.agent(inputs, concurrency=1)
     async def detect(stream: Any) -> None:
-        async for event in stream.noack().events():
-            rt.on_event(event)
+        async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
+            rt.on_events(events)
+            if rt.flush_due():
+                await rt.flush()
 
     @app.timer(config.tick_interval_s)
     async def tick() -> None:
-        rt.tick()
+        await rt.tick()
 
     async def revoked(app: Any, revoked: set[TP], **_: Any) -> None:
-        rt.on_revoked(set(revoked))
+        await rt.on_revoked(set(revoked))
 
     async def assigned(app: Any, assigned: set[TP], **_: Any) -> None:
         rt.on_assigned(set(assigned))

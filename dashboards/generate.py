@@ -1,0 +1,457 @@
+"""Grafana dashboards of notifguard, as code (grafana-foundation-sdk).
+
+    .venv/bin/python dashboards/generate.py           # rewrite dashboards/*.json
+    .venv/bin/python dashboards/generate.py --check   # exit 1 if a committed file differs
+
+Two dashboards: "Notification health" (what the notifications do: volume,
+mismatched recipients, alerts, bounces, re-ports) and "Detector pipeline" (how
+the worker keeps up). Every panel queries the data source variable
+``datasource`` (default: the provisioned Prometheus with uid
+``notifguard-prometheus``), filters on the ``job`` variable and uses
+``$__rate_interval`` in every rate()/increase(). Metric contract:
+docs/metrics.md. Lint rules: tests/deploy/test_dashboards.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as prom_models
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE_UID = "notifguard-prometheus"
+DATASOURCE_NAME = "notifguard-prometheus"
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+SEL = 'job=~"$job"'
+RI = "$__rate_interval"
+
+PANEL_WIDTH = 12
+PANEL_HEIGHT = 8
+
+
+def sel(metric: str, matchers: str = "") -> str:
+    """``metric{job=~"$job", <matchers>}``."""
+    return f"{metric}{{{SEL}{', ' + matchers if matchers else ''}}}"
+
+
+def rate(metric: str, matchers: str = "") -> str:
+    return f"rate({sel(metric, matchers)}[{RI}])"
+
+
+def increase(metric: str, matchers: str = "") -> str:
+    return f"increase({sel(metric, matchers)}[{RI}])"
+
+
+def quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) ({rate(histogram + '_bucket')}))"
+
+
+@dataclass
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass
+class Panel:
+    title: str
+    unit: str
+    queries: list[Query]
+    description: str = ""
+    kind: str = "timeseries"  # or "stat"
+    min_zero: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    title: str
+    panels: list[Panel]
+
+
+def _target(ref: str, q: Query) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .ref_id(ref)
+        .datasource(DS)
+        .expr(q.expr)
+        .legend_format(q.legend)
+        .range()
+        .editor_mode(prom_models.QueryEditorMode.CODE)
+    )
+
+
+def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.Panel:
+    builder: timeseries.Panel | stat.Panel
+    if p.kind == "stat":
+        builder = (
+            stat.Panel()
+            .graph_mode(common.BigValueGraphMode.AREA)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]))
+        )
+    else:
+        builder = (
+            timeseries.Panel()
+            .legend(
+                cb.VizLegendOptions()
+                .display_mode(common.LegendDisplayMode.TABLE)
+                .placement(common.LegendPlacement.RIGHT)
+                .show_legend(True)
+                .calcs(["lastNotNull", "max"])
+            )
+            .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
+            .line_width(1)
+            .fill_opacity(10)
+        )
+        if p.min_zero:
+            builder = builder.min(0)
+    builder = (
+        builder.id(panel_id)
+        .title(p.title)
+        .description(p.description)
+        .unit(p.unit)
+        .datasource(DS)
+        .grid_pos(dm.GridPos(h=PANEL_HEIGHT, w=PANEL_WIDTH, x=x, y=y))
+    )
+    for i, q in enumerate(p.queries):
+        builder = builder.with_target(_target(chr(ord("A") + i), q))
+    return builder
+
+
+def _variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
+    return d.with_variable(
+        dashboard.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(dm.VariableOption(selected=True, text=DATASOURCE_NAME, value=DATASOURCE_UID))
+    ).with_variable(
+        dashboard.QueryVariable("job")
+        .label("job")
+        .datasource(DS)
+        .query("label_values(notifguard_build_info, job)")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(False)
+        .current(dm.VariableOption(selected=True, text=["notifguard"], value=["notifguard"]))
+    )
+
+
+def build(uid: str, title: str, description: str, rows: list[Row]) -> dict[str, Any]:
+    d = (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["notifguard"])
+        .editable()
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("utc")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+    )
+    d = _variables(d)
+    panel_id = 1
+    y = 0
+    for row in rows:
+        d = d.with_row(dashboard.Row(row.title).id(panel_id).grid_pos(dm.GridPos(h=1, w=24, x=0, y=y)))
+        panel_id += 1
+        y += 1
+        for i, p in enumerate(row.panels):
+            x = (i % 2) * PANEL_WIDTH
+            if i and i % 2 == 0:
+                y += PANEL_HEIGHT
+            d = d.with_panel(_panel(p, panel_id, x, y))
+            panel_id += 1
+        y += PANEL_HEIGHT
+    out: dict[str, Any] = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    return out
+
+
+# Metric names (docs/metrics.md) and label matchers used below.
+VERDICTS = "notifguard_verdicts_total"
+ALERTS = "notifguard_alerts_total"
+DELIVERIES = "notifguard_deliveries_total"
+REBALANCES = "notifguard_rebalances_total"
+CONSUMED = "notifguard_records_consumed_total"
+VERDICT_DELAY = "notifguard_verdict_delay_seconds"
+PROCESSING = "notifguard_processing_seconds"
+DEADLETTERS = "notifguard_deadletters_total"
+LATE = "notifguard_late_records_total"
+DUPLICATES = "notifguard_duplicates_total"
+ERRORS = "notifguard_processing_errors_total"
+
+NOT_OK = 'verdict!="ok"'
+HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
+FINAL = 'status=~"delivered|bounced"'
+BOUNCE_KINDS = 'kind=~"current_address_bouncing|bounce_burst"'
+PORT_KINDS = 'kind=~"re_port|port_flapping"'
+WITHOUT_CONTRACT = 'verdict="notification_without_contract"'
+MISMATCH = 'verdict!="ok", verdict=~"recipient_.*"'
+BREACH = 'verdict=~"recipient_previous_holder|recipient_other_customer"'
+
+
+# --------------------------------------------------------------------------
+# Notification health
+# --------------------------------------------------------------------------
+
+
+def notification_health() -> dict[str, Any]:
+    rows = [
+        Row("Notifications", [
+            Panel(
+                "Notifications judged per second by brand", "ops",
+                [Query(f"sum by (brand) ({rate(VERDICTS)})", "{{brand}}")],
+                "One verdict per notification (notifguard_verdicts_total).",
+            ),
+            Panel(
+                "Share of mismatched recipients by brand/template/sender", "percentunit",
+                [Query(
+                    f"sum by (brand, template, sender) ({rate(VERDICTS, MISMATCH)})\n"
+                    f"/\n(sum by (brand, template, sender) ({rate(VERDICTS)}) > 0)",
+                    "{{brand}} / {{template}} / {{sender}}",
+                )],
+                "Share of notifications that raised a recipient kind. Alert NotifguardSystemicRecipientMismatch "
+                "fires above max(0.1 %, 3 x the 1-day baseline).",
+            ),
+            Panel(
+                "Recipient verdicts per second by kind", "ops",
+                [Query(f'sum by (verdict) ({rate(VERDICTS, NOT_OK)})', "{{verdict}}")],
+                "Verdicts other than ok, by the kind raised.",
+            ),
+            Panel(
+                "Mail to a previous holder / other customer, by brand", "short",
+                [Query(f"sum by (brand) ({increase(VERDICTS, BREACH)})", "{{brand}}")],
+                "Presumed personal-data breaches (alert NotifguardRecipientBreach pages on any).",
+            ),
+        ]),
+        Row("Alerts", [
+            Panel(
+                "Alerts per second by kind", "ops",
+                [Query(f"sum by (kind, severity) ({rate(ALERTS)})", "{{kind}} ({{severity}})")],
+                "Records written to notifguard.alerts.",
+            ),
+            Panel(
+                "Alerts by severity", "short",
+                [Query(f"sum by (severity) ({increase(ALERTS)})", "{{severity}}")],
+                "Alerts emitted per interval, by severity.",
+            ),
+        ]),
+        Row("Delivery", [
+            Panel(
+                "Hard-bounce rate by brand/sender", "percentunit",
+                [Query(
+                    f'sum by (brand, sender) ({rate(DELIVERIES, HARD_BOUNCE)})\n'
+                    f'/\n(sum by (brand, sender) ({rate(DELIVERIES, FINAL)}) > 0)',
+                    "{{brand}} / {{sender}}",
+                )],
+                "Hard bounces among final outcomes (delivered or bounced). Alerts at 5 % (warning) and 10 % "
+                "(critical) over 1 h.",
+            ),
+            Panel(
+                "Delivery events per second by status", "ops",
+                [Query(
+                    f"sum by (status, bounce_type) ({rate(DELIVERIES)})",
+                    "{{status}} ({{bounce_type}})",
+                )],
+                "notifications.delivery events by outcome.",
+            ),
+            Panel(
+                "Current address bouncing and bounce bursts", "ops",
+                [Query(
+                    f'sum by (kind) ({rate(ALERTS, BOUNCE_KINDS)})',
+                    "{{kind}}",
+                )],
+                "Customers who miss mail: hard bounces to the current address, bursts of bounces on one number.",
+            ),
+        ]),
+        Row("Numbers changing hands", [
+            Panel(
+                "Re-ports and port flapping", "ops",
+                [Query(
+                    f'sum by (kind) ({rate(ALERTS, PORT_KINDS)})',
+                    "{{kind}}",
+                )],
+                "re_port: a recycled or re-ported number (early warning); port_flapping: 3+ ports within 30 days.",
+            ),
+            Panel(
+                "Notifications without an active contract", "ops",
+                [Query(
+                    f'sum by (brand) ({rate(VERDICTS, WITHOUT_CONTRACT)})',
+                    "{{brand}}",
+                )],
+                "Notifications for numbers nobody holds at event time.",
+            ),
+        ]),
+    ]
+    return build(
+        "notifguard-notification-health",
+        "Notification health",
+        "Where notifications go: volume, mismatched recipients, alerts, bounces, numbers changing hands.",
+        rows,
+    )
+
+
+# --------------------------------------------------------------------------
+# Detector pipeline
+# --------------------------------------------------------------------------
+
+
+def detector_pipeline() -> dict[str, Any]:
+    rows = [
+        Row("Workers", [
+            Panel(
+                "Workers up", "none",
+                [Query(f"sum(up{{{SEL}}})", "up"), Query(f"sum(notifguard_worker_ready{{{SEL}}})", "ready")],
+                "Scraped workers (up) and workers recovered and not rebalancing (notifguard_worker_ready).",
+                kind="stat",
+            ),
+            Panel(
+                "Rebalances", "short",
+                [Query(f"sum by (instance) ({increase(REBALANCES)})", "{{instance}}")],
+                "Consumer group rebalances seen, per worker.",
+            ),
+        ]),
+        Row("Throughput", [
+            Panel(
+                "Records consumed per second by topic", "ops",
+                [Query(f"sum by (topic) ({rate(CONSUMED)})", "{{topic}}")],
+                "Input records read, including bad records and duplicates.",
+            ),
+            Panel(
+                "Verdicts and alerts per second", "ops",
+                [
+                    Query(f"sum({rate(VERDICTS)})", "verdicts"),
+                    Query(f"sum({rate(ALERTS)})", "alerts"),
+                ],
+                "Output of the detector.",
+            ),
+        ]),
+        Row("Lag", [
+            Panel(
+                "Consumer lag by topic", "short",
+                [Query(f"sum by (topic) (notifguard_consumer_lag_records{{{SEL}}})", "{{topic}}")],
+                "Records between the committed position and the high-water mark, summed over workers.",
+            ),
+            Panel(
+                "Watermark lag by partition", "s",
+                [Query(f"max by (partition) (notifguard_watermark_lag_seconds{{{SEL}}})", "partition {{partition}}")],
+                "Wall clock minus the partition's watermark; near grace in normal operation.",
+            ),
+            Panel(
+                "Pending events in grace buffers", "short",
+                [Query(f"sum by (instance) (notifguard_pending_events{{{SEL}}})", "{{instance}}")],
+                "Events waiting until the watermark passes event_time + grace.",
+            ),
+            Panel(
+                "Verdict delay", "s",
+                [
+                    Query(
+                        f"{quantile(0.99, VERDICT_DELAY)}",
+                        "p99",
+                    ),
+                    Query(
+                        f"{quantile(0.5, VERDICT_DELAY)}",
+                        "p50",
+                    ),
+                ],
+                "Wall time from a notification's arrival to its verdict (grace included).",
+            ),
+            Panel(
+                "Processing time per record", "s",
+                [Query(
+                    f"{quantile(0.99, PROCESSING)}",
+                    "p99",
+                )],
+                "Engine time to process one input record.",
+            ),
+        ]),
+        Row("Input quality", [
+            Panel(
+                "Dead letters per second by topic and reason", "ops",
+                [Query(
+                    f"sum by (topic, reason) ({rate(DEADLETTERS)})", "{{topic}}: {{reason}}",
+                )],
+                "Bad records sent to notifguard.deadletter.",
+            ),
+            Panel(
+                "Late records per second by topic", "ops",
+                [Query(f"sum by (topic) ({rate(LATE)})", "{{topic}}")],
+                "Records arriving after watermark > event_time + grace.",
+            ),
+            Panel(
+                "Duplicates per second by topic", "ops",
+                [Query(f"sum by (topic) ({rate(DUPLICATES)})", "{{topic}}")],
+                "Repeated event_ids ignored.",
+            ),
+            Panel(
+                "Processing errors (bugs)", "short",
+                [Query(
+                    f"sum by (instance, topic) ({increase(ERRORS)})",
+                    "{{instance}} {{topic}}",
+                )],
+                "Exceptions other than bad input; each one is a bug.",
+            ),
+        ]),
+        Row("State", [
+            Panel(
+                "Tracked numbers", "short",
+                [Query(f"sum by (instance) (notifguard_tracked_numbers{{{SEL}}})", "{{instance}}")],
+                "Numbers with state on each worker.",
+            ),
+        ]),
+    ]
+    return build(
+        "notifguard-detector-pipeline",
+        "Detector pipeline",
+        "How the notifguard workers keep up: throughput, lag, watermarks, delays, input quality.",
+        rows,
+    )
+
+
+DASHBOARDS = {
+    "notification-health.json": notification_health,
+    "detector-pipeline.json": detector_pipeline,
+}
+
+
+def render(d: dict[str, Any]) -> str:
+    return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {name: render(fn()) for name, fn in DASHBOARDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only compare with the committed files")
+    ap.add_argument("--out", type=Path, default=HERE, help="output directory (default: dashboards/)")
+    args = ap.parse_args(argv)
+    stale = []
+    for name, text in generate().items():
+        path = args.out / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date (run dashboards/generate.py): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
