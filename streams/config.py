@@ -100,6 +100,9 @@ class WorkerConfig:
     # what arrived within batch_within_s: Faust's per-event overhead is paid once a batch.
     batch_max: int = 2000
     batch_within_s: float = 0.05
+    # While catching up, a topic-partition that may still hold older records
+    # holds the others back for at most this long after it last delivered.
+    merge_wait_s: float = 2.0
 
 
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:

@@ -417,14 +417,19 @@ def replay_to_kafka(
     summary = ReplaySummary()
     started = time.monotonic()
     if rebase_to_us is not None:
-        earliest = None
+        # Paced (speed > 0): the first record is at the target and the rest follow
+        # in real time. As fast as possible: the last record is at the target and
+        # the rest lie before it, since brokers refuse timestamps far in the future
+        # (message.timestamp.after.max.ms, 1 h by default in Kafka 4).
+        times = []
         for path in paths:
             for rec in read_capture(path):
                 t = event_time_us(rec.value)
                 t = t if t is not None else _record_time_us(rec)
-                if t is not None and (earliest is None or t < earliest):
-                    earliest = t
-        summary.delta_us = 0 if earliest is None else rebase_to_us - earliest
+                if t is not None:
+                    times.append(t)
+        anchor = (min(times) if speed > 0 else max(times)) if times else None
+        summary.delta_us = 0 if anchor is None else rebase_to_us - anchor
     lock = threading.Lock()
 
     def failed(topic: str) -> Callable[[Exception], None]:

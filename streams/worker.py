@@ -75,6 +75,8 @@ class Runtime:
         self.started = False
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
+        self._assigned_at = time.monotonic()
+        self._last_seen: dict[TP, float] = {}
 
     # ----------------------------------------------------------------- records
 
@@ -86,6 +88,7 @@ class Runtime:
             msg = event.message
             msg.incref()  # held until processed, released and flushed (see flush)
             consumed.labels(msg.topic).inc()
+            self._last_seen[msg.tp] = time.monotonic()
             ts = msg.timestamp if msg.timestamp is not None else 0
             self.merger.push(msg.topic, msg.partition, int(ts * 1000), event)
             partitions.add(msg.partition)
@@ -97,18 +100,27 @@ class Runtime:
         return time.monotonic() - self.last_flush >= self.config.flush_interval_s
 
     def _lagging(self, topic: str, partition: int) -> bool:
-        consumer = self.app.consumer
+        """May this input topic-partition still deliver records older than what is queued?
+
+        Yes while Kafka holds records past what we read (highwater), or we do
+        not know yet (not fetched) - but for at most merge_wait_s since it
+        last delivered anything, so a topic with nothing to say blocks nobody.
+        """
         tp = TP(topic, partition)
+        now = time.monotonic()
+        if now - self._last_seen.get(tp, self._assigned_at) > self.config.merge_wait_s:
+            return False
         try:
-            highwater = consumer.highwater(tp)
+            highwater = self.app.consumer.highwater(tp)
         except Exception:
-            return False
+            highwater = None
         if highwater is None or highwater < 0:
-            return False
+            return True
         last = self._read.get((topic, partition))
-        return (last is None and highwater > 0 and tp in self._assigned) or (
-            last is not None and highwater > last + 1
-        )
+        if last is None:
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+            return bool(highwater > (committed or 0))
+        return bool(highwater > last + 1)
 
     def _run_partition(self, partition: int) -> None:
         for event in self.merger.ready(partition, self._lagging):
@@ -248,6 +260,8 @@ class Runtime:
 
     def on_assigned(self, assigned: set[TP]) -> None:
         self._assigned = {tp for tp in assigned if tp.topic in self.inputs}
+        self._assigned_at = time.monotonic()
+        self._last_seen.clear()
         self._read = {k: v for k, v in self._read.items() if TP(*k) in self._assigned}
 
     def is_ready(self) -> bool:
