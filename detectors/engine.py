@@ -155,6 +155,9 @@ class Engine:
         self.alerts: list[Alert] = []
         self.deadletters: list[DeadLetter] = []
         self.verdicts: list[VerdictRecord] = []
+        # (brand, sender, status, bounce_type) of each applied delivery event, for
+        # bounce-rate metrics; the shell takes and clears it.
+        self.deliveries: list[tuple[str, str, str, str]] = []
         t = settings.topics
         self._topic_kind = {t.changes: "changes", t.outbound: "outbound", t.delivery: "delivery"}
         us = settings.us
@@ -270,8 +273,11 @@ class Engine:
         return sum(len(ps.pending) for ps in self.partitions.values())
 
     def drain(self) -> tuple[list[Alert], list[DeadLetter], list[VerdictRecord]]:
+        """Take the outputs collected since the last drain (delivery outcomes are dropped:
+        read `deliveries` before draining when they are wanted)."""
         out = (self.alerts, self.deadletters, self.verdicts)
         self.alerts, self.deadletters, self.verdicts = [], [], []
+        self.deliveries = []
         return out
 
     # --------------------------------------------------------------- release
@@ -306,6 +312,9 @@ class Engine:
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)  # type: ignore[arg-type]
         elif category == DELIVERY:
+            self.deliveries.append(
+                (record.brand, record.sender, record.status, record.bounce_type or "none")  # type: ignore[union-attr]
+            )
             if record.status == "bounced":  # type: ignore[union-attr]
                 self._delivery(t, record, ref, state, late)  # type: ignore[arg-type]
         else:

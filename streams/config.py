@@ -102,7 +102,7 @@ class WorkerConfig:
     batch_within_s: float = 0.05
     # While catching up, a topic-partition that may still hold older records
     # holds the others back for at most this long after it last delivered.
-    merge_wait_s: float = 2.0
+    merge_wait_s: float = 5.0
 
 
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:

@@ -1,12 +1,15 @@
 """Read co-partitioned input topics in event-time order while catching up on a backlog.
 
-Per input partition, records of each topic wait in a queue; the oldest head
-(by Kafka record timestamp, which producers set to event_time) goes to the
-engine, unless a topic that still has unread records (it lags behind its
-highwater) has nothing queued: then its next record could be older, and the
-others wait. So after a restart or an outage no notification is judged ahead
-of the contract changes that precede it, however far one topic ran ahead.
-Queues over `max_queue` ask the consumer to pause that topic-partition.
+Records of each input topic-partition wait in a queue; the oldest head (by
+Kafka record timestamp, which producers set to event_time) goes to the
+engine, unless a topic-partition that still has unread records (it lags
+behind its highwater) has nothing queued: then its next record could be
+older, and the others wait. So after a restart or an outage no notification
+is judged ahead of the contract changes that precede it, however far one
+topic ran ahead; and since the merge spans all partitions of the worker, the
+address links one number's changes create are in place before another
+number's mail is judged. Queues over `max_queue` ask the consumer to pause
+that topic-partition.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 
 class Merger:
-    def __init__(self, topics: tuple[str, ...], max_queue: int = 5000) -> None:
+    def __init__(self, topics: tuple[str, ...], max_queue: int = 100_000) -> None:
         self.topics = topics
         self.max_queue = max_queue
         self._queues: dict[tuple[str, int], deque[tuple[int, Any]]] = {}
@@ -30,12 +33,12 @@ class Merger:
         q.append((ts, item))
         self.queued += 1
 
-    def ready(self, partition: int, lagging: Callable[[str, int], bool]) -> Iterator[Any]:
-        """Items of one partition in timestamp order, as far as they can be known to be next."""
-        queues = [(t, self._queues.get((t, partition))) for t in self.topics]
+    def ready(self, lagging: Callable[[str, int], bool]) -> Iterator[Any]:
+        """Queued items in timestamp order, as far as they can be known to be next."""
+        queues = self._queues
         while True:
             best: deque[tuple[int, Any]] | None = None
-            for topic, q in queues:
+            for (topic, partition), q in queues.items():
                 if not q:
                     if lagging(topic, partition):
                         return  # its next record may be older than anything queued
@@ -47,15 +50,12 @@ class Merger:
             self.queued -= 1
             yield best.popleft()[1]
 
-    def drain(self, partition: int) -> Iterator[Any]:
-        """Everything queued for a partition, in timestamp order (nothing lags any more)."""
-        return self.ready(partition, lambda topic, p: False)
+    def expect(self, topic: str, partition: int) -> None:
+        """Register an assigned topic-partition, so that its lag is asked about before it delivers."""
+        self._queues.setdefault((topic, partition), deque())
 
     def over_limit(self) -> set[tuple[str, int]]:
         return {tp for tp, q in self._queues.items() if len(q) >= self.max_queue}
-
-    def partitions(self) -> set[int]:
-        return {p for (_, p), q in self._queues.items() if q}
 
     def forget(self, partition: int) -> list[Any]:
         """Drop a revoked partition's queues; returns what was queued (unacked, re-read later)."""

@@ -11,6 +11,7 @@ what was not done, and the engine's event-id dedup absorbs the rest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.transport.drivers import aiokafka as _aiokafka_driver
 from faust.types import TP
 
 from detectors.alerts import encode_alert
@@ -66,7 +68,7 @@ class Runtime:
         # records to produce at the next flush: (topic, key, value, partition or None)
         self.out: list[tuple[str, bytes, bytes | None, int | None]] = []
         # acks held until the engine releases the record: per partition (event time, seq, event)
-        self.held: dict[int, list[tuple[int, int, Any]]] = {}
+        self.held: dict[int, list[tuple[int, int, Any, float]]] = {}  # (event time, seq, msg, arrival)
         self.to_ack: list[Any] = []
         self.seq = 0
         self.paused: set[TP] = set()
@@ -75,25 +77,31 @@ class Runtime:
         self.started = False
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
-        self._assigned_at = time.monotonic()
-        self._last_seen: dict[TP, float] = {}
+        self._lag_seen: dict[TP, float] = {}  # since when a lagging input has delivered nothing
 
     # ----------------------------------------------------------------- records
 
+    async def on_messages(self, messages: list[Any]) -> None:
+        """One fetched batch straight from the consumer (see _Consumer), then a flush when due."""
+        self.on_events(messages)
+        if self.flush_due():
+            await self.flush()
+
     def on_events(self, events: list[Any]) -> None:
-        """A batch from the stream: each record's Kafka ack is ours to give (incref)."""
-        partitions = set()
-        consumed = self.metrics.consumed
-        for event in events:
-            msg = event.message
-            msg.incref()  # held until processed, released and flushed (see flush)
-            consumed.labels(msg.topic).inc()
-            self._last_seen[msg.tp] = time.monotonic()
+        """A batch of records (faust Messages, refcount 0): each one's Kafka ack is ours to give."""
+        counts: dict[str, int] = {}
+        lag_seen = self._lag_seen
+        push = self.merger.push
+        for msg in events:
+            topic = msg.topic
+            counts[topic] = counts.get(topic, 0) + 1
+            lag_seen.pop(msg.tp, None)
             ts = msg.timestamp if msg.timestamp is not None else 0
-            self.merger.push(msg.topic, msg.partition, int(ts * 1000), event)
-            partitions.add(msg.partition)
-        for p in partitions:
-            self._run_partition(p)
+            push(topic, msg.partition, int(ts * 1000), msg)
+        consumed = self.metrics.consumed
+        for topic, n in counts.items():
+            consumed.labels(topic).inc(n)
+        self._run_merged()
         self._pause_overfull()
 
     def flush_due(self) -> bool:
@@ -102,32 +110,36 @@ class Runtime:
     def _lagging(self, topic: str, partition: int) -> bool:
         """May this input topic-partition still deliver records older than what is queued?
 
-        Yes while Kafka holds records past what we read (highwater), or we do
-        not know yet (not fetched) - but for at most merge_wait_s since it
-        last delivered anything, so a topic with nothing to say blocks nobody.
+        Yes while Kafka holds records past what we read (its highwater), or we
+        do not know yet (not fetched). A topic-partition holds the others back
+        for at most merge_wait_s from when it was first seen lagging with
+        nothing delivered, so a broken or stuck partition cannot stall the rest.
         """
         tp = TP(topic, partition)
-        now = time.monotonic()
-        if now - self._last_seen.get(tp, self._assigned_at) > self.config.merge_wait_s:
-            return False
         try:
             highwater = self.app.consumer.highwater(tp)
         except Exception:
             highwater = None
         if highwater is None or highwater < 0:
-            return True
-        last = self._read.get((topic, partition))
-        if last is None:
-            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
-            return bool(highwater > (committed or 0))
-        return bool(highwater > last + 1)
+            behind = True
+        else:
+            last = self._read.get((topic, partition))
+            if last is None:
+                last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
+            behind = highwater > last + 1
+        if not behind:
+            self._lag_seen.pop(tp, None)
+            return False
+        now = time.monotonic()
+        since = self._lag_seen.setdefault(tp, now)
+        return now - since <= self.config.merge_wait_s
 
-    def _run_partition(self, partition: int) -> None:
-        for event in self.merger.ready(partition, self._lagging):
+    def _run_merged(self) -> None:
+        for event in self.merger.ready(self._lagging):
             self._process(event)
 
     def _process(self, event: Any) -> None:
-        msg = event.message
+        msg = event
         p = msg.partition
         self._read[(msg.topic, p)] = msg.offset
         key = msg.key
@@ -151,7 +163,7 @@ class Runtime:
         self.metrics.processing.observe(time.perf_counter() - started)
         if engine.last_buffered is not None:
             self.seq += 1
-            heapq.heappush(self.held.setdefault(p, []), (engine.last_buffered, self.seq, event))
+            heapq.heappush(self.held.setdefault(p, []), (engine.last_buffered, self.seq, event, time.monotonic()))
         else:
             self.to_ack.append(event)
         self._release_held(p)
@@ -164,9 +176,16 @@ class Runtime:
             return
         limit = ps.watermark - self.grace_us
         while held and held[0][0] < limit:
-            self.to_ack.append(heapq.heappop(held)[2])
+            _, _, msg, arrived = heapq.heappop(held)
+            self.to_ack.append(msg)
+            if msg.topic == self.topics.outbound:  # its verdict was reached now
+                self.metrics.verdict_delay.observe(time.monotonic() - arrived)
 
     def _emit(self) -> None:
+        if self.engine.deliveries:
+            deliveries = self.metrics.deliveries
+            for labels in self.engine.deliveries:
+                deliveries.labels(*labels).inc()
         alerts, dead, verdicts = self.engine.drain()
         out = self.out
         for a in alerts:
@@ -178,10 +197,6 @@ class Runtime:
             out.append((self.topics.deadletter, (d.key or "").encode(), _json.encode(d), None))
         if verdicts:
             self.metrics.observe_verdicts(verdicts)
-            now = time.time()
-            for v in verdicts:
-                if not v.late:
-                    self.metrics.verdict_delay.observe(max(0.0, now - v.event_time / 1e6))
 
     def _bug_letter(self, msg: Any, trace: str) -> None:
         from detectors.engine import DeadLetter, _encode_bytes
@@ -197,29 +212,37 @@ class Runtime:
     # ------------------------------------------------------------ flush & acks
 
     async def flush(self) -> None:
-        """State and outputs to the producer first, then the acks of the records they came from.
+        """Outputs, then state, then the acks of the records they came from.
 
-        Faust flushes the producer before it commits offsets, so a committed
-        offset never runs ahead of the changelog and alerts it caused.
+        The order makes a crash at any point safe. Alerts, dead letters and
+        address links are delivered (awaited) before the number states that
+        remember their records as done: otherwise a crash in between would
+        leave a record marked seen whose alert never left, and its re-read
+        would be dropped as a duplicate. A crash after the outputs re-emits
+        them on re-read (same dedup_key). Faust flushes the producer before it
+        commits offsets, so a committed offset never runs ahead of the state.
         """
-        send = self.app.producer.send
-        for partition, key, value in self.numbers.flush():
-            await send(self.numbers_changelog, key, value, partition, None, None)
-        for partition, key, value in self.links.flush():
-            await send(self.links_changelog, key, value, partition, None, None)
+        producer = self.app.producer
+        send = producer.send
         out, self.out = self.out, []
+        links = self.links.flush()
         for topic, key, value, maybe_partition in out:
             await send(topic, key, value, maybe_partition, None, None)
+        for partition, key, value in links:
+            await send(self.links_changelog, key, value, partition, None, None)
+        if out or links:
+            await producer.flush()
+        for partition, key, value in self.numbers.flush():
+            await send(self.numbers_changelog, key, value, partition, None, None)
         consumer = self.app.consumer
-        for event in self.to_ack:
-            event.message.ack(consumer)
+        for msg in self.to_ack:
+            msg.ack(consumer)  # refcount 0: this is the final ack
         self.to_ack.clear()
         self.last_flush = time.monotonic()
 
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
-        for p in list(self.merger.partitions()):
-            self._run_partition(p)
+        self._run_merged()
         self.engine.tick(_now_us())
         for p in list(self.held):
             self._release_held(p)
@@ -234,6 +257,20 @@ class Runtime:
             if ps.watermark is not None:
                 m.watermark_lag.labels(str(p)).set(max(0.0, (now - ps.watermark) / 1e6))
         m.tracked.set(len(self.numbers.cache))
+        lag: dict[str, int] = dict.fromkeys(self.inputs, 0)
+        for tp in self._assigned:
+            try:
+                highwater = self.app.consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is None or highwater < 0:
+                continue
+            last = self._read.get((tp.topic, tp.partition))
+            if last is None:
+                last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
+            lag[tp.topic] += max(0, highwater - last - 1)
+        for topic, n in lag.items():
+            m.consumer_lag.labels(topic).set(n)
         m.ready.set(1 if self.is_ready() else 0)
 
     def _pause_overfull(self) -> None:
@@ -260,8 +297,9 @@ class Runtime:
 
     def on_assigned(self, assigned: set[TP]) -> None:
         self._assigned = {tp for tp in assigned if tp.topic in self.inputs}
-        self._assigned_at = time.monotonic()
-        self._last_seen.clear()
+        self._lag_seen.clear()
+        for tp in self._assigned:
+            self.merger.expect(tp.topic, tp.partition)
         self._read = {k: v for k, v in self._read.items() if TP(*k) in self._assigned}
 
     def is_ready(self) -> bool:
@@ -269,9 +307,86 @@ class Runtime:
         return bool(self.started and not app.rebalancing and not getattr(app, "in_recovery", False))
 
 
+# Faust's aiokafka driver hard-codes fetch_max_wait_ms=1500.  aiokafka has at
+# most one fetch in flight per broker, and while the last fetch's records are
+# still buffered it fetches only the partitions that have nothing buffered:
+# often just empty ones (the assignor's leader topic, a GlobalTable changelog,
+# an input at its end).  The broker holds that fetch for the full 1.5 s and
+# every partition of the broker waits behind it.
+FETCH_MAX_WAIT_MS = 10
+
+
+class _ConsumerThread(_aiokafka_driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
+class _Consumer(_aiokafka_driver.Consumer):
+    """Faust's consumer, delivering the app's `batch_topics` a whole fetch at a time.
+
+    Faust hands each record to its stream through conductor -> channel queue ->
+    stream, with two asyncio tasks per record (wait_first): ~10k records/s at
+    most.  Records of `app.batch_topics` skip that and go, one fetched batch at a
+    time, to `app.batch_handler`; anything else (other topics, table changelogs)
+    goes Faust's way.  Offsets, gaps, acks, commits and rebalancing stay Faust's:
+    each record is tracked as unacked and its offset committed once acked.
+    """
+
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        handler = getattr(self.app, "batch_handler", None)
+        if handler is None:
+            return await super()._drain_messages(fetcher)
+        topics = self.app.batch_topics  # type: ignore[attr-defined]
+        callback = self.callback
+        consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        get_read, set_read = self._read_offset.__getitem__, self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        track = self._unacked_messages.add
+        while not (consumer_stopped() or fetcher_stopped()):
+            await self.sleep(0)
+            if self.should_stop:
+                continue
+            generation = self.app.consumer_generation_id
+            batch = []
+            async for tp, message in self.getmany(timeout=1.0):
+                offset = message.offset
+                read = get_read(tp)
+                if read is not None and offset < read:
+                    continue
+                if read and offset - read > 1 and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, read + 1, offset)
+                set_read(tp, offset)
+                if message.topic in topics:
+                    track(message)
+                    batch.append(message)
+                else:
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+            # Not across a rebalance: those records are re-read from the committed offsets.
+            if batch and self.flow_active and self.app.consumer_generation_id == generation:
+                await asyncio.shield(handler(batch))  # a stop must not cut a flush in half
+            commit_every = self._commit_every
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+
+
+class _Transport(_aiokafka_driver.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def create_app(config: WorkerConfig) -> faust.App:
     """The notifguard Faust app; nothing connects or starts until it runs."""
-    app = faust.App(
+    app = _App(
         config.app_id,
         broker=f"kafka://{config.bootstrap}",
         store=config.store,
@@ -300,12 +415,11 @@ def create_app(config: WorkerConfig) -> faust.App:
     app.notifguard = rt  # type: ignore[attr-defined]
     inputs = app.topic(*rt.inputs, **_RAW)
 
-    @app.agent(inputs, concurrency=1)
-    async def detect(stream: Any) -> None:
-        async for events in stream.take_events(config.batch_max, within=config.batch_within_s):
-            rt.on_events(events)
-            if rt.flush_due():
-                await rt.flush()
+    # Subscribed through the conductor (acks enabled); the records come to
+    # rt.on_messages a fetched batch at a time (see _Consumer), not through a stream.
+    app.topics.add(inputs)
+    app.batch_topics = frozenset(rt.inputs)  # type: ignore[attr-defined]
+    app.batch_handler = rt.on_messages  # type: ignore[attr-defined]
 
     @app.timer(config.tick_interval_s)
     async def tick() -> None:

@@ -168,3 +168,13 @@ def test_stats_count_records_alerts_and_releases():
     assert engine.stats.records == {"changes": 1, "outbound": 1, "delivery": 0}
     assert engine.stats.alerts["recipient_unlinked"] == 1
     assert engine.stats.released == 2
+
+
+def test_delivery_outcomes_are_reported_for_metrics_and_cleared_by_drain():
+    engine = new_engine()
+    feed(engine, [STARTED, delivery("m1", "bounced", 1, bounce_type="hard", brand="blau", sender="x"),
+                  delivery("m2", "delivered", 2)])
+    engine.flush(0)
+    assert engine.deliveries == [("blau", "x", "bounced", "hard"), ("o2", "crm-mailer", "delivered", "none")]
+    engine.drain()
+    assert engine.deliveries == []

@@ -1,8 +1,17 @@
-"""The worker on a real Kafka broker gives what the offline replay gives."""
+"""The worker on a real Kafka broker gives what the offline replay gives.
+
+Captures are produced before the worker starts: a backlog, which the worker
+must read in event-time order across topics and partitions (streams/merge.py).
+Producing a capture that spans months in seconds *while* the worker reads
+would compress months of event time into producer batches, and a topic whose
+batch is a few milliseconds late would be hours of event time late: not a
+situation live traffic (event time ~ wall time) or a backlog creates.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -64,10 +73,117 @@ def test_every_scenario_through_kafka_gives_the_offline_alerts(run, tmp_path):
     envs = scenario_stream()
     expected = keys(offline(envs, tmp_path))
     assert len(expected) >= 15
+    run.produce(envs)  # a backlog: the worker must read it in event-time order
     run.start_worker()
-    run.produce(envs)
     got = run.alerts(lambda a: keys(a) >= expected, timeout=120)
     # wait a little longer: nothing unexpected may follow
     got = run.alerts(lambda a: False, timeout=3) if keys(got) >= expected else got
     assert keys(got) == expected
     assert len({a["dedup_key"] + a["subject"]["msisdn_ref"] for a in got}) == len(got)
+
+
+BAD = [
+    ("contracts.changes", "+4917612345678", "{not json"),
+    ("contracts.changes", "+4917612345678", "[1, 2, 3]"),
+    ("notifications.outbound", "+4917612345678",
+     '{"schema_version":1,"event_id":"b1","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678"}'),
+    ("notifications.outbound", "+4917612345678",
+     '{"schema_version":1,"event_id":"b2","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678",'
+     '"message_id":"m","brand":"o2","channel":"fax","recipient":"a@b.de","template":"t","sender":"s"}'),
+    ("contracts.changes", "0176", '{"schema_version":1,"event_id":"b3","event_time":"2026-01-01T00:00:00Z",'
+     '"msisdn":"0176","type":"contract_ended","contract_id":"K"}'),
+    ("contracts.changes", "+4917612345678", '{"schema_version":1,"event_id":"b4","event_time":"yesterday",'
+     '"msisdn":"+4917612345678","type":"contract_ended","contract_id":"K"}'),
+    ("notifications.delivery", "+4999999999", '{"schema_version":1,"event_id":"b5",'
+     '"event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678","message_id":"m","recipient":"a@b.de",'
+     '"status":"delivered","brand":"o2","sender":"s"}'),
+    ("notifications.delivery", "+4917612345678", '{"schema_version":2,"event_id":"b6"}'),
+]
+BAD_CODES = ["invalid_json", "not_an_object", "invalid_record", "invalid_record", "bad_msisdn",
+             "bad_event_time", "key_mismatch", "unsupported_schema_version"]
+
+
+def test_bad_records_are_dead_lettered_with_reasons_and_the_worker_goes_on(run, tmp_path):
+    envs = [Envelope(t, 0, i, v, k, 1767225600000 + i) for i, (t, k, v) in enumerate(BAD)]
+    good = scenario_stream()
+    run.produce(envs + good)
+    port = run.start_worker(store="memory://")
+    dead = run.read(run.topics.deadletter, lambda d: len(d) >= len(BAD), timeout=60)
+    assert sorted(d["reason_code"] for d in dead) == sorted(BAD_CODES)
+    by_value = {d["value"]: d for d in dead}
+    for topic, key, value in BAD:
+        letter = by_value[value]
+        assert letter["source_topic"] == run.rename[topic] and letter["key"] == key
+        assert letter["reason"] and letter["offset"] is not None
+    expected = keys(offline(good, tmp_path))
+    got = run.alerts(lambda a: keys(a) >= expected, timeout=120)
+    assert keys(got) == expected  # the good records after the bad ones are judged as usual
+    assert run.health(port)["ready"] is True
+    metrics = run.metrics(port)
+    line = f'notifguard_deadletters_total{{reason="invalid_json",topic="{run.topics.changes}"}} 1.0'
+    assert line in metrics
+
+
+def generated(records: int, seed: int) -> list[Envelope]:
+    from bench.generate import generate
+
+    envs = []
+    for d in generate(records, numbers=max(200, records // 50), days=120, partitions=6, seed=seed):
+        envs.append(msgspec.convert(d, Envelope))
+    return envs
+
+
+def consumed(run: KafkaRun, port: int) -> float:
+    try:
+        text = run.metrics(port)
+    except OSError:
+        return 0.0
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("notifguard_records_consumed_total"))
+
+
+def wait_consumed(run: KafkaRun, ports: list[int], n: float, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(consumed(run, p) for p in ports) < n:
+        assert time.monotonic() < deadline, f"workers consumed {sum(consumed(run, p) for p in ports)} < {n}"
+        time.sleep(0.2)
+
+
+def settle_and_compare(run: KafkaRun, expected: set, timeout: float) -> None:
+    got = run.alerts(lambda a: keys(a) >= expected, timeout=timeout)
+    missing = expected - keys(got)
+    assert not missing, f"{len(missing)} alerts missing, e.g. {sorted(missing)[:5]}"
+    got = run.alerts(lambda a: False, timeout=5)  # anything unexpected would show now
+    extra = keys(got) - expected
+    assert not extra, f"{len(extra)} unexpected alerts, e.g. {sorted(extra)[:5]}"
+
+
+def test_sigkill_halfway_then_restart_loses_no_alert_and_raises_no_false_one(run, tmp_path):
+    envs = generated(20_000, seed=11)
+    expected = keys(offline(envs, tmp_path))
+    run.produce(envs)
+    port = run.start_worker(name="w1")
+    wait_consumed(run, [port], len(envs) / 2)
+    run.kill()  # SIGKILL: no flush, no commit, no goodbye
+    run.start_worker(name="w1")  # same RocksDB directory; the changelog fills in the rest
+    settle_and_compare(run, expected, timeout=300)
+
+
+def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(run, tmp_path):
+    envs = generated(20_000, seed=12)
+    expected = keys(offline(envs, tmp_path))
+    run.produce(envs)
+    p1 = run.start_worker(name="w1")
+    p2 = run.start_worker(name="w2")
+    wait_consumed(run, [p1, p2], len(envs) / 2)
+    run.kill(index=-1, sig=signal.SIGTERM)  # w2 leaves the group; w1 takes its partitions over
+    settle_and_compare(run, expected, timeout=300)
+
+
+def test_at_scale_the_worker_gives_exactly_the_offline_dedup_keys(run, tmp_path):
+    envs = generated(100_000, seed=13)
+    expected = keys(offline(envs, tmp_path))
+    assert len(expected) > 1000
+    run.produce(envs)
+    run.start_worker()
+    settle_and_compare(run, expected, timeout=600)
