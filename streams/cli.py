@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay ids, numbers and addresses as written (default: rewrite them per run)")
     k.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).check_command(a))
 
+    f = sub.add_parser("forward-alerts", help="post notifguard.alerts records to Alertmanager (v2 API)")
+    f.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    f.add_argument("--alertmanager", default="http://127.0.0.1:9093", metavar="URL")
+    f.add_argument("--config", metavar="FILE", help="settings file (TOML), for topic names")
+    f.add_argument("--group", default="notifguard-forwarder", help="consumer group (default notifguard-forwarder)")
+    f.add_argument("--resend-interval", type=float, default=60.0,
+                   help="re-post active alerts every this many seconds (default 60)")
+    f.add_argument("--resolve-after", type=float, default=3600.0,
+                   help="let an alert resolve this many seconds after it was first seen (default 3600)")
+    f.set_defaults(func=lambda a: __import__("streams.forward", fromlist=["x"]).forward_command(a))
+
     w = sub.add_parser("worker", help="run the streaming detector (Faust) against Kafka")
     w.add_argument("--config", metavar="FILE", help="settings file (TOML; [worker] section for the worker)")
     w.add_argument("--bootstrap", metavar="HOST:PORT")

@@ -1,0 +1,237 @@
+"""`notifguard forward-alerts`: notifguard.alerts (Kafka) -> Alertmanager v2 API.
+
+Each alert record becomes one Alertmanager alert whose identity is its labels
+(alertname=<kind>, severity, brand, dedup_key, service=notifguard), so the same
+dedup_key twice is one item in the queue. Alertmanager resolves an alert at its
+``endsAt`` unless it is re-sent; we set ``endsAt`` to first-seen + resolve_after
+and re-post every still-active alert each ``resend_interval`` seconds (so an
+Alertmanager restart without persistent storage loses nothing), then forget it.
+
+Offsets are committed only after the POST of the records' alerts succeeded.
+The active map is in memory: after a restart already-posted alerts are not
+re-sent, but Alertmanager keeps them firing until their endsAt anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+log = logging.getLogger("notifguard.forward")
+
+SERVICE = "notifguard"
+_BACKOFF_MAX_S = 30.0
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.strip().upper())
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def to_alertmanager(alert: dict[str, Any], now: float, resolve_after: float) -> dict[str, Any]:
+    """One notifguard alert record as an Alertmanager v2 postable alert (``now`` in epoch seconds)."""
+    kind = alert.get("kind")
+    dedup_key = alert.get("dedup_key")
+    if not isinstance(kind, str) or not kind or not isinstance(dedup_key, str) or not dedup_key:
+        raise ValueError("alert without kind or dedup_key")
+    started = _parse_time(alert.get("event_time"))
+    if started is None:
+        started = _parse_time(alert.get("detected_at"))
+    if started is None or started > now:  # Alertmanager needs startsAt <= now < endsAt
+        started = now
+    annotations = {
+        "summary": str(alert.get("summary") or f"{kind} ({dedup_key})"),
+        "runbook_url": str(alert.get("runbook_url") or ""),
+        "event_time": str(alert.get("event_time") or ""),
+        "trigger_event_id": str(alert.get("trigger_event_id") or ""),
+    }
+    return {
+        "labels": {
+            "alertname": kind,
+            "severity": str(alert.get("severity") or "warning"),
+            "brand": str(alert.get("brand") or "unknown"),
+            "dedup_key": dedup_key,
+            "service": SERVICE,
+        },
+        "annotations": {k: v for k, v in annotations.items() if v},
+        "startsAt": _rfc3339(started),
+        "endsAt": _rfc3339(now + resolve_after),
+    }
+
+
+@dataclass
+class _Active:
+    alert: dict[str, Any]
+    expires_at: float
+
+
+class Forwarder:
+    """The active-alert map and the HTTP POST; no Kafka, so it is testable on its own."""
+
+    def __init__(self, alertmanager: str, resend_interval: float = 60.0, resolve_after: float = 3600.0,
+                 timeout: float = 10.0) -> None:
+        if resend_interval <= 0 or resolve_after <= 0:
+            raise ValueError("resend_interval and resolve_after must be > 0")
+        self.url = alertmanager.rstrip("/") + "/api/v2/alerts"
+        self.resend_interval = resend_interval
+        self.resolve_after = resolve_after
+        self.timeout = timeout
+        self.active: dict[str, _Active] = {}
+        self._last_resend: float | None = None
+
+    def handle(self, alert: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Register an alert record; return what to POST now (empty for a still-active dedup_key)."""
+        am = to_alertmanager(alert, now, self.resolve_after)
+        key = am["labels"]["dedup_key"]
+        if key in self.active and self.active[key].expires_at > now:
+            return []
+        self.active[key] = _Active(am, now + self.resolve_after)
+        if self._last_resend is None:
+            self._last_resend = now
+        return [am]
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, a in self.active.items() if a.expires_at <= now]:
+            del self.active[key]
+
+    def due_resends(self, now: float) -> list[dict[str, Any]]:
+        """Every still-active alert if a resend is due (and mark it done), else nothing."""
+        self.expire(now)
+        if self._last_resend is not None and now - self._last_resend < self.resend_interval:
+            return []
+        self._last_resend = now
+        return [a.alert for a in self.active.values()]
+
+    def post(self, batch: list[dict[str, Any]]) -> None:
+        """POST the batch; raises OSError (URLError/HTTPError) on failure."""
+        if not batch:
+            return
+        req = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            resp.read()
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url.removesuffix("/api/v2/alerts") + "/api/v2/status",
+                                        timeout=self.timeout) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+
+class _Consumer(Protocol):
+    def poll(self, timeout_ms: int = ..., max_records: int | None = ...) -> dict[Any, list[Any]]: ...
+    def commit(self) -> None: ...
+
+
+def _decode(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event,
+        poll_ms: int = 1000) -> None:
+    """Consume, POST, commit, re-send; until ``stop`` is set."""
+    from kafka.errors import CommitFailedError
+
+    pending: list[dict[str, Any]] = []
+    uncommitted = False
+    backoff = 1.0
+    while not stop.is_set():
+        if not pending:
+            polled = consumer.poll(timeout_ms=poll_ms)
+            for records in polled.values():
+                for record in records:
+                    uncommitted = True
+                    alert = _decode(record.value)
+                    try:
+                        if alert is None:
+                            raise ValueError("not a JSON object")
+                        pending.extend(forwarder.handle(alert, time.time()))
+                    except ValueError as err:
+                        log.warning("skipping record %s[%s]@%s: %s", record.topic, record.partition,
+                                    record.offset, err)
+        if pending:
+            try:
+                forwarder.post(pending)
+            except OSError as err:
+                log.warning("POST of %d alert(s) to %s failed: %s; retrying in %.0fs",
+                            len(pending), forwarder.url, err, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            log.info("posted %d alert(s)", len(pending))
+            pending = []
+            backoff = 1.0
+        if uncommitted:
+            try:
+                consumer.commit()
+                uncommitted = False
+            except CommitFailedError as err:  # rebalanced away while retrying; records come back
+                log.warning("commit failed: %s", err)
+                uncommitted = False
+        resend = forwarder.due_resends(time.time())
+        if resend:
+            try:
+                forwarder.post(resend)
+            except OSError as err:
+                log.warning("re-send of %d alert(s) failed: %s", len(resend), err)
+
+
+def forward_command(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer
+
+    from streams.config import load_settings
+    from streams.topics import wait_for_broker
+
+    settings = load_settings(args.config)
+    forwarder = Forwarder(args.alertmanager, args.resend_interval, args.resolve_after)
+    if not wait_for_broker(args.bootstrap, timeout=30):
+        print(f"notifguard forward-alerts: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
+        return 2
+    if not forwarder.ready():
+        print(f"notifguard forward-alerts: no Alertmanager answers at {args.alertmanager}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    consumer = KafkaConsumer(
+        settings.topics.alerts, bootstrap_servers=args.bootstrap, group_id=args.group,
+        enable_auto_commit=False, auto_offset_reset="earliest", client_id="notifguard-forwarder",
+    )
+    log.info("forwarding %s -> %s", settings.topics.alerts, forwarder.url)
+    try:
+        run(consumer, forwarder, stop)
+    finally:
+        consumer.close()
+    return 0

@@ -1,0 +1,340 @@
+"""Container and Kubernetes deployment files: parsed and cross-checked statically.
+
+No Docker engine or cluster is needed. Kubernetes core objects are validated
+against the JSON schemas shipped in the optional `kubernetes-validate` package
+(offline); the test skips if it is not installed. kubeconform is not used: it
+downloads its schemas from GitHub at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.config import load_worker_config
+from tests.deploy.conftest import AM_CONFIG, PROM_DIR, ROOT, RULES_FILE
+
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+K8S = DEPLOY / "k8s"
+K8S_FILES = sorted(K8S.glob("*.yaml"))
+WEB_PORT = 6066
+KUBERNETES_VERSION = "1.33"  # the oldest version the manifests must validate against
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    return [d for p in K8S_FILES if p.name != "kustomization.yaml" for d in load_all(p)]
+
+
+def obj(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in k8s_objects() if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    return doc
+
+
+def env_dict(env: Any) -> dict[str, str]:
+    """Compose `environment` as a mapping, whether written as a mapping or a list."""
+    if isinstance(env, dict):
+        return {k: "" if v is None else str(v) for k, v in env.items()}
+    return dict(item.split("=", 1) for item in env)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- every file parses ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, *K8S_FILES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path: Path) -> None:
+    assert load_all(path), f"{path} is empty"
+
+
+# --- Dockerfile -------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile() -> None:
+    ins = dockerfile_instructions()
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for word, rest in ins if word == "ARG" and "=" in rest}
+    froms = [rest for word, rest in ins if word == "FROM"]
+    assert froms and all(f.split()[0] in ("${PYTHON_IMAGE}", "python:3.11-slim") for f in froms)
+    assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
+    assert any(word == "RUN" and 'pip install ".[stream]"' in rest for word, rest in ins)
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    users = [rest for word, rest in final if word == "USER"]
+    assert users and not users[-1].startswith(("root", "0")), "the runtime stage must not run as root"
+    assert ("EXPOSE", str(WEB_PORT)) in final
+    health = [rest for word, rest in final if word == "HEALTHCHECK"]
+    assert len(health) == 1 and "/health" in health[0]
+    assert final[-1] == ("CMD", '["notifguard", "worker"]')
+    env = " ".join(rest for word, rest in final if word == "ENV")
+    assert "NOTIFGUARD_WORKER_WEB_HOST=0.0.0.0" in env
+    # Everything the image copies exists (the build context is the repository root).
+    for word, rest in ins:
+        if word == "COPY" and not rest.startswith("--from"):
+            for src in rest.split()[:-1]:
+                assert (ROOT / src).exists(), src
+
+
+# --- docker compose ---------------------------------------------------------
+
+
+def test_compose_services() -> None:
+    services = compose()["services"]
+    assert set(services) >= {"kafka", "worker", "prometheus", "alertmanager", "grafana"}
+    assert re.fullmatch(r"apache/kafka:4\.1\.\d+", services["kafka"]["image"])
+    kafka_env = env_dict(services["kafka"]["environment"])
+    assert set(kafka_env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, "single-node KRaft"
+    # Named volumes are declared.
+    declared = set(compose().get("volumes") or {})
+    for name, svc in services.items():
+        for v in svc.get("volumes", []):
+            src = v.split(":", 1)[0]
+            if not src.startswith((".", "/")):
+                assert src in declared, f"{name}: volume {src} not declared"
+
+
+def test_compose_worker() -> None:
+    doc = compose()
+    worker = doc["services"]["worker"]
+    assert (COMPOSE_FILE.parent / worker["build"]["context"] / worker["build"]["dockerfile"]).resolve() == DOCKERFILE
+    env = env_dict(worker["environment"])
+    assert env["NOTIFGUARD_WORKER_WEB_HOST"] == "0.0.0.0"
+    assert env["NOTIFGUARD_WORKER_BOOTSTRAP"].split(":")[0] == "kafka"
+    # The key comes from the environment (required), never a literal in the file.
+    assert re.fullmatch(r"\$\{NOTIFGUARD_PSEUDONYMISATION_KEY(:\?[^}]*)?\}", env["NOTIFGUARD_PSEUDONYMISATION_KEY"])
+    assert any(p.split(":")[-1] == str(WEB_PORT) for p in worker["ports"])
+    datadir = env["NOTIFGUARD_WORKER_DATADIR"]
+    mounts = [v.split(":")[1] for v in worker["volumes"]]
+    assert any(datadir == m or datadir.startswith(m.rstrip("/") + "/") for m in mounts), "RocksDB dir not on a volume"
+    assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # The settings resolve as the worker resolves them.
+    cfg = load_worker_config(env={**env, "NOTIFGUARD_PSEUDONYMISATION_KEY": "test-key"})
+    assert (cfg.web_host, cfg.web_port, cfg.datadir) == ("0.0.0.0", WEB_PORT, datadir)
+
+
+def test_compose_bind_mounts_exist() -> None:
+    for name, svc in compose()["services"].items():
+        for v in svc.get("volumes", []):
+            src = v.split(":", 1)[0]
+            if src.startswith("."):
+                assert (COMPOSE_FILE.parent / src).exists(), f"{name}: {src} missing"
+
+
+def test_compose_prometheus_wiring() -> None:
+    doc = compose()
+    services = doc["services"]
+    prom = services["prometheus"]
+    mounts = dict(v.split(":")[:2] for v in prom["volumes"])
+    assert (COMPOSE_FILE.parent / "prometheus/prometheus.yml").resolve() == PROM_DIR / "prometheus.yml"
+    assert mounts["./prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    # The rule files resolve (relative to the config file) inside the mounted rules directory.
+    for rule_file in cfg["rule_files"]:
+        target = Path("/etc/prometheus") / rule_file
+        assert any(target.is_relative_to(Path(m)) for m in mounts.values()), rule_file
+    # The worker's file_sd list is replaced by one that names the worker service.
+    sd_file = cfg["scrape_configs"][0]["file_sd_configs"][0]["files"][0]
+    (override,) = [c for c in prom["configs"] if c["target"] == f"/etc/prometheus/{sd_file}"]
+    groups = yaml.safe_load(doc["configs"][override["source"]]["content"])
+    assert [t for g in groups for t in g["targets"]] == [f"worker:{WEB_PORT}"]
+    # Alertmanager and Grafana reach Prometheus (and each other) on 127.0.0.1 as configured.
+    for name in ("alertmanager", "grafana"):
+        assert services[name]["network_mode"] == "service:prometheus"
+    published = {p.split(":")[-1] for p in prom["ports"]}
+    assert {"9090", "9093", "3000"} <= published
+
+
+def test_compose_alertmanager_and_grafana_mounts() -> None:
+    services = compose()["services"]
+    am = dict(v.split(":")[:2] for v in services["alertmanager"]["volumes"])
+    assert (COMPOSE_FILE.parent / "alertmanager/alertmanager.yml").resolve() == AM_CONFIG
+    assert f"--config.file={am['./alertmanager/alertmanager.yml']}" in services["alertmanager"]["command"]
+    grafana = services["grafana"]
+    gm = dict(v.split(":")[:2] for v in grafana["volumes"])
+    assert gm["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert env_dict(grafana["environment"])["NOTIFGUARD_DASHBOARDS_DIR"] == gm["../dashboards"]
+    assert list((COMPOSE_FILE.parent / "../dashboards").glob("*.json"))
+
+
+# --- Kubernetes: structure --------------------------------------------------
+
+
+def test_k8s_objects_have_identity() -> None:
+    objects = k8s_objects()
+    kinds = {o["kind"] for o in objects}
+    assert kinds >= {"Namespace", "Secret", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget",
+                     "PrometheusRule", "ServiceMonitor"}
+    for o in objects:
+        assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
+        if o["kind"] != "Namespace":
+            assert o["metadata"].get("namespace") == "notifguard", o["metadata"]["name"]
+
+
+def test_kustomization_lists_every_manifest_but_the_secret() -> None:
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    expected = {p.name for p in K8S_FILES} - {"kustomization.yaml", "secret.yaml"}
+    assert set(kust["resources"]) == expected
+
+
+def test_k8s_labels_and_selectors_match() -> None:
+    sts = obj("StatefulSet")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert selects(sts["spec"]["selector"]["matchLabels"], pod_labels)
+    services = {s["metadata"]["name"]: s for s in k8s_objects() if s["kind"] == "Service"}
+    for svc in services.values():
+        assert selects(svc["spec"]["selector"], pod_labels), svc["metadata"]["name"]
+    headless = services[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(obj("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
+    # The ServiceMonitor picks exactly the metrics Service, whose name is the job the rules select.
+    sm = obj("ServiceMonitor")
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [sts["metadata"]["namespace"]]
+    picked = [n for n, s in services.items() if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    assert picked == ["notifguard"]
+    assert 'job="notifguard"' in RULES_FILE.read_text(encoding="utf-8")
+    metrics_ports = {p["name"] for p in services["notifguard"]["spec"]["ports"]}
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["http"] and "http" in metrics_ports
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def worker_container() -> dict[str, Any]:
+    (c,) = obj("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_k8s_probes_point_at_the_container_port() -> None:
+    c = worker_container()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": WEB_PORT}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        spec = c[probe]
+        handler = spec.get("httpGet") or spec.get("tcpSocket")
+        assert handler["port"] in (*ports, *ports.values()), probe
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    # /health is 503 during rebalances: liveness must not restart the worker for that.
+    live = c["livenessProbe"]
+    assert "tcpSocket" in live or live["failureThreshold"] * live["periodSeconds"] >= 120
+    for svc in (o for o in k8s_objects() if o["kind"] == "Service"):
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in (*ports, *ports.values())
+
+
+def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
+    sts = obj("StatefulSet")
+    c = worker_container()
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NOTIFGUARD_WORKER_WEB_HOST"]["value"] == "0.0.0.0"
+    secret = obj("Secret")
+    key_ref = env["NOTIFGUARD_PSEUDONYMISATION_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key_ref["name"] == secret["metadata"]["name"]
+    assert key_ref["key"] in secret["stringData"]
+    # The placeholder is one the container refuses.
+    placeholder = secret["stringData"][key_ref["key"]]
+    guard = re.search(r'""\|([^)*]+)\*\)', " ".join(c["command"]))
+    assert guard and placeholder.startswith(guard.group(1))
+    cm = obj("ConfigMap")
+    for e in env.values():
+        ref = e.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            assert ref["name"] == cm["metadata"]["name"] and ref["key"] in cm["data"]
+    # The settings file is mounted where NOTIFGUARD_CONFIG points.
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    (cfg_item,) = volumes["config"]["configMap"]["items"]
+    assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert f"{mounts['config']}/{cfg_item['path']}" == env["NOTIFGUARD_CONFIG"]["value"]
+    # RocksDB lives on the claim of volumeClaimTemplates.
+    claims = [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]]
+    datadir = env["NOTIFGUARD_WORKER_DATADIR"]["value"]
+    assert any(datadir.startswith(mounts[n].rstrip("/") + "/") for n in claims)
+    # The worker accepts the file and the environment as it gets them in the pod.
+    cfg_path = tmp_path / cfg_item["path"]
+    cfg_path.write_text(cm["data"][cfg_item["key"]], encoding="utf-8")
+    assert tomllib.loads(cfg_path.read_text(encoding="utf-8"))["worker"]
+    pod_env = {n: e["value"] for n, e in env.items() if "value" in e and n != "NOTIFGUARD_CONFIG"}
+    pod_env |= {"NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"], "NOTIFGUARD_PSEUDONYMISATION_KEY": "k"}
+    wc = load_worker_config(cfg_path, env=pod_env)
+    assert (wc.web_host, wc.web_port, wc.datadir) == ("0.0.0.0", WEB_PORT, datadir)
+    assert wc.bootstrap == cm["data"]["bootstrap"]
+
+
+def test_k8s_security_context_and_resources() -> None:
+    pod = obj("StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    c = worker_container()
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # The Dockerfile's user is the one the pod runs as.
+    assert f"UID={pod['securityContext']['runAsUser']}" in DOCKERFILE.read_text(encoding="utf-8")
+
+
+# --- PrometheusRule = the rules file ----------------------------------------
+
+
+def test_prometheusrule_groups_equal_rules_file() -> None:
+    rule = obj("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    groups = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))["groups"]
+    assert rule["spec"]["groups"] == groups
+
+
+def test_prometheusrule_is_freshly_rendered() -> None:
+    mod = load_module(K8S / "render_prometheusrule.py")
+    assert (K8S / "prometheusrule.yaml").read_text(encoding="utf-8") == mod.render(), (
+        "deploy/k8s/prometheusrule.yaml is stale: run python3 deploy/k8s/render_prometheusrule.py"
+    )
+
+
+# --- Kubernetes: schemas (optional) -----------------------------------------
+
+
+CORE_API_GROUPS = ("v1", "apps/v1", "policy/v1")
+
+
+@pytest.mark.parametrize(
+    "name", [f"{o['kind']}/{o['metadata']['name']}" for o in k8s_objects() if o["apiVersion"] in CORE_API_GROUPS]
+)
+def test_k8s_core_objects_match_schema(name: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (offline schemas)")
+    kind, _, obj_name = name.partition("/")
+    kv.validate(obj(kind, obj_name), KUBERNETES_VERSION, strict=True)
