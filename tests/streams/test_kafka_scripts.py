@@ -8,7 +8,6 @@ NOTIFGUARD_BOOTSTRAP). Without one the tests skip, unless NOTIFGUARD_KAFKA_REQUI
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,25 +21,6 @@ pytestmark = pytest.mark.kafka
 
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
 PING = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "ping.py"
-
-
-def _reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    if not _reachable(BOOTSTRAP):
-        msg = f"no Kafka broker at {BOOTSTRAP} (start one with deploy/kafka/start.sh)"
-        if os.environ.get("NOTIFGUARD_KAFKA_REQUIRED") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return BOOTSTRAP
 
 
 def test_ping_script_sees_broker(bootstrap: str) -> None:

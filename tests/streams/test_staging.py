@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -50,25 +49,6 @@ from streams.topics import delete_topics, ensure_topics, topic_specs
 
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
 REQUIRED = os.environ.get("NOTIFGUARD_KAFKA_REQUIRED") == "1"
-
-
-def _reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    if not _reachable(BOOTSTRAP):
-        msg = f"no Kafka broker at {BOOTSTRAP} (start one with deploy/kafka/start.sh)"
-        if REQUIRED:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return BOOTSTRAP
 
 
 @pytest.fixture()

@@ -26,25 +26,6 @@ from streams.topics import (
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
 
 
-def _reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> str:
-    if not _reachable(BOOTSTRAP):
-        msg = f"no Kafka broker at {BOOTSTRAP} (start one with deploy/kafka/start.sh)"
-        if os.environ.get("NOTIFGUARD_KAFKA_REQUIRED") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return BOOTSTRAP
-
-
 def _settings(prefix: str) -> Settings:
     return Settings(topics=Topics(
         outbound=f"{prefix}.outbound", changes=f"{prefix}.changes", delivery=f"{prefix}.delivery",
