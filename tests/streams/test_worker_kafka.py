@@ -168,15 +168,15 @@ def settle_and_compare(run: KafkaRun, expected: set, timeout: float) -> None:
 REREAD_RETENTION_S = 200 * 86_400
 
 
-def test_sigkill_halfway_then_restart_loses_no_alert_and_raises_no_false_one(tmp_path):
-    run = KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S)
-    try:
-        _sigkill_and_restart(run, tmp_path)
-    finally:
-        run.close()
+@pytest.fixture()
+def reread_run(tmp_path):
+    r = KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S)
+    yield r
+    r.close()
 
 
-def _sigkill_and_restart(run, tmp_path):
+def test_sigkill_halfway_then_restart_loses_no_alert_and_raises_no_false_one(reread_run, tmp_path):
+    run = reread_run
     envs = generated(20_000, seed=11)
     expected = keys(offline(envs, tmp_path, Settings(dedup_retention_s=REREAD_RETENTION_S)))
     run.produce(envs)
@@ -187,15 +187,8 @@ def _sigkill_and_restart(run, tmp_path):
     settle_and_compare(run, expected, timeout=300)
 
 
-def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(tmp_path):
-    run = KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S)
-    try:
-        _two_workers(run, tmp_path)
-    finally:
-        run.close()
-
-
-def _two_workers(run, tmp_path):
+def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp_path):
+    run = reread_run
     envs = generated(20_000, seed=12)
     expected = keys(offline(envs, tmp_path, Settings(dedup_retention_s=REREAD_RETENTION_S)))
     run.produce(envs)
