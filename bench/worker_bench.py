@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from streams.config import worker_env
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "wbench-"
 DEFAULT_BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
@@ -188,14 +190,7 @@ class Deployment:
 
     def env(self, web_port: int, rules: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFGUARD_")}
-        t = self.topics
-        env.update({
-            "NOTIFGUARD_TOPIC_OUTBOUND": t.outbound, "NOTIFGUARD_TOPIC_CHANGES": t.changes,
-            "NOTIFGUARD_TOPIC_DELIVERY": t.delivery, "NOTIFGUARD_TOPIC_ALERTS": t.alerts,
-            "NOTIFGUARD_TOPIC_DEADLETTER": t.deadletter, "NOTIFGUARD_WORKER_APP_ID": self.app_id,
-            "NOTIFGUARD_WORKER_BOOTSTRAP": self.bootstrap, "NOTIFGUARD_WORKER_WEB_PORT": str(web_port),
-            "NOTIFGUARD_WORKER_PARTITIONS": str(self.partitions),
-        })
+        env.update(worker_env(self.topics, self.app_id, self.bootstrap, web_port, self.partitions))
         env.update({f"NOTIFGUARD_{k.upper()}": str(v) for k, v in rules.items()})
         return env
 

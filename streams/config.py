@@ -130,3 +130,18 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
     if unknown:
         raise ValueError(f"unknown worker settings: {', '.join(sorted(unknown))}")
     return WorkerConfig(rules=rules, **kwargs)
+
+
+def worker_env(topics: Topics, app_id: str, bootstrap: str, web_port: int, partitions: int) -> dict[str, str]:
+    """The NOTIFGUARD_* variables that point a `notifguard worker` process at these topics (tests, benchmarks)."""
+    return {
+        f"{_ENV_PREFIX}TOPIC_OUTBOUND": topics.outbound,
+        f"{_ENV_PREFIX}TOPIC_CHANGES": topics.changes,
+        f"{_ENV_PREFIX}TOPIC_DELIVERY": topics.delivery,
+        f"{_ENV_PREFIX}TOPIC_ALERTS": topics.alerts,
+        f"{_ENV_PREFIX}TOPIC_DEADLETTER": topics.deadletter,
+        f"{_ENV_PREFIX}WORKER_APP_ID": app_id,
+        f"{_ENV_PREFIX}WORKER_BOOTSTRAP": bootstrap,
+        f"{_ENV_PREFIX}WORKER_WEB_PORT": str(web_port),
+        f"{_ENV_PREFIX}WORKER_PARTITIONS": str(partitions),
+    }

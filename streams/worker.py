@@ -116,23 +116,26 @@ class Runtime:
         nothing delivered, so a broken or stuck partition cannot stall the rest.
         """
         tp = TP(topic, partition)
-        try:
-            highwater = self.app.consumer.highwater(tp)
-        except Exception:
-            highwater = None
-        if highwater is None or highwater < 0:
-            behind = True
-        else:
-            last = self._read.get((topic, partition))
-            if last is None:
-                last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
-            behind = highwater > last + 1
-        if not behind:
+        unread = self._unread(tp)
+        if unread == 0:
             self._lag_seen.pop(tp, None)
             return False
         now = time.monotonic()
         since = self._lag_seen.setdefault(tp, now)
         return now - since <= self.config.merge_wait_s
+
+    def _unread(self, tp: TP) -> int | None:
+        """Records Kafka holds past what we read of an input topic-partition (None: not fetched yet)."""
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:
+            return None
+        if highwater is None or highwater < 0:
+            return None
+        last = self._read.get((tp.topic, tp.partition))
+        if last is None:  # nothing read since assignment: we start at the committed offset
+            last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
+        return int(max(0, highwater - last - 1))
 
     def _run_merged(self) -> None:
         for event in self.merger.ready(self._lagging):
@@ -259,16 +262,9 @@ class Runtime:
         m.tracked.set(len(self.numbers.cache))
         lag: dict[str, int] = dict.fromkeys(self.inputs, 0)
         for tp in self._assigned:
-            try:
-                highwater = self.app.consumer.highwater(tp)
-            except Exception:
-                continue
-            if highwater is None or highwater < 0:
-                continue
-            last = self._read.get((tp.topic, tp.partition))
-            if last is None:
-                last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
-            lag[tp.topic] += max(0, highwater - last - 1)
+            unread = self._unread(tp)
+            if unread is not None:
+                lag[tp.topic] += unread
         for topic, n in lag.items():
             m.consumer_lag.labels(topic).set(n)
         m.ready.set(1 if self.is_ready() else 0)

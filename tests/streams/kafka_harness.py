@@ -19,6 +19,7 @@ import pytest
 
 from detectors.capture import Envelope
 from detectors.settings import Settings, Topics
+from streams.config import worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
@@ -72,14 +73,7 @@ class KafkaRun:
 
     def env(self, web_port: int) -> dict[str, str]:
         env = dict(os.environ)
-        t = self.topics
-        env.update({
-            "NOTIFGUARD_TOPIC_OUTBOUND": t.outbound, "NOTIFGUARD_TOPIC_CHANGES": t.changes,
-            "NOTIFGUARD_TOPIC_DELIVERY": t.delivery, "NOTIFGUARD_TOPIC_ALERTS": t.alerts,
-            "NOTIFGUARD_TOPIC_DEADLETTER": t.deadletter, "NOTIFGUARD_WORKER_APP_ID": self.app_id,
-            "NOTIFGUARD_WORKER_BOOTSTRAP": self.bootstrap, "NOTIFGUARD_WORKER_WEB_PORT": str(web_port),
-            "NOTIFGUARD_WORKER_PARTITIONS": str(self.partitions),
-        })
+        env.update(worker_env(self.topics, self.app_id, self.bootstrap, web_port, self.partitions))
         for k, v in self.rules.items():
             env[f"NOTIFGUARD_{k.upper()}"] = v
         return env
