@@ -26,6 +26,7 @@ from detectors.holdings import (
     Change,
     Holding,
     derive,
+    derive_next,
 )
 from detectors.patterns import count_in_window, re_port
 from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
@@ -158,6 +159,9 @@ class Engine:
         # (brand, sender, status, bounce_type) of each applied delivery event, for
         # bounce-rate metrics; the shell takes and clears it.
         self.deliveries: list[tuple[str, str, str, str]] = []
+        # False: collect neither `verdicts` nor `deliveries` (metrics only; the
+        # offline replay has no use for them).
+        self.collect_metrics = True
         t = settings.topics
         self._topic_kind = {t.changes: "changes", t.outbound: "outbound", t.delivery: "delivery"}
         us = settings.us
@@ -177,6 +181,11 @@ class Engine:
         # buffer, or None: lets a shell hold that record's Kafka ack until
         # the engine releases it (watermark - grace > this time).
         self.last_buffered: int | None = None
+
+    @property
+    def pseudonymiser(self) -> Pseudonymiser:
+        """The engine's keyed hashes, with their memos."""
+        return self._pseudo
 
     # ------------------------------------------------------------------ input
 
@@ -203,10 +212,14 @@ class Engine:
             return
         self.process_decoded(kind, partition, record, t, now_us)
 
-    def process_decoded(self, kind: str, partition: int, record: InputRecord, t: int, now_us: int) -> None:
+    def process_decoded(
+        self, kind: str, partition: int, record: InputRecord, t: int, now_us: int, first: bool = False
+    ) -> None:
         """Take one record already decoded by `detectors.records.decode` (topic kind, event time in µs).
 
         `process` ends here; a caller may decode elsewhere (another process) and feed the results.
+        `first`: the caller knows this engine was never given this event_id before,
+        so the record is no duplicate and the checks are skipped.
         """
         self._now = now_us
         self.last_buffered = None
@@ -222,18 +235,23 @@ class Engine:
         # worker that restarts before releasing its buffer re-reads and applies.
         event_id = record.event_id
         pending_id = (ref, event_id)
-        if pending_id in ps.pending_ids:
-            self.stats.duplicates[kind] += 1
-            return
-        state = self.numbers.get(ref)
-        if state is not None and state.is_duplicate(event_id):
-            self.stats.duplicates[kind] += 1
-            return
+        pending_ids = ps.pending_ids
+        if not first:
+            if pending_id in pending_ids:
+                self.stats.duplicates[kind] += 1
+                return
+            state = self.numbers.get(ref)
+            if state is not None:
+                for m in state.seen:  # state.is_duplicate(event_id), inlined: once per record
+                    if m.event_id == event_id:
+                        self.stats.duplicates[kind] += 1
+                        return
         self.stats.records[kind] += 1
         category = _CATEGORY[kind]
         wm = ps.watermark
         ps.last_arrival_wall = now_us
-        if wm is not None and wm - t > self._grace:
+        grace = self._grace
+        if wm is not None and wm - t > grace:
             self.stats.late[kind] += 1
             self._apply(category, t, record, ref, True)
             return
@@ -241,17 +259,105 @@ class Engine:
         if category == CHANGE:
             code = _CHANGE_CODE.get(type(record))
             sub = _change_code(type(record)) if code is None else code
-        self._seq += 1
-        heappush(ps.pending, (t, category, sub, event_id, self._seq, ref, record))
-        ps.pending_ids.add(pending_id)
+        self._seq = seq = self._seq + 1
+        pending = ps.pending
+        heappush(pending, (t, category, sub, event_id, seq, ref, record))
+        pending_ids.add(pending_id)
         self.last_buffered = t
         if wm is None or t > wm:
             ps.watermark = wm = t
             ps.wall_at_watermark = now_us
-        limit = wm - self._grace
-        pending = ps.pending
+        limit = wm - grace
         if pending[0][0] < limit:
-            self._release(ps, limit)
+            # self._release(ps, limit), inlined: about once per record
+            apply = self._apply
+            discard = pending_ids.discard
+            released = 0
+            try:
+                while pending and pending[0][0] < limit:
+                    t, category, _, event_id, _, ref, record = heappop(pending)
+                    discard((ref, event_id))
+                    released += 1
+                    apply(category, t, record, ref, False)
+            finally:
+                self.stats.released += released
+
+    def process_decoded_many(
+        self, items: list[tuple[int, int, int, bool, InputRecord]], now_us: int, first_known: bool
+    ) -> None:
+        """process_decoded for each (category, partition, event time, first, record), in order.
+
+        The offline replay's loop, with the per-record lookups done once: the
+        same results as process_decoded(TOPIC_KINDS[category], partition, record,
+        t, now_us, first and first_known) for each item. `category` is CHANGE,
+        NOTIFICATION or DELIVERY (the index of the topic kind in TOPIC_KINDS).
+        """
+        self._now = now_us
+        refs = self._refs
+        msisdn_ref = self._pseudo.msisdn_ref
+        partitions = self.partitions
+        numbers = self.numbers
+        stats = self.stats
+        records_by_kind, late_by_kind, duplicates_by_kind = stats.records, stats.late, stats.duplicates
+        grace = self._grace
+        apply = self._apply
+        topic_kinds = TOPIC_KINDS
+        change_codes = _CHANGE_CODE
+        seq = self._seq
+        released = 0
+        last_buffered: int | None = None
+        try:
+            for category, partition, t, first, record in items:
+                last_buffered = None
+                msisdn = record.msisdn
+                ref = refs.get(msisdn)
+                if ref is None:
+                    ref = msisdn_ref(msisdn)
+                ps = partitions.get(partition)
+                if ps is None:
+                    ps = partitions[partition] = PartitionState()
+                event_id = record.event_id
+                pending_id = (ref, event_id)
+                pending_ids = ps.pending_ids
+                if not (first and first_known):
+                    if pending_id in pending_ids:
+                        duplicates_by_kind[topic_kinds[category]] += 1
+                        continue
+                    state = numbers.get(ref)
+                    if state is not None and any(m.event_id == event_id for m in state.seen):
+                        duplicates_by_kind[topic_kinds[category]] += 1
+                        continue
+                records_by_kind[topic_kinds[category]] += 1
+                wm = ps.watermark
+                ps.last_arrival_wall = now_us
+                if wm is not None and wm - t > grace:
+                    late_by_kind[topic_kinds[category]] += 1
+                    apply(category, t, record, ref, True)
+                    continue
+                sub = 0
+                if category == CHANGE:
+                    code = change_codes.get(type(record))
+                    sub = _change_code(type(record)) if code is None else code
+                seq += 1
+                pending = ps.pending
+                heappush(pending, (t, category, sub, event_id, seq, ref, record))
+                pending_ids.add(pending_id)
+                last_buffered = t
+                if wm is None or t > wm:
+                    ps.watermark = wm = t
+                    ps.wall_at_watermark = now_us
+                limit = wm - grace
+                if pending[0][0] < limit:
+                    discard = pending_ids.discard
+                    while pending and pending[0][0] < limit:
+                        t, category, _, event_id, _, ref, record = heappop(pending)
+                        discard((ref, event_id))
+                        released += 1
+                        apply(category, t, record, ref, False)
+        finally:
+            self._seq = seq
+            stats.released += released
+            self.last_buffered = last_buffered
 
     def tick(self, now_us: int) -> None:
         """Wall-clock timer: a partition quiet for idle_flush moves its watermark on by the time passed."""
@@ -288,15 +394,22 @@ class Engine:
         apply = self._apply
         released = 0
         try:
-            while pending and (limit is None or pending[0][0] < limit):
-                t, category, _, event_id, _, ref, record = heappop(pending)
-                discard((ref, event_id))
-                released += 1
-                apply(category, t, record, ref, False)
+            if limit is None:
+                while pending:
+                    t, category, _, event_id, _, ref, record = heappop(pending)
+                    discard((ref, event_id))
+                    released += 1
+                    apply(category, t, record, ref, False)
+            else:
+                while pending and pending[0][0] < limit:
+                    t, category, _, event_id, _, ref, record = heappop(pending)
+                    discard((ref, event_id))
+                    released += 1
+                    apply(category, t, record, ref, False)
         finally:
             self.stats.released += released
 
-    def _apply(self, category: int, t: int, record: InputRecord, ref: str, late: bool) -> None:
+    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool) -> None:
         numbers = self.numbers
         state = numbers.get(ref)
         if state is None:
@@ -310,15 +423,15 @@ class Engine:
             seen[:] = [m for m in seen if m.t >= horizon]
         seen.append(Mark(t, record.event_id))
         if category == NOTIFICATION:
-            self._notification(t, record, ref, state, late)  # type: ignore[arg-type]
+            self._notification(t, record, ref, state, late)
         elif category == DELIVERY:
-            self.deliveries.append(
-                (record.brand, record.sender, record.status, record.bounce_type or "none")  # type: ignore[union-attr]
-            )
-            if record.status == "bounced":  # type: ignore[union-attr]
-                self._delivery(t, record, ref, state, late)  # type: ignore[arg-type]
+            status = record.status
+            if self.collect_metrics:
+                self.deliveries.append((record.brand, record.sender, status, record.bounce_type or "none"))
+            if status == "bounced":
+                self._delivery(t, record, ref, state, late)
         else:
-            self._change(t, record, ref, state, late)  # type: ignore[arg-type]
+            self._change(t, record, ref, state, late)
         numbers[ref] = state
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
@@ -337,6 +450,39 @@ class Engine:
             del self._holdings[next(iter(self._holdings))]
         self._holdings[ref] = entry
         return entry
+
+    def _derived_next(
+        self, ref: str, state: NumberState, before: list[Any], change: Change
+    ) -> tuple[list[Any], list[tuple[bytes, Link]], list[tuple[bytes, Link]]]:
+        """The cache entry after `change` was appended to the log of entry `before` (same result as
+        _derived), and the links that changed: those of `before` replaced, and their replacements.
+
+        The links of the holdings kept as they were come first and are left alone; the
+        changed ones are those of the last holding of `before` if it changed (closed, or
+        given an address: same identity, its addresses only grow, so nothing it linked
+        goes away) and of the holdings added. An AddressIndex.replace with just those
+        gives the same index as with all links (the unchanged ones would be upserted
+        unchanged, before the changed ones).
+        """
+        old: list[Holding] = before[2]
+        new = derive_next(old, change)
+        links: list[tuple[bytes, Link]] = before[3]
+        replaced: list[tuple[bytes, Link]] = []
+        added: list[tuple[bytes, Link]] = []
+        if new is not old:
+            if not old or new[len(old) - 1] is old[-1]:  # holdings added
+                added = _links(ref, new[len(old):])
+                links = links + added
+            else:  # the last one changed (and maybe some added): one link per address of it
+                keep = len(links) - len({a.addr for a in old[-1].addresses})
+                replaced = links[keep:]
+                added = _links(ref, new[len(old) - 1:])
+                links = links[:keep] + added
+        entry: list[Any] = [state.changes, len(state.changes), new, links]
+        if len(self._holdings) >= _HOLDINGS_CACHE_MAX and ref not in self._holdings:
+            del self._holdings[next(iter(self._holdings))]
+        self._holdings[ref] = entry
+        return entry, replaced, added
 
     def _links(self, ref: str, entry: list[Any]) -> list[tuple[bytes, Link]]:
         if entry[3] is None:
@@ -365,9 +511,20 @@ class Engine:
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
             return  # the holding's current address already: nothing to store or link
         old_links = self._links(ref, before)
-        state.add_change(change)
-        after = self._derived(ref, state)
-        self.index.replace(ref, old_links, self._links(ref, after))
+        changes = state.changes
+        last = changes[-1] if changes else None
+        if last is not None and (last.t, last.type, last.event_id) <= (t, code, change.event_id):
+            # in order (the common case): state.add_change(change) appends, the
+            # holdings take one step of the fold, not the whole log, and the index
+            # gets only the links that changed
+            changes.append(change)
+            after, replaced, added = self._derived_next(ref, state, before, change)
+            if replaced or added:
+                self.index.replace(ref, replaced, added)
+        else:
+            state.add_change(change)
+            after = self._derived(ref, state)
+            self.index.replace(ref, old_links, self._links(ref, after))
         after_holdings: list[Holding] = after[2]
 
         if code in STARTS:
@@ -391,29 +548,57 @@ class Engine:
     def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
         channel = rec.channel
         addr: bytes | None = None
-        links = _NO_LINKS
         if channel == "email":
             recipient = rec.recipient
             addr = self._addresses.get(recipient)
             if addr is None:
                 addr = self._pseudo.address_ref(recipient)
-            links = self.index.get(addr)
         cached = self._holdings.get(ref)
         changes = state.changes
         if cached is not None and cached[0] is changes and cached[1] == len(changes):
             holdings: list[Holding] = cached[2]
         else:
             holdings = self._derived(ref, state)[2]
-        verdict = judge(holdings, t, channel, addr, links, ref)
-        kind = verdict.kind
-        self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, channel, kind, late, t))
+        # The common verdict, OK, decided here (judge's first rows, inlined);
+        # anything else goes through judge.
+        ok = False
+        h = holdings[-1] if holdings else None
+        if h is not None and h.end is None and h.start <= t:
+            # the last holding, open and started: the one active at t (the common case)
+            if addr is None:
+                ok = True
+            else:
+                addresses = h.addresses
+                if addresses and addresses[-1].t <= t:  # its latest address is current
+                    ok = addresses[-1].addr == addr
+                else:
+                    current = None
+                    for a in addresses:  # h.current_address(t)
+                        if a.t > t:
+                            break
+                        current = a.addr
+                    ok = current == addr
+        else:
+            for h in reversed(holdings):  # the holding active at t
+                if h.start <= t and (h.end is None or h.end > t):
+                    ok = addr is None or h.current_address(t) == addr
+                    break
+        if ok:
+            kind = kinds.OK
+        else:
+            links = self.index.get(addr) if addr is not None else _NO_LINKS
+            verdict = judge(holdings, t, channel, addr, links, ref)
+            kind = verdict.kind
+            ok = kind == kinds.OK
+        if self.collect_metrics:
+            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, channel, kind, late, t))
         if addr is not None:
             sent = state.sent
             if sent and sent[0].t < state.max_t - self._correlation:
                 horizon = state.max_t - self._correlation
                 sent[:] = [s for s in sent if s.t >= horizon]
-            sent.append(Sent(t, rec.message_id, rec.event_id, kind == kinds.OK, rec.template))
-        if kind != kinds.OK:
+            sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
+        if not ok:
             self._recipient_alert(t, rec, ref, addr, verdict, late)
 
     # --------------------------------------------------------------- deliveries

@@ -145,6 +145,50 @@ def derive(changes: list[Change]) -> list[Holding]:
     return holdings
 
 
+def derive_next(holdings: list[Holding], ch: Change) -> list[Holding]:
+    """derive(changes + [ch]) from holdings = derive(changes), for a change that sorts last.
+
+    One step of derive's fold, copy-on-write: `holdings` and its holdings are
+    left as they are; the result shares the holdings it does not change (and is
+    `holdings` itself when the change applies to nothing).
+    """
+    last = holdings[-1] if holdings else None
+    current = last if last is not None and last.end is None else None
+    kind = ch.type
+    if kind in STARTS:
+        out = holdings[:]
+        if current is not None:
+            out[-1] = closed = _copy(current)
+            _close(closed, ch.t, SUPERSEDED, ch.event_id)
+        started = Holding(ch.contract_id, ch.customer_id or "", ch.brand, ch.t, kind, ch.event_id)
+        if ch.addr is not None:
+            started.addresses.append(AddressSet(ch.t, ch.addr, ch.event_id))
+        out.append(started)
+        return out
+    if current is None or current.contract_id != ch.contract_id:
+        return holdings
+    if kind in (CONTRACT_ENDED, PORTED_OUT, HOLDER_CHANGED):
+        out = holdings[:]
+        out[-1] = closed = _copy(current)
+        _close(closed, ch.t, kind, ch.event_id)
+        if kind == HOLDER_CHANGED:
+            out.append(Holding(ch.contract_id, ch.customer_id or "", current.brand, ch.t, kind, ch.event_id))
+        return out
+    if ch.addr is not None:  # EMAIL_CHANGED, EMAIL_VERIFIED
+        out = holdings[:]
+        out[-1] = h = _copy(current)
+        h.addresses.append(AddressSet(ch.t, ch.addr, ch.event_id))
+        return out
+    return holdings
+
+
+def _copy(h: Holding) -> Holding:
+    return Holding(
+        h.contract_id, h.customer_id, h.brand, h.start, h.start_type, h.start_event_id,
+        h.end, h.end_type, h.end_event_id, list(h.addresses),
+    )
+
+
 def _close(h: Holding, t: int, kind: int, event_id: str) -> None:
     h.end, h.end_type, h.end_event_id = t, kind, event_id
 

@@ -41,6 +41,15 @@ class Pseudonymiser:
         """The live memo address (as given) -> keyed hash, likewise."""
         return self._addresses
 
+    def learn(self, numbers: dict[str, str], addresses: dict[str, bytes]) -> None:
+        """Add results computed elsewhere with the same key (e.g. by another process of one run) to the memos."""
+        if len(self._numbers) + len(numbers) > self.CACHE_MAX:
+            self._numbers.clear()
+        self._numbers.update(numbers)
+        if len(self._addresses) + len(addresses) > self.CACHE_MAX:
+            self._addresses.clear()
+        self._addresses.update(addresses)
+
     def msisdn_ref(self, msisdn: str) -> str:
         """Stable reference of a number (hex), for state keys and alerts."""
         ref = self._numbers.get(msisdn)

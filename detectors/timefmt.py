@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+_DAY_US: Final = 86_400_000_000
+_CACHE_MAX: Final = 50_000
 
 
 def to_us(dt: datetime) -> int:
@@ -17,12 +20,24 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+# Day prefixes `2026-03-01T` by day number since the epoch (the costly part of formatting).
+_DAYS: dict[int, str] = {}
+
+
 def rfc3339(us: int) -> str:
     """`2026-03-01T08:15:02.120Z`: milliseconds, or microseconds when they are not zero."""
-    dt = EPOCH + timedelta(microseconds=us)
-    if dt.microsecond % 1000 == 0:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    day, rest = divmod(us, _DAY_US)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) >= _CACHE_MAX:
+            _DAYS.clear()
+        prefix = _DAYS[day] = (EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+    seconds, micro = divmod(rest, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    if micro % 1000 == 0:
+        return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{micro // 1000:03d}Z"
+    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
 
 
 def parse_rfc3339(text: str) -> int:
@@ -31,3 +46,74 @@ def parse_rfc3339(text: str) -> int:
     if dt.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
     return to_us(dt)
+
+
+# Parts of the common form, each checked once and cached with its value in µs:
+# `2026-03-01T08` (a real hour), `:15:02` (minutes and seconds), `.120Z`.
+_HOURS: dict[str, int] = {}
+_MINSEC: dict[str, int] = {}
+_FRACTIONS: dict[str, int] = {}
+_DIGITS: Final = frozenset("0123456789")
+
+
+def parse_common(text: str) -> int | None:
+    """The common form `YYYY-MM-DDTHH:MM:SS.fffZ`, checked and parsed quickly; None for any other text.
+
+    A result is exactly what parse_rfc3339 gives, and the text then matches
+    detectors.records.EVENT_TIME_PATTERN; anything else (other forms, offsets,
+    invalid text) is None and left to the strict path.
+    """
+    if len(text) != 24:
+        return None
+    hour = _HOURS.get(text[:13])
+    if hour is None:
+        hour = _hour(text[:13])
+        if hour is None:
+            return None
+    minsec = _MINSEC.get(text[13:19])
+    if minsec is None:
+        minsec = _minsec(text[13:19])
+        if minsec is None:
+            return None
+    fraction = _FRACTIONS.get(text[19:])
+    if fraction is None:
+        fraction = _fraction(text[19:])
+        if fraction is None:
+            return None
+    return hour + minsec + fraction
+
+
+def _digits(text: str, *positions: int) -> bool:
+    return all(text[i] in _DIGITS for i in positions)
+
+
+def _hour(prefix: str) -> int | None:
+    """`YYYY-MM-DDTHH` (T or t) as µs, cached; None when it is not that or not a real hour."""
+    if not (
+        prefix[4] == "-" and prefix[7] == "-" and prefix[10] in "Tt" and _digits(prefix, 0, 1, 2, 3, 5, 6, 8, 9, 11, 12)
+    ):
+        return None
+    try:
+        us = parse_rfc3339(prefix + ":00:00Z")
+    except (ValueError, OverflowError):
+        return None
+    if len(_HOURS) >= _CACHE_MAX:
+        _HOURS.clear()
+    _HOURS[prefix] = us
+    return us
+
+
+def _minsec(part: str) -> int | None:
+    """`:MM:SS` as µs (at most 3,600 of them), cached; None when it is not that."""
+    if not (part[0] == ":" and part[3] == ":" and _digits(part, 1, 2, 4, 5) and part[1] < "6" and part[4] < "6"):
+        return None
+    us = _MINSEC[part] = (int(part[1:3]) * 60 + int(part[4:6])) * 1_000_000
+    return us
+
+
+def _fraction(part: str) -> int | None:
+    """`.fffZ` (Z or z) as µs (at most 2,000 of them), cached; None when it is not that."""
+    if not (part[0] == "." and part[4] in "Zz" and _digits(part, 1, 2, 3)):
+        return None
+    us = _FRACTIONS[part] = int(part[1:4]) * 1000
+    return us

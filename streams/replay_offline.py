@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -18,7 +19,8 @@ import msgspec
 
 from detectors.alerts import Alert, encode_alert
 from detectors.capture import decode_line
-from detectors.engine import Engine
+from detectors.engine import TOPIC_KINDS, Engine
+from detectors.privacy import Pseudonymiser
 from detectors.records import BAD_ENVELOPE, CHANGE_CLASSES, BadRecord, Delivery, Outbound, decode
 from detectors.settings import Settings
 
@@ -93,9 +95,16 @@ class _Progress:
 # through Engine.process_decoded, in file order. Lines that do not decode go
 # to the parent as received and through Engine.process, which dead-letters
 # them exactly as in one process. Both modes give the same alerts.
+#
+# The engine (the parent) is the busier process, so the child also does what
+# needs no engine state: the keyed hashes of numbers and addresses (sent with
+# each batch, for the engine's memos) and whether a record's event id is new
+# in the run (if so, and the engine started empty, it can be no duplicate).
 
 _BATCH = 2048
+_FIRST_MAX = 5_000_000  # event ids the child remembers (~100 B each); records after that are not "first"
 _PARALLEL_MIN_BYTES = 4 << 20  # below this, starting a process costs more than it saves
+_GC_YOUNG = 20_000  # allocations between young-generation collections during a replay
 
 
 def _wire_type(cls: type, tag: str) -> Any:
@@ -117,16 +126,18 @@ _WIRE: dict[type, Any] = {Outbound: _wire_type(Outbound, "outbound"), Delivery: 
 for _cls in CHANGE_CLASSES:
     _WIRE[_cls] = _wire_type(_cls, str(_cls.__struct_config__.tag))
 _TAG = {cls: w.__struct_config__.tag for cls, w in _WIRE.items()}
-_KINDS = ("changes", "outbound", "delivery")
-_KIND_INDEX = {k: i for i, k in enumerate(_KINDS)}
-# A batch: decoded records (kind index, partition, event time, record) and, by
+# a topic kind's index in TOPIC_KINDS is its engine category (CHANGE, NOTIFICATION, DELIVERY)
+_KIND_INDEX = {k: i for i, k in enumerate(TOPIC_KINDS)}
+# A batch: decoded records (kind index, partition, event time, first occurrence of
+# its event id, record) and, by
 # their position in the batch, the lines left to Engine.process or refused as envelopes.
-_Decoded: Any = tuple[int, int, int, Union[tuple(_WIRE.values())]]  # type: ignore[misc]  # noqa: UP007
+_Decoded: Any = tuple[int, int, int, bool, Union[tuple(_WIRE.values())]]  # type: ignore[misc]  # noqa: UP007
 # Other lines, as lists: [topic, partition, offset, key, payload, ts] to process as
 # received, or [path, line number, line, error] for a line that is no envelope.
-_Batch = tuple[list[Any], list[tuple[int, list[Any]]], dict[str, int]]
+# Then the new keyed hashes: msisdn -> msisdn_ref and address -> address hash.
+_Batch = tuple[list[Any], list[tuple[int, list[Any]]], dict[str, int], dict[str, str], dict[str, bytes]]
 _batch_decoder: msgspec.msgpack.Decoder[_Batch] = msgspec.msgpack.Decoder(
-    tuple[list[_Decoded], list[tuple[int, list[Any]]], dict[str, int]]
+    tuple[list[_Decoded], list[tuple[int, list[Any]]], dict[str, int], dict[str, str], dict[str, bytes]]
 )
 
 
@@ -138,39 +149,80 @@ def _lines(paths: list[str]) -> Iterator[tuple[str, int, bytes]]:
                     yield path, lineno, line
 
 
-def _decode_into(paths: list[str], topic_kinds: dict[str, str], conn: Connection) -> None:
-    """Child process: decode every line, send batches, then an empty batch."""
+def _decode_into(paths: list[str], settings: Settings, conn: Connection) -> None:
+    """Child process: decode every line, send batches, then an empty message.
+
+    It also computes the keyed hashes of the numbers and addresses the engine
+    will want (same key) and sends the new ones with each batch: HMACs are a
+    large part of the engine's cost, and the parent is the busier process.
+    """
     encoder = msgspec.msgpack.Encoder()
     astuple = msgspec.structs.astuple
-    tag = _TAG
+    tag = dict(_TAG)
     kind_index = _KIND_INDEX
+    t_ = settings.topics
+    topic_kinds = {t_.changes: "changes", t_.outbound: "outbound", t_.delivery: "delivery"}
+    pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
+    known_numbers = pseudo.numbers_memo()
+    known_addresses = pseudo.addresses_memo()
     decoded: list[Any] = []
     others: list[Any] = []
     topics: Counter[str] = Counter()
+    numbers: dict[str, str] = {}
+    addresses: dict[str, bytes] = {}
+    # Event ids decoded so far: a record whose id is new can be no duplicate
+    # (for an engine that started empty), and the engine skips its checks.
+    event_ids: set[str] = set()
     n = 0
     try:
-        for path, lineno, line in _lines(paths):
-            n += 1
-            try:
-                env = decode_line(line)
-            except msgspec.DecodeError as err:
-                others.append((len(decoded) + len(others), (path, lineno, line.rstrip(b"\n"), str(err))))
-            else:
-                topics[env.topic] += 1
-                kind = topic_kinds.get(env.topic)
-                try:
-                    if kind is None:
-                        raise BadRecord("", "")
-                    record, t = decode(kind, env.key, env.payload)
-                except BadRecord:
-                    others.append((len(decoded) + len(others),
-                                   (env.topic, env.partition, env.offset, env.key, env.payload, env.ts)))
-                else:
-                    decoded.append((kind_index[kind], env.partition, t, (tag[type(record)], *astuple(record))))
-            if n % _BATCH == 0:
-                conn.send_bytes(encoder.encode((decoded, others, dict(topics))))
-                decoded, others, topics = [], [], Counter()
-        conn.send_bytes(encoder.encode((decoded, others, dict(topics))))
+        for path in paths:
+            with open(path, "rb") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    n += 1
+                    try:
+                        env = decode_line(line)
+                    except msgspec.DecodeError as err:
+                        others.append((len(decoded) + len(others), (path, lineno, line.rstrip(b"\n"), str(err))))
+                    else:
+                        topics[env.topic] += 1
+                        kind = topic_kinds.get(env.topic)
+                        try:
+                            if kind is None:
+                                raise BadRecord("", "")
+                            record, t = decode(kind, env.key, env.payload)
+                        except BadRecord:
+                            others.append((len(decoded) + len(others),
+                                           (env.topic, env.partition, env.offset, env.key, env.payload, env.ts)))
+                        else:
+                            cls = type(record)
+                            wire_tag = tag.get(cls)
+                            if wire_tag is None:  # a subclass (the fast decoders' classes)
+                                wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
+                            event_id = record.event_id
+                            first = event_id not in event_ids
+                            if first and len(event_ids) < _FIRST_MAX:
+                                event_ids.add(event_id)
+                            decoded.append((kind_index[kind], env.partition, t, first,
+                                            (wire_tag, *astuple(record))))
+                            # the keyed hashes the engine will want (Engine.process_decoded,
+                            # _notification and _change), computed here rather than there
+                            msisdn = record.msisdn
+                            if msisdn not in known_numbers:
+                                numbers[msisdn] = pseudo.msisdn_ref(msisdn)
+                            address: str | None = None
+                            if kind == "outbound":
+                                if record.channel == "email":  # type: ignore[union-attr]
+                                    address = record.recipient  # type: ignore[union-attr]
+                            elif kind == "changes":
+                                address = getattr(record, "email", None)
+                            if address and address not in known_addresses and address.strip():
+                                addresses[address] = pseudo.address_ref(address)
+                    if n % _BATCH == 0:
+                        conn.send_bytes(encoder.encode((decoded, others, dict(topics), numbers, addresses)))
+                        decoded, others, topics, numbers, addresses = [], [], Counter(), {}, {}
+        conn.send_bytes(encoder.encode((decoded, others, dict(topics), numbers, addresses)))
         conn.send_bytes(b"")
     finally:
         conn.close()
@@ -178,10 +230,8 @@ def _decode_into(paths: list[str], topic_kinds: dict[str, str], conn: Connection
 
 def _parallel(paths: list[str], settings: Settings) -> Iterator[_Batch]:
     ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    t = settings.topics
-    topic_kinds = {t.changes: "changes", t.outbound: "outbound", t.delivery: "delivery"}
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_decode_into, args=(paths, topic_kinds, sender), daemon=True)
+    child = ctx.Process(target=_decode_into, args=(paths, settings, sender), daemon=True)
     child.start()
     sender.close()
     try:
@@ -256,48 +306,60 @@ def replay(
             BadRecord(BAD_ENVELOPE, f"line is not a kcat -J envelope: {err}"),
         )
 
-    process = engine.process
-    if jobs <= 1:
-        by_topic = summary.by_topic
-        for path, lineno, line in _lines(files):
-            summary.records += 1
-            try:
-                env = decode_line(line)
-            except msgspec.DecodeError as err:
-                bad_envelope(path, lineno, line.rstrip(b"\n"), str(err))
-                continue
-            by_topic[env.topic] += 1
-            process(env.topic, env.partition, env.offset, env.key, env.payload, now, env.ts)
-            if summary.records & 1023 == 0:
+    # verdicts and delivery outcomes are for metrics; drain() below drops them
+    collect_metrics, engine.collect_metrics = engine.collect_metrics, False
+    # Fewer young-generation collections: the engine allocates a few containers per
+    # record that mostly live on (state), and each collection walks the young ones
+    # (~2% of the engine's instructions at the default 700).
+    gc_threshold = gc.get_threshold()
+    gc.set_threshold(max(gc_threshold[0], _GC_YOUNG), *gc_threshold[1:])
+    try:
+        process = engine.process
+        if jobs <= 1:
+            by_topic = summary.by_topic
+            for path, lineno, line in _lines(files):
+                summary.records += 1
+                try:
+                    env = decode_line(line)
+                except msgspec.DecodeError as err:
+                    bad_envelope(path, lineno, line.rstrip(b"\n"), str(err))
+                    continue
+                by_topic[env.topic] += 1
+                process(env.topic, env.partition, env.offset, env.key, env.payload, now, env.ts)
+                if summary.records & 1023 == 0:
+                    now = _now_us()
+                    drain()
+                    bar.show(summary, started, len(all_alerts))
+        else:
+            process_many = engine.process_decoded_many
+            # an event id new to the child is new to the engine only if the engine started empty
+            fresh = not engine.partitions and isinstance(engine.numbers, dict) and not engine.numbers
+            learn = engine.pseudonymiser.learn
+            for decoded, others, topics, numbers, addresses in _parallel(files, engine.settings):
+                learn(numbers, addresses)
+                summary.by_topic.update(topics)
+                # the other lines go between the decoded records, at their positions in the batch
+                done = 0
+                for i, (position, item) in enumerate(others):
+                    upto = position - i  # decoded records before this line
+                    if upto > done:
+                        process_many(decoded[done:upto], now, fresh)
+                        done = upto
+                    if len(item) == 4:
+                        bad_envelope(*item)
+                    else:
+                        topic, partition, offset, key, payload, ts = item
+                        process(topic, partition, offset, key, payload, now, ts)
+                process_many(decoded[done:] if done else decoded, now, fresh)
+                summary.records += len(decoded) + len(others)
                 now = _now_us()
                 drain()
                 bar.show(summary, started, len(all_alerts))
-    else:
-        process_decoded = engine.process_decoded
-        kinds = _KINDS
-        for decoded, others, topics in _parallel(files, settings):
-            summary.by_topic.update(topics)
-            if others:
-                merged: list[Any] = list(decoded)
-                for position, item in others:
-                    merged.insert(position, item)
-            else:
-                merged = decoded
-            for item in merged:
-                if type(item) is tuple:
-                    k, partition, t, record = item
-                    process_decoded(kinds[k], partition, record, t, now)
-                elif len(item) == 4:
-                    bad_envelope(*item)
-                else:
-                    topic, partition, offset, key, payload, ts = item
-                    process(topic, partition, offset, key, payload, now, ts)
-            summary.records += len(merged)
-            now = _now_us()
-            drain()
-            bar.show(summary, started, len(all_alerts))
-    engine.flush(_now_us())
-    drain()
+        engine.flush(_now_us())
+        drain()
+    finally:
+        engine.collect_metrics = collect_metrics
+        gc.set_threshold(*gc_threshold)
     bar.done()
     summary.seconds = time.monotonic() - started
     summary.late = sum(engine.stats.late.values())

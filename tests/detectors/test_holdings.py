@@ -1,3 +1,7 @@
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from detectors.holdings import (
     CONTRACT_ENDED,
     CONTRACT_STARTED,
@@ -10,6 +14,7 @@ from detectors.holdings import (
     Change,
     active_at,
     derive,
+    derive_next,
 )
 from detectors.state import NumberState
 
@@ -85,3 +90,27 @@ def test_end_and_start_at_the_same_instant():
     ))
     assert [(h.contract_id, h.end_type) for h in hs] == [("K1", CONTRACT_ENDED), ("K2", None)]
     assert active_at(hs, 20).contract_id == "K2"
+
+
+_TYPES = (CONTRACT_ENDED, PORTED_OUT, HOLDER_CHANGED, CONTRACT_STARTED, PORTED_IN, EMAIL_CHANGED, EMAIL_VERIFIED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(_TYPES), st.sampled_from(["K1", "K2"]),
+                          st.sampled_from(["C1", "C2"]), st.sampled_from([None, A, B, C])), max_size=12))
+def test_derive_next_is_one_step_of_derive(steps):
+    """Appending in order and folding one step gives what deriving the whole log gives, and changes nothing shared."""
+    log_ = sorted(
+        (Change(t, type_, f"e{i:02d}", contract, customer, "o2", addr)
+         for i, (t, type_, contract, customer, addr) in enumerate(steps)),
+        key=Change.sort_key,
+    )
+    changes: list[Change] = []
+    holdings = derive(changes)
+    for ch in log_:
+        snapshot = [msgspec.structs.asdict(h) for h in holdings]
+        before = holdings
+        changes.append(ch)
+        holdings = derive_next(holdings, ch)
+        assert holdings == derive(changes)
+        assert [msgspec.structs.asdict(h) for h in before] == snapshot

@@ -1,6 +1,9 @@
 import json
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detectors import records as r
 from detectors.records import BadRecord, decode
@@ -113,3 +116,49 @@ def test_key_as_bytes_is_accepted():
     rec = mail("a@b.c")
     record, _ = decode("outbound", MSISDN.encode(), rec.value.encode())
     assert record.msisdn == MSISDN
+
+
+# The fast path of decode() must give exactly what the strict decoders give:
+# the same record (class, fields), event time, or the same reason.
+
+_TIME_CHARS = "0123456789-:.TtZz+ x\u0663"
+_MSISDN_CHARS = "+0123456789 x\u0663"
+
+
+def _outcome(fn, kind, key, value):
+    try:
+        record, t = fn(kind, key, value)
+    except BadRecord as bad:
+        return ("bad", bad.code, bad.reason)
+    base = next(c for c in type(record).__mro__ if c in (r.Outbound, r.Delivery, *r.CHANGE_CLASSES))
+    return ("ok", base, msgspec.structs.asdict(record), t)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["2026-03-01T08:15:02.120Z", "2024-02-29t23:59:59.999z", "2026-03-01T08:15:02Z",
+                     "2026-03-01T08:15:02.120+02:00"]),
+    st.lists(st.tuples(st.integers(0, 30), st.sampled_from(_TIME_CHARS)), max_size=2),
+    st.sampled_from([MSISDN, "+4915999478698", "+1234567"]),
+    st.lists(st.tuples(st.integers(0, 16), st.sampled_from(_MSISDN_CHARS)), max_size=2),
+    st.sampled_from(["same", "none", "bytes", "other", "bad-utf8"]),
+    st.sampled_from(["outbound", "delivery", "changes"]),
+)
+def test_fast_path_agrees_with_the_strict_decoders(time_, time_edits, msisdn, msisdn_edits, key_form, kind):
+    chars = list(time_)
+    for i, c in time_edits:
+        if i < len(chars):
+            chars[i] = c
+    event_time = "".join(chars)
+    digits = list(msisdn)
+    for i, c in msisdn_edits:
+        if i < len(digits):
+            digits[i] = c
+    number = "".join(digits)
+    rec = {"outbound": mail("a@b.c"), "delivery": delivery("m-1"), "changes": change("contract_ended")}[kind]
+    value = json.loads(rec.value)
+    value["event_time"], value["msisdn"] = event_time, number
+    key = {"same": number, "none": None, "bytes": number.encode(), "other": MSISDN + "9",
+           "bad-utf8": b"\xff"}[key_form]
+    data = json.dumps(value)
+    assert _outcome(decode, kind, key, data) == _outcome(r._decode_strict, kind, key, data)

@@ -58,3 +58,22 @@ def test_state_built_from_transferred_records_round_trips(capture):
     _, _, _, engine = _run(capture, 2)
     for state in engine.numbers.values():
         assert decode_number(encode_number(state)) == state
+
+
+def test_the_capture_has_duplicates_and_both_modes_count_them(capture):
+    one, two = _run(capture, 1)[0], _run(capture, 2)[0]
+    assert one.duplicates > 0 and one.duplicates == two.duplicates
+
+
+def test_a_second_replay_into_the_same_engine_dedups_the_same_in_both_modes(capture):
+    """The second process's "first occurrence" hint must not apply to an engine that has state."""
+    runs = []
+    for jobs in (1, 2):
+        engine = Engine(Settings(), new_id=lambda: "x")
+        replay([capture], Settings(), engine=engine, jobs=jobs)
+        again, alerts = replay([capture], Settings(), engine=engine, jobs=jobs)
+        runs.append((again.duplicates, again.late, dict(again.alerts_by_kind),
+                     [(a.dedup_key, a.kind) for a in alerts]))
+        assert engine.collect_metrics is True  # restored after each replay
+    assert runs[0] == runs[1]
+    assert runs[0][0] > 0
