@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
-
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import encode_number
+from detectors.state import encode_links, encode_number, number_key
 from streams.replay_offline import replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +39,15 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
 
 
 def state_size(engine: Engine) -> dict[str, float]:
+    """Bytes the worker persists per tracked number: both tables, keys included.
+
+    The number-state table holds number_key(ref) -> encode_number(state), the
+    address index addr -> encode_links(links) (streams/tablestore.py).
+    """
     numbers = engine.numbers
     n = len(numbers)  # type: ignore[arg-type]
-    number_bytes = sum(len(encode_number(s)) for s in numbers.values())  # type: ignore[attr-defined, misc]
-    enc = msgspec.msgpack.Encoder()
-    index_bytes = sum(len(addr) + len(enc.encode(links)) for addr, links in engine.index.items())
+    number_bytes = sum(len(number_key(ref)) + len(encode_number(s)) for ref, s in numbers.items())  # type: ignore[attr-defined, misc]
+    index_bytes = sum(len(addr) + len(encode_links(links)) for addr, links in engine.index.items())
     return {
         "tracked_numbers": n,
         "number_state_bytes_per_number": number_bytes / n,
@@ -63,17 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     capture = ensure_capture(args.records, args.numbers, args.seed)
-    rates, last = [], None
+    rates, cpus, last = [], [], None
     for _ in range(args.runs):
         engine = Engine(Settings(), new_id=lambda: "x")
         with open("/dev/null", "wb") as sink:
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = time.process_time()
             started = time.perf_counter()
             summary, _ = replay([capture], Settings(), alerts_out=sink, engine=engine)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            child = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
         rates.append(summary.records / elapsed)
+        cpus.append((cpu, child))
         last = (summary, engine)
     assert last is not None
     summary, engine = last
+    # CPU time, less affected than wall time by other work on the machine: per process (the
+    # parent runs the engine, the decoding child is 0 with jobs=1), the records
+    # per CPU-second of both, and the rate the busier process allows when each
+    # has a core of its own (the wall rate on an idle 2-core machine, less the
+    # pipeline's start and end).
+    parent_cpu, child_cpu = min(cpus, key=lambda c: max(c))
     result = {
         "capture": capture.name,
         "records": summary.records,
@@ -84,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         "late": summary.late,
         "records_per_s_best": round(max(rates)),
         "records_per_s_all": [round(r) for r in rates],
+        "cpu_s_parent": round(parent_cpu, 3),
+        "cpu_s_child": round(child_cpu, 3),
+        "records_per_cpu_s": round(summary.records / (parent_cpu + child_cpu)),
+        "records_per_s_cpu_bound": round(summary.records / max(parent_cpu, child_cpu)),
+        "cpu_s_all": [[round(a, 3), round(b, 3)] for a, b in cpus],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **{k: round(v, 1) for k, v in state_size(engine).items()},
         "python": platform.python_version(),

@@ -12,12 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
-from detectors.state import Link, NumberState, decode_number, encode_number
-
-_links_encoder = msgspec.msgpack.Encoder()
-_links_decoder = msgspec.msgpack.Decoder(list[Link])
+from detectors.state import Link, NumberCodec, NumberState, decode_links, decode_number, encode_links, number_key
 
 
 def store_put(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
@@ -44,11 +39,28 @@ def store_put(table: Any, partition: int, key: bytes, value: bytes | None) -> No
         store._key_index[key] = partition
 
 
+def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
+    """Read one key of a table's local store from the database of its partition.
+
+    One RocksDB get: Faust's own lookup tries each partition's database in
+    turn for a key it has not seen yet (most address lookups find nothing).
+    """
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:  # the memory store: one dict
+        raw: bytes | None = store.data.get(key)
+        return raw
+    value: bytes | None = db_for_partition(partition).get(key)
+    return value
+
+
 class TableNumbers:
-    """ref -> NumberState over a Faust table of msgpack bytes; dirty states flushed in batches."""
+    """ref -> NumberState over a Faust table (key: detectors.state.number_key, value: the
+    stored form of detectors.state); dirty states flushed in batches."""
 
     def __init__(self, table: Any, cache_max: int = 200_000) -> None:
         self.table = table
+        self.codec = NumberCodec()
         self.cache: dict[str, NumberState] = {}
         self.dirty: set[str] = set()
         self.partition_of: dict[str, int] = {}
@@ -57,7 +69,7 @@ class TableNumbers:
     def get(self, ref: str) -> NumberState | None:
         state = self.cache.get(ref)
         if state is None:
-            raw = self.table.data.get(ref.encode())
+            raw = self.table.data.get(number_key(ref))
             if raw is None:
                 return None
             state = self.cache[ref] = decode_number(raw)
@@ -71,7 +83,7 @@ class TableNumbers:
         """Write dirty states to the local store; returns the changelog records to send."""
         out: list[tuple[int, bytes, bytes | None]] = []
         for ref in self.dirty:
-            key, value = ref.encode(), encode_number(self.cache[ref])
+            key, value = number_key(ref), self.codec.encode(ref, self.cache[ref])
             partition = self.partition_of[ref]
             store_put(self.table, partition, key, value)
             out.append((partition, key, value))
@@ -86,6 +98,7 @@ class TableNumbers:
         for ref in gone:
             self.cache.pop(ref, None)
             self.dirty.discard(ref)
+            self.codec.forget(ref)
             del self.partition_of[ref]
 
     def __len__(self) -> int:
@@ -100,19 +113,31 @@ class TableLinks:
     """addr -> list[Link] over a Faust GlobalTable (every worker sees every address).
 
     Not cached across records (other workers update it too): an engine call's
-    touched entries are written back right after the call.
+    touched entries are written back right after the call. What is cached is
+    the decoding of stored bytes (same bytes, same links), as a fresh list
+    each time since callers change the lists they get.
     """
 
-    def __init__(self, table: Any, partitions: int) -> None:
+    def __init__(self, table: Any, partitions: int, decoded_max: int = 100_000) -> None:
         self.table = table
         self.partitions = partitions
         self.touched: dict[bytes, list[Link] | None] = {}
+        self.decoded: dict[bytes, tuple[Link, ...]] = {}
+        self.decoded_max = decoded_max
+
+    def _decode(self, raw: bytes) -> list[Link]:
+        links = self.decoded.get(raw)
+        if links is None:
+            if len(self.decoded) >= self.decoded_max:
+                self.decoded.clear()
+            links = self.decoded[raw] = tuple(decode_links(raw))
+        return list(links)
 
     def _load(self, addr: bytes) -> list[Link] | None:
         if addr in self.touched:
             return self.touched[addr]
-        raw = self.table.data.get(addr)
-        return None if raw is None else _links_decoder.decode(raw)
+        raw = store_get(self.table, int.from_bytes(addr[:4], "big") % self.partitions, addr)
+        return None if raw is None else self._decode(raw)
 
     def get(self, addr: bytes, default: Any = None) -> Any:
         links = self._load(addr)
@@ -136,14 +161,14 @@ class TableLinks:
 
     def items(self) -> Iterator[tuple[bytes, list[Link]]]:
         for key, raw in self.table.data.items():
-            yield key, _links_decoder.decode(raw)
+            yield key, decode_links(raw)
 
     def flush(self) -> list[tuple[int, bytes, bytes | None]]:
         """Write touched entries to the local store; returns the changelog records to send."""
         out: list[tuple[int, bytes, bytes | None]] = []
         for addr, links in self.touched.items():
             partition = int.from_bytes(addr[:4], "big") % self.partitions
-            value = _links_encoder.encode(links) if links else None
+            value = encode_links(links) if links else None
             store_put(self.table, partition, addr, value)
             out.append((partition, addr, value))
         self.touched.clear()
