@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from heapq import heapify, heappop, heapreplace
 from typing import Any
 
 
@@ -33,22 +34,39 @@ class Merger:
         q.append((ts, item))
         self.queued += 1
 
+    def extend(self, topic: str, partition: int, items: list[tuple[int, Any]]) -> None:
+        """Queue a fetched batch of one topic-partition: (timestamp, item) pairs in offset order."""
+        q = self._queues.get((topic, partition))
+        if q is None:
+            q = self._queues[(topic, partition)] = deque()
+        q.extend(items)
+        self.queued += len(items)
+
     def ready(self, lagging: Callable[[str, int], bool]) -> Iterator[Any]:
-        """Queued items in timestamp order, as far as they can be known to be next."""
-        queues = self._queues
-        while True:
-            best: deque[tuple[int, Any]] | None = None
-            for (topic, partition), q in queues.items():
-                if not q:
-                    if lagging(topic, partition):
-                        return  # its next record may be older than anything queued
-                    continue
-                if best is None or q[0][0] < best[0][0]:
-                    best = q
-            if best is None:
-                return
+        """Queued items in timestamp order, as far as they can be known to be next.
+
+        A heap of the queues' heads (ties: the queue registered first); a queue
+        that runs empty is asked about its lag before anything else is taken.
+        """
+        heap: list[tuple[int, int, deque[tuple[int, Any]], str, int]] = []
+        for i, ((topic, partition), q) in enumerate(self._queues.items()):
+            if q:
+                heap.append((q[0][0], i, q, topic, partition))
+            elif lagging(topic, partition):
+                return  # its next record may be older than anything queued
+        heapify(heap)
+        while heap:
+            _, i, q, topic, partition = heap[0]
+            item = q.popleft()[1]
             self.queued -= 1
-            yield best.popleft()[1]
+            if q:
+                heapreplace(heap, (q[0][0], i, q, topic, partition))
+                yield item
+            else:
+                heappop(heap)
+                yield item
+                if lagging(topic, partition):
+                    return
 
     def expect(self, topic: str, partition: int) -> None:
         """Register an assigned topic-partition, so that its lag is asked about before it delivers."""

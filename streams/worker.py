@@ -12,18 +12,21 @@ what was not done, and the engine's event-id dedup absorbs the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import heapq
 import logging
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
 import msgspec
 from faust.transport.drivers import aiokafka as _aiokafka_driver
 from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 from detectors.alerts import encode_alert
 from detectors.engine import Engine
@@ -34,14 +37,27 @@ from streams.merge import Merger
 from streams.metrics import Metrics
 from streams.replay_offline import alert_line
 from streams.tablestore import TableLinks, TableNumbers
+from streams.transactions import EXACTLY_ONCE, ExactlyOnce, committed_end_offsets
+from streams.transactions import TransactionManager as EosTransactionManager
 
 log = logging.getLogger("notifguard.worker")
 _json = msgspec.json.Encoder()
 _RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
+# notifguard_processing_seconds times one record in 64 (two clock reads and a
+# histogram update per record cost more than a fast record's processing).
+_TIME_EVERY_MASK = 63
+_REFS_MAX = 500_000
+GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold in a running worker (see create_app)
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+class ProduceFailed(RuntimeError):
+    """Outputs or state could not be delivered to Kafka: the worker stops rather than ack their inputs."""
 
 
 class Runtime:
@@ -75,32 +91,61 @@ class Runtime:
         self.last_flush = time.monotonic()
         self.echo = False  # print alerts as readable lines (the demo)
         self.started = False
+        self.eos: Any = None  # streams.transactions.ExactlyOnce when processing_guarantee=exactly_once
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
         self._lag_seen: dict[TP, float] = {}  # since when a lagging input has delivered nothing
+        self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
+        self._refs: dict[bytes, str] = {}  # record key (MSISDN) -> msisdn_ref, memoised (_REFS_MAX)
+        self._n_processed = 0
+        self.consumed_total = 0  # input records read (notifguard_records_consumed_total, summed; /health)
+        self._unflushed = False  # outputs handed to the producer since its last flush
+        # delivery futures of everything sent since the last flush: checked before any ack
+        self._in_flight: list[Awaitable[Any]] = []
+        # (topic, records, send time, delivery future) -> metrics of batches sent past producer.send
+        self.count_produced: Any = None
+        self._delivery_children: dict[tuple[str, ...], Any] = {}
+        # A batch (on_messages) and the timer (tick) both process records and
+        # flush; one at a time, so a flush never acks a record whose outputs
+        # are still waiting in self.out.
+        self._lock = asyncio.Lock()
 
     # ----------------------------------------------------------------- records
 
-    async def on_messages(self, messages: list[Any]) -> None:
-        """One fetched batch straight from the consumer (see _Consumer), then a flush when due."""
-        self.on_events(messages)
-        if self.flush_due():
-            await self.flush()
+    async def on_messages(self, batch: list[tuple[TP, list[Any]]]) -> None:
+        """One fetched batch straight from the consumer (see _Consumer), then a flush when due.
 
-    def on_events(self, events: list[Any]) -> None:
-        """A batch of records (faust Messages, refcount 0): each one's Kafka ack is ours to give."""
-        counts: dict[str, int] = {}
+        Between flushes the batch's alerts and dead letters are handed to the
+        producer at once (at-least-once mode): their delivery is awaited at
+        the next flush, before the state that remembers their records.
+        """
+        async with self._lock:
+            self.on_events(batch)
+            if self.flush_due():
+                await self._flush()
+            elif self.out and self.eos is None:
+                await self._send_outputs()
+
+    def on_events(self, batch: list[tuple[TP, list[Any]]]) -> None:
+        """Fetched records per input topic-partition, in offset order (aiokafka ConsumerRecords).
+
+        Each record's Kafka ack is ours to give (Runtime._ack, at the flush).
+        """
+        if self.eos is not None:  # exactly_once: tracked; records done before a restart are not processed again
+            batch = self.eos.delivered(batch)
         lag_seen = self._lag_seen
-        push = self.merger.push
-        for msg in events:
-            topic = msg.topic
-            counts[topic] = counts.get(topic, 0) + 1
-            lag_seen.pop(msg.tp, None)
-            ts = msg.timestamp if msg.timestamp is not None else 0
-            push(topic, msg.partition, int(ts * 1000), msg)
-        consumed = self.metrics.consumed
-        for topic, n in counts.items():
-            consumed.labels(topic).inc(n)
+        consumed = self._consumed
+        extend = self.merger.extend
+        for tp, records in batch:
+            topic, partition = tp
+            lag_seen.pop(tp, None)
+            counter = consumed.get(topic)
+            if counter is None:
+                counter = consumed[topic] = self.metrics.consumed.labels(topic)
+            counter.inc(len(records))
+            self.consumed_total += len(records)
+            # Kafka record timestamps (ms; producers set them to event_time) order the merge.
+            extend(topic, partition, [(rec.timestamp, rec) for rec in records])
         self._run_merged()
         self._pause_overfull()
 
@@ -138,39 +183,67 @@ class Runtime:
         return int(max(0, highwater - last - 1))
 
     def _run_merged(self) -> None:
-        for event in self.merger.ready(self._lagging):
-            self._process(event)
-
-    def _process(self, event: Any) -> None:
-        msg = event
-        p = msg.partition
-        self._read[(msg.topic, p)] = msg.offset
-        key = msg.key
-        if isinstance(key, bytes):
-            with contextlib.suppress(UnicodeDecodeError):
-                self.numbers.partition_of[self.pseudo.msisdn_ref(key.decode())] = p
+        """Feed the engine what the merge lets go; then release held acks and take the outputs, once."""
         engine = self.engine
-        started = time.perf_counter()
+        process = engine.process
+        held = self.held
+        to_ack = self.to_ack
+        read = self._read
+        refs = self._refs
+        partition_of = self.numbers.partition_of
+        observe = self.metrics.processing.observe
+        n = self._n_processed
+        for rec in self.merger.ready(self._lagging):
+            topic, p, offset, key = rec.topic, rec.partition, rec.offset, rec.key
+            read[(topic, p)] = offset
+            if key is not None:
+                ref = refs.get(key)
+                if ref is None:
+                    ref = self._ref_of(key)
+                if ref:
+                    partition_of[ref] = p  # the changelog partition of this number's state
+            n += 1
+            timed = not n & _TIME_EVERY_MASK
+            if timed:
+                started = time.perf_counter()
+            try:
+                process(topic, p, offset, key, rec.value, _now_us(), rec.timestamp)
+            except Exception:
+                # Not bad input (that is dead-lettered by the engine): a bug. Loud, counted,
+                # and the record is not acknowledged as processed silently: it is dead-lettered
+                # with the traceback so nothing is lost, and the worker goes on.
+                self.metrics.errors.labels(topic).inc()
+                log.exception("BUG while processing %s[%s]@%s", topic, p, offset)
+                self._bug_letter(rec, traceback.format_exc(limit=3))
+                to_ack.append(rec)
+                continue
+            if timed:
+                observe(time.perf_counter() - started)
+            t = engine.last_buffered
+            if t is None:
+                to_ack.append(rec)
+            else:  # in the grace buffer: acked once the engine releases it
+                self.seq += 1
+                q = held.get(p)
+                if q is None:
+                    q = held[p] = []
+                heapq.heappush(q, (t, self.seq, rec, time.monotonic()))
+        if n != self._n_processed:
+            self._n_processed = n
+            for partition in held:
+                self._release_held(partition)
+            self._emit()
+
+    def _ref_of(self, key: bytes) -> str:
+        """The msisdn_ref of a record key (the MSISDN), memoised; "" for a key that is not text."""
         try:
-            engine.process(msg.topic, p, msg.offset, key, msg.value, _now_us(),
-                           int(msg.timestamp * 1000) if msg.timestamp is not None else None)
-        except Exception:
-            # Not bad input (that is dead-lettered by the engine): a bug. Loud, counted,
-            # and the record is not acknowledged as processed silently: it is dead-lettered
-            # with the traceback so nothing is lost, and the worker goes on.
-            self.metrics.errors.labels(msg.topic).inc()
-            log.exception("BUG while processing %s[%s]@%s", msg.topic, p, msg.offset)
-            self._bug_letter(msg, traceback.format_exc(limit=3))
-            self.to_ack.append(event)
-            return
-        self.metrics.processing.observe(time.perf_counter() - started)
-        if engine.last_buffered is not None:
-            self.seq += 1
-            heapq.heappush(self.held.setdefault(p, []), (engine.last_buffered, self.seq, event, time.monotonic()))
-        else:
-            self.to_ack.append(event)
-        self._release_held(p)
-        self._emit()
+            ref = self.pseudo.msisdn_ref(key.decode())
+        except UnicodeDecodeError:
+            ref = ""
+        if len(self._refs) >= _REFS_MAX:
+            self._refs.clear()
+        self._refs[key] = ref
+        return ref
 
     def _release_held(self, partition: int) -> None:
         held = self.held.get(partition)
@@ -186,9 +259,12 @@ class Runtime:
 
     def _emit(self) -> None:
         if self.engine.deliveries:
-            deliveries = self.metrics.deliveries
+            children = self._delivery_children
             for labels in self.engine.deliveries:
-                deliveries.labels(*labels).inc()
+                child = children.get(labels)
+                if child is None:  # labels() is slow: one lookup per label set
+                    child = children[labels] = self.metrics.deliveries.labels(*labels)
+                child.inc()
         alerts, dead, verdicts = self.engine.drain()
         out = self.out
         for a in alerts:
@@ -215,6 +291,20 @@ class Runtime:
     # ------------------------------------------------------------ flush & acks
 
     async def flush(self) -> None:
+        """Runtime._flush, once no batch or timer is half-way (see the lock in __init__)."""
+        async with self._lock:
+            await self._flush()
+
+    async def _send_outputs(self) -> None:
+        """Hand the alerts and dead letters to the producer now; the next flush awaits their delivery."""
+        out, self.out = self.out, []
+        send = self.app.producer.send
+        track = self._in_flight.append
+        for topic, key, value, maybe_partition in out:
+            track(await send(topic, key, value, maybe_partition, None, None))
+        self._unflushed = True
+
+    async def _flush(self) -> None:
         """Outputs, then state, then the acks of the records they came from.
 
         The order makes a crash at any point safe. Alerts, dead letters and
@@ -225,33 +315,108 @@ class Runtime:
         them on re-read (same dedup_key). Faust flushes the producer before it
         commits offsets, so a committed offset never runs ahead of the state.
         """
+        if self.eos is not None:  # exactly_once: all of it, offsets too, in one transaction
+            await self.eos.flush(self)
+            return
         producer = self.app.producer
         send = producer.send
+        track = self._in_flight.append
         out, self.out = self.out, []
         links = self.links.flush()
         for topic, key, value, maybe_partition in out:
-            await send(topic, key, value, maybe_partition, None, None)
-        for partition, key, value in links:
-            await send(self.links_changelog, key, value, partition, None, None)
-        if out or links:
+            track(await send(topic, key, value, maybe_partition, None, None))
+        await self._send_changelog(self.links_changelog, links)
+        if out or links or self._unflushed:
             await producer.flush()
-        for partition, key, value in self.numbers.flush():
-            await send(self.numbers_changelog, key, value, partition, None, None)
-        consumer = self.app.consumer
-        for msg in self.to_ack:
-            msg.ack(consumer)  # refcount 0: this is the final ack
+            self._unflushed = False
+        await self._delivered()
+        await self._send_changelog(self.numbers_changelog, self.numbers.flush())
+        await self._delivered()
+        self._ack(self.to_ack)
         self.to_ack.clear()
         self.last_flush = time.monotonic()
 
+    async def _delivered(self) -> None:
+        """Wait for every send since the last check; a failed one stops the worker before any ack.
+
+        The producer has retried already. Acking the records behind a lost
+        alert or state record would commit their offsets and lose it for good;
+        crashing instead leaves them unacknowledged, so the restarted worker
+        reads them again (the failures are counted in
+        notifguard_produce_errors_total and logged by the sensor).
+        """
+        futures, self._in_flight = self._in_flight, []
+        if not futures:
+            return
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            exc = ProduceFailed(f"{len(failed)} of {len(futures)} producer sends failed (first: {failed[0]!r}); "
+                                "stopping without acknowledging their input records, which are read again "
+                                "on restart")
+            log.critical("%s", exc)
+            await self.app.crash(exc)
+            raise exc
+
+    async def _send_changelog(self, topic: str, records: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Changelog records (partition, key, value) as one producer batch per partition.
+
+        Record by record through `producer.send` costs ~30 us each (three
+        coroutines, a future and its callbacks per record); a changelog flush
+        has hundreds to thousands of them. Delivery is awaited by the next
+        `producer.flush()` like any send; counted in notifguard_records_produced_total.
+        """
+        if not records:
+            return
+        client = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for partition, key, value in records:
+            got = by_partition.get(partition)
+            if got is None:
+                got = by_partition[partition] = []
+            got.append((key, value))
+        for partition, items in by_partition.items():
+            batch, n = client.create_batch(), 0
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    await self._send_batch(client, batch, topic, partition, n)
+                    batch, n = client.create_batch(), 0
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a {topic} record of {len(value or b'')} bytes does not fit a batch")
+                n += 1
+            await self._send_batch(client, batch, topic, partition, n)
+
+    async def _send_batch(self, client: Any, batch: Any, topic: str, partition: int, n: int) -> None:
+        started = time.monotonic()
+        fut = await client.send_batch(batch, topic, partition=partition)
+        self._in_flight.append(fut)
+        count = self.count_produced
+        if count is not None:
+            fut.add_done_callback(lambda f: count(topic, n, started, f))
+
+    def _ack(self, records: list[Any]) -> None:
+        """The final Kafka acks of these input records, per topic-partition (see _Consumer.ack_offsets)."""
+        offsets: dict[tuple[str, int], list[int]] = {}
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            got = offsets.get(tp)
+            if got is None:
+                got = offsets[tp] = []
+            got.append(rec.offset)
+        consumer: Any = self.app.consumer  # a _Consumer
+        for (topic, partition), acked in offsets.items():
+            consumer.ack_offsets(TP(topic, partition), acked)
+
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
-        self._run_merged()
-        self.engine.tick(_now_us())
-        for p in list(self.held):
-            self._release_held(p)
-        self._emit()
-        await self.flush()
-        self._pause_overfull()
+        async with self._lock:
+            self._run_merged()
+            self.engine.tick(_now_us())
+            for p in list(self.held):
+                self._release_held(p)
+            self._emit()
+            await self._flush()
+            self._pause_overfull()
         now = _now_us()
         m = self.metrics
         m.sync_stats(self.engine.stats)
@@ -282,13 +447,14 @@ class Runtime:
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic in self.inputs}
-        await self.flush()
-        for p in partitions:
-            self.merger.forget(p)
-            self.held.pop(p, None)
-            self.engine.partitions.pop(p, None)
-        self.numbers.forget_partitions(partitions)
-        self.to_ack.clear()
+        async with self._lock:
+            await self._flush()
+            for p in partitions:
+                self.merger.forget(p)
+                self.held.pop(p, None)
+                self.engine.partitions.pop(p, None)
+            self.numbers.forget_partitions(partitions)
+            self.to_ack.clear()
         self.metrics.rebalances.inc()
 
     def on_assigned(self, assigned: set[TP]) -> None:
@@ -309,14 +475,26 @@ class Runtime:
 # often just empty ones (the assignor's leader topic, a GlobalTable changelog,
 # an input at its end).  The broker holds that fetch for the full 1.5 s and
 # every partition of the broker waits behind it.
-FETCH_MAX_WAIT_MS = 10
+FETCH_MAX_WAIT_MS = 25
+# On a live stream a fetch would otherwise return as soon as one record is
+# there: ~100 fetches a second, each a Python-encoded request and response for
+# every assigned partition, which cost more CPU than the records (bench: 168
+# -> 98 us of worker CPU per record at 4,000 records/s). 16 KiB is ~60 records:
+# a few ms at the rates where the CPU matters, at most FETCH_MAX_WAIT_MS.
+FETCH_MIN_BYTES = 16 * 1024
 
 
 class _ConsumerThread(_aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Any:
+        if self.consumer.in_transaction:  # exactly_once: see streams.transactions.committed_end_offsets
+            return await committed_end_offsets(self._ensure_consumer(), partitions)
+        return await super()._highwaters(partitions)
 
 
 class _Consumer(_aiokafka_driver.Consumer):
@@ -325,13 +503,29 @@ class _Consumer(_aiokafka_driver.Consumer):
     Faust hands each record to its stream through conductor -> channel queue ->
     stream, with two asyncio tasks per record (wait_first): ~10k records/s at
     most.  Records of `app.batch_topics` skip that and go, one fetched batch at a
-    time, to `app.batch_handler`; anything else (other topics, table changelogs)
-    goes Faust's way.  Offsets, gaps, acks, commits and rebalancing stay Faust's:
-    each record is tracked as unacked and its offset committed once acked.
+    time, to `app.batch_handler` as aiokafka fetched them: (TP, [ConsumerRecord])
+    per topic-partition, no Faust Message per record; anything else (other
+    topics, table changelogs) goes Faust's way.  Offsets, gaps, commits and
+    rebalancing stay Faust's: the handler acks records per topic-partition with
+    `ack_offsets`, which feeds Faust's acked-offset bookkeeping as
+    `Consumer.ack` does for each Message, and Faust commits the unbroken runs.
     """
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack_offsets(self, tp: TP, offsets: list[int]) -> int:
+        """Mark these offsets of an input topic-partition done (Consumer.ack, for many at once)."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            if new:
+                index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
+            return len(new)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         handler = getattr(self.app, "batch_handler", None)
@@ -340,28 +534,48 @@ class _Consumer(_aiokafka_driver.Consumer):
         topics = self.app.batch_topics  # type: ignore[attr-defined]
         callback = self.callback
         consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
-        get_read, set_read = self._read_offset.__getitem__, self._read_offset.__setitem__
+        read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
-        track = self._unacked_messages.add
+        to_message = self._to_message
+        monitor = self.app.monitor
         while not (consumer_stopped() or fetcher_stopped()):
             await self.sleep(0)
             if self.should_stop:
                 continue
             generation = self.app.consumer_generation_id
-            batch = []
-            async for tp, message in self.getmany(timeout=1.0):
-                offset = message.offset
-                read = get_read(tp)
-                if read is not None and offset < read:
+            records, active = await self._wait_next_records(1.0)
+            if not records or self.should_stop:
+                continue
+            if not self.flow_active:  # as Faust's getmany: a rebalance began, back to the committed offsets
+                try:
+                    await self.perform_seek()
+                except Exception as exc:
+                    self.log.warning(f"exception performing seek when flow not active {exc}")
+                continue
+            batch: list[tuple[TP, list[Any]]] = []
+            for tp, recs in records.items():
+                if not recs or not (active is None or tp in active or tp in self._buffered_partitions):
                     continue
-                if read and offset - read > 1 and acks_enabled_for(message.topic):
-                    await self._add_gap(tp, read + 1, offset)
-                set_read(tp, offset)
-                if message.topic in topics:
-                    track(message)
-                    batch.append(message)
+                read = read_offset[tp]
+                if read is not None and recs[0].offset < read:  # read before (a seek back): skip
+                    recs = [r for r in recs if r.offset >= read]
+                    if not recs:
+                        continue
+                first, last = recs[0].offset, recs[-1].offset
+                if acks_enabled_for(tp.topic) and (
+                        (read and first - read > 1) or last - first != len(recs) - 1):
+                    prev = read
+                    for r in recs:  # offsets skipped (transaction markers, compaction) are gaps to commit over
+                        if prev and r.offset - prev > 1:
+                            await self._add_gap(tp, prev + 1, r.offset)
+                        prev = r.offset
+                read_offset[tp] = last
+                monitor.track_tp_end_offset(tp, self.highwater(tp))
+                if tp.topic in topics:
+                    batch.append((tp, recs))
                 else:
-                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                    for r in recs:
+                        await self.wait_first(callback(to_message(tp, r)), self.suspend_flow.wait())
             # Not across a rebalance: those records are re-read from the committed offsets.
             if batch and self.flow_active and self.app.consumer_generation_id == generation:
                 await asyncio.shield(handler(batch))  # a stop must not cut a flush in half
@@ -373,11 +587,39 @@ class _Consumer(_aiokafka_driver.Consumer):
 
 class _Transport(_aiokafka_driver.Transport):
     Consumer = _Consumer
+    TransactionManager = EosTransactionManager  # started by Faust in exactly_once mode only
 
 
 class _App(faust.App):
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def _batch_counter(sensor: Any) -> Any:
+    """Report records sent in batches (Runtime._send_changelog) as the sensor reports each `send`:
+    counted per topic, and one record in LATENCY_SAMPLE timed (a batch's records share its latency)."""
+    from streams.faust_sensor import LATENCY_SAMPLE
+
+    metrics = getattr(sensor, "metrics", None)
+    if metrics is None:
+        return None
+    sent = 0
+
+    def count(topic: str, n: int, started: float, fut: asyncio.Future[Any]) -> None:
+        nonlocal sent
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            metrics.produce_errors.labels(topic).inc(n)
+            log.error("producing %d records to %s failed: %r", n, topic, exc)
+            return
+        metrics.produced.labels(topic).inc(n)
+        timed = -(-(sent + n) // LATENCY_SAMPLE) + (-sent // LATENCY_SAMPLE)  # records 0, 8, 16, ... of these
+        sent += n
+        elapsed = time.monotonic() - started
+        for _ in range(timed):
+            metrics.produce_seconds.observe(elapsed)
+
+    return count
 
 
 def create_app(config: WorkerConfig) -> faust.App:
@@ -403,12 +645,22 @@ def create_app(config: WorkerConfig) -> faust.App:
         web_graph_enabled=False,
         web_stats_enabled=False,
         broker_commit_interval=1.0,
+        # Changelog records go out in batches of their own (Runtime._send_changelog): 16 KiB
+        # (Faust's default) would cut a flush of state into a hundred produce requests.
+        producer_max_batch_size=256 * 1024,
+        broker_max_poll_records=config.batch_max,
     )
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
     links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes,
                                   value_type=bytes)
     rt = Runtime(app, config, numbers_table, links_table)
     app.notifguard = rt  # type: ignore[attr-defined]
+    if config.processing_guarantee == EXACTLY_ONCE:
+        rt.eos = ExactlyOnce(app, rt.inputs)
+    from streams.faust_sensor import install as install_faust_sensor
+
+    sensor = install_faust_sensor(app, rt.metrics.registry, rt.topics)  # Faust's own signals as notifguard_ metrics
+    rt.count_produced = _batch_counter(sensor)
     inputs = app.topic(*rt.inputs, **_RAW)
 
     # Subscribed through the conductor (acks enabled); the records come to
@@ -433,11 +685,19 @@ def create_app(config: WorkerConfig) -> faust.App:
     @app.task
     async def mark_started() -> None:
         rt.started = True
+        # The cyclic GC's young generation fills every 700 allocations, and a
+        # batch allocates a few per record: its collections (and the older
+        # generations' passes over everything Faust, aiokafka and the caches
+        # hold) cost ~1.5-3 us a record. What was built at start-up is
+        # long-lived (frozen: never scanned again); the rest is scanned 70x less often.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ready = rt.is_ready()
-        body = {"ready": ready, "rebalancing": bool(app.rebalancing), "pending": rt.engine.pending_count()}
+        body = {"ready": ready, "rebalancing": bool(app.rebalancing), "pending": rt.engine.pending_count(),
+                "consumed": rt.consumed_total}
         return web.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
