@@ -228,6 +228,7 @@ def forward_command(args: argparse.Namespace) -> int:
     consumer = KafkaConsumer(
         settings.topics.alerts, bootstrap_servers=args.bootstrap, group_id=args.group,
         enable_auto_commit=False, auto_offset_reset="earliest", client_id="notifguard-forwarder",
+        isolation_level="read_committed",  # an exactly-once worker's aborted sends are not alerts
     )
     log.info("forwarding %s -> %s", settings.topics.alerts, forwarder.url)
     try:

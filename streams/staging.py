@@ -284,6 +284,7 @@ def capture(
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", client_id="notifguard-capture",
+        isolation_level="read_committed",  # as kcat (librdkafka's default): no aborted transactions
     )
     try:
         tps = sorted(leaders, key=lambda tp: (tp.topic, tp.partition))
@@ -741,7 +742,9 @@ def run_check(
             run_ids.add(doc["event_id"])
     alerts_topic = settings.topics.alerts
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="notifguard-check")
+                             client_id="notifguard-check",
+                             # an exactly-once worker's aborted sends are not alerts
+                             isolation_level="read_committed")
     try:
         parts = consumer.partitions_for_topic(alerts_topic)
         if not parts:
