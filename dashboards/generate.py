@@ -7,9 +7,10 @@ Two dashboards: "Notification health" (what the notifications do: volume,
 mismatched recipients, alerts, bounces, re-ports) and "Detector pipeline" (how
 the worker keeps up). Every panel queries the data source variable
 ``datasource`` (default: the provisioned Prometheus with uid
-``notifguard-prometheus``), filters on the ``job`` variable and uses
-``$__rate_interval`` in every rate()/increase(). Metric contract:
-docs/metrics.md. Lint rules: tests/deploy/test_dashboards.py.
+``notifguard-prometheus``), filters on the ``job`` and ``instance`` variables
+and uses ``$__rate_interval`` in every rate()/increase(). Metric contract:
+docs/metrics.md. Lint rules (grafana's dashboard-linter's, checked in Python):
+tests/deploy/test_dashboards.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 DATASOURCE_UID = "notifguard-prometheus"
 DATASOURCE_NAME = "notifguard-prometheus"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-SEL = 'job=~"$job"'
+SEL = 'job=~"$job", instance=~"$instance"'
 RI = "$__rate_interval"
 
 PANEL_WIDTH = 12
@@ -136,14 +137,26 @@ def _variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
         .current(dm.VariableOption(selected=True, text=DATASOURCE_NAME, value=DATASOURCE_UID))
     ).with_variable(
         dashboard.QueryVariable("job")
-        .label("job")
+        .label("Job")
         .datasource(DS)
         .query("label_values(notifguard_build_info, job)")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
-        .include_all(False)
+        .include_all(True)
+        .all_value(".+")
         .current(dm.VariableOption(selected=True, text=["notifguard"], value=["notifguard"]))
+    ).with_variable(
+        dashboard.QueryVariable("instance")
+        .label("Instance")
+        .datasource(DS)
+        .query('label_values(notifguard_build_info{job=~"$job"}, instance)')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".+")
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
 
 
@@ -153,7 +166,7 @@ def build(uid: str, title: str, description: str, rows: list[Row]) -> dict[str, 
         .uid(uid)
         .description(description)
         .tags(["notifguard"])
-        .editable()
+        .readonly()  # provisioned from code: change the generator, not the dashboard
         .refresh("30s")
         .time("now-6h", "now")
         .timezone("utc")
@@ -189,6 +202,13 @@ DEADLETTERS = "notifguard_deadletters_total"
 LATE = "notifguard_late_records_total"
 DUPLICATES = "notifguard_duplicates_total"
 ERRORS = "notifguard_processing_errors_total"
+PRODUCED = "notifguard_records_produced_total"
+PRODUCE_ERRORS = "notifguard_produce_errors_total"
+PRODUCE_SECONDS = "notifguard_produce_seconds"
+COMMIT_SECONDS = "notifguard_offset_commit_seconds"
+REBALANCE_SECONDS = "notifguard_rebalance_seconds"
+ASSIGNMENTS = "notifguard_partition_assignments_total"
+RECOVERY_REMAINING = "notifguard_table_recovery_remaining_records"
 
 NOT_OK = 'verdict!="ok"'
 HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
@@ -408,12 +428,55 @@ def detector_pipeline() -> dict[str, Any]:
                 [Query(f"sum by (instance) (notifguard_tracked_numbers{{{SEL}}})", "{{instance}}")],
                 "Numbers with state on each worker.",
             ),
+            Panel(
+                "Table recovery: changelog records to read", "short",
+                [Query(f"sum by (instance, role) ({sel(RECOVERY_REMAINING)})", "{{instance}} {{role}}")],
+                "Changelog records a (re)starting worker still has to read before it is ready; 0 once recovered.",
+            ),
+        ]),
+        Row("Kafka client", [
+            Panel(
+                "Records produced per second by topic", "ops",
+                [
+                    Query(f"sum by (topic) ({rate(PRODUCED)})", "{{topic}}"),
+                    Query(f"sum by (topic) ({rate(PRODUCE_ERRORS)})", "errors: {{topic}}"),
+                ],
+                "Records acknowledged by the broker (alerts, dead letters, table changelogs) and records the "
+                "producer failed to deliver (should be 0: a failed alert is a lost alert).",
+            ),
+            Panel(
+                "Produce latency (to the broker's ack)", "s",
+                [Query(f"{quantile(0.99, PRODUCE_SECONDS)}", "p99")],
+                "From handing a record to the producer to the broker's acknowledgement.",
+            ),
+            Panel(
+                "Offset commit duration", "s",
+                [
+                    Query(f"{quantile(0.99, COMMIT_SECONDS)}", "p99"),
+                    Query(f"{quantile(0.5, COMMIT_SECONDS)}", "p50"),
+                ],
+                "One commit round of the consumer (every second), producer flush included.",
+            ),
+            Panel(
+                "Rebalance duration", "s",
+                [Query(
+                    f"histogram_quantile(0.99, sum by (le, phase) ({rate(REBALANCE_SECONDS + '_bucket')}))",
+                    "p99 until {{phase}}",
+                )],
+                "From a rebalance's start until the consumer rejoined the group, and until the tables are "
+                "recovered and records flow again. No line: no rebalance in the interval.",
+            ),
+            Panel(
+                "Partition assignments by result", "short",
+                [Query(f"sum by (result) ({increase(ASSIGNMENTS)})", "{{result}}")],
+                "Assignments computed by the group leader; an error leaves partitions unread.",
+            ),
         ]),
     ]
     return build(
         "notifguard-detector-pipeline",
         "Detector pipeline",
-        "How the notifguard workers keep up: throughput, lag, watermarks, delays, input quality.",
+        "How the notifguard workers keep up: throughput, lag, watermarks, delays, input quality, Kafka client.",
         rows,
     )
 

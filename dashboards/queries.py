@@ -92,6 +92,7 @@ def iter_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 def panel_queries(
     job: str = "notifguard",
     rate_interval: str = "1m",
+    instance: str = ".+",
     extra_variables: dict[str, str] | None = None,
     directory: Path = DASHBOARDS_DIR,
 ) -> list[PanelQuery]:
@@ -99,9 +100,10 @@ def panel_queries(
 
     ``$job`` becomes ``job`` (the dashboards match it with ``=~``, so a regex
     such as ``notifguard|notifguard-canary`` works too); ``$__rate_interval``
-    becomes ``rate_interval`` (choose at least 4 x the scrape interval).
+    becomes ``rate_interval`` (choose at least 4 x the scrape interval);
+    ``$instance`` becomes ``instance`` (default: every instance, the variable's "All").
     """
-    variables = {"job": job, "__rate_interval": rate_interval, **(extra_variables or {})}
+    variables = {"job": job, "instance": instance, "__rate_interval": rate_interval, **(extra_variables or {})}
     out = []
     for d in load_dashboards(directory):
         for p in iter_panels(d):

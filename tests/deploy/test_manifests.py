@@ -2,8 +2,8 @@
 
 No Docker engine or cluster is needed. Kubernetes core objects are validated
 against the JSON schemas shipped in the optional `kubernetes-validate` package
-(offline); the test skips if it is not installed. kubeconform is not used: it
-downloads its schemas from GitHub at run time.
+(offline); the test skips if it is not installed. kubeconform validates them
+too, with the same schemas (tests/deploy/test_kubeconform.py).
 """
 
 from __future__ import annotations

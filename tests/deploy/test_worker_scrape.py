@@ -32,7 +32,9 @@ import pytest
 import yaml
 
 from dashboards.queries import panel_queries, rule_expressions
+from streams.faust_sensor import LATENCY_SAMPLE
 from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, tool, wait_for
+from tests.deploy.promql import selectors
 from tests.streams.kafka_harness import KafkaRun, require_broker
 from tests.streams.test_worker_kafka import offline, scenario_stream
 
@@ -66,6 +68,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardWorkerNotReady": "ready == 0: the worker is ready",
     "NotifguardPipelineStalled": "consumes but judges nothing: it judges",
     "NotifguardProcessingErrors": "exceptions other than bad input: there are none",
+    "NotifguardProduceErrors": "failed sends after the producer's retries: the broker is up",
     "NotifguardFrequentRebalances": "> 3 rebalances in 15 min: one worker, one assignment",
 }
 
@@ -174,43 +177,6 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
 
 # --------------------------------------------------------------------- selectors
 
-_TOKEN = re.compile(
-    r"""(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      |(?P<labels>\{[^}]*\})
-      |(?P<range>\[[^\]]*\])
-      |(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[smhdwy]*)
-      |(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-      |(?P<open>\()
-      |(?P<close>\))
-      |(?P<space>\s+)
-      |(?P<other>.)""",
-    re.X | re.S,
-)
-_GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-_OPERATORS = {"and", "or", "unless", "offset", "bool"}
-
-
-def selectors(expr: str) -> list[str]:
-    """The vector selectors of a PromQL expression (metric name + matchers), ranges and offsets dropped."""
-    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr) if m.lastgroup != "space"]
-    out: list[str] = []
-    i = 0
-    while i < len(tokens):
-        kind, text = tokens[i]
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else (None, "")
-        if kind == "ident" and text in _GROUPING:
-            if nxt[0] == "open":  # skip the label list
-                while i < len(tokens) and tokens[i][0] != "close":
-                    i += 1
-        elif kind == "ident" and text not in _OPERATORS and nxt[0] != "open" and nxt[1] not in _GROUPING:
-            # not a function call nor an aggregation (`sum by (...) (...)`)
-            out.append(text + (nxt[1] if nxt[0] == "labels" else ""))
-        elif kind == "labels" and (i == 0 or tokens[i - 1][0] != "ident"):
-            out.append(text)
-        i += 1
-    return list(dict.fromkeys(out))
-
-
 def test_selectors_are_found() -> None:
     expr = (
         'sum by (job, topic) (rate(notifguard_x_total{job="notifguard", a=~"b|c"}[15m] offset 1h))\n'
@@ -309,3 +275,47 @@ def test_every_panel_query_and_rule_returns_data(scrape: Scrape) -> None:
     # Every allowance names an expression that exists (renamed rules must not leave stale entries).
     keys = {k for k, _, _ in exprs}
     assert set(MAY_BE_EMPTY) <= keys, set(MAY_BE_EMPTY) - keys
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_faust_runtime_metrics_count_what_the_worker_did(scrape: Scrape) -> None:
+    """streams.faust_sensor: the hooks that fire in this worker moved its metrics, the right ones exactly."""
+    got = _samples(scrape.kafka.metrics(scrape.worker_port))
+
+    def value(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        assert key in got, f"{name}{labels} not exported"
+        return got[key]
+
+    topics, app_id = scrape.kafka.topics, scrape.kafka.app_id
+    changelogs = [f"{app_id}-numbers-changelog", f"{app_id}-address-index-changelog"]
+    # Faust commits every second, and the worker ran for many seconds.
+    assert value("notifguard_offset_commits_total") >= 3
+    assert value("notifguard_offset_commit_seconds_count") == value("notifguard_offset_commits_total")
+    # Every alert the engine emitted reached the broker once, and so did the table state.
+    alerts = sum(v for (name, _), v in got.items() if name == "notifguard_alerts_total")
+    assert alerts == sum(scrape.expected_alerts.values())
+    assert value("notifguard_records_produced_total", topic=topics.alerts) == alerts
+    deadletters = sum(v for (name, _), v in got.items() if name == "notifguard_deadletters_total")
+    assert value("notifguard_records_produced_total", topic=topics.deadletter) == deadletters
+    for changelog in changelogs:
+        assert value("notifguard_records_produced_total", topic=changelog) > 0, changelog
+    produced = sum(v for (name, _), v in got.items() if name == "notifguard_records_produced_total")
+    # one send in LATENCY_SAMPLE is timed
+    assert produced // LATENCY_SAMPLE <= value("notifguard_produce_seconds_count") <= produced
+    for topic in (topics.alerts, topics.deadletter, *changelogs):
+        assert value("notifguard_produce_errors_total", topic=topic) == 0, topic
+    # One worker joined once: it was the group leader, rejoined and recovered.
+    assert value("notifguard_rebalance_seconds_count", phase="rejoined") >= 1
+    assert value("notifguard_rebalance_seconds_count", phase="recovered") >= 1
+    assert value("notifguard_partition_assignments_total", result="completed") >= 1
+    assert value("notifguard_partition_assignments_total", result="error") == 0
+    # Recovered: nothing left to read.
+    assert value("notifguard_table_recovery_remaining_records", role="active") == 0
+    assert value("notifguard_table_recovery_remaining_records", role="standby") == 0
