@@ -132,12 +132,18 @@ class KafkaRun:
         self._producer.flush()
         return n
 
-    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float) -> list[dict[str, Any]]:
-        """Every record of a topic (JSON values), polling until `until(records)` or timeout."""
+    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float,
+             isolation_level: str = "read_uncommitted") -> list[dict[str, Any]]:
+        """Every record of a topic (JSON values), polling until `until(records)` or timeout.
+
+        read_uncommitted by default: the tests see whatever a worker produced,
+        aborted transactions included; the exactly-once tests read committed.
+        """
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 value_deserializer=json.loads, consumer_timeout_ms=1000)
+                                 value_deserializer=json.loads, consumer_timeout_ms=1000,
+                                 isolation_level=isolation_level)
         tps = [TopicPartition(topic, p) for p in range(self.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)

@@ -10,7 +10,6 @@ and every dead letter once.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,25 +26,7 @@ from tests.streams.test_worker_kafka import REREAD_RETENTION_S, generated, wait_
 
 
 def read_committed(run: KafkaRun, topic: str, until: Any, timeout: float) -> list[dict[str, Any]]:
-    """Every committed record of a topic (JSON values), polling until `until(records)` or timeout."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                             isolation_level="read_committed", value_deserializer=json.loads)
-    tps = [TopicPartition(topic, p) for p in range(run.partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=300).values():
-                out.extend(r.value for r in batch)
-            if until(out):
-                break
-    finally:
-        consumer.close()
-    return out
+    return run.read(topic, until, timeout, isolation_level="read_committed")
 
 
 def committed_offsets(run: KafkaRun) -> int:
