@@ -91,6 +91,10 @@ class WorkerConfig:
     processing_guarantee: str = "at_least_once"
     # One host: no standby replicas; raise with more workers to speed up fail-over.
     standby_replicas: int = 0
+    # Replication of the topics Faust creates itself (its assignor topic, and the
+    # changelogs where `ensure_topics` has not made them with the broker's default):
+    # 1 for the single local broker; 3 in production (a changelog lost is state lost).
+    replication_factor: int = 1
     # The web server serves /health and /metrics only, on loopback unless configured.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -111,6 +115,8 @@ class WorkerConfig:
     merge_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.replication_factor < 1:
+            raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError(f"processing_guarantee must be at_least_once or exactly_once, "
                              f"not {self.processing_guarantee!r}")

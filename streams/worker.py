@@ -630,7 +630,7 @@ def create_app(config: WorkerConfig) -> faust.App:
         store=config.store,
         datadir=config.datadir,
         topic_partitions=config.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=config.replication_factor,
         processing_guarantee=config.processing_guarantee,
         table_standby_replicas=config.standby_replicas,
         consumer_auto_offset_reset="earliest",

@@ -25,3 +25,17 @@ def test_unknown_keys_and_bad_values_fail_at_start(tmp_path):
         load_settings(conf, env={})
     with pytest.raises(ValueError):
         load_settings(env={"NOTIFGUARD_GRACE_S": "-1"})
+
+
+def test_replication_factor_reaches_the_topics_faust_creates(tmp_path):
+    from streams.config import load_worker_config
+    from streams.worker import create_app
+
+    conf = tmp_path / "c.toml"
+    conf.write_text("[worker]\nreplication_factor = 3\n")
+    config = load_worker_config(conf, env={})
+    assert config.replication_factor == 3
+    assert create_app(config).conf.topic_replication_factor == 3
+    assert load_worker_config(None, env={}).replication_factor == 1  # the single local broker
+    with pytest.raises(ValueError, match="replication_factor"):
+        load_worker_config(None, env={"NOTIFGUARD_WORKER_REPLICATION_FACTOR": "0"})
