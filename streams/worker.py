@@ -99,7 +99,6 @@ class Runtime:
         self._refs: dict[bytes, str] = {}  # record key (MSISDN) -> msisdn_ref, memoised (_REFS_MAX)
         self._n_processed = 0
         self.consumed_total = 0  # input records read (notifguard_records_consumed_total, summed; /health)
-        self._unflushed = False  # outputs handed to the producer since its last flush
         # delivery futures of everything sent since the last flush: checked before any ack
         self._in_flight: list[Awaitable[Any]] = []
         # (topic, records, send time, delivery future) -> metrics of batches sent past producer.send
@@ -302,7 +301,6 @@ class Runtime:
         track = self._in_flight.append
         for topic, key, value, maybe_partition in out:
             track(await send(topic, key, value, maybe_partition, None, None))
-        self._unflushed = True
 
     async def _flush(self) -> None:
         """Outputs, then state, then the acks of the records they came from.
@@ -312,23 +310,15 @@ class Runtime:
         remember their records as done: otherwise a crash in between would
         leave a record marked seen whose alert never left, and its re-read
         would be dropped as a duplicate. A crash after the outputs re-emits
-        them on re-read (same dedup_key). Faust flushes the producer before it
-        commits offsets, so a committed offset never runs ahead of the state.
+        them on re-read (same dedup_key). Every send is delivered before the
+        acks, so a committed offset never runs ahead of the outputs or the state.
         """
         if self.eos is not None:  # exactly_once: all of it, offsets too, in one transaction
             await self.eos.flush(self)
             return
-        producer = self.app.producer
-        send = producer.send
-        track = self._in_flight.append
-        out, self.out = self.out, []
         links = self.links.flush()
-        for topic, key, value, maybe_partition in out:
-            track(await send(topic, key, value, maybe_partition, None, None))
+        await self._send_outputs()
         await self._send_changelog(self.links_changelog, links)
-        if out or links or self._unflushed:
-            await producer.flush()
-            self._unflushed = False
         await self._delivered()
         await self._send_changelog(self.numbers_changelog, self.numbers.flush())
         await self._delivered()
