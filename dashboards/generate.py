@@ -442,7 +442,7 @@ def detector_pipeline() -> dict[str, Any]:
                     Query(f"sum by (topic) ({rate(PRODUCE_ERRORS)})", "errors: {{topic}}"),
                 ],
                 "Records acknowledged by the broker (alerts, dead letters, table changelogs) and records the "
-                "producer failed to deliver (should be 0: a failed alert is a lost alert).",
+                "producer failed to deliver (should be 0: a failure stops the worker, which re-reads on restart).",
             ),
             Panel(
                 "Produce latency (to the broker's ack)", "s",

@@ -25,7 +25,16 @@ import pytest
 import yaml
 
 from dashboards.queries import all_expressions, rule_expressions
-from tests.deploy.conftest import AM_DIR, PROM_DIR, RULES_FILE, Service, free_port, tool, wait_for
+from tests.deploy.conftest import (
+    AM_DIR,
+    PROM_DIR,
+    RULES_FILE,
+    Service,
+    free_port,
+    prometheus_service,
+    tool,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -130,7 +139,7 @@ def _post_json(url: str, payload: Any) -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus = tool("prometheus")
+    tool("prometheus")  # skip (or fail) before anything starts
     alertmanager = tool("alertmanager")
     tmp: Path = tmp_path_factory.mktemp("prom-e2e")
 
@@ -178,12 +187,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"--web.listen-address=127.0.0.1:{am_port}",
             "--cluster.listen-address=",
         ], tmp / "alertmanager.log"))
-        services.append(Service("prometheus", [
-            prometheus,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ], tmp / "prometheus.log"))
+        services.append(prometheus_service(tmp / "prometheus.yml", tmp, prom_port))
         st = Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", webhooks, services, 0.0)
         try:
             wait_for(lambda: _get_json(f"{st.alertmanager_url}/api/v2/status"), 30, what="alertmanager")

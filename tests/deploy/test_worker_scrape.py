@@ -33,7 +33,7 @@ import yaml
 
 from dashboards.queries import panel_queries, rule_expressions
 from streams.faust_sensor import LATENCY_SAMPLE
-from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, tool, wait_for
+from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, prometheus_service, tool, wait_for
 from tests.deploy.promql import selectors
 from tests.streams.kafka_harness import KafkaRun, require_broker
 from tests.streams.test_worker_kafka import offline, scenario_stream
@@ -127,7 +127,7 @@ def _last_scrape(sc: Scrape) -> float:
 
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
-    prometheus = tool("prometheus")
+    tool("prometheus")  # skip (or fail) before the broker and worker start
     tool("promtool")
     bootstrap = require_broker()
     tmp: Path = tmp_path_factory.mktemp("worker-scrape")
@@ -141,12 +141,7 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         worker_port = kafka.start_worker(store="memory://")
         prom_port = free_port()
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(worker_port)))
-        services.append(Service("prometheus", [
-            prometheus,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ], tmp / "prometheus.log"))
+        services.append(prometheus_service(tmp / "prometheus.yml", tmp, prom_port))
         sc = Scrape(f"http://127.0.0.1:{prom_port}", worker_port, kafka, services, expected)
         try:
             wait_for(lambda: _last_scrape(sc), 30, what="prometheus to scrape the worker")

@@ -51,6 +51,17 @@ def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
         admin.close()
 
 
+def _create(bootstrap: str, name: str, partitions: int) -> None:
+    """A topic made behind ensure_topics' back, as another tool or team might."""
+    from streams.topics import _admin
+
+    admin = _admin(bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
 def test_topic_specs_follow_the_contract() -> None:
     specs = {s.name: s for s in topic_specs(Settings(), 6, "notifguard")}
     assert set(specs) == {
@@ -105,42 +116,27 @@ def test_ensure_topics_creates_once_with_intended_layout(bootstrap: str, layout:
 def test_existing_input_with_another_partition_count_is_rejected(
     bootstrap: str, layout: tuple[Settings, str]
 ) -> None:
-    from streams.topics import _admin
-
     settings, app_id = layout
-    admin = _admin(bootstrap)
-    try:
-        admin.create_topics({settings.topics.changes: {"num_partitions": 2, "replication_factor": 1}},
-                            wait_for_metadata=True)
-    finally:
-        admin.close()
+    _create(bootstrap, settings.topics.changes, 2)
     with pytest.raises(TopicLayoutError, match=rf"{settings.topics.changes}.*2 partitions.*6 were requested"):
         ensure_topics(bootstrap, settings, partitions=6, app_id=app_id)
     # nothing else was created on the way
-    from streams.topics import _existing
+    from streams.topics import _admin, _existing
 
     admin = _admin(bootstrap)
     try:
         assert list(_existing(admin, [settings.topics.outbound, settings.topics.alerts])) == []
-        admin.create_topics({settings.topics.outbound: {"num_partitions": 3, "replication_factor": 1}},
-                            wait_for_metadata=True)
     finally:
         admin.close()
+    _create(bootstrap, settings.topics.outbound, 3)
     with pytest.raises(TopicLayoutError, match=r"co-partitioned.*differ"):
         ensure_topics(bootstrap, settings, partitions=2, app_id=app_id)
 
 
 @pytest.mark.kafka
 def test_output_topic_differences_are_notes_not_errors(bootstrap: str, layout: tuple[Settings, str]) -> None:
-    from streams.topics import _admin
-
     settings, app_id = layout
-    admin = _admin(bootstrap)
-    try:
-        admin.create_topics({settings.topics.alerts: {"num_partitions": 1, "replication_factor": 1}},
-                            wait_for_metadata=True)
-    finally:
-        admin.close()
+    _create(bootstrap, settings.topics.alerts, 1)
     report = ensure_topics(bootstrap, settings, partitions=2, app_id=app_id)
     alerts = report.by_name()[settings.topics.alerts]
     assert not alerts.created and alerts.partitions == 1

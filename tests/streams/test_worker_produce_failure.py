@@ -21,9 +21,11 @@ DAY_US = 86_400_000_000
 
 
 def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="notifguard-test")
+    from streams.topics import _admin
+
+    admin = _admin(bootstrap)
     try:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                             configs={"max.message.bytes": str(value)})])
