@@ -36,7 +36,7 @@ def test_create_produce_consume_one_record(bootstrap: str) -> None:
     topic = f"test-kafka-scripts-{uuid.uuid4().hex[:12]}"
     admin = kafka.KafkaAdminClient(bootstrap_servers=bootstrap, client_id="notifguard-test")
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+        admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)], wait_for_metadata=True)
         (described,) = admin.describe_topics([topic])
         assert len(described["partitions"]) == 6
 
