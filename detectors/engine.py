@@ -8,7 +8,7 @@ The offline replay and the Kafka worker drive this same class.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
@@ -17,6 +17,7 @@ import msgspec
 
 from detectors import kinds
 from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.expiry import Horizons, expire
 from detectors.holdings import (
     ADDRESS_EVENTS,
     PORTS,
@@ -125,6 +126,7 @@ class Stats:
     deadletters: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
+    expired: int = 0  # number states a sweep changed
 
 
 def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
@@ -172,6 +174,9 @@ class Engine:
         self._port_window = us(settings.port_flapping_window_s)
         self._bounce_window = us(settings.bounce_burst_window_s)
         self._correlation = us(settings.delivery_correlation_s)
+        self._sweep_interval = us(settings.expiry_sweep_interval_s)
+        self._history = us(settings.history_retention_s)
+        self._swept_at: int | None = None
         self._holdings: dict[str, list[Any]] = {}
         self._seq = 0
         self._now = 0
@@ -386,6 +391,45 @@ class Engine:
         self.deliveries = []
         return out
 
+    # ---------------------------------------------------------------- expiry
+
+    def sweep_due(self) -> int | None:
+        """The event time to sweep at, when `expiry_sweep_interval_s` has passed since the last sweep.
+
+        That time is the lowest partition watermark less grace: no record on
+        time can precede it. None when no sweep is due (or no partition has a
+        watermark yet). The caller then runs `sweep` over its numbers.
+        """
+        marks = [ps.watermark for ps in self.partitions.values() if ps.watermark is not None]
+        if not marks:
+            return None
+        now = min(marks) - self._grace
+        if self._swept_at is None:
+            self._swept_at = now  # the first watermark starts the clock
+            return None
+        if now - self._swept_at < self._sweep_interval:
+            return None
+        self._swept_at = now
+        return now
+
+    def sweep(self, numbers: Iterable[tuple[str, NumberState]], now: int) -> int:
+        """Expire (detectors.expiry) what no record on time after event time `now` can use,
+        in each (ref, state); changed states are written back. Returns how many changed."""
+        horizons = Horizons.at(now, self.settings)
+        changed = 0
+        for ref, state in numbers:
+            old_changes = state.changes
+            if not expire(state, horizons):
+                continue
+            if state.changes is not old_changes:
+                # the links of the holdings dropped leave the index with them
+                self.index.replace(ref, _links(ref, derive(old_changes)), _links(ref, derive(state.changes)))
+                self._holdings.pop(ref, None)
+            self.numbers[ref] = state
+            changed += 1
+        self.stats.expired += changed
+        return changed
+
     # --------------------------------------------------------------- release
 
     def _release(self, ps: PartitionState, limit: int | None) -> None:
@@ -587,7 +631,7 @@ class Engine:
             kind = kinds.OK
         else:
             links = self.index.get(addr) if addr is not None else _NO_LINKS
-            verdict = judge(holdings, t, channel, addr, links, ref)
+            verdict = judge(holdings, t, channel, addr, links, ref, self._history)
             kind = verdict.kind
             ok = kind == kinds.OK
         if self.collect_metrics:
@@ -618,7 +662,9 @@ class Engine:
         if rec.bounce_type == "hard":
             for sent in state.sent:
                 if sent.message_id == rec.message_id:
-                    if sent.to_current and not sent.alerted:
+                    # within the correlation span only, whether or not a sweep
+                    # has dropped the older mails yet (detectors.expiry)
+                    if sent.to_current and not sent.alerted and t - sent.t <= self._correlation:
                         sent.alerted = True
                         self._bouncing_alert(t, rec, ref, sent, late)
                     break

@@ -72,10 +72,26 @@ class Settings:
     # data minimisation); 3 years covers re_port's 1 year and any
     # late-arriving mail of a long-ended contract many times over.
     history_retention_s: float = 3 * 365 * DAY_S
+    # How often (in event time) the worker and the replay sweep every number's
+    # state for what has expired (detectors/expiry.py). Weekly, the delivery
+    # correlation span: a quiet number then holds its last mails and marks at
+    # most two spans, for the price of one visit of each number a week.
+    expiry_sweep_interval_s: float = 7 * DAY_S
     # Where runbooks live; runbook_url is this + "<kind>.md".
     runbook_base_url: str = "docs/runbooks/"
     topics: Topics = field(default_factory=Topics)
     pseudonymisation_key: Secret = field(default_factory=lambda: Secret(DEV_PSEUDONYMISATION_KEY))
+
+    def __post_init__(self) -> None:
+        if self.history_retention_s < self.re_port_window_s:
+            # re_port reads the holding that ended up to re_port_window_s before a start:
+            # history it needs must not be forgotten first
+            raise ValueError(
+                f"history_retention_s ({self.history_retention_s:g}) must be at least "
+                f"re_port_window_s ({self.re_port_window_s:g})"
+            )
+        if self.expiry_sweep_interval_s <= 0:
+            raise ValueError("expiry_sweep_interval_s must be positive")
 
     @property
     def uses_dev_key(self) -> bool:

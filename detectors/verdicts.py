@@ -28,15 +28,22 @@ def judge(
     addr: bytes | None,
     links: list[Link],
     own_ref: str,
+    history_us: int | None = None,
 ) -> Verdict:
-    """Decide one notification; the first matching row of the contract's table wins."""
+    """Decide one notification; the first matching row of the contract's table wins.
+
+    `history_us` (settings.history_retention_s): holdings and links that ended
+    longer than that before `t` are forgotten, so the verdict is the same
+    whether or not a sweep (detectors.expiry) has dropped them from state yet.
+    """
+    oldest = t - history_us if history_us is not None else None
     active = None
     for h in reversed(holdings):  # active_at(holdings, t), inlined: once per notification
         if h.start <= t and (h.end is None or h.end > t):
             active = h
             break
     if active is None:
-        return Verdict(kinds.NOTIFICATION_WITHOUT_CONTRACT, holding=_last_ended(holdings, t))
+        return Verdict(kinds.NOTIFICATION_WITHOUT_CONTRACT, holding=_last_ended(holdings, t, oldest))
     if channel != "email" or addr is None:
         return Verdict(kinds.OK, active)
     current = None
@@ -50,7 +57,7 @@ def judge(
 
     # Earlier holdings on this number whose customer is not the active holder.
     for h in reversed(holdings):
-        if h is active or h.start > t or h.customer_id == customer:
+        if h is active or h.start > t or h.customer_id == customer or _forgotten(h.end, oldest):
             continue
         hit = h.linked_since(addr, t)
         if hit is not None:
@@ -62,7 +69,7 @@ def judge(
     own_link: Link | None = None
     other: Link | None = None
     for link in links:
-        if link.since > t or link.msisdn_ref == own_ref:
+        if link.since > t or link.msisdn_ref == own_ref or _forgotten(link.end, oldest):
             continue
         if link.customer_id != customer:
             if other is None or link.since > other.since:
@@ -75,7 +82,7 @@ def judge(
         )
 
     for h in reversed(holdings):
-        if h.start > t or h.customer_id != customer:
+        if h.start > t or h.customer_id != customer or _forgotten(h.end, oldest):
             continue
         hit = h.linked_since(addr, t)
         if hit is not None:
@@ -92,9 +99,14 @@ def judge(
     return Verdict(kinds.RECIPIENT_UNLINKED, active)
 
 
-def _last_ended(holdings: list[Holding], t: int) -> Holding | None:
+def _forgotten(end: int | None, oldest: int | None) -> bool:
+    """Ended before the history retention reaches back (see judge)."""
+    return end is not None and oldest is not None and end < oldest
+
+
+def _last_ended(holdings: list[Holding], t: int, oldest: int | None) -> Holding | None:
     best: Holding | None = None
     for h in holdings:
         if h.end is not None and h.end <= t and (best is None or h.end >= (best.end or 0)):
             best = h
-    return best
+    return None if best is None or _forgotten(best.end, oldest) else best

@@ -286,6 +286,9 @@ def replay(
     now = _now_us()
 
     def drain() -> None:
+        swept_at = engine.sweep_due()
+        if swept_at is not None and isinstance(engine.numbers, dict):
+            engine.sweep(list(engine.numbers.items()), swept_at)
         alerts, dead, _ = engine.drain()
         for a in alerts:
             summary.alerts_by_kind[a.kind] += 1

@@ -1,0 +1,210 @@
+"""Expiry: sweeps drop only what no record on time can use; history retention is a rule, not a race."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors import kinds
+from detectors.engine import Engine, PartitionState
+from detectors.expiry import Horizons, expire, history_cut
+from detectors.holdings import TYPE_CODES, Change, derive
+from detectors.settings import Settings
+from detectors.state import Mark, NumberState, Sent
+from detectors.timefmt import parse_rfc3339, rfc3339
+from tests.detectors.test_properties import histories
+from tests.factories import T0, Rec, change, comparable, delivery, kinds_of, mail, new_engine
+
+DAY = 86_400.0
+US = 1_000_000
+
+
+def _c(t: int, kind: str, contract: str = "K-1", customer: str | None = None) -> Change:
+    return Change(t, TYPE_CODES[kind], f"e{t}{kind}", contract, customer, None, None)
+
+
+@pytest.mark.parametrize(
+    ("log", "horizon", "cut"),
+    [
+        pytest.param([_c(1, "contract_started", customer="C-1"), _c(5, "contract_ended")], 6, 2, id="ended: all"),
+        pytest.param([_c(1, "contract_started", customer="C-1"), _c(5, "contract_ended")], 5, 0, id="ended at horizon"),
+        pytest.param([_c(1, "contract_started", customer="C-1")], 99, 0, id="open: nothing"),
+        pytest.param(
+            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2"),
+             _c(5, "ported_out")], 9, 3, id="holder change then port out"),
+        pytest.param(
+            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2")], 9, 0,
+            id="holder change keeps it open"),
+        pytest.param(
+            [_c(1, "contract_started", customer="C-1"), _c(5, "contract_ended"),
+             _c(7, "contract_started", "K-2", "C-2"), _c(8, "email_changed", "K-2")], 9, 2,
+            id="up to the gap before an open one"),
+        pytest.param(
+            [_c(1, "contract_started", customer="C-1"), _c(4, "contract_ended", "K-9"), _c(5, "ported_out")], 9, 3,
+            id="an end for another contract does not cut"),
+        pytest.param(
+            [_c(1, "contract_started", customer="C-1"), _c(2, "contract_started", "K-2", "C-2"),
+             _c(6, "contract_ended", "K-2")], 9, 3, id="superseded, then ended"),
+    ],
+)
+def test_history_cut_only_at_a_gap_of_holdings_ended_before_the_horizon(log, horizon, cut):
+    assert history_cut(log, horizon) == cut
+
+
+_KINDS = ["contract_started", "ported_in", "contract_ended", "ported_out", "holder_changed", "email_changed"]
+
+
+@st.composite
+def change_logs(draw) -> list[Change]:
+    n = draw(st.integers(0, 14))
+    log = [
+        Change(
+            draw(st.integers(0, 60)),
+            TYPE_CODES[draw(st.sampled_from(_KINDS))],
+            f"e{i}",
+            draw(st.sampled_from(["K-1", "K-2"])),
+            draw(st.sampled_from(["C-1", "C-2"])),
+            None,
+            draw(st.sampled_from([b"a", b"b", None])),
+        )
+        for i in range(n)
+    ]
+    return sorted(log, key=Change.sort_key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(change_logs(), st.integers(0, 70))
+def test_the_rest_of_a_cut_log_derives_the_same_later_holdings(log, horizon):
+    cut = history_cut(log, horizon)
+    whole, rest = derive(log), derive(log[cut:])
+    dropped = whole[: len(whole) - len(rest)]
+    assert whole[len(dropped):] == rest
+    assert all(h.end is not None and h.end < horizon for h in dropped)
+
+
+def test_expire_drops_each_part_at_its_own_horizon():
+    h = Horizons(seen=100, sent=50, bounces=80, ports=20, history=0)
+    state = NumberState(
+        sent=[Sent(49, "m1", "e1", True, "x"), Sent(50, "m2", "e2", True, "x")],
+        bounces=[Mark(80, "b1"), Mark(81, "b2")],
+        bounce_hot=True,
+        ports=[Mark(21, "p1")],
+        seen=[Mark(99, "e1"), Mark(100, "e2")],
+    )
+    assert expire(state, h)
+    assert [s.message_id for s in state.sent] == ["m2"]
+    assert [m.event_id for m in state.bounces] == ["b2"]  # a window (t - w, t] never holds t - w
+    assert [m.event_id for m in state.ports] == ["p1"]
+    assert [m.event_id for m in state.seen] == ["e2"]
+    assert state.bounce_hot  # the episode flag belongs to the newest event, not to the marks
+    assert not expire(state, h)
+
+
+def _short(**changes: float) -> Settings:
+    """Windows of seconds, so that a history of minutes crosses all of them."""
+    base = dict(
+        grace_s=30.0, dedup_retention_s=60.0, delivery_correlation_s=120.0, bounce_burst_window_s=90.0,
+        port_flapping_window_s=200.0, re_port_window_s=300.0, history_retention_s=400.0,
+    )
+    return Settings(**(base | changes))  # type: ignore[arg-type]
+
+
+def _run_sweeping(records: list[Rec], s: Settings) -> tuple[list, Engine]:
+    engine = new_engine(s)
+    for i, r in enumerate(records):
+        engine.process(r.topic, r.partition, i, r.key, r.value, 0)
+        now = engine.sweep_due()
+        if now is not None:
+            engine.sweep(list(engine.numbers.items()), now)
+    engine.flush(0)
+    assert sum(engine.stats.late.values()) == 0
+    return comparable(engine.drain()[0]), engine
+
+
+def _spread(records: list[Rec]) -> list[Rec]:
+    """The generated history (event times within ~2,000 s) stretched over ~10,000 s, in event-time order."""
+    t0 = parse_rfc3339(T0)
+
+    def stretch(r: Rec) -> Rec:
+        value = r.event
+        value["event_time"] = rfc3339(t0 + 5 * (parse_rfc3339(value["event_time"]) - t0))
+        return dataclasses.replace(r, value=json.dumps(value))
+
+    out = [stretch(r) for r in records]
+    return sorted(out, key=lambda r: r.event["event_time"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_sweeping_often_or_never_gives_the_same_alerts(records):
+    records = _spread(records)
+    # each record resent right away: the dedup memory is exercised across sweeps too
+    records = [r for rec in records for r in (rec, rec)]
+    often, swept = _run_sweeping(records, _short(expiry_sweep_interval_s=1.0))
+    never, kept = _run_sweeping(records, _short(expiry_sweep_interval_s=1e9))
+    assert often == never
+    for ref, state in swept.numbers.items():  # a swept state is never bigger than an unswept one
+        assert len(state.seen) <= len(kept.numbers[ref].seen)
+
+
+def test_an_address_linked_through_a_holding_ended_before_the_retention_is_forgotten():
+    other = "+4917620000002"
+    records = [
+        change("contract_started", 0, id="a1", customer_id="C-FRANK", email="frank@web.de"),
+        change("contract_ended", 10 * DAY, id="a2"),
+        change("contract_started", 5 * DAY, id="b1", msisdn=other, contract_id="K-B", customer_id="C-GRETA",
+               email="greta@gmx.de"),
+        mail("frank@web.de", 100 * DAY, id="n1", msisdn=other),  # linked 90 days ago: another customer's
+        mail("frank@web.de", 1200 * DAY, id="n2", msisdn=other),  # ended 3.3 years ago: forgotten
+    ]
+    records.sort(key=lambda r: r.event["event_time"])
+    for interval in (DAY, 1e9):  # swept daily, or never: the same verdicts
+        alerts, engine = _run_sweeping(records, Settings(expiry_sweep_interval_s=interval))
+        assert kinds_of(alerts) == [
+            (kinds.RECIPIENT_OTHER_CUSTOMER, "n1"),
+            (kinds.RECIPIENT_UNLINKED, "n2"),
+        ]
+    # swept daily: the ended contract's history and its address link are gone from state
+    alerts, engine = _run_sweeping(records, Settings(expiry_sweep_interval_s=DAY))
+    ref = engine.pseudonymiser.msisdn_ref("+4917612345678")
+    assert engine.numbers[ref].changes == []
+    assert engine.index.get(engine.pseudonymiser.address_ref("frank@web.de")) == []
+
+
+def test_a_bounce_after_the_correlation_span_is_not_matched_to_its_mail():
+    records = [
+        change("contract_started", 0, id="c1", email="me@x.de"),
+        mail("me@x.de", DAY, id="n1", message_id="m1"),
+        delivery("m1", "bounced", 8 * DAY + 1, id="d1", bounce_type="hard"),  # 7 days and 1 s after
+        mail("me@x.de", 9 * DAY, id="n2", message_id="m2"),
+        delivery("m2", "bounced", 10 * DAY, id="d2", bounce_type="hard"),
+    ]
+    alerts, _ = _run_sweeping(records, Settings(expiry_sweep_interval_s=1e9))
+    assert kinds_of(alerts) == [(kinds.CURRENT_ADDRESS_BOUNCING, "d2")]
+
+
+def test_settings_refuse_a_history_retention_shorter_than_the_re_port_window():
+    with pytest.raises(ValueError, match="history_retention_s"):
+        Settings(history_retention_s=100 * DAY)
+    with pytest.raises(ValueError, match="expiry_sweep_interval_s"):
+        Settings(expiry_sweep_interval_s=0)
+    assert Settings().history_retention_s >= Settings().re_port_window_s
+
+
+def test_a_sweep_is_due_once_per_interval_of_the_lowest_watermark():
+    engine = new_engine(Settings(expiry_sweep_interval_s=100.0, grace_s=10.0))
+    assert engine.sweep_due() is None  # no watermark yet
+    t0 = 1_000 * US
+    engine.partitions[0] = PartitionState(watermark=t0)
+    engine.partitions[1] = PartitionState(watermark=t0 + 500 * US)
+    engine.partitions[2] = PartitionState()  # no record yet: no say
+    assert engine.sweep_due() is None  # the first watermark starts the clock
+    engine.partitions[0].watermark = t0 + 99 * US
+    assert engine.sweep_due() is None
+    engine.partitions[0].watermark = t0 + 100 * US
+    assert engine.sweep_due() == t0 + 90 * US  # the lowest watermark less grace
+    assert engine.sweep_due() is None
