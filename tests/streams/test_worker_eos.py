@@ -22,7 +22,7 @@ from detectors.settings import Settings
 from streams.replay_offline import replay
 from streams.transactions import OffsetTracker, decode_done, encode_done
 from tests.streams.kafka_harness import KafkaRun, keys, require_broker
-from tests.streams.test_worker_kafka import REREAD_RETENTION_S, generated, wait_consumed
+from tests.streams.test_worker_kafka import REREAD_RETENTION_S, consumed, generated, wait_consumed
 
 
 def read_committed(run: KafkaRun, topic: str, until: Any, timeout: float) -> list[dict[str, Any]]:
@@ -114,6 +114,46 @@ def test_exactly_once_sigkill_then_restart_gives_each_alert_and_dead_letter_once
 
     # The alerts were written in transactions: their commit markers take offsets too.
     assert end_offsets(run, run.topics.alerts) > len(got)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_exactly_once_two_workers_one_killed_the_other_takes_over_and_each_alert_appears_once(
+    eos_run, tmp_path: Path
+):
+    """The handover case: the survivor claims the dead worker's partitions and their
+    transactional ids, which aborts the dead worker's open transaction; it re-reads
+    from the offsets the dead worker committed in its last committed transaction."""
+    run = eos_run
+    envs = generated(12_000, seed=22)
+    path = tmp_path / "capture.jsonl"
+    path.write_bytes(b"".join(encode_line(e) for e in envs))
+    summary, alerts = replay([path], Settings(dedup_retention_s=REREAD_RETENTION_S))
+    expected = keys(alerts)
+    expected_dead = Counter(summary.deadletters)
+    # both workers in the group first, so that each has partitions when the records come
+    p1 = run.start_worker(name="w1")
+    p2 = run.start_worker(name="w2")
+    deadline = time.monotonic() + 60
+    while not all(run.health(p).get("ready") for p in (p1, p2)):
+        assert time.monotonic() < deadline, "the two workers did not settle"
+        time.sleep(0.5)
+    run.produce(envs)
+    wait_consumed(run, [p1, p2], len(envs) / 2)
+    assert consumed(run, p1) > 0 and consumed(run, p2) > 0, "both workers should have had partitions"
+    run.kill(index=-1)  # SIGKILL w2 mid-stream: a flush transaction of its may be open
+
+    got = read_committed(run, run.topics.alerts, lambda a: keys(a) >= expected, timeout=180)
+    missing = expected - keys(got)
+    assert not missing, f"{len(missing)} alerts missing, e.g. {sorted(missing)[:5]}"
+    got = read_committed(run, run.topics.alerts, lambda a: False, timeout=3)
+    assert keys(got) == expected
+    twice = [k for k, n in Counter(a["dedup_key"] for a in got).items() if n > 1]
+    assert not twice, f"{len(twice)} alerts more than once on the alerts topic, e.g. {twice[:5]}"
+    dead = read_committed(run, run.topics.deadletter, lambda d: False, timeout=3)
+    sources = Counter((d["source_topic"], d["partition"], d["offset"]) for d in dead)
+    assert not [s for s, n in sources.items() if n > 1], "a dead letter more than once"
+    assert Counter(d["reason_code"] for d in dead) == expected_dead
 
 
 class Rec:
