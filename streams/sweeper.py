@@ -1,0 +1,107 @@
+"""The worker's expiry sweep (detectors/expiry.py): every number of its partitions, a slice per tick.
+
+The engine says when a sweep is due (Engine.sweep_due, in event time); this
+walks the numbers table of the worker's input partitions in key order, a
+bounded number of keys per call, so the event loop is never held for long.
+Each state is read through TableNumbers (its cache first, so a state changed
+since the walk began is swept as it is now) and written back, if it changed,
+by Engine.sweep: the next flush sends it to the changelog with everything else.
+A revoked partition leaves the walk; a sweep due before the last one ended
+restarts it at the newer time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.engine import Engine
+from detectors.state import number_key
+from streams.tablestore import TableNumbers
+
+_KEY_BYTES = len(number_key("00" * 12))  # number keys are fixed-size; Faust's metadata keys are not
+
+
+class Sweeper:
+    def __init__(self, engine: Engine, numbers: TableNumbers, batch: int = 2_000) -> None:
+        self.engine = engine
+        self.numbers = numbers
+        self.batch = batch
+        self.now: int | None = None
+        self._todo: list[int] = []  # partitions left to walk, the current one first
+        self._after: bytes | None = None  # the last key swept in the current partition
+        self.visited = 0
+        self.changed = 0
+
+    @property
+    def active(self) -> bool:
+        return self.now is not None
+
+    def start(self, now: int, partitions: set[int]) -> None:
+        """Begin a sweep at event time `now` over the numbers of `partitions`."""
+        self.now = now
+        self._todo = sorted(partitions)
+        self._after = None
+
+    def forget(self, partitions: set[int]) -> None:
+        """Revoked partitions: another worker sweeps them now."""
+        if self._todo and self._todo[0] in partitions:
+            self._after = None
+        self._todo = [p for p in self._todo if p not in partitions]
+        if not self._todo:
+            self.now = None
+
+    def step(self) -> int:
+        """Sweep up to `batch` numbers; returns how many were visited (0: the sweep is over)."""
+        if self.now is None:
+            return 0
+        visited = 0
+        while self._todo and visited < self.batch:
+            partition = self._todo[0]
+            limit = self.batch - visited
+            keys = _keys_after(self.numbers, partition, self._after, limit)
+            for key in keys:
+                ref = key.hex()
+                state = self.numbers.get(ref)
+                if state is None:
+                    continue
+                self.numbers.partition_of[ref] = partition
+                self.changed += self.engine.sweep([(ref, state)], self.now)
+            visited += len(keys)
+            if len(keys) < limit:  # the partition is done
+                self._todo.pop(0)
+                self._after = None
+            else:
+                self._after = keys[-1]
+        self.visited += visited
+        if not self._todo:
+            self.now = None
+        return visited
+
+
+def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limit: int) -> list[bytes]:
+    """Up to `limit` number keys of one partition's store, in key order, after `after`."""
+    store: Any = numbers.table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        # the memory store (tests): one dict for all partitions, so a key's partition is
+        # the one this worker last saw its number in
+        part = numbers.partition_of.get
+        keys = sorted(
+            k for k in store.data
+            if len(k) == _KEY_BYTES and (after is None or k > after) and part(k.hex()) == partition
+        )
+        return keys[:limit]
+    out: list[bytes] = []
+    it = db_for_partition(partition).iter()
+    if after is None:
+        it.seek_to_first()
+    else:
+        it.seek(after)
+        if it.valid() and it.key() == after:
+            it.next()
+    while it.valid() and len(out) < limit:
+        key = it.key()
+        if isinstance(key, bytes) and len(key) == _KEY_BYTES:
+            out.append(key)
+        it.next()
+    return out
