@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         "records_per_s_all": [round(r) for r in rates],
         "cpu_s_parent": round(parent_cpu, 3),
         "cpu_s_child": round(child_cpu, 3),
+        "cpu_us_per_record_parent": round(parent_cpu / summary.records * 1e6, 2),
+        "cpu_us_per_record_child": round(child_cpu / summary.records * 1e6, 2),
         "records_per_cpu_s": round(summary.records / (parent_cpu + child_cpu)),
         "records_per_s_cpu_bound": round(summary.records / max(parent_cpu, child_cpu)),
         "cpu_s_all": [[round(a, 3), round(b, 3)] for a, b in cpus],

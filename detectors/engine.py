@@ -86,6 +86,14 @@ class DeadLetter(msgspec.Struct, frozen=True):
     schema_version: int = 1
 
 
+class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="remembered", tag_field="type"):
+    """A delivery event that is no bounce, for Engine.apply_released: with collect_metrics
+    off, all that applying one does is remember its event id (Engine._apply)."""
+
+    msisdn: str
+    event_id: str
+
+
 class VerdictRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The verdict on one notification, for rate metrics (bounded labels only)."""
 
@@ -363,6 +371,81 @@ class Engine:
             self._seq = seq
             stats.released += released
             self.last_buffered = last_buffered
+
+    def apply_released(self, items: list[Any], now_us: int) -> None:
+        """Apply records that went through arrival elsewhere, in their release order.
+
+        `items` is flat: category (CHANGE, NOTIFICATION or DELIVERY), event time,
+        late, record, for each record. The caller did for them what
+        process_decoded does before applying (dedup, watermark, grace buffer,
+        release) for an engine that held no state when it started; the offline
+        replay's decoding process does, and reports its counts with `arrived`.
+        While `collect_metrics` is off, a delivery event that is no bounce may
+        come as a Remembered: applying one only remembers its event id.
+        """
+        self._now = now_us
+        refs = self._refs
+        msisdn_ref = self._pseudo.msisdn_ref
+        numbers = self.numbers
+        dedup = self._dedup
+        notification, change, apply = self._notification, self._change, self._apply
+        remembered_ok = not self.collect_metrics
+        it = iter(items)
+        for category, t, late, record in zip(it, it, it, it, strict=True):
+            msisdn = record.msisdn
+            ref = refs.get(msisdn)
+            if ref is None:
+                ref = msisdn_ref(msisdn)
+            if category == DELIVERY:
+                if record.__class__ is not Remembered:
+                    apply(category, t, record, ref, late)
+                    continue
+                if not remembered_ok:
+                    raise ValueError("a Remembered delivery event, while collect_metrics is on")
+            # self._apply(category, t, record, ref, late), inlined: once per record
+            state = numbers.get(ref)
+            if state is None:
+                state = NumberState()
+            if t > state.max_t:
+                state.max_t = t
+            seen = state.seen
+            if seen and seen[0].t < state.max_t - dedup:
+                horizon = state.max_t - dedup
+                seen[:] = [m for m in seen if m.t >= horizon]
+            seen.append(Mark(t, record.event_id))
+            if category == NOTIFICATION:
+                notification(t, record, ref, state, late)
+            elif category == CHANGE:
+                change(t, record, ref, state, late)
+            numbers[ref] = state
+
+    def arrived(
+        self,
+        counts: list[list[int]],
+        released: int,
+        seq: int,
+        partitions: list[tuple[int, int | None, int, int]],
+        swept_at: int | None,
+    ) -> None:
+        """Take over the arrival state of a caller that fed `apply_released`, its buffers empty.
+
+        `counts`: records, late and duplicates, each by category; `partitions`:
+        (partition, watermark, wall clock at the watermark, last arrival's wall
+        clock) in the order the partitions were first seen; `seq`: buffer
+        sequence numbers used; `swept_at`: the event time of the last sweep check.
+        """
+        stats = self.stats
+        for by_kind, values in zip((stats.records, stats.late, stats.duplicates), counts, strict=True):
+            for kind, n in zip(TOPIC_KINDS, values, strict=True):
+                by_kind[kind] += n
+        stats.released += released
+        self._seq = seq
+        for p, watermark, wall_at_watermark, last_arrival_wall in partitions:
+            ps = self.partitions.get(p)
+            if ps is None:
+                ps = self.partitions[p] = PartitionState()
+            ps.watermark, ps.wall_at_watermark, ps.last_arrival_wall = watermark, wall_at_watermark, last_arrival_wall
+        self._swept_at = swept_at
 
     def tick(self, now_us: int) -> None:
         """Wall-clock timer: a partition quiet for idle_flush moves its watermark on by the time passed."""

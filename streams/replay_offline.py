@@ -11,6 +11,8 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hints
@@ -18,11 +20,22 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 import msgspec
 
 from detectors.alerts import Alert, encode_alert
-from detectors.capture import decode_line
-from detectors.engine import TOPIC_KINDS, Engine
+from detectors.capture import Envelope, decode_line
+from detectors.engine import _CHANGE_CODE, CHANGE, DELIVERY, TOPIC_KINDS, Engine, Remembered, _change_code
 from detectors.privacy import Pseudonymiser
-from detectors.records import BAD_ENVELOPE, CHANGE_CLASSES, BadRecord, Delivery, Outbound, decode
+from detectors.records import (
+    _FAST,
+    _GOOD_MSISDNS,
+    BAD_ENVELOPE,
+    CHANGE_CLASSES,
+    BadRecord,
+    Delivery,
+    Outbound,
+    _decode_strict,
+    _good_msisdn,
+)
 from detectors.settings import Settings
+from detectors.timefmt import _FRACTIONS, _HOURS, _MINSEC, parse_common
 
 _json = msgspec.json.Encoder()
 
@@ -90,19 +103,32 @@ class _Progress:
 # ------------------------------------------------------------------ pipeline
 #
 # With jobs=2 a child process reads the captures, decodes and validates every
-# line with detectors.records.decode (the same function Engine.process calls)
-# and sends the results in batches; the parent feeds them to the one engine
-# through Engine.process_decoded, in file order. Lines that do not decode go
-# to the parent as received and through Engine.process, which dead-letters
-# them exactly as in one process. Both modes give the same alerts.
+# line with detectors.records.decode (the same function Engine.process calls),
+# and also does the engine's arrival stage for it: duplicates, watermark and
+# grace buffer per partition, release in event-time order. It sends the
+# records in the order the engine is to apply them; the parent applies them
+# with Engine.apply_released, sweeps where the child says (Engine.sweep, at
+# the points and event times the one-process batches would), and takes over
+# the counts and watermarks at the end (Engine.arrived). Lines that do not
+# decode go to the parent as received and through Engine.process, which
+# dead-letters them exactly as in one process. Both modes give the same alerts,
+# dead letters, counts and state.
 #
-# The engine (the parent) is the busier process, so the child also does what
-# needs no engine state: the keyed hashes of numbers and addresses (sent with
-# each batch, for the engine's memos) and whether a record's event id is new
-# in the run (if so, and the engine started empty, it can be no duplicate).
+# Arrival needs no number state but one thing: whether a record that is not
+# the first with its event id is a duplicate of one applied earlier, i.e.
+# still among the number's seen ids (NumberState.seen, pruned by Engine._apply
+# and by sweeps). The child keeps a copy of each number's seen ids, pruned the
+# same way. That holds for an engine that starts empty; a replay into an
+# engine with state decodes in one process.
+#
+# The child computes the keyed hashes of numbers (it needs them; sent with each
+# message, for the engine's memo). Those of addresses are left to the engine:
+# with arrival in the child, the two processes are about as busy.
 
-_BATCH = 2048
-_FIRST_MAX = 5_000_000  # event ids the child remembers (~100 B each); records after that are not "first"
+_BATCH = 2048  # lines between two drains (sweep checks), in both modes
+_SEND = 256  # lines a message (a divisor of _BATCH); small ones keep the records in the caches
+_CHUNK = 64  # lines read and decoded at once
+_FIRST_MAX = 5_000_000  # event ids the child remembers (~100 B each); ids after that get the full duplicate check
 _PARALLEL_MIN_BYTES = 4 << 20  # below this, starting a process costs more than it saves
 _GC_YOUNG = 20_000  # allocations between young-generation collections during a replay
 
@@ -126,19 +152,22 @@ _WIRE: dict[type, Any] = {Outbound: _wire_type(Outbound, "outbound"), Delivery: 
 for _cls in CHANGE_CLASSES:
     _WIRE[_cls] = _wire_type(_cls, str(_cls.__struct_config__.tag))
 _TAG = {cls: w.__struct_config__.tag for cls, w in _WIRE.items()}
-# a topic kind's index in TOPIC_KINDS is its engine category (CHANGE, NOTIFICATION, DELIVERY)
-_KIND_INDEX = {k: i for i, k in enumerate(TOPIC_KINDS)}
-# A batch: decoded records (kind index, partition, event time, first occurrence of
-# its event id, record) and, by
-# their position in the batch, the lines left to Engine.process or refused as envelopes.
-_Decoded: Any = tuple[int, int, int, bool, Union[tuple(_WIRE.values())]]  # type: ignore[misc]  # noqa: UP007
-# Other lines, as lists: [topic, partition, offset, key, payload, ts] to process as
-# received, or [path, line number, line, error] for a line that is no envelope.
-# Then the new keyed hashes: msisdn -> msisdn_ref and address -> address hash.
-_Batch = tuple[list[Any], list[tuple[int, list[Any]]], dict[str, int], dict[str, str], dict[str, bytes]]
+# A message: the records to apply, flat (category, event time, late, record for
+# each, in apply order); the sweeps, as (records of the message applied before
+# it, event time to sweep at); the other lines, as lists: [topic, partition,
+# offset, key, payload, ts] to process as received (they are dead-lettered), or
+# [path, line number, line, error] for a line that is no envelope; lines per
+# topic; the new keyed hashes: msisdn -> msisdn_ref.
+_Item: Any = Union[(int, bool, Remembered, *_WIRE.values())]
+_Batch = tuple[list[Any], list[tuple[int, int]], list[list[Any]], dict[str, int], dict[str, str]]
 _batch_decoder: msgspec.msgpack.Decoder[_Batch] = msgspec.msgpack.Decoder(
-    tuple[list[_Decoded], list[tuple[int, list[Any]]], dict[str, int], dict[str, str], dict[str, bytes]]
+    tuple[list[_Item], list[tuple[int, int]], list[list[Any]], dict[str, int], dict[str, str]]
 )
+# The last message: the arrival state for Engine.arrived (counts by category,
+# released, seq, partitions, swept_at).
+_Arrival = tuple[list[list[int]], int, int, list[tuple[int, Union[int, None], int, int]], Union[int, None]]  # noqa: UP007
+_arrival_decoder: msgspec.msgpack.Decoder[_Arrival] = msgspec.msgpack.Decoder(_Arrival)
+_envelopes = msgspec.json.Decoder(Envelope)
 
 
 def _lines(paths: list[str]) -> Iterator[tuple[str, int, bytes]]:
@@ -149,92 +178,269 @@ def _lines(paths: list[str]) -> Iterator[tuple[str, int, bytes]]:
                     yield path, lineno, line
 
 
-def _decode_into(paths: list[str], settings: Settings, conn: Connection) -> None:
-    """Child process: decode every line, send batches, then an empty message.
+def _read(paths: list[str]) -> Iterator[list[Any]]:
+    """Chunks of lines, each without its blank lines: an item is the line's Envelope,
+    or (path, line number, line, error) for a line that is no envelope.
 
-    It also computes the keyed hashes of the numbers and addresses the engine
-    will want (same key) and sends the new ones with each batch: HMACs are a
-    large part of the engine's cost, and the parent is the busier process.
+    Each line is decoded alone, as decode_line does (a chunk's lines through
+    map, one by one when one of them fails).
     """
+    decode_envelope = _envelopes.decode
+    for path in paths:
+        with open(path, "rb") as f:
+            lineno = 1
+            while lines := list(islice(f, _CHUNK)):
+                try:
+                    items: list[Any] = list(map(decode_envelope, lines))
+                except msgspec.DecodeError:
+                    items = []
+                    for i, line in enumerate(lines, lineno):
+                        if not line.strip():
+                            continue
+                        try:
+                            items.append(decode_envelope(line))
+                        except msgspec.DecodeError as err:
+                            items.append((path, i, line.rstrip(b"\n"), str(err)))
+                yield items
+                lineno += len(lines)
+
+
+def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: int, swept_at: int | None) -> None:
+    """Child process: decode every line, do the arrival stage, send batches, the arrival state, then b"".
+
+    Decoding is detectors.records.decode, its fast path inlined. Arrival mirrors
+    Engine.process_decoded for an engine that started empty (`seq` and
+    `swept_at` are the engine's), and Engine.sweep_due at the drains of the
+    replay's batches (every _BATCH lines and at the end).
+    """
+    gc.disable()  # the child makes no reference cycles, and exits at the end
     encoder = msgspec.msgpack.Encoder()
     astuple = msgspec.structs.astuple
     tag = dict(_TAG)
-    kind_index = _KIND_INDEX
     t_ = settings.topics
-    topic_kinds = {t_.changes: "changes", t_.outbound: "outbound", t_.delivery: "delivery"}
+    topic_names = (t_.changes, t_.outbound, t_.delivery)  # by category
+    category_of = {name: i for i, name in enumerate(topic_names)}
+    fast_decoders = [_FAST[kind].decode for kind in TOPIC_KINDS]
+    hours, minsecs, fractions, good_msisdns = _HOURS, _MINSEC, _FRACTIONS, _GOOD_MSISDNS
+    us = settings.us
+    grace = us(settings.grace_s)
+    dedup = us(settings.dedup_retention_s)
+    interval = us(settings.expiry_sweep_interval_s)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
-    known_addresses = pseudo.addresses_memo()
-    decoded: list[Any] = []
+    msisdn_ref = pseudo.msisdn_ref
+    change_code = _CHANGE_CODE
+    # arrival state: partition -> [watermark, wall clock at it, last arrival's wall clock, pending heap]
+    partitions: dict[int, list[Any]] = {}
+    lines_by = [0, 0, 0]  # lines per input topic, by category
+    refused_by = [0, 0, 0]  # of them, those dead-lettered
+    late_by = [0, 0, 0]
+    duplicates_by = [0, 0, 0]
+    released = 0
+    # ref -> [max_t, seen ids as (event time, id)]: NumberState.seen as the engine keeps it
+    seen_of: dict[str, list[Any]] = {}
+    out: list[Any] = []
+    sweeps: list[tuple[int, int]] = []
     others: list[Any] = []
-    topics: Counter[str] = Counter()
+    sent_by = [0, 0, 0]  # lines_by when the last message was sent
+    other_topics: Counter[str] = Counter()
     numbers: dict[str, str] = {}
-    addresses: dict[str, bytes] = {}
-    # Event ids decoded so far: a record whose id is new can be no duplicate
-    # (for an engine that started empty), and the engine skips its checks.
+    # Event ids decoded so far: a record whose id is new can be no duplicate.
     event_ids: set[str] = set()
-    n = 0
+    n = 0  # lines
+    now = _now_us()
+
+    def message() -> bytes:
+        topics = {name: a - b for name, a, b in zip(topic_names, lines_by, sent_by, strict=True) if a != b}
+        for name, k in other_topics.items():
+            topics[name] = topics.get(name, 0) + k
+        sent_by[:] = lines_by
+        other_topics.clear()
+        return encoder.encode((out, sweeps, others, topics, numbers))
+
     try:
-        for path in paths:
-            with open(path, "rb") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
+        for chunk in _read(paths):
+            start = 0
+            while start < len(chunk):
+                room = _SEND - n % _SEND
+                segment = chunk[start:start + room] if start or room < len(chunk) else chunk
+                start += len(segment)
+                n += len(segment)
+                for env in segment:
+                    if env.__class__ is tuple:  # no envelope
+                        others.append(env)
                         continue
-                    n += 1
-                    try:
-                        env = decode_line(line)
-                    except msgspec.DecodeError as err:
-                        others.append((len(decoded) + len(others), (path, lineno, line.rstrip(b"\n"), str(err))))
-                    else:
-                        topics[env.topic] += 1
-                        kind = topic_kinds.get(env.topic)
+                    topic = env.topic
+                    category = category_of.get(topic)
+                    if category is None:
+                        other_topics[topic] += 1
+                        others.append((topic, env.partition, env.offset, env.key, env.payload, env.ts))
+                        continue
+                    lines_by[category] += 1
+                    # detectors.records.decode, its fast path inlined
+                    key, payload = env.key, env.payload
+                    record: Any = None
+                    if payload is not None:
                         try:
-                            if kind is None:
-                                raise BadRecord("", "")
-                            record, t = decode(kind, env.key, env.payload)
+                            record = fast_decoders[category](payload)
+                        except Exception:  # the strict path below says why
+                            record = None
+                    if record is not None:
+                        text = record.event_time
+                        t = None
+                        if len(text) == 24:
+                            hour = hours.get(text[:13])
+                            minsec = minsecs.get(text[13:19])
+                            fraction = fractions.get(text[19:])
+                            if hour is not None and minsec is not None and fraction is not None:
+                                t = hour + minsec + fraction
+                        if t is None:
+                            t = parse_common(text)
+                        msisdn = record.msisdn
+                        if t is None or key != msisdn or not (msisdn in good_msisdns or _good_msisdn(msisdn)):
+                            record = None
+                    if record is None:
+                        try:
+                            record, t = _decode_strict(TOPIC_KINDS[category], key, payload)
                         except BadRecord:
-                            others.append((len(decoded) + len(others),
-                                           (env.topic, env.partition, env.offset, env.key, env.payload, env.ts)))
+                            refused_by[category] += 1
+                            others.append((topic, env.partition, env.offset, key, payload, env.ts))
+                            continue
+                        msisdn = record.msisdn
+                    ref = known_numbers.get(msisdn)
+                    if ref is None:
+                        ref = numbers[msisdn] = msisdn_ref(msisdn)
+                    # arrival: Engine.process_decoded
+                    partition = env.partition
+                    ps = partitions.get(partition)
+                    if ps is None:
+                        ps = partitions[partition] = [None, 0, 0, []]
+                    event_id = record.event_id
+                    pending = ps[3]
+                    if event_id in event_ids or len(event_ids) >= _FIRST_MAX:
+                        if any(e[3] == event_id and e[5] == ref for e in pending) or (
+                            (sim := seen_of.get(ref)) is not None and any(m[1] == event_id for m in sim[1])
+                        ):
+                            duplicates_by[category] += 1
+                            continue
+                    else:
+                        event_ids.add(event_id)
+                    wm = ps[0]
+                    ps[2] = now
+                    cls = record.__class__
+                    if category == DELIVERY and record.status != "bounced":
+                        wire = ("remembered", msisdn, event_id)  # all the engine needs of it (Remembered)
+                    else:
+                        wire_tag = tag.get(cls)
+                        if wire_tag is None:  # a subclass (the fast decoders' classes)
+                            wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
+                        wire = (wire_tag, *astuple(record))
+                    if wm is not None and wm - t > grace:  # late: applied at once
+                        late_by[category] += 1
+                        assert t is not None  # (decoded)
+                        # Engine._apply's part on the number's seen ids, on the copy
+                        sim = seen_of.get(ref)
+                        if sim is None:
+                            seen_of[ref] = [t, [(t, event_id)]] if t > 0 else [0, [(t, event_id)]]
                         else:
-                            cls = type(record)
-                            wire_tag = tag.get(cls)
-                            if wire_tag is None:  # a subclass (the fast decoders' classes)
-                                wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
-                            event_id = record.event_id
-                            first = event_id not in event_ids
-                            if first and len(event_ids) < _FIRST_MAX:
-                                event_ids.add(event_id)
-                            decoded.append((kind_index[kind], env.partition, t, first,
-                                            (wire_tag, *astuple(record))))
-                            # the keyed hashes the engine will want (Engine.process_decoded,
-                            # _notification and _change), computed here rather than there
-                            msisdn = record.msisdn
-                            if msisdn not in known_numbers:
-                                numbers[msisdn] = pseudo.msisdn_ref(msisdn)
-                            address: str | None = None
-                            if kind == "outbound":
-                                if record.channel == "email":  # type: ignore[union-attr]
-                                    address = record.recipient  # type: ignore[union-attr]
-                            elif kind == "changes":
-                                address = getattr(record, "email", None)
-                            if address and address not in known_addresses and address.strip():
-                                addresses[address] = pseudo.address_ref(address)
-                    if n % _BATCH == 0:
-                        conn.send_bytes(encoder.encode((decoded, others, dict(topics), numbers, addresses)))
-                        decoded, others, topics, numbers, addresses = [], [], Counter(), {}, {}
-        conn.send_bytes(encoder.encode((decoded, others, dict(topics), numbers, addresses)))
+                            if t > sim[0]:
+                                sim[0] = t
+                            seen = sim[1]
+                            if seen and seen[0][0] < sim[0] - dedup:
+                                horizon = sim[0] - dedup
+                                seen = sim[1] = [m for m in seen if m[0] >= horizon]
+                            seen.append((t, event_id))
+                        out += (category, t, True, wire)
+                        continue
+                    sub = 0
+                    if category == CHANGE:
+                        code = change_code.get(cls)
+                        sub = _change_code(cls) if code is None else code
+                    seq += 1
+                    heappush(pending, (t, category, sub, event_id, seq, ref, wire))
+                    if wm is None or t > wm:
+                        ps[0] = wm = t
+                        ps[1] = now
+                    limit = wm - grace
+                    while pending[0][0] < limit:
+                        t, category, _, event_id, _, ref, wire = heappop(pending)
+                        released += 1
+                        # Engine._apply's part on the number's seen ids, on the copy
+                        sim = seen_of.get(ref)
+                        if sim is None:
+                            seen_of[ref] = [t, [(t, event_id)]] if t > 0 else [0, [(t, event_id)]]
+                        else:
+                            if t > sim[0]:
+                                sim[0] = t
+                            seen = sim[1]
+                            if seen and seen[0][0] < sim[0] - dedup:
+                                horizon = sim[0] - dedup
+                                seen = sim[1] = [m for m in seen if m[0] >= horizon]
+                            seen.append((t, event_id))
+                        out += (category, t, False, wire)
+                        if not pending:
+                            break
+                if n % _SEND:
+                    continue
+                if n % _BATCH == 0:  # where the replay drained
+                    swept_at = _sweep_check(partitions, grace, interval, swept_at, len(out) // 4, sweeps)
+                    if sweeps:  # one check a message: this one's; detectors.expiry.expire's part on seen ids
+                        horizon = sweeps[-1][1] - dedup
+                        for sim in seen_of.values():
+                            seen = sim[1]
+                            if seen and seen[0][0] < horizon:
+                                sim[1] = [m for m in seen if m[0] >= horizon]
+                conn.send_bytes(message())
+                out, sweeps, others, numbers = [], [], [], {}
+                now = _now_us()
+        if n % _BATCH:
+            swept_at = _sweep_check(partitions, grace, interval, swept_at, len(out) // 4, sweeps)
+            # (the seen ids need no sweep: no duplicates to look for after it)
+        # Engine.flush: everything pending, partition by partition
+        for ps in partitions.values():
+            pending = ps[3]
+            while pending:
+                t, category, _, event_id, _, ref, wire = heappop(pending)
+                released += 1
+                out += (category, t, False, wire)
+        conn.send_bytes(message())
+        records_by = [a - b - c for a, b, c in zip(lines_by, refused_by, duplicates_by, strict=True)]
+        state = [(p, ps[0], ps[1], ps[2]) for p, ps in partitions.items()]
+        conn.send_bytes(encoder.encode(([records_by, late_by, duplicates_by], released, seq, state, swept_at)))
         conn.send_bytes(b"")
     finally:
         conn.close()
 
 
-def _parallel(paths: list[str], settings: Settings) -> Iterator[_Batch]:
+def _sweep_check(
+    partitions: dict[int, list[Any]], grace: int, interval: int, swept_at: int | None, at_item: int,
+    sweeps: list[tuple[int, int]],
+) -> int | None:
+    """Engine.sweep_due over the child's watermarks: a due sweep is appended to `sweeps`
+    (at item `at_item` of the message); returns the new swept_at."""
+    marks: list[int] = [ps[0] for ps in partitions.values() if ps[0] is not None]
+    if not marks:
+        return swept_at
+    at = min(marks) - grace
+    if swept_at is None:
+        return at
+    if at - swept_at < interval:
+        return swept_at
+    sweeps.append((at_item, at))
+    return at
+
+
+def _parallel(paths: list[str], settings: Settings, engine: Engine, end: list[_Arrival]) -> Iterator[_Batch]:
+    """The child's messages; its arrival state is appended to `end` after the last."""
     ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_decode_into, args=(paths, settings, sender), daemon=True)
+    child = ctx.Process(
+        target=_decode_into, args=(paths, settings, sender, engine._seq, engine._swept_at), daemon=True
+    )
     child.start()
     sender.close()
     try:
+        last: bytes | None = None
         while True:
             try:
                 data = receiver.recv_bytes()
@@ -242,7 +448,12 @@ def _parallel(paths: list[str], settings: Settings) -> Iterator[_Batch]:
                 raise RuntimeError(f"the decoding process ended early (exit code {child.exitcode})") from None
             if not data:
                 break
-            yield _batch_decoder.decode(data)
+            if last is not None:
+                yield _batch_decoder.decode(last)
+            last = data
+        if last is None:
+            raise RuntimeError("the decoding process sent nothing")
+        end.append(_arrival_decoder.decode(last))
     finally:
         receiver.close()
         child.join(timeout=5)
@@ -273,12 +484,15 @@ def replay(
     """Run captures through a fresh engine; returns the summary and every alert.
 
     `jobs`: 1 decodes in this process, 2 in a second one (same engine, same
-    results); None picks 2 for large inputs on a machine with two cores.
+    results); None picks 2 for large inputs on a machine with two cores. An
+    engine that already holds state always gets 1.
     """
     files = [str(p) for p in paths]
     if jobs is None:
         jobs = default_jobs(files)
     engine = engine or Engine(settings, new_id=lambda: uuid.uuid4().hex)
+    if not (not engine.partitions and isinstance(engine.numbers, dict) and not engine.numbers):
+        jobs = 1  # the second process does the arrival stage for an engine that starts empty only
     summary = Summary()
     all_alerts: list[Alert] = []
     bar = _Progress(progress)
@@ -329,35 +543,40 @@ def replay(
                     continue
                 by_topic[env.topic] += 1
                 process(env.topic, env.partition, env.offset, env.key, env.payload, now, env.ts)
-                if summary.records & 1023 == 0:
+                if summary.records % _BATCH == 0:
                     now = _now_us()
                     drain()
                     bar.show(summary, started, len(all_alerts))
+            if summary.records % _BATCH:
+                drain()  # before the flush, as with two processes: the sweeps are at the same points
         else:
-            process_many = engine.process_decoded_many
-            # an event id new to the child is new to the engine only if the engine started empty
-            fresh = not engine.partitions and isinstance(engine.numbers, dict) and not engine.numbers
+            apply_released = engine.apply_released
             learn = engine.pseudonymiser.learn
-            for decoded, others, topics, numbers, addresses in _parallel(files, engine.settings):
-                learn(numbers, addresses)
+            sweep = engine.sweep
+            numbers_of = engine.numbers
+            assert isinstance(numbers_of, dict)
+            end: list[_Arrival] = []
+            for items, sweeps, others, topics, numbers in _parallel(files, engine.settings, engine, end):
+                learn(numbers, {})
                 summary.by_topic.update(topics)
-                # the other lines go between the decoded records, at their positions in the batch
-                done = 0
-                for i, (position, item) in enumerate(others):
-                    upto = position - i  # decoded records before this line
-                    if upto > done:
-                        process_many(decoded[done:upto], now, fresh)
-                        done = upto
+                summary.records += sum(topics.values())
+                for item in others:
                     if len(item) == 4:
+                        summary.records += 1
                         bad_envelope(*item)
                     else:
                         topic, partition, offset, key, payload, ts = item
                         process(topic, partition, offset, key, payload, now, ts)
-                process_many(decoded[done:] if done else decoded, now, fresh)
-                summary.records += len(decoded) + len(others)
+                done = 0
+                for before, at in sweeps:  # where the one-process replay's drains sweep
+                    apply_released(items[done:before * 4], now)
+                    done = before * 4
+                    sweep(list(numbers_of.items()), at)
+                apply_released(items[done:] if done else items, now)
                 now = _now_us()
                 drain()
                 bar.show(summary, started, len(all_alerts))
+            engine.arrived(*end[0])
         engine.flush(_now_us())
         drain()
     finally:

@@ -77,3 +77,103 @@ def test_a_second_replay_into_the_same_engine_dedups_the_same_in_both_modes(capt
         assert engine.collect_metrics is True  # restored after each replay
     assert runs[0] == runs[1]
     assert runs[0][0] > 0
+
+
+# ---------------------------------------------------------------- arrival in the second process
+#
+# With two processes the child also does the engine's arrival stage (duplicates,
+# watermarks, grace buffers, release order) and tells the parent where to sweep.
+# These captures are built to exercise what that has to get exactly right.
+
+
+def _awkward(path, seed):
+    """A generated capture, reordered: some lines move far later (late records), some are
+    sent again much later (duplicates past the dedup retention, or not), plus lines that
+    are not one plain envelope each, and a last line without a newline."""
+    import random
+
+    generate(["--records", "5000", "--numbers", "600", "--days", "20", "--seed", str(seed),
+              "--dup-rate", "0.02", "--out", str(path)])
+    rng = random.Random(seed)
+    lines = path.read_bytes().splitlines(keepends=True)
+    out, delayed = [], []
+    for i, line in enumerate(lines):
+        roll = rng.random()
+        if roll < 0.03:
+            delayed.append((i + rng.randint(20, 1500), line))
+        else:
+            out.append(line)
+        if roll > 0.985:  # the same record again, later
+            delayed.append((i + rng.randint(100, 4000), line))
+        due = [d for d in delayed if d[0] <= i]
+        delayed = [d for d in delayed if d[0] > i]
+        out += [line for _, line in due]
+    out += [line for _, line in delayed]
+    out.insert(100, out[100].rstrip(b"\n") + b"\r\n")  # CRLF
+    out.insert(200, out[200].rstrip(b"\n") + b" " + out[201])  # two envelopes on one line
+    out.insert(300, b" \t \n")
+    out.insert(400, out[400][:40] + b"\n")  # cut short
+    out.append(out[-1].rstrip(b"\n"))  # a duplicate, on the last line, without a newline
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def _run_with(path, jobs, settings):
+    engine = Engine(settings, new_id=lambda: "x")
+    dead = []
+
+    class Sink:
+        def write(self, data):
+            dead.append(data)
+
+    summary, alerts = replay([path], settings, deadletter_out=Sink(), engine=engine, jobs=jobs)
+    scrub = [msgspec.structs.replace(a, alert_id="", detected_at="") for a in alerts]
+    dead = [msgspec.json.decode(d) for d in dead]
+    for d in dead:
+        d.pop("detected_at")
+    return summary, scrub, dead, engine
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_arrival_in_the_second_process_gives_the_same_results_and_state(tmp_path, monkeypatch, seed):
+    from streams import replay_offline
+
+    # sweep checks every 512 lines, messages of 128: more of both than the default sizes give here
+    monkeypatch.setattr(replay_offline, "_BATCH", 512)
+    monkeypatch.setattr(replay_offline, "_SEND", 128)
+    path = _awkward(tmp_path / "awkward.jsonl", seed)
+    # a short dedup retention and frequent sweeps, so that duplicates are looked for in
+    # seen ids that both the engine's pruning and the sweeps have cut
+    settings = Settings(dedup_retention_s=6 * 3600, expiry_sweep_interval_s=12 * 3600)
+    one = _run_with(path, 1, settings)
+    two = _run_with(path, 2, settings)
+    assert one[0].records == two[0].records and one[0].by_topic == two[0].by_topic
+    assert (one[0].duplicates, one[0].late) == (two[0].duplicates, two[0].late)
+    assert one[0].late > 0 and one[0].duplicates > 0
+    assert one[0].alerts_by_kind == two[0].alerts_by_kind and one[0].deadletters == two[0].deadletters
+    assert one[0].deadletters["bad_envelope"] >= 2  # the two envelopes on a line, the cut one
+    assert one[1] == two[1] and one[2] == two[2]
+    e1, e2 = one[3], two[3]
+    assert e1.stats == e2.stats and e1.stats.expired > 0
+    assert {r: encode_number(s) for r, s in e1.numbers.items()} == {
+        r: encode_number(s) for r, s in e2.numbers.items()
+    }
+    assert e1.index.items() == e2.index.items()
+    assert [(p, ps.watermark, ps.pending) for p, ps in e1.partitions.items()] == [
+        (p, ps.watermark, ps.pending) for p, ps in e2.partitions.items()
+    ]
+    assert (e1._seq, e1._swept_at) == (e2._seq, e2._swept_at)
+
+
+def test_remembered_deliveries_need_metrics_off():
+    from detectors.engine import DELIVERY, Remembered
+
+    engine = Engine(Settings(), new_id=lambda: "x")
+    items = [DELIVERY, 1_000_000, False, Remembered("+4917612345678", "e1")]
+    with pytest.raises(ValueError):
+        engine.apply_released(items, 0)
+    engine.collect_metrics = False
+    engine.apply_released(items, 0)
+    ref = engine.pseudonymiser.msisdn_ref("+4917612345678")
+    state = engine.numbers.get(ref)
+    assert state is not None and [m.event_id for m in state.seen] == ["e1"] and state.max_t == 1_000_000
