@@ -1,4 +1,9 @@
-from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn, normalise_address
+import hmac
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detectors.privacy import REF_BYTES, Pseudonymiser, mask_address, mask_msisdn, normalise_address
 from detectors.settings import Secret, Settings
 
 
@@ -32,3 +37,11 @@ def test_secrets_never_show_in_repr():
     s = Settings(pseudonymisation_key=Secret("hunter2-very-secret"))
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.pseudonymisation_key)
     assert "k1" not in repr(Pseudonymiser(b"k1"))
+
+
+@given(st.binary(min_size=1, max_size=150), st.text(max_size=60))
+def test_keyed_hashes_are_hmac_sha256_of_the_domain_and_value(key, value):
+    p = Pseudonymiser(key)
+    assert p.msisdn_ref(value) == hmac.digest(key, b"msisdn\x00" + value.encode(), "sha256")[:REF_BYTES].hex()
+    expected = hmac.digest(key, b"email\x00" + normalise_address(value).encode(), "sha256")[:REF_BYTES]
+    assert p.address_ref(value) == expected
