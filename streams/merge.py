@@ -15,7 +15,7 @@ that topic-partition.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from heapq import heapify, heappop, heapreplace
 from typing import Any
 
@@ -34,13 +34,14 @@ class Merger:
         q.append((ts, item))
         self.queued += 1
 
-    def extend(self, topic: str, partition: int, items: list[tuple[int, Any]]) -> None:
+    def extend(self, topic: str, partition: int, items: Iterable[tuple[int, Any]]) -> None:
         """Queue a fetched batch of one topic-partition: (timestamp, item) pairs in offset order."""
         q = self._queues.get((topic, partition))
         if q is None:
             q = self._queues[(topic, partition)] = deque()
+        before = len(q)
         q.extend(items)
-        self.queued += len(items)
+        self.queued += len(q) - before
 
     def ready(self, lagging: Callable[[str, int], bool]) -> Iterator[Any]:
         """Queued items in timestamp order, as far as they can be known to be next.
@@ -71,6 +72,11 @@ class Merger:
     def expect(self, topic: str, partition: int) -> None:
         """Register an assigned topic-partition, so that its lag is asked about before it delivers."""
         self._queues.setdefault((topic, partition), deque())
+
+    def queued_in(self, topic: str, partition: int) -> int:
+        """How many items of this topic-partition wait."""
+        q = self._queues.get((topic, partition))
+        return len(q) if q is not None else 0
 
     def over_limit(self) -> set[tuple[str, int]]:
         return {tp for tp, q in self._queues.items() if len(q) >= self.max_queue}

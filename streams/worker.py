@@ -15,9 +15,11 @@ import asyncio
 import gc
 import heapq
 import logging
+import operator
 import time
 import traceback
 import uuid
+from collections import Counter, deque
 from collections.abc import Awaitable
 from typing import Any
 
@@ -31,11 +33,11 @@ from mode.utils.futures import notify
 from detectors.alerts import encode_alert
 from detectors.engine import Engine
 from detectors.privacy import Pseudonymiser
+from detectors.records import BadRecord, decode
 from detectors.settings import Settings
 from streams.config import WorkerConfig
 from streams.merge import Merger
 from streams.metrics import Metrics
-from streams.replay_offline import alert_line
 from streams.tablestore import TableLinks, TableNumbers
 from streams.transactions import EXACTLY_ONCE, ExactlyOnce, committed_end_offsets
 from streams.transactions import TransactionManager as EosTransactionManager
@@ -52,8 +54,24 @@ _REFS_MAX = 500_000
 GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold in a running worker (see create_app)
 
 
+_timestamp = operator.attrgetter("timestamp")
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+class _Held:
+    """The records of one partition whose acks wait for the engine to release them (event time
+    below its watermark less grace): those that came in event-time order in a FIFO, (event time,
+    msg, arrival); the others in a heap, (event time, seq, msg, arrival). Records mostly come in
+    order, and a FIFO pops in O(1) where a heap of a grace period's records pops in O(log n)."""
+
+    __slots__ = ("late", "run")
+
+    def __init__(self) -> None:
+        self.run: deque[tuple[int, Any, float]] = deque()
+        self.late: list[tuple[int, int, Any, float]] = []
 
 
 class ProduceFailed(RuntimeError):
@@ -71,6 +89,8 @@ class Runtime:
         rules: Settings = config.rules
         self.topics = rules.topics
         self.inputs = (rules.topics.changes, rules.topics.outbound, rules.topics.delivery)
+        self._kind_of = {rules.topics.changes: "changes", rules.topics.outbound: "outbound",
+                         rules.topics.delivery: "delivery"}  # the topic kinds of detectors.records.decode
         self.numbers = TableNumbers(numbers_table)
         self.links = TableLinks(links_table, config.partitions)
         self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
@@ -83,8 +103,8 @@ class Runtime:
         self.links_changelog = links_table.changelog_topic.get_topic_name()
         # records to produce at the next flush: (topic, key, value, partition or None)
         self.out: list[tuple[str, bytes, bytes | None, int | None]] = []
-        # acks held until the engine releases the record: per partition (event time, seq, event)
-        self.held: dict[int, list[tuple[int, int, Any, float]]] = {}  # (event time, seq, msg, arrival)
+        # acks held until the engine releases the record, per partition
+        self.held: dict[int, _Held] = {}
         self.to_ack: list[Any] = []
         self.seq = 0
         self.paused: set[TP] = set()
@@ -135,7 +155,10 @@ class Runtime:
         lag_seen = self._lag_seen
         consumed = self._consumed
         extend = self.merger.extend
+        read = self._read
         for tp, records in batch:
+            if not records:
+                continue
             topic, partition = tp
             lag_seen.pop(tp, None)
             counter = consumed.get(topic)
@@ -143,8 +166,9 @@ class Runtime:
                 counter = consumed[topic] = self.metrics.consumed.labels(topic)
             counter.inc(len(records))
             self.consumed_total += len(records)
+            read[(topic, partition)] = records[-1].offset
             # Kafka record timestamps (ms; producers set them to event_time) order the merge.
-            extend(topic, partition, [(rec.timestamp, rec) for rec in records])
+            extend(topic, partition, zip(map(_timestamp, records), records, strict=True))
         self._run_merged()
         self._pause_overfull()
 
@@ -169,7 +193,8 @@ class Runtime:
         return now - since <= self.config.merge_wait_s
 
     def _unread(self, tp: TP) -> int | None:
-        """Records Kafka holds past what we read of an input topic-partition (None: not fetched yet)."""
+        """Records of an input topic-partition not processed yet (None: not fetched yet): those
+        Kafka holds past what we fetched, and those fetched that wait in the merge."""
         try:
             highwater = self.app.consumer.highwater(tp)
         except Exception:
@@ -179,55 +204,77 @@ class Runtime:
         last = self._read.get((tp.topic, tp.partition))
         if last is None:  # nothing read since assignment: we start at the committed offset
             last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
-        return int(max(0, highwater - last - 1))
+        # fetched (last) but still queued in the merge: read from Kafka, not yet processed
+        return int(max(0, highwater - last - 1)) + self.merger.queued_in(tp.topic, tp.partition)
 
     def _run_merged(self) -> None:
-        """Feed the engine what the merge lets go; then release held acks and take the outputs, once."""
+        """Feed the engine what the merge lets go; then release held acks and take the outputs, once.
+
+        One clock read a batch, not a record: the records of a fetched batch
+        arrived together (verdict delay), and the engine's wall clock moves on
+        every _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
+        """
         engine = self.engine
-        process = engine.process
+        process, process_decoded = engine.process, engine.process_decoded
+        kind_of = self._kind_of
         held = self.held
-        to_ack = self.to_ack
-        read = self._read
+        ack = self.to_ack.append
         refs = self._refs
         partition_of = self.numbers.partition_of
         observe = self.metrics.processing.observe
-        n = self._n_processed
+        perf_counter = time.perf_counter
+        push = heapq.heappush
+        n = n0 = self._n_processed
+        seq = self.seq
+        arrived = time.monotonic()
+        now = _now_us()
         for rec in self.merger.ready(self._lagging):
-            topic, p, offset, key = rec.topic, rec.partition, rec.offset, rec.key
-            read[(topic, p)] = offset
-            if key is not None:
-                ref = refs.get(key)
-                if ref is None:
-                    ref = self._ref_of(key)
+            topic, p, key = rec.topic, rec.partition, rec.key
+            if key is not None and key not in refs:
+                # a number's records all come from one input partition: that of its state's changelog
+                ref = self._ref_of(key)
                 if ref:
-                    partition_of[ref] = p  # the changelog partition of this number's state
+                    partition_of[ref] = p
             n += 1
             timed = not n & _TIME_EVERY_MASK
-            if timed:
-                started = time.perf_counter()
             try:
-                process(topic, p, offset, key, rec.value, _now_us(), rec.timestamp)
+                if timed:
+                    now = _now_us()
+                    started = perf_counter()
+                # Engine.process, unrolled: decoded here, and what does not decode goes to
+                # Engine.process (which dead-letters it, with the reason)
+                try:
+                    record, when = decode(kind_of[topic], key, rec.value)
+                except (BadRecord, KeyError):
+                    process(topic, p, rec.offset, key, rec.value, now, rec.timestamp)
+                else:
+                    process_decoded(kind_of[topic], p, record, when, now)
+                if timed:
+                    observe(perf_counter() - started)
             except Exception:
                 # Not bad input (that is dead-lettered by the engine): a bug. Loud, counted,
                 # and the record is not acknowledged as processed silently: it is dead-lettered
                 # with the traceback so nothing is lost, and the worker goes on.
                 self.metrics.errors.labels(topic).inc()
-                log.exception("BUG while processing %s[%s]@%s", topic, p, offset)
+                log.exception("BUG while processing %s[%s]@%s", topic, p, rec.offset)
                 self._bug_letter(rec, traceback.format_exc(limit=3))
-                to_ack.append(rec)
+                ack(rec)
                 continue
-            if timed:
-                observe(time.perf_counter() - started)
             t = engine.last_buffered
             if t is None:
-                to_ack.append(rec)
+                ack(rec)
             else:  # in the grace buffer: acked once the engine releases it
-                self.seq += 1
-                q = held.get(p)
-                if q is None:
-                    q = held[p] = []
-                heapq.heappush(q, (t, self.seq, rec, time.monotonic()))
-        if n != self._n_processed:
+                h = held.get(p)
+                if h is None:
+                    h = held[p] = _Held()
+                run = h.run
+                if not run or t >= run[-1][0]:
+                    run.append((t, rec, arrived))
+                else:
+                    seq += 1
+                    push(h.late, (t, seq, rec, arrived))
+        self.seq = seq
+        if n != n0:
             self._n_processed = n
             for partition in held:
                 self._release_held(partition)
@@ -247,28 +294,44 @@ class Runtime:
     def _release_held(self, partition: int) -> None:
         held = self.held.get(partition)
         ps = self.engine.partitions.get(partition)
-        if not held or ps is None or ps.watermark is None:
+        if held is None or ps is None or ps.watermark is None:
             return
         limit = ps.watermark - self.grace_us
-        while held and held[0][0] < limit:
-            _, _, msg, arrived = heapq.heappop(held)
-            self.to_ack.append(msg)
-            if msg.topic == self.topics.outbound:  # its verdict was reached now
-                self.metrics.verdict_delay.observe(time.monotonic() - arrived)
+        run, late = held.run, held.late
+        if not (run and run[0][0] < limit) and not (late and late[0][0] < limit):
+            return
+        ack = self.to_ack.append
+        outbound = self.topics.outbound
+        arrivals: list[float] = []  # of the notifications: their verdicts were reached now
+        pop = run.popleft
+        while run and run[0][0] < limit:
+            _, msg, arrived = pop()
+            ack(msg)
+            if msg.topic == outbound:
+                arrivals.append(arrived)
+        while late and late[0][0] < limit:
+            _, _, msg, arrived = heapq.heappop(late)
+            ack(msg)
+            if msg.topic == outbound:
+                arrivals.append(arrived)
+        if arrivals:
+            self.metrics.observe_verdict_delays(time.monotonic(), arrivals)
 
     def _emit(self) -> None:
         if self.engine.deliveries:
             children = self._delivery_children
-            for labels in self.engine.deliveries:
+            for labels, count in Counter(self.engine.deliveries).items():  # one inc per label set
                 child = children.get(labels)
                 if child is None:  # labels() is slow: one lookup per label set
                     child = children[labels] = self.metrics.deliveries.labels(*labels)
-                child.inc()
+                child.inc(count)
         alerts, dead, verdicts = self.engine.drain()
         out = self.out
         for a in alerts:
             out.append((self.topics.alerts, a.dedup_key.encode(), encode_alert(a), None))
             if self.echo:
+                from streams.replay_offline import alert_line
+
                 print(alert_line(a), flush=True)
         for d in dead:
             self.metrics.deadletters.labels(d.source_topic, d.reason_code).inc()
@@ -444,10 +507,13 @@ class Runtime:
                 self.held.pop(p, None)
                 self.engine.partitions.pop(p, None)
             self.numbers.forget_partitions(partitions)
+            self._refs.clear()  # _run_merged gives partition_of the partition of the keys it has not seen
+            self._read = {k: v for k, v in self._read.items() if k[1] not in partitions}
             self.to_ack.clear()
         self.metrics.rebalances.inc()
 
     def on_assigned(self, assigned: set[TP]) -> None:
+        self.numbers.absent.clear()  # partitions recovered from their changelogs may hold any number
         self._assigned = {tp for tp in assigned if tp.topic in self.inputs}
         self._lag_seen.clear()
         for tp in self._assigned:
@@ -459,26 +525,15 @@ class Runtime:
         return bool(self.started and not app.rebalancing and not getattr(app, "in_recovery", False))
 
 
-# Faust's aiokafka driver hard-codes fetch_max_wait_ms=1500.  aiokafka has at
-# most one fetch in flight per broker, and while the last fetch's records are
-# still buffered it fetches only the partitions that have nothing buffered:
-# often just empty ones (the assignor's leader topic, a GlobalTable changelog,
-# an input at its end).  The broker holds that fetch for the full 1.5 s and
-# every partition of the broker waits behind it.
-FETCH_MAX_WAIT_MS = 25
-# On a live stream a fetch would otherwise return as soon as one record is
-# there: ~100 fetches a second, each a Python-encoded request and response for
-# every assigned partition, which cost more CPU than the records (bench: 168
-# -> 98 us of worker CPU per record at 4,000 records/s). 16 KiB is ~60 records:
-# a few ms at the rates where the CPU matters, at most FETCH_MAX_WAIT_MS.
-FETCH_MIN_BYTES = 16 * 1024
-
-
+# Faust's aiokafka driver hard-codes fetch_max_wait_ms=1500 and fetch_min_bytes=1;
+# the worker's are WorkerConfig.fetch_max_wait_ms and fetch_min_bytes (see there).
 class _ConsumerThread(_aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
-        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        rt = getattr(self.app, "notifguard", None)
+        config = rt.config if rt is not None else WorkerConfig(rules=Settings())
+        consumer._fetch_max_wait_ms = config.fetch_max_wait_ms  # read by AIOKafkaConsumer.start()
+        consumer._fetch_min_bytes = config.fetch_min_bytes
         return consumer
 
     async def _highwaters(self, partitions: list[TP]) -> Any:
@@ -509,9 +564,12 @@ class _Consumer(_aiokafka_driver.Consumer):
         with ack_lock:
             committed = self._committed_offset[tp]
             index = self._acked_index[tp]
-            new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            new = set(offsets)
+            new -= index
+            if committed is not None and new and min(new) < committed:
+                new = {o for o in new if o >= committed}
             if new:
-                index.update(new)
+                index |= new
                 self._acked[tp].extend(new)
                 self._n_acked += len(new)
             notify(self._waiting_for_ack)

@@ -33,3 +33,13 @@ def test_a_lagging_partition_holds_back_the_others_and_queues_report_their_limit
     assert m.over_limit() == {("outbound", 1)}
     assert list(m.ready(lambda t, p: p == 2)) == []
     assert m.forget(1) == ["a", "b"] and m.queued == 0
+
+
+def test_queued_in_counts_what_waits_per_topic_partition_and_extend_takes_any_iterable():
+    m = Merger(T)
+    m.extend("outbound", 0, iter([(5, "a"), (6, "b")]))
+    m.push("changes", 0, 7, "c")
+    assert (m.queued_in("outbound", 0), m.queued_in("changes", 0), m.queued_in("delivery", 3)) == (2, 1, 0)
+    assert m.queued == 3
+    assert list(m.ready(lambda t, p: False)) == ["a", "b", "c"]
+    assert m.queued_in("outbound", 0) == 0 and m.queued == 0

@@ -1,0 +1,51 @@
+"""The worker's metrics: counts taken a batch at a time are what one update per event gives."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from detectors.engine import VerdictRecord
+from detectors.settings import Topics
+from streams.metrics import Metrics, observe_n
+
+BUCKETS = (1, 5, 10, 20, 30, 31, 32, 35, 40, 60, 120, 300, 900)
+
+
+def samples(registry: CollectorRegistry) -> dict[str, float]:
+    out = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_observe_n_is_n_observations() -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("d", "d", buckets=BUCKETS, registry=one)
+    h2 = Histogram("d", "d", buckets=BUCKETS, registry=many)
+    for value, n in [(0.0, 1), (1.0, 3), (1.0000001, 2), (30.5, 4), (900.0, 1), (901.0, 2), (5000.0, 1)]:
+        for _ in range(n):
+            h1.observe(value)
+        observe_n(h2, value, n)
+    a, b = samples(one), samples(many)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert abs(a[name] - b[name]) <= 1e-9 * max(1.0, abs(a[name])), name
+
+
+def test_verdict_delays_and_verdicts_count_each_event() -> None:
+    m = Metrics(Topics())
+    m.observe_verdict_delays(100.0, [98.5, 98.5, 70.0, 98.5])  # delays 1.5 s (three) and 30 s
+    got = samples(m.registry)
+    assert got['notifguard_verdict_delay_seconds_bucket{le="5.0"}'] == 3
+    assert got['notifguard_verdict_delay_seconds_bucket{le="30.0"}'] == 4
+    assert got["notifguard_verdict_delay_seconds_count"] == 4
+    assert abs(got["notifguard_verdict_delay_seconds_sum"] - 34.5) < 1e-9
+    v = [VerdictRecord("b", "t", "s", "email", "ok", False, 1), VerdictRecord("b", "t", "s", "email", "ok", False, 1),
+         VerdictRecord("b", "t", "s", "email", "unverified_recipient", False, 1)]
+    m.observe_verdicts(v)
+    m.observe_verdicts(v[:1])
+    got = samples(m.registry)
+    ok = [k for k in got if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k]
+    assert len(ok) == 1 and got[ok[0]] == 3
