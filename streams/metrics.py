@@ -53,6 +53,8 @@ class Metrics:
         self.consumer_lag = Gauge("notifguard_consumer_lag_records", "Highwater minus position", ["topic"],
                                   registry=r)
         self.rebalances = Counter("notifguard_rebalances", "Consumer group rebalances", registry=r)
+        self.expired = Counter("notifguard_states_expired", "Number states an expiry sweep shrank (detectors/expiry.py)",
+                               registry=r)
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
@@ -105,9 +107,11 @@ class Metrics:
             self.duplicates.labels(topic).inc(stats.duplicates[kind] - last.duplicates[kind])
         for kind, n in stats.alerts.items():
             self.alerts.labels(kind, kinds.SEVERITY[kind]).inc(n - last.alerts.get(kind, 0))
+        self.expired.inc(stats.expired - last.expired)
         self._last = Stats(
             records=dict(stats.records), late=dict(stats.late), duplicates=dict(stats.duplicates),
             deadletters=dict(stats.deadletters), alerts=dict(stats.alerts), released=stats.released,
+            expired=stats.expired,
         )
 
     def exposition(self) -> bytes:

@@ -20,7 +20,7 @@ import time
 import traceback
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import faust
@@ -38,8 +38,9 @@ from detectors.settings import Settings
 from streams.config import WorkerConfig
 from streams.merge import Merger
 from streams.metrics import Metrics
+from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
-from streams.transactions import EXACTLY_ONCE, ExactlyOnce, committed_end_offsets
+from streams.transactions import EXACTLY_ONCE, ExactlyOnce, OffsetTracker, committed_end_offsets
 from streams.transactions import TransactionManager as EosTransactionManager
 
 log = logging.getLogger("notifguard.worker")
@@ -112,6 +113,9 @@ class Runtime:
         self.echo = False  # print alerts as readable lines (the demo)
         self.started = False
         self.eos: Any = None  # streams.transactions.ExactlyOnce when processing_guarantee=exactly_once
+        # at_least_once: which delivered records are done, so that acks go to Faust in unbroken runs
+        self.order = OffsetTracker()
+        self.sweeper = Sweeper(self.engine, self.numbers)
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
         self._lag_seen: dict[TP, float] = {}  # since when a lagging input has delivered nothing
@@ -148,10 +152,10 @@ class Runtime:
     def on_events(self, batch: list[tuple[TP, list[Any]]]) -> None:
         """Fetched records per input topic-partition, in offset order (aiokafka ConsumerRecords).
 
-        Each record's Kafka ack is ours to give (Runtime._ack, at the flush).
+        Each record's Kafka ack is ours to give (at the flush, in unbroken runs: OffsetTracker.runs).
         """
-        if self.eos is not None:  # exactly_once: tracked; records done before a restart are not processed again
-            batch = self.eos.delivered(batch)
+        # tracked (OffsetTracker); exactly_once: records done before a restart are not processed again
+        batch = self.eos.delivered(batch) if self.eos is not None else self.order.delivered(batch)
         lag_seen = self._lag_seen
         consumed = self._consumed
         extend = self.merger.extend
@@ -385,8 +389,11 @@ class Runtime:
         await self._delivered()
         await self._send_changelog(self.numbers_changelog, self.numbers.flush())
         await self._delivered()
-        self._ack(self.to_ack)
+        self.order.done(self.to_ack)
         self.to_ack.clear()
+        consumer: Any = self.app.consumer  # a _Consumer
+        for tp, run in self.order.runs(consumer._committed_offset).items():
+            consumer.ack_offsets(tp, run)
         self.last_flush = time.monotonic()
 
     async def _delivered(self) -> None:
@@ -447,19 +454,6 @@ class Runtime:
         if count is not None:
             fut.add_done_callback(lambda f: count(topic, n, started, f))
 
-    def _ack(self, records: list[Any]) -> None:
-        """The final Kafka acks of these input records, per topic-partition (see _Consumer.ack_offsets)."""
-        offsets: dict[tuple[str, int], list[int]] = {}
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            got = offsets.get(tp)
-            if got is None:
-                got = offsets[tp] = []
-            got.append(rec.offset)
-        consumer: Any = self.app.consumer  # a _Consumer
-        for (topic, partition), acked in offsets.items():
-            consumer.ack_offsets(TP(topic, partition), acked)
-
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         async with self._lock:
@@ -467,6 +461,10 @@ class Runtime:
             self.engine.tick(_now_us())
             for p in list(self.held):
                 self._release_held(p)
+            now = self.engine.sweep_due()
+            if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
+                self.sweeper.start(now, {tp.partition for tp in self._assigned})
+            self.sweeper.step()
             self._emit()
             await self._flush()
             self._pause_overfull()
@@ -507,6 +505,8 @@ class Runtime:
                 self.held.pop(p, None)
                 self.engine.partitions.pop(p, None)
             self.numbers.forget_partitions(partitions)
+            self.sweeper.forget(partitions)
+            self.order.clear()  # Faust seeks the partitions it assigns to their committed offsets
             self._refs.clear()  # _run_merged gives partition_of the partition of the keys it has not seen
             self._read = {k: v for k, v in self._read.items() if k[1] not in partitions}
             self.to_ack.clear()
@@ -559,7 +559,7 @@ class _Consumer(_aiokafka_driver.Consumer):
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def ack_offsets(self, tp: TP, offsets: list[int]) -> int:
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> int:
         """Mark these offsets of an input topic-partition done (Consumer.ack, for many at once)."""
         with ack_lock:
             committed = self._committed_offset[tp]
@@ -583,7 +583,6 @@ class _Consumer(_aiokafka_driver.Consumer):
         callback = self.callback
         consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         read_offset = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
         to_message = self._to_message
         monitor = self.app.monitor
         while not (consumer_stopped() or fetcher_stopped()):
@@ -609,15 +608,9 @@ class _Consumer(_aiokafka_driver.Consumer):
                     recs = [r for r in recs if r.offset >= read]
                     if not recs:
                         continue
-                first, last = recs[0].offset, recs[-1].offset
-                if acks_enabled_for(tp.topic) and (
-                        (read and first - read > 1) or last - first != len(recs) - 1):
-                    prev = read
-                    for r in recs:  # offsets skipped (transaction markers, compaction) are gaps to commit over
-                        if prev and r.offset - prev > 1:
-                            await self._add_gap(tp, prev + 1, r.offset)
-                        prev = r.offset
-                read_offset[tp] = last
+                # (offsets between records, transaction markers or compacted ones, need no gap
+                # of Faust's: Runtime acks unbroken runs of offsets, see OffsetTracker.runs)
+                read_offset[tp] = recs[-1].offset
                 monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if tp.topic in topics:
                     batch.append((tp, recs))
