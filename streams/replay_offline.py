@@ -250,6 +250,20 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
     n = 0  # lines
     now = _now_us()
 
+    def remember(ref: str, t: int, event_id: str) -> None:
+        """Engine._apply's part on the number's seen ids (NumberState.max_t, seen), on the copy."""
+        sim = seen_of.get(ref)
+        if sim is None:
+            seen_of[ref] = [max(t, 0), [(t, event_id)]]
+            return
+        if t > sim[0]:
+            sim[0] = t
+        seen = sim[1]
+        if seen and seen[0][0] < sim[0] - dedup:
+            horizon = sim[0] - dedup
+            seen = sim[1] = [m for m in seen if m[0] >= horizon]
+        seen.append((t, event_id))
+
     def message() -> bytes:
         topics = {name: a - b for name, a, b in zip(topic_names, lines_by, sent_by, strict=True) if a != b}
         for name, k in other_topics.items():
@@ -338,18 +352,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
                     if wm is not None and wm - t > grace:  # late: applied at once
                         late_by[category] += 1
                         assert t is not None  # (decoded)
-                        # Engine._apply's part on the number's seen ids, on the copy
-                        sim = seen_of.get(ref)
-                        if sim is None:
-                            seen_of[ref] = [t, [(t, event_id)]] if t > 0 else [0, [(t, event_id)]]
-                        else:
-                            if t > sim[0]:
-                                sim[0] = t
-                            seen = sim[1]
-                            if seen and seen[0][0] < sim[0] - dedup:
-                                horizon = sim[0] - dedup
-                                seen = sim[1] = [m for m in seen if m[0] >= horizon]
-                            seen.append((t, event_id))
+                        remember(ref, t, event_id)
                         out += (category, t, True, wire)
                         continue
                     sub = 0
@@ -365,18 +368,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
                     while pending[0][0] < limit:
                         t, category, _, event_id, _, ref, wire = heappop(pending)
                         released += 1
-                        # Engine._apply's part on the number's seen ids, on the copy
-                        sim = seen_of.get(ref)
-                        if sim is None:
-                            seen_of[ref] = [t, [(t, event_id)]] if t > 0 else [0, [(t, event_id)]]
-                        else:
-                            if t > sim[0]:
-                                sim[0] = t
-                            seen = sim[1]
-                            if seen and seen[0][0] < sim[0] - dedup:
-                                horizon = sim[0] - dedup
-                                seen = sim[1] = [m for m in seen if m[0] >= horizon]
-                            seen.append((t, event_id))
+                        remember(ref, t, event_id)
                         out += (category, t, False, wire)
                         if not pending:
                             break
