@@ -53,8 +53,8 @@ class Metrics:
         self.consumer_lag = Gauge("notifguard_consumer_lag_records", "Highwater minus position", ["topic"],
                                   registry=r)
         self.rebalances = Counter("notifguard_rebalances", "Consumer group rebalances", registry=r)
-        self.expired = Counter("notifguard_states_expired", "Number states an expiry sweep shrank (detectors/expiry.py)",
-                               registry=r)
+        self.expired = Counter("notifguard_states_expired",
+                               "Number states an expiry sweep shrank (detectors/expiry.py)", registry=r)
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
