@@ -209,6 +209,7 @@ COMMIT_SECONDS = "notifguard_offset_commit_seconds"
 REBALANCE_SECONDS = "notifguard_rebalance_seconds"
 ASSIGNMENTS = "notifguard_partition_assignments_total"
 RECOVERY_REMAINING = "notifguard_table_recovery_remaining_records"
+EXPIRED = "notifguard_states_expired_total"
 
 NOT_OK = 'verdict!="ok"'
 HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
@@ -432,6 +433,13 @@ def detector_pipeline() -> dict[str, Any]:
                 "Table recovery: changelog records to read", "short",
                 [Query(f"sum by (instance, role) ({sel(RECOVERY_REMAINING)})", "{{instance}} {{role}}")],
                 "Changelog records a (re)starting worker still has to read before it is ready; 0 once recovered.",
+            ),
+            Panel(
+                "Number states shrunk by expiry sweeps", "short",
+                [Query(f"sum by (instance) ({increase(EXPIRED)})", "{{instance}}")],
+                "States a sweep (every 7 days of event time) cut: expired seen ids, sent mails and pattern "
+                "marks, and holdings ended beyond the history retention (GDPR data minimisation). None for "
+                "weeks while records flow: the sweep is not running.",
             ),
         ]),
         Row("Kafka client", [
