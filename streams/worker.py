@@ -663,8 +663,28 @@ def _batch_counter(sensor: Any) -> Any:
     return count
 
 
+# The Faust and aiokafka releases whose private internals the worker was written and
+# tested against (its consumer and producer subclasses, the offset bookkeeping fed in
+# bulk, the commit arithmetic OffsetTracker.runs works around): pinned in pyproject.toml.
+FAUST_TESTED = ("0.15.3", "0.14.0")
+
+
+def check_versions(faust_version: str, aiokafka_version: str) -> None:
+    """Refuse to run on a Faust or aiokafka the worker was not tested with: its at-least-once
+    and exactly-once guarantees rest on their private internals."""
+    if (faust_version, aiokafka_version) != FAUST_TESTED:
+        raise RuntimeError(
+            f"notifguard's worker needs faust-streaming {FAUST_TESTED[0]} and aiokafka {FAUST_TESTED[1]} "
+            f"(found {faust_version} and {aiokafka_version}): it relies on their internals for its "
+            "delivery guarantees; see pyproject.toml"
+        )
+
+
 def create_app(config: WorkerConfig) -> faust.App:
     """The notifguard Faust app; nothing connects or starts until it runs."""
+    import aiokafka
+
+    check_versions(faust.__version__, aiokafka.__version__)
     app = _App(
         config.app_id,
         broker=f"kafka://{config.bootstrap}",

@@ -39,3 +39,13 @@ def test_replication_factor_reaches_the_topics_faust_creates(tmp_path):
     assert load_worker_config(None, env={}).replication_factor == 1  # the single local broker
     with pytest.raises(ValueError, match="replication_factor"):
         load_worker_config(None, env={"NOTIFGUARD_WORKER_REPLICATION_FACTOR": "0"})
+
+
+def test_the_worker_refuses_a_faust_or_aiokafka_it_was_not_tested_with():
+    from streams.worker import FAUST_TESTED, check_versions
+
+    check_versions(*FAUST_TESTED)
+    with pytest.raises(RuntimeError, match=r"faust-streaming 0\.15\.3"):
+        check_versions("0.16.0", FAUST_TESTED[1])
+    with pytest.raises(RuntimeError, match="aiokafka"):
+        check_versions(FAUST_TESTED[0], "0.15.0")
