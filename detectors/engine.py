@@ -444,18 +444,11 @@ class Engine:
         apply = self._apply
         released = 0
         try:
-            if limit is None:
-                while pending:
-                    t, category, _, event_id, _, ref, record = heappop(pending)
-                    discard((ref, event_id))
-                    released += 1
-                    apply(category, t, record, ref, False)
-            else:
-                while pending and pending[0][0] < limit:
-                    t, category, _, event_id, _, ref, record = heappop(pending)
-                    discard((ref, event_id))
-                    released += 1
-                    apply(category, t, record, ref, False)
+            while pending and (limit is None or pending[0][0] < limit):
+                t, category, _, event_id, _, ref, record = heappop(pending)
+                discard((ref, event_id))
+                released += 1
+                apply(category, t, record, ref, False)
         finally:
             self.stats.released += released
 

@@ -423,17 +423,9 @@ def _encode_changes(out: bytearray, changes: list[Change]) -> None:
             contract = c.contract_id
             _put_text(out, strs, contract)
         if customer is not None:
-            i = strs.get(customer)
-            if i is not None and i < 16:
-                put(i << 3 | _REF)
-            else:
-                _put_text(out, strs, customer)
+            _put_text(out, strs, customer)
         if brand is not None:
-            i = strs.get(brand)
-            if i is not None and i < 16:
-                put(i << 3 | _REF)
-            else:
-                _put_text(out, strs, brand)
+            _put_text(out, strs, brand)
         if a is not None:
             i = addrs.get(a)
             if i is not None and i < 64:
