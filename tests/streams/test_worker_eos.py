@@ -61,14 +61,27 @@ def pending(run: KafkaRun, port: int) -> float:
     raise AssertionError("no notifguard_pending_events gauge")
 
 
+def killable_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarantee: str) -> KafkaRun:
+    # Faust reads its settings from the environment too: a killed worker's
+    # group membership expires after 10 s instead of 60, so its partitions
+    # move on sooner (failure detection only, no semantics).
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
+    return KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S,
+                    worker_processing_guarantee=guarantee)
+
+
+def capture_and_offline(tmp_path: Path, seed: int) -> tuple[list[Any], list[Any], Counter[str]]:
+    """A generated 12k-record capture, and the offline replay's alerts and dead letters by reason."""
+    envs = generated(12_000, seed=seed)
+    path = tmp_path / "capture.jsonl"
+    path.write_bytes(b"".join(encode_line(e) for e in envs))
+    summary, alerts = replay([path], Settings(dedup_retention_s=REREAD_RETENTION_S))
+    return envs, alerts, Counter(summary.deadletters)
+
+
 @pytest.fixture()
 def eos_run(tmp_path, monkeypatch):
-    # Faust reads its settings from the environment too: the killed worker's
-    # group membership expires after 10 s instead of 60, so the restarted
-    # worker gets its partitions sooner (failure detection only, no semantics).
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
-    r = KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S,
-                 worker_processing_guarantee="exactly_once")
+    r = killable_run(tmp_path, monkeypatch, "exactly_once")
     yield r
     r.close()
 
@@ -77,12 +90,8 @@ def eos_run(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_exactly_once_sigkill_then_restart_gives_each_alert_and_dead_letter_once(eos_run, tmp_path: Path):
     run = eos_run
-    envs = generated(12_000, seed=21)
-    path = tmp_path / "capture.jsonl"
-    path.write_bytes(b"".join(encode_line(e) for e in envs))
-    summary, alerts = replay([path], Settings(dedup_retention_s=REREAD_RETENTION_S))
+    envs, alerts, expected_dead = capture_and_offline(tmp_path, seed=21)
     expected = keys(alerts)
-    expected_dead = Counter(summary.deadletters)
     assert len(expected) > 100 and sum(expected_dead.values()) > 10
     run.produce(envs)
     port = run.start_worker(name="w1")
@@ -119,9 +128,7 @@ def test_exactly_once_sigkill_then_restart_gives_each_alert_and_dead_letter_once
 
 @pytest.fixture(params=["at_least_once", "exactly_once"])
 def handover_run(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")  # as eos_run: the killed worker's partitions move on sooner
-    r = KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S,
-                 worker_processing_guarantee=request.param)
+    r = killable_run(tmp_path, monkeypatch, request.param)
     yield r
     r.close()
 
@@ -168,12 +175,8 @@ def test_two_workers_one_killed_the_other_takes_over_and_no_alert_is_lost(handov
     """
     run = handover_run
     exactly_once = run.rules["worker_processing_guarantee"] == "exactly_once"
-    envs = generated(12_000, seed=22)
-    path = tmp_path / "capture.jsonl"
-    path.write_bytes(b"".join(encode_line(e) for e in envs))
-    summary, alerts = replay([path], Settings(dedup_retention_s=REREAD_RETENTION_S))
+    envs, alerts, expected_dead = capture_and_offline(tmp_path, seed=22)
     expected = own_state_keys(alerts)
-    expected_dead = Counter(summary.deadletters)
     p1 = run.start_worker(name="w1")
     p2 = run.start_worker(name="w2")
     deadline = time.monotonic() + 60
