@@ -558,6 +558,27 @@ def _parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+class _Pacer:
+    """The schedule of a live stream: how many of n records are due now, at `rate`/s from t0 for `total_s`."""
+
+    def __init__(self, n: int, rate: float, total_s: float, started: Any) -> None:
+        self.n, self.rate = n, rate
+        self.t0 = time.time()
+        self.end_at = self.t0 + total_s
+        self.max_behind = 0  # most records ever due and not yet sent
+        started(self.t0)
+
+    def due(self, i: int) -> tuple[float, int]:
+        """(now, records due by now); -1 once the stream's time is up."""
+        now = time.time()
+        if now >= self.end_at:
+            return now, -1
+        due = min(self.n, int((now - self.t0) * self.rate))
+        if due - i > self.max_behind:
+            self.max_behind = due - i
+        return now, due
+
+
 async def _live_produce(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: float, total_s: float,
                         sent: dict[str, float], progress: list[int], started: Any,
                         topics: Sequence[str]) -> tuple[float, int, float, int]:
@@ -579,20 +600,15 @@ async def _live_produce(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: f
         clock = _Clock()
         n = len(recs)
         i = 0
-        max_behind = 0
         futures: list[asyncio.Future[Any]] = []
-        t0 = time.time()
-        started(t0)
-        end_at = t0 + total_s
+        pacer = _Pacer(n, rate, total_s, started)
         while i < n:
-            now = time.time()
-            if now >= end_at:
+            now, due = pacer.due(i)
+            if due < 0:
                 break
-            due = min(n, int((now - t0) * rate))
             if due <= i:
                 await asyncio.sleep(0.001)
                 continue
-            max_behind = max(max_behind, due - i)
             ms = int(now * 1000)
             stamp = clock(ms)
             batches: dict[tuple[str, int], Any] = {}
@@ -619,11 +635,11 @@ async def _live_produce(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: f
                     f.result()  # raise a delivery error
                 futures = [f for f in futures if not f.done()]
             await asyncio.sleep(0)
-        produced_s = time.time() - t0
+        produced_s = time.time() - pacer.t0
         await asyncio.wait_for(asyncio.gather(*futures), timeout=60)
     finally:
         await producer.stop()
-    return t0, i, produced_s, max_behind
+    return pacer.t0, i, produced_s, pacer.max_behind
 
 
 _KCAT_KEY_DELIM = b"\x1f"  # ASCII unit separator: key | value
@@ -658,19 +674,14 @@ def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: fl
         clock = _Clock()
         n = len(recs)
         i = 0
-        max_behind = 0
-        t0 = time.time()
-        started(t0)
-        end_at = t0 + total_s
+        pacer = _Pacer(n, rate, total_s, started)
         while i < n:
-            now = time.time()
-            if now >= end_at:
+            now, due = pacer.due(i)
+            if due < 0:
                 break
-            due = min(n, int((now - t0) * rate))
             if due <= i:
                 time.sleep(0.001)
                 continue
-            max_behind = max(max_behind, due - i)
             stamp = clock(int(now * 1000))
             out: dict[str, list[bytes]] = {}
             while i < due:
@@ -689,7 +700,7 @@ def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: fl
                 while data:
                     data = data[os.write(fd, data):]
             progress[0] = i
-        produced_s = time.time() - t0
+        produced_s = time.time() - pacer.t0
         for proc in procs.values():
             proc.stdin.close()  # type: ignore[union-attr]  # kcat flushes and exits at end of input
         for topic, proc in procs.items():
@@ -703,7 +714,7 @@ def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: fl
                 proc.wait()
         for f in errs.values():
             f.close()
-    return t0, i, produced_s, max_behind
+    return pacer.t0, i, produced_s, pacer.max_behind
 
 
 def _check_kcat_records(recs: Sequence[tuple[Any, ...]]) -> None:
