@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bisect import insort
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -78,6 +79,17 @@ class Link(msgspec.Struct, array_like=True, frozen=True, gc=False):
         return (self.msisdn_ref, self.contract_id, self.customer_id, self.start)
 
 
+class LinkTable(Protocol):
+    """What AddressIndex needs of its addr -> links mapping: a dict, or the worker's table (TableLinks)."""
+
+    def get(self, addr: bytes, default: Any = ..., /) -> Any: ...
+    def setdefault(self, addr: bytes, default: list[Link], /) -> list[Link]: ...
+    def __setitem__(self, addr: bytes, links: list[Link], /) -> None: ...
+    def __delitem__(self, addr: bytes, /) -> None: ...
+    def __len__(self) -> int: ...
+    def items(self) -> Iterable[tuple[bytes, list[Link]]]: ...
+
+
 class AddressIndex:
     """Which customers each address (keyed hash) is linked to, across numbers.
 
@@ -87,11 +99,12 @@ class AddressIndex:
 
     __slots__ = ("_links",)
 
-    def __init__(self, links: dict[bytes, list[Link]] | None = None) -> None:
-        self._links: dict[bytes, list[Link]] = links if links is not None else {}
+    def __init__(self, links: LinkTable | None = None) -> None:
+        self._links: LinkTable = links if links is not None else {}
 
     def get(self, addr: bytes) -> list[Link]:
-        return self._links.get(addr, _EMPTY)
+        links: list[Link] = self._links.get(addr, _EMPTY)
+        return links
 
     def replace(self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> None:
         """Swap one number's links: drop those it no longer has, upsert the rest.

@@ -95,7 +95,7 @@ class Runtime:
         self.numbers = TableNumbers(numbers_table)
         self.links = TableLinks(links_table, config.partitions)
         self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
-                             index=AddressIndex(self.links))  # type: ignore[arg-type]
+                             index=AddressIndex(self.links))
         self.pseudo = Pseudonymiser(rules.pseudonymisation_key.reveal().encode())
         self.merger = Merger(self.inputs)
         self.metrics = Metrics(rules.topics)
