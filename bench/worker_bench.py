@@ -423,11 +423,16 @@ def bench_worker(dep: Deployment, total: int, timeout: float, rules: dict[str, s
 
 
 def _alert_listener(bootstrap: str, topic: str, partitions: int, ready: Any, stop: Any, out: Any) -> None:
-    """In a process of its own: every alert with the wall time it was read (kafka-python, 10 ms fetch wait)."""
+    """In a process of its own: every alert with the wall time it was read (kafka-python, 10 ms fetch wait).
+
+    read_committed, as `forward-alerts` and kcat: with an exactly-once worker an
+    alert counts when its transaction commits (at a flush), not when it is sent.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=10, client_id="wbench-alerts")
+                             fetch_max_wait_ms=10, client_id="wbench-alerts",
+                             isolation_level="read_committed")  # as every alert reader: no aborted sends
     seen: list[tuple[float, bytes]] = []
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -727,8 +732,8 @@ def _check_kcat_records(recs: Sequence[tuple[Any, ...]]) -> None:
 
 def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: float, measure_s: float,
                   tail_s: float, grace_s: float, idle_flush_s: float, numbers: int, records_ref: int,
-                  seed: int, settle_s: float, producer: str) -> dict[str, Any]:
-    rules = {"grace_s": f"{grace_s:g}", "idle_flush_s": f"{idle_flush_s:g}"}
+                  seed: int, settle_s: float, producer: str, extra_rules: dict[str, str]) -> dict[str, Any]:
+    rules = {"grace_s": f"{grace_s:g}", "idle_flush_s": f"{idle_flush_s:g}", **extra_rules}
     worker = dep.start_worker(rules)
     ready_s = dep.wait_ready(worker, timeout=120)
     log(f"latency: worker ready after {ready_s:.1f} s")
@@ -887,7 +892,7 @@ def render_table(r: dict[str, Any]) -> str:
         f"code: {r['code']['commit']} (+{len(r['code']['modified'])} modified files, worker.py "
         f"{r['code']['streams_worker_py_sha256']}); load average at start {r['load_average_1m_at_start']}",
         f"capture: {r['capture']['records']} records, {r['capture']['numbers']} numbers, seed {r['capture']['seed']}, "
-        f"{r['partitions']} partitions",
+        f"{r['partitions']} partitions, {r.get('guarantee', 'at_least_once')}",
         "",
         f"{'measurement':<44}{'value':>16}",
         f"{'-' * 60}",
@@ -949,11 +954,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-producer", choices=("kcat", "aiokafka"),
                    default="kcat" if shutil.which("kcat") else "aiokafka",
                    help="what produces the live stream: kcat (C, default when installed) or aiokafka (Python)")
+    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once",
+                   help="the workers' processing guarantee (NOTIFGUARD_WORKER_PROCESSING_GUARANTEE)")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the wbench-<tag>-* topics")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
 
     require_broker(args.bootstrap)
+    guarantee = {"worker_processing_guarantee": args.guarantee}
     tag = uuid.uuid4().hex[:8]
     prefix = f"{PREFIX}{tag}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
@@ -964,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     result: dict[str, Any] = {"machine": machine_facts(), "bootstrap": args.bootstrap, "run_tag": tag,
-                              "partitions": args.partitions, "code": code_facts(),
+                              "partitions": args.partitions, "guarantee": args.guarantee, "code": code_facts(),
                               "load_average_1m_at_start": load_average()}
     rc = 0
     try:
@@ -988,7 +996,8 @@ def main(argv: list[str] | None = None) -> int:
         secs = produce_backlog(args.bootstrap, capture, wdep.rename)
         log(f"worker: produced {total} records in {secs:.1f} s; starting the worker")
         del capture
-        result["worker"] = bench_worker(wdep, total, timeout=max(180.0, total / 500), rules={"idle_flush_s": "2"})
+        result["worker"] = bench_worker(wdep, total, timeout=max(180.0, total / 500),
+                                        rules={"idle_flush_s": "2", **guarantee})
         wdep.stop_workers()
         result["worker_to_raw_ratio"] = round(result["worker"]["records_per_s"] / result["raw"]["records_per_s"], 4)
 
@@ -1002,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=args.warmup_seconds,
                 measure_s=args.live_seconds, tail_s=tail_s, grace_s=args.grace, idle_flush_s=args.idle_flush,
                 numbers=args.numbers, records_ref=total, seed=args.seed + 1000, settle_s=args.grace + 3.0,
-                producer=args.live_producer)
+                producer=args.live_producer, extra_rules=guarantee)
             ldep.stop_workers()
     except (Exception, KeyboardInterrupt) as err:
         log(f"FAILED: {err!r}")
