@@ -892,7 +892,8 @@ def render_table(r: dict[str, Any]) -> str:
         f"code: {r['code']['commit']} (+{len(r['code']['modified'])} modified files, worker.py "
         f"{r['code']['streams_worker_py_sha256']}); load average at start {r['load_average_1m_at_start']}",
         f"capture: {r['capture']['records']} records, {r['capture']['numbers']} numbers, seed {r['capture']['seed']}, "
-        f"{r['partitions']} partitions, {r.get('guarantee', 'at_least_once')}",
+        f"{r['partitions']} partitions, {r.get('guarantee', 'at_least_once')}, "
+        f"flush interval {r.get('flush_interval_s') or 'default'}",
         "",
         f"{'measurement':<44}{'value':>16}",
         f"{'-' * 60}",
@@ -956,12 +957,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="what produces the live stream: kcat (C, default when installed) or aiokafka (Python)")
     p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once",
                    help="the workers' processing guarantee (NOTIFGUARD_WORKER_PROCESSING_GUARANTEE)")
+    p.add_argument("--flush-interval", type=float, default=None,
+                   help="the workers' flush_interval_s (NOTIFGUARD_WORKER_FLUSH_INTERVAL_S; default: the worker's own)")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the wbench-<tag>-* topics")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
 
     require_broker(args.bootstrap)
-    guarantee = {"worker_processing_guarantee": args.guarantee}
+    worker_rules = {"worker_processing_guarantee": args.guarantee}  # rules of every worker the bench starts
+    if args.flush_interval is not None:
+        worker_rules["worker_flush_interval_s"] = f"{args.flush_interval:g}"
     tag = uuid.uuid4().hex[:8]
     prefix = f"{PREFIX}{tag}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
@@ -972,7 +977,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     result: dict[str, Any] = {"machine": machine_facts(), "bootstrap": args.bootstrap, "run_tag": tag,
-                              "partitions": args.partitions, "guarantee": args.guarantee, "code": code_facts(),
+                              "partitions": args.partitions, "guarantee": args.guarantee,
+                              "flush_interval_s": args.flush_interval, "code": code_facts(),
                               "load_average_1m_at_start": load_average()}
     rc = 0
     try:
@@ -997,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"worker: produced {total} records in {secs:.1f} s; starting the worker")
         del capture
         result["worker"] = bench_worker(wdep, total, timeout=max(180.0, total / 500),
-                                        rules={"idle_flush_s": "2", **guarantee})
+                                        rules={"idle_flush_s": "2", **worker_rules})
         wdep.stop_workers()
         result["worker_to_raw_ratio"] = round(result["worker"]["records_per_s"] / result["raw"]["records_per_s"], 4)
 
@@ -1011,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=args.warmup_seconds,
                 measure_s=args.live_seconds, tail_s=tail_s, grace_s=args.grace, idle_flush_s=args.idle_flush,
                 numbers=args.numbers, records_ref=total, seed=args.seed + 1000, settle_s=args.grace + 3.0,
-                producer=args.live_producer, extra_rules=guarantee)
+                producer=args.live_producer, extra_rules=worker_rules)
             ldep.stop_workers()
     except (Exception, KeyboardInterrupt) as err:
         log(f"FAILED: {err!r}")
