@@ -137,15 +137,12 @@ class OffsetTracker:
         """(offset, metadata) of the topic-partitions that moved since the last call."""
         out: dict[TP, tuple[int, str]] = {}
         for tp in self._dirty:
-            q = self._pending.get(tp)
-            done = self._done[tp]
-            while q and q[0] in done:
-                offset = q.popleft()
-                done.discard(offset)
-                self._next[tp] = offset + 1
+            _, end = self._pop_done(tp)
+            if end is not None:
+                self._next[tp] = end
             nxt = self._next.get(tp)
             if nxt is not None:
-                out[tp] = (nxt, encode_done(nxt, done))
+                out[tp] = (nxt, encode_done(nxt, self._done[tp]))
         self._dirty.clear()
         return out
 
@@ -162,15 +159,8 @@ class OffsetTracker:
         """
         out: dict[TP, range] = {}
         for tp in self._dirty:
-            q = self._pending.get(tp)
-            done = self._done[tp]
-            first = q[0] if q else None
-            end = None
-            while q and q[0] in done:
-                offset = q.popleft()
-                done.discard(offset)
-                end = offset + 1
-            if end is None or first is None:
+            first, end = self._pop_done(tp)
+            if first is None or end is None:
                 continue
             start = self._next.get(tp)
             if start is None:
@@ -180,6 +170,19 @@ class OffsetTracker:
             out[tp] = range(start, end)
         self._dirty.clear()
         return out
+
+    def _pop_done(self, tp: TP) -> tuple[int | None, int | None]:
+        """Take the done offsets off the head of tp's delivered ones: (the first taken, the offset
+        after the last taken), or (None, None) when the head is not done."""
+        q = self._pending.get(tp)
+        done = self._done[tp]
+        if not q or q[0] not in done:
+            return None, None
+        first = q[0]
+        while q and q[0] in done:
+            offset = q.popleft()
+            done.discard(offset)
+        return first, offset + 1
 
     def clear(self) -> None:
         """After a rebalance Faust seeks every assigned partition to its committed offset: start afresh."""
