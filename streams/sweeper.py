@@ -59,13 +59,15 @@ class Sweeper:
             partition = self._todo[0]
             limit = self.batch - visited
             keys = _keys_after(self.numbers, partition, self._after, limit)
+            states = []
             for key in keys:
                 ref = key.hex()
                 state = self.numbers.get(ref)
                 if state is None:
                     continue
                 self.numbers.partition_of[ref] = partition
-                self.changed += self.engine.sweep([(ref, state)], self.now)
+                states.append((ref, state))
+            self.changed += self.engine.sweep(states, self.now)  # one sweep (one set of horizons) a slice
             visited += len(keys)
             if len(keys) < limit:  # the partition is done
                 self._todo.pop(0)
