@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# Create or refresh .venv with notifguard and its dependencies (idempotent:
-# nothing is installed again while pyproject.toml is unchanged).
+# Create or refresh .venv with exactly the locked dependencies
+# (requirements/dev.lock.txt: every extra, every transitive dependency, with
+# hashes) and notifguard itself as an editable install. Idempotent: nothing is
+# installed while the lock, pyproject.toml and the interpreter are unchanged;
+# when one of them changes, .venv is rebuilt from scratch, so an old .venv can
+# never hide what a fresh machine gets. Ranges live in pyproject.toml, the
+# tested versions in the lock; scripts/upgrade-deps refreshes the lock.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+lock="requirements/dev.lock.txt"
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
-  for c in python3.11 python3.12 python3.13 python3; do
-    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  for c in python3.11 python3; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
       py="$c"; break
     fi
   done
 fi
-[ -n "$py" ] || { echo "bootstrap: Python >= 3.11 is needed" >&2; exit 1; }
-stamp=".venv/.notifguard-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+[ -n "$py" ] || { echo "bootstrap: Python 3.11 is needed (the lock is resolved for 3.11)" >&2; exit 1; }
+stamp=".venv/.notifguard-lock"
+want="$(cat "$lock" pyproject.toml | sha256sum | cut -c1-16) $("$py" -c 'import sys; print(sys.version.split()[0])')"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "bootstrap: installing notifguard into .venv ($("$py" --version))" >&2
-[ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[stream,dev]'
+echo "bootstrap: building .venv from $lock ($("$py" --version))" >&2
+rm -rf .venv
+"$py" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# --require-hashes: every package must be in the lock with a matching hash;
+# --no-deps: nothing outside the lock is resolved.
+.venv/bin/python -m pip install -q --require-hashes --no-deps -r "$lock"
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip check >&2
 echo "$want" > "$stamp"
