@@ -1,4 +1,4 @@
-"""The detection engine: arrival, dedup, watermark and grace per partition, event-time release, verdicts.
+"""The detection engine: decoding, arrival (detectors.arrival), dedup of applied records, verdicts.
 
 It is fed raw records (topic, partition, key, value) and an injected wall
 clock, and collects alerts, dead letters and verdicts for its caller to drain.
@@ -10,19 +10,18 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
 import msgspec
 
 from detectors import kinds
 from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
 from detectors.expiry import Horizons, expire
 from detectors.holdings import (
     ADDRESS_EVENTS,
     PORTS,
     STARTS,
-    TYPE_CODES,
     TYPE_NAMES,
     Change,
     Holding,
@@ -32,7 +31,6 @@ from detectors.holdings import (
 from detectors.patterns import count_in_window, re_port
 from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
 from detectors.records import (
-    CHANGE_CLASSES,
     UNKNOWN_TOPIC,
     BadRecord,
     ContractChange,
@@ -46,27 +44,12 @@ from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
 from detectors.timefmt import rfc3339
 from detectors.verdicts import Verdict, judge
 
-# Tie order at one event_time (spec): contract changes, notifications, deliveries.
-CHANGE: Final = 0
-NOTIFICATION: Final = 1
-DELIVERY: Final = 2
+# The input topics by category (detectors.arrival: CHANGE, NOTIFICATION, DELIVERY).
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
-_CHANGE_CODE: Final[dict[type, int]] = {
-    cls: TYPE_CODES[str(cls.__struct_config__.tag)] for cls in CHANGE_CLASSES
-}
 _DAY_US: Final = 86_400_000_000
 _NO_LINKS: Final[list[Link]] = []
-
-
-def _change_code(cls: type) -> int:
-    """The change type code of a record class or of a subclass of one (e.g. a transfer form)."""
-    for base in cls.__mro__:
-        if base in CHANGE_CLASSES:
-            code = _CHANGE_CODE[cls] = _CHANGE_CODE[base]
-            return code
-    raise TypeError(f"{cls.__name__} is not a contract change")
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -114,17 +97,6 @@ class NumberStore(Protocol):
 
 
 @dataclass
-class PartitionState:
-    """Watermark and the reorder buffer of one input partition (co-partitioned topics)."""
-
-    watermark: int | None = None
-    wall_at_watermark: int = 0
-    last_arrival_wall: int = 0
-    pending: list[tuple[Any, ...]] = field(default_factory=list)
-    pending_ids: set[tuple[str, str]] = field(default_factory=set)
-
-
-@dataclass
 class Stats:
     """Plain counters the shell exports; keys are bounded vocabularies."""
 
@@ -161,8 +133,7 @@ class Engine:
         self._new_id = new_id
         self.numbers: NumberStore = numbers if numbers is not None else {}
         self.index = index if index is not None else AddressIndex()
-        self.partitions: dict[int, PartitionState] = {}
-        self.stats = Stats()
+        self._stats = Stats()
         self.alerts: list[Alert] = []
         self.deadletters: list[DeadLetter] = []
         self.verdicts: list[VerdictRecord] = []
@@ -176,24 +147,41 @@ class Engine:
         self._topic_kind = {t.changes: "changes", t.outbound: "outbound", t.delivery: "delivery"}
         us = settings.us
         self._grace = us(settings.grace_s)
-        self._idle = us(settings.idle_flush_s)
         self._dedup = us(settings.dedup_retention_s)
         self._re_port = us(settings.re_port_window_s)
         self._port_window = us(settings.port_flapping_window_s)
         self._bounce_window = us(settings.bounce_burst_window_s)
         self._correlation = us(settings.delivery_correlation_s)
-        self._sweep_interval = us(settings.expiry_sweep_interval_s)
         self._history = us(settings.history_retention_s)
-        self._swept_at: int | None = None
+        self.arrival = Arrival(self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s))
+        # duplicates found when applying (the number's seen ids), by category; of them, late ones
+        self._applied_dups = [0, 0, 0]
+        self._late_dups = [0, 0, 0]
         self._holdings: dict[str, list[Any]] = {}
-        self._seq = 0
         self._now = 0
         self._refs = self._pseudo.numbers_memo()
         self._addresses = self._pseudo.addresses_memo()
-        # Event time of the record the last process() call put in a grace
-        # buffer, or None: lets a shell hold that record's Kafka ack until
-        # the engine releases it (watermark - grace > this time).
-        self.last_buffered: int | None = None
+        # Tokens (the shell's handles of its records, e.g. Kafka messages) of the
+        # records that are done: applied, or dropped as duplicates. The shell
+        # takes them (take_done) to acknowledge those records.
+        self.done: list[Any] = []
+        # (token, exception) of records whose application raised: a bug, not bad
+        # input. Only records with a token are caught (the worker dead-letters
+        # them as themselves and goes on); without one the exception propagates.
+        self.failed: list[tuple[Any, BaseException]] = []
+
+    @property
+    def stats(self) -> Stats:
+        """The counters, arrival's and the engine's together."""
+        s = self._stats
+        a = self.arrival
+        for c, kind in enumerate(TOPIC_KINDS):
+            dups = self._applied_dups[c]
+            s.records[kind] = a.arrived[c] - dups
+            s.late[kind] = a.late[c] - self._late_dups[c]
+            s.duplicates[kind] = a.duplicates[c] + dups
+        s.released = a.released
+        return s
 
     @property
     def pseudonymiser(self) -> Pseudonymiser:
@@ -211,10 +199,15 @@ class Engine:
         value: bytes | str | None,
         now_us: int,
         timestamp_ms: int | None = None,
+        token: Any = None,
+        clock_us: int | None = None,
     ) -> None:
-        """Take one Kafka record as received; `now_us` is the injected wall clock."""
+        """Take one Kafka record as received; `now_us` is the injected wall clock.
+
+        `clock_us`: the arrival clock for idleness (detectors.arrival), `now_us` when None.
+        `token`: the caller's handle of the record, reported in `done` (or `failed`) when it is.
+        """
         self._now = now_us
-        self.last_buffered = None
         kind = self._topic_kind.get(topic)
         try:
             if kind is None:
@@ -222,172 +215,85 @@ class Engine:
             record, t = decode(kind, key, value)
         except BadRecord as bad:
             self._dead_letter(topic, partition, offset, timestamp_ms, key, value, bad)
+            if token is not None:
+                self.done.append(token)
             return
-        self.process_decoded(kind, partition, record, t, now_us)
+        self.process_decoded(kind, partition, record, t, now_us, token, clock_us)
 
     def process_decoded(
-        self, kind: str, partition: int, record: InputRecord, t: int, now_us: int, first: bool = False
+        self,
+        kind: str,
+        partition: int,
+        record: InputRecord,
+        t: int,
+        now_us: int,
+        token: Any = None,
+        clock_us: int | None = None,
     ) -> None:
         """Take one record already decoded by `detectors.records.decode` (topic kind, event time in µs).
 
-        `process` ends here; a caller may decode elsewhere (another process) and feed the results.
-        `first`: the caller knows this engine was never given this event_id before,
-        so the record is no duplicate and the checks are skipped.
+        `process` ends here; a caller may decode elsewhere and feed the results.
         """
         self._now = now_us
-        self.last_buffered = None
         msisdn = record.msisdn
         ref = self._refs.get(msisdn)
         if ref is None:
             ref = self._pseudo.msisdn_ref(msisdn)
-        ps = self.partitions.get(partition)
-        if ps is None:
-            ps = self.partitions[partition] = PartitionState()
-        # Duplicates: applied ones are remembered in the number's state, pending
-        # ones in the partition's buffer. Ids are remembered when applied, so a
-        # worker that restarts before releasing its buffer re-reads and applies.
-        event_id = record.event_id
-        pending_id = (ref, event_id)
-        pending_ids = ps.pending_ids
-        if not first:
-            if pending_id in pending_ids:
-                self.stats.duplicates[kind] += 1
-                return
-            state = self.numbers.get(ref)
-            if state is not None:
-                for m in state.seen:  # state.is_duplicate(event_id), inlined: once per record
-                    if m.event_id == event_id:
-                        self.stats.duplicates[kind] += 1
-                        return
-        self.stats.records[kind] += 1
         category = _CATEGORY[kind]
-        wm = ps.watermark
-        ps.last_arrival_wall = now_us
-        grace = self._grace
-        if wm is not None and wm - t > grace:
-            self.stats.late[kind] += 1
-            self._apply(category, t, record, ref, True)
-            return
-        sub = 0
-        if category == CHANGE:
-            code = _CHANGE_CODE.get(type(record))
-            sub = _change_code(type(record)) if code is None else code
-        self._seq = seq = self._seq + 1
-        pending = ps.pending
-        heappush(pending, (t, category, sub, event_id, seq, ref, record))
-        pending_ids.add(pending_id)
-        self.last_buffered = t
-        if wm is None or t > wm:
-            ps.watermark = wm = t
-            ps.wall_at_watermark = now_us
-        limit = wm - grace
-        if pending[0][0] < limit:
-            # self._release(ps, limit), inlined: about once per record
-            apply = self._apply
-            discard = pending_ids.discard
-            released = 0
-            try:
-                while pending and pending[0][0] < limit:
-                    t, category, _, event_id, _, ref, record = heappop(pending)
-                    discard((ref, event_id))
-                    released += 1
-                    apply(category, t, record, ref, False)
-            finally:
-                self.stats.released += released
+        arrival = self.arrival
+        status = arrival.arrive(category, partition, t, record, ref, now_us if clock_us is None else clock_us, token)
+        if status == LATE:
+            self._apply_one(category, t, record, ref, True, token)
+        elif status == DUPLICATE and token is not None:
+            self.done.append(token)
+        if arrival.pending and arrival.pending[0][0] < arrival.limit:
+            self._release(arrival.take_ready())
 
     def apply_released(self, items: list[Any], now_us: int) -> None:
-        """Apply records that went through arrival elsewhere, in their release order.
+        """Apply records that went through arrival elsewhere (the offline replay's decoding
+        process runs detectors.arrival for it), in their release order.
 
         `items` is flat: category (CHANGE, NOTIFICATION or DELIVERY), event time,
-        late, record, for each record. The caller did for them what
-        process_decoded does before applying (dedup, watermark, grace buffer,
-        release) for an engine that held no state when it started; the offline
-        replay's decoding process does, and reports its counts with `arrived`.
-        While `collect_metrics` is off, a delivery event that is no bounce may
-        come as a Remembered: applying one only remembers its event id.
+        late, record, for each record. While `collect_metrics` is off, a delivery
+        event that is no bounce may come as a Remembered: applying one only
+        remembers its event id.
         """
         self._now = now_us
         refs = self._refs
         msisdn_ref = self._pseudo.msisdn_ref
-        numbers = self.numbers
-        dedup = self._dedup
-        notification, change, apply = self._notification, self._change, self._apply
-        remembered_ok = not self.collect_metrics
+        apply = self._apply
+        if self.collect_metrics:
+            for record in items[3::4]:
+                if record.__class__ is Remembered:
+                    raise ValueError("a Remembered delivery event, while collect_metrics is on")
         it = iter(items)
         for category, t, late, record in zip(it, it, it, it, strict=True):
             msisdn = record.msisdn
             ref = refs.get(msisdn)
             if ref is None:
                 ref = msisdn_ref(msisdn)
-            if category == DELIVERY:
-                if record.__class__ is not Remembered:
-                    apply(category, t, record, ref, late)
-                    continue
-                if not remembered_ok:
-                    raise ValueError("a Remembered delivery event, while collect_metrics is on")
-            # self._apply(category, t, record, ref, late), inlined: once per record
-            state = numbers.get(ref)
-            if state is None:
-                state = NumberState()
-            if t > state.max_t:
-                state.max_t = t
-            seen = state.seen
-            if seen and seen[0].t < state.max_t - dedup:
-                horizon = state.max_t - dedup
-                seen[:] = [m for m in seen if m.t >= horizon]
-            seen.append(Mark(t, record.event_id))
-            if category == NOTIFICATION:
-                notification(t, record, ref, state, late)
-            elif category == CHANGE:
-                change(t, record, ref, state, late)
-            numbers[ref] = state
+            apply(category, t, record, ref, late)
 
-    def arrived(
-        self,
-        counts: list[list[int]],
-        released: int,
-        seq: int,
-        partitions: list[tuple[int, int | None, int, int]],
-        swept_at: int | None,
-    ) -> None:
-        """Take over the arrival state of a caller that fed `apply_released`, its buffers empty.
-
-        `counts`: records, late and duplicates, each by category; `partitions`:
-        (partition, watermark, wall clock at the watermark, last arrival's wall
-        clock) in the order the partitions were first seen; `seq`: buffer
-        sequence numbers used; `swept_at`: the event time of the last sweep check.
-        """
-        stats = self.stats
-        for by_kind, values in zip((stats.records, stats.late, stats.duplicates), counts, strict=True):
-            for kind, n in zip(TOPIC_KINDS, values, strict=True):
-                by_kind[kind] += n
-        stats.released += released
-        self._seq = seq
-        for p, watermark, wall_at_watermark, last_arrival_wall in partitions:
-            ps = self.partitions.get(p)
-            if ps is None:
-                ps = self.partitions[p] = PartitionState()
-            ps.watermark, ps.wall_at_watermark, ps.last_arrival_wall = watermark, wall_at_watermark, last_arrival_wall
-        self._swept_at = swept_at
-
-    def tick(self, now_us: int) -> None:
-        """Wall-clock timer: a partition quiet for idle_flush moves its watermark on by the time passed."""
+    def tick(self, now_us: int, clock_us: int | None = None) -> None:
+        """Timer: the arrival clock moved on (idle sources stop holding the watermark back)."""
         self._now = now_us
-        for ps in self.partitions.values():
-            if ps.watermark is None or now_us - ps.last_arrival_wall < self._idle:
-                continue
-            ps.watermark += now_us - ps.wall_at_watermark
-            ps.wall_at_watermark = now_us
-            self._release(ps, ps.watermark - self._grace)
+        arrival = self.arrival
+        arrival.tick(now_us if clock_us is None else clock_us)
+        if arrival.pending and arrival.pending[0][0] < arrival.limit:
+            self._release(arrival.take_ready())
 
     def flush(self, now_us: int) -> None:
         """End of input: release everything pending, in event-time order."""
         self._now = now_us
-        for ps in self.partitions.values():
-            self._release(ps, None)
+        self._release(self.arrival.take_all())
 
     def pending_count(self) -> int:
-        return sum(len(ps.pending) for ps in self.partitions.values())
+        return self.arrival.pending_count()
+
+    def take_done(self) -> list[Any]:
+        """The tokens of the records done since the last call (see `done`)."""
+        done, self.done = self.done, []
+        return done
 
     def drain(self) -> tuple[list[Alert], list[DeadLetter], list[VerdictRecord]]:
         """Take the outputs collected since the last drain (delivery outcomes are dropped:
@@ -400,23 +306,9 @@ class Engine:
     # ---------------------------------------------------------------- expiry
 
     def sweep_due(self) -> int | None:
-        """The event time to sweep at, when `expiry_sweep_interval_s` has passed since the last sweep.
-
-        That time is the lowest partition watermark less grace: no record on
-        time can precede it. None when no sweep is due (or no partition has a
-        watermark yet). The caller then runs `sweep` over its numbers.
-        """
-        marks = [ps.watermark for ps in self.partitions.values() if ps.watermark is not None]
-        if not marks:
-            return None
-        now = min(marks) - self._grace
-        if self._swept_at is None:
-            self._swept_at = now  # the first watermark starts the clock
-            return None
-        if now - self._swept_at < self._sweep_interval:
-            return None
-        self._swept_at = now
-        return now
+        """The event time to sweep at, when one is due (detectors.arrival.Arrival.sweep_due);
+        the caller then runs `sweep` over its numbers."""
+        return self.arrival.sweep_due()
 
     def sweep(self, numbers: Iterable[tuple[str, NumberState]], now: int) -> int:
         """Expire (detectors.expiry) what no record on time after event time `now` can use,
@@ -433,31 +325,40 @@ class Engine:
                 self._holdings.pop(ref, None)
             self.numbers[ref] = state
             changed += 1
-        self.stats.expired += changed
+        self._stats.expired += changed
         return changed
 
     # --------------------------------------------------------------- release
 
-    def _release(self, ps: PartitionState, limit: int | None) -> None:
-        pending = ps.pending
-        discard = ps.pending_ids.discard
-        apply = self._apply
-        released = 0
+    def _release(self, items: list[Item]) -> None:
+        for t, category, _, _, _, ref, record, token, _ in items:
+            self._apply_one(category, t, record, ref, False, token)
+
+    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any) -> None:
+        if token is None:
+            self._apply(category, t, record, ref, late)
+            return
         try:
-            while pending and (limit is None or pending[0][0] < limit):
-                t, category, _, event_id, _, ref, record = heappop(pending)
-                discard((ref, event_id))
-                released += 1
-                apply(category, t, record, ref, False)
-        finally:
-            self.stats.released += released
+            self._apply(category, t, record, ref, late)
+        except Exception as exc:  # a bug: the shell dead-letters this record as itself
+            self.failed.append((token, exc))
+        else:
+            self.done.append(token)
 
     def _apply(self, category: int, t: int, record: Any, ref: str, late: bool) -> None:
         numbers = self.numbers
         state = numbers.get(ref)
         if state is None:
             state = NumberState()
-        # state.remember(t, record.event_id, self._dedup), inlined: once per record
+        else:
+            event_id = record.event_id
+            for m in state.seen:  # a duplicate of a record applied before: nothing to do
+                if m.event_id == event_id:
+                    self._applied_dups[category] += 1
+                    if late:
+                        self._late_dups[category] += 1
+                    return
+        # remember the event id (dedup), within the dedup retention of the number's newest event
         if t > state.max_t:
             state.max_t = t
         seen = state.seen
@@ -468,11 +369,12 @@ class Engine:
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)
         elif category == DELIVERY:
-            status = record.status
-            if self.collect_metrics:
-                self.deliveries.append((record.brand, record.sender, status, record.bounce_type or "none"))
-            if status == "bounced":
-                self._delivery(t, record, ref, state, late)
+            if record.__class__ is not Remembered:
+                status = record.status
+                if self.collect_metrics:
+                    self.deliveries.append((record.brand, record.sender, status, record.bounce_type or "none"))
+                if status == "bounced":
+                    self._delivery(t, record, ref, state, late)
         else:
             self._change(t, record, ref, state, late)
         numbers[ref] = state
@@ -536,9 +438,7 @@ class Engine:
     # --------------------------------------------------------- contract changes
 
     def _change(self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool) -> None:
-        code = _CHANGE_CODE.get(type(rec))
-        if code is None:
-            code = _change_code(type(rec))
+        code = change_code(type(rec))
         email = getattr(rec, "email", None)
         addr = self._pseudo.address_ref(email) if email and email.strip() else None
         change = Change(
@@ -684,7 +584,7 @@ class Engine:
         template: str | None = None,
         sender: str | None = None,
     ) -> None:
-        self.stats.alerts[kind] += 1
+        self._stats.alerts[kind] += 1
         self.alerts.append(
             Alert(
                 alert_id=self._new_id(),
@@ -885,7 +785,7 @@ class Engine:
         value: bytes | str | None,
         bad: BadRecord,
     ) -> None:
-        self.stats.deadletters[bad.code] = self.stats.deadletters.get(bad.code, 0) + 1
+        self._stats.deadletters[bad.code] = self._stats.deadletters.get(bad.code, 0) + 1
         k, k_enc = _encode_bytes(key)
         v, v_enc = _encode_bytes(value)
         self.deadletters.append(

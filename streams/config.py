@@ -114,9 +114,12 @@ class WorkerConfig:
     # a batch runs without yielding the event loop, so this bounds how long the
     # alerts of a batch, /health and the timer wait (~1000 records: ~30 ms).
     batch_max: int = 1000
-    # While catching up, a topic-partition that may still hold older records
-    # holds the others back for at most this long after it last delivered.
-    merge_wait_s: float = 5.0
+    # Flow control (contract 1.1: it changes no result): while the grace buffer
+    # holds this many records, the input topic-partitions running ahead of the
+    # watermark are paused, and resumed below half of it. A buffered record
+    # costs ~0.5-1 KiB (its Kafka record, decoded form and buffer entry), so
+    # 200,000 bound the buffer to ~100-200 MiB while a topic runs far ahead.
+    max_pending: int = 200_000
     # A fetch returns once the broker has fetch_min_bytes for it, or after
     # fetch_max_wait_ms. The wait bounds what a record can add to the latency;
     # it is short because aiokafka has at most one fetch in flight per broker and,
@@ -138,6 +141,8 @@ class WorkerConfig:
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
             raise ValueError(f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
                              f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}")
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, not {self.max_pending}")
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):

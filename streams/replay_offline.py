@@ -11,7 +11,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 import msgspec
 
 from detectors.alerts import Alert, encode_alert
+from detectors.arrival import DELIVERY, LATE, Arrival
 from detectors.capture import Envelope, decode_line
-from detectors.engine import _CHANGE_CODE, CHANGE, DELIVERY, TOPIC_KINDS, Engine, Remembered, _change_code
+from detectors.engine import TOPIC_KINDS, Engine, Remembered
 from detectors.privacy import Pseudonymiser
 from detectors.records import (
     _FAST,
@@ -104,22 +104,17 @@ class _Progress:
 #
 # With jobs=2 a child process reads the captures, decodes and validates every
 # line with detectors.records.decode (the same function Engine.process calls),
-# and also does the engine's arrival stage for it: duplicates, watermark and
-# grace buffer per partition, release in event-time order. It sends the
-# records in the order the engine is to apply them; the parent applies them
-# with Engine.apply_released, sweeps where the child says (Engine.sweep, at
-# the points and event times the one-process batches would), and takes over
-# the counts and watermarks at the end (Engine.arrived). Lines that do not
-# decode go to the parent as received and through Engine.process, which
-# dead-letters them exactly as in one process. Both modes give the same alerts,
-# dead letters, counts and state.
-#
-# Arrival needs no number state but one thing: whether a record that is not
-# the first with its event id is a duplicate of one applied earlier, i.e.
-# still among the number's seen ids (NumberState.seen, pruned by Engine._apply
-# and by sweeps). The child keeps a copy of each number's seen ids, pruned the
-# same way. That holds for an engine that starts empty; a replay into an
-# engine with state decodes in one process.
+# and runs the arrival stage for it with the same component the engine runs
+# (detectors.arrival.Arrival: watermarks, idleness, grace buffer, release
+# order, pending duplicates), starting from the engine's arrival state. It
+# sends the records in the order the engine is to apply them; the parent
+# applies them with Engine.apply_released (where duplicates of records applied
+# before are found, in the numbers' seen ids, as in one process), sweeps where
+# the child says (Engine.sweep, at the points and event times the
+# one-process batches would), and takes over the child's arrival state at the
+# end. Lines that do not decode go to the parent as received and through
+# Engine.process, which dead-letters them exactly as in one process. Both
+# modes give the same alerts, dead letters, counts and state.
 #
 # The child computes the keyed hashes of numbers (it needs them; sent with each
 # message, for the engine's memo). Those of addresses are left to the engine:
@@ -128,7 +123,6 @@ class _Progress:
 _BATCH = 2048  # lines between two drains (sweep checks), in both modes
 _SEND = 256  # lines a message (a divisor of _BATCH); small ones keep the records in the caches
 _CHUNK = 64  # lines read and decoded at once
-_FIRST_MAX = 5_000_000  # event ids the child remembers (~100 B each); ids after that get the full duplicate check
 _PARALLEL_MIN_BYTES = 4 << 20  # below this, starting a process costs more than it saves
 _GC_YOUNG = 20_000  # allocations between young-generation collections during a replay
 
@@ -163,10 +157,7 @@ _Batch = tuple[list[Any], list[tuple[int, int]], list[list[Any]], dict[str, int]
 _batch_decoder: msgspec.msgpack.Decoder[_Batch] = msgspec.msgpack.Decoder(
     tuple[list[_Item], list[tuple[int, int]], list[list[Any]], dict[str, int], dict[str, str]]
 )
-# The last message: the arrival state for Engine.arrived (counts by category,
-# released, seq, partitions, swept_at).
-_Arrival = tuple[list[list[int]], int, int, list[tuple[int, Union[int, None], int, int]], Union[int, None]]  # noqa: UP007
-_arrival_decoder: msgspec.msgpack.Decoder[_Arrival] = msgspec.msgpack.Decoder(_Arrival)
+# The last message: the child's arrival state (detectors.arrival.Arrival.snapshot).
 _envelopes = msgspec.json.Decoder(Envelope)
 
 
@@ -205,13 +196,14 @@ def _read(paths: list[str]) -> Iterator[list[Any]]:
                 lineno += len(lines)
 
 
-def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: int, swept_at: int | None) -> None:
-    """Child process: decode every line, do the arrival stage, send batches, the arrival state, then b"".
+def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival_state: list[Any]) -> None:
+    """Child process: decode every line, run arrival (detectors.arrival, as Engine.process_decoded
+    does), send what it releases in batches, its final state, then b"".
 
-    Decoding is detectors.records.decode, its fast path inlined. Arrival mirrors
-    Engine.process_decoded for an engine that started empty (`seq` and
-    `swept_at` are the engine's), and Engine.sweep_due at the drains of the
-    replay's batches (every _BATCH lines and at the end).
+    Decoding is detectors.records.decode, its fast path inlined. The sweep
+    points are Engine.sweep_due's at the drains of the replay's batches (every
+    _BATCH lines and at the end). `arrival_state`: the engine's (an Arrival
+    snapshot, its buffer empty).
     """
     gc.disable()  # the child makes no reference cycles, and exits at the end
     encoder = msgspec.msgpack.Encoder()
@@ -223,46 +215,31 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
     fast_decoders = [_FAST[kind].decode for kind in TOPIC_KINDS]
     hours, minsecs, fractions, good_msisdns = _HOURS, _MINSEC, _FRACTIONS, _GOOD_MSISDNS
     us = settings.us
-    grace = us(settings.grace_s)
-    dedup = us(settings.dedup_retention_s)
-    interval = us(settings.expiry_sweep_interval_s)
+    arrival = Arrival(us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s))
+    arrival.restore(arrival_state)
+    arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
     msisdn_ref = pseudo.msisdn_ref
-    change_code = _CHANGE_CODE
-    # arrival state: partition -> [watermark, wall clock at it, last arrival's wall clock, pending heap]
-    partitions: dict[int, list[Any]] = {}
     lines_by = [0, 0, 0]  # lines per input topic, by category
-    refused_by = [0, 0, 0]  # of them, those dead-lettered
-    late_by = [0, 0, 0]
-    duplicates_by = [0, 0, 0]
-    released = 0
-    # ref -> [max_t, seen ids as (event time, id)]: NumberState.seen as the engine keeps it
-    seen_of: dict[str, list[Any]] = {}
     out: list[Any] = []
     sweeps: list[tuple[int, int]] = []
     others: list[Any] = []
     sent_by = [0, 0, 0]  # lines_by when the last message was sent
     other_topics: Counter[str] = Counter()
     numbers: dict[str, str] = {}
-    # Event ids decoded so far: a record whose id is new can be no duplicate.
-    event_ids: set[str] = set()
     n = 0  # lines
-    now = _now_us()
+    clock = arrival.clock  # the capture's record timestamps play the wall clock (idleness)
 
-    def remember(ref: str, t: int, event_id: str) -> None:
-        """Engine._apply's part on the number's seen ids (NumberState.max_t, seen), on the copy."""
-        sim = seen_of.get(ref)
-        if sim is None:
-            seen_of[ref] = [max(t, 0), [(t, event_id)]]
-            return
-        if t > sim[0]:
-            sim[0] = t
-        seen = sim[1]
-        if seen and seen[0][0] < sim[0] - dedup:
-            horizon = sim[0] - dedup
-            seen = sim[1] = [m for m in seen if m[0] >= horizon]
-        seen.append((t, event_id))
+    def wire(category: int, record: Any) -> Any:
+        """The transfer form of a record (its class's tag and fields), or a Remembered's."""
+        if category == DELIVERY and record.status != "bounced":
+            return ("remembered", record.msisdn, record.event_id)  # all the engine needs of it
+        cls = record.__class__
+        wire_tag = tag.get(cls)
+        if wire_tag is None:  # a subclass (the fast decoders' classes)
+            wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
+        return (wire_tag, *astuple(record))
 
     def message() -> bytes:
         topics = {name: a - b for name, a, b in zip(topic_names, lines_by, sent_by, strict=True) if a != b}
@@ -317,117 +294,48 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
                         try:
                             record, t = _decode_strict(TOPIC_KINDS[category], key, payload)
                         except BadRecord:
-                            refused_by[category] += 1
                             others.append((topic, env.partition, env.offset, key, payload, env.ts))
                             continue
                         msisdn = record.msisdn
                     ref = known_numbers.get(msisdn)
                     if ref is None:
                         ref = numbers[msisdn] = msisdn_ref(msisdn)
-                    # arrival: Engine.process_decoded
-                    partition = env.partition
-                    ps = partitions.get(partition)
-                    if ps is None:
-                        ps = partitions[partition] = [None, 0, 0, []]
-                    event_id = record.event_id
-                    pending = ps[3]
-                    if event_id in event_ids or len(event_ids) >= _FIRST_MAX:
-                        if any(e[3] == event_id and e[5] == ref for e in pending) or (
-                            (sim := seen_of.get(ref)) is not None and any(m[1] == event_id for m in sim[1])
-                        ):
-                            duplicates_by[category] += 1
-                            continue
-                    else:
-                        event_ids.add(event_id)
-                    wm = ps[0]
-                    ps[2] = now
-                    cls = record.__class__
-                    if category == DELIVERY and record.status != "bounced":
-                        wire = ("remembered", msisdn, event_id)  # all the engine needs of it (Remembered)
-                    else:
-                        wire_tag = tag.get(cls)
-                        if wire_tag is None:  # a subclass (the fast decoders' classes)
-                            wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
-                        wire = (wire_tag, *astuple(record))
-                    if wm is not None and wm - t > grace:  # late: applied at once
-                        late_by[category] += 1
-                        assert t is not None  # (decoded)
-                        remember(ref, t, event_id)
-                        out += (category, t, True, wire)
-                        continue
-                    sub = 0
-                    if category == CHANGE:
-                        code = change_code.get(cls)
-                        sub = _change_code(cls) if code is None else code
-                    seq += 1
-                    heappush(pending, (t, category, sub, event_id, seq, ref, wire))
-                    if wm is None or t > wm:
-                        ps[0] = wm = t
-                        ps[1] = now
-                    limit = wm - grace
-                    while pending[0][0] < limit:
-                        t, category, _, event_id, _, ref, wire = heappop(pending)
-                        released += 1
-                        remember(ref, t, event_id)
-                        out += (category, t, False, wire)
-                        if not pending:
-                            break
+                    ts = env.ts
+                    if ts is not None:
+                        clock = ts * 1000
+                    assert t is not None  # (decoded)
+                    status = arrive(category, env.partition, t, record, ref, clock)
+                    if status == LATE:  # applied at once
+                        out += (category, t, True, wire(category, record))
+                    for item in take_ready():
+                        out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:
                     continue
-                if n % _BATCH == 0:  # where the replay drained
-                    swept_at = _sweep_check(partitions, grace, interval, swept_at, len(out) // 4, sweeps)
-                    if sweeps:  # one check a message: this one's; detectors.expiry.expire's part on seen ids
-                        horizon = sweeps[-1][1] - dedup
-                        for sim in seen_of.values():
-                            seen = sim[1]
-                            if seen and seen[0][0] < horizon:
-                                sim[1] = [m for m in seen if m[0] >= horizon]
+                if n % _BATCH == 0:  # where the replay drains, Engine.sweep_due
+                    at = sweep_due()
+                    if at is not None:
+                        sweeps.append((len(out) // 4, at))
                 conn.send_bytes(message())
                 out, sweeps, others, numbers = [], [], [], {}
-                now = _now_us()
         if n % _BATCH:
-            swept_at = _sweep_check(partitions, grace, interval, swept_at, len(out) // 4, sweeps)
-            # (the seen ids need no sweep: no duplicates to look for after it)
-        # Engine.flush: everything pending, partition by partition
-        for ps in partitions.values():
-            pending = ps[3]
-            while pending:
-                t, category, _, event_id, _, ref, wire = heappop(pending)
-                released += 1
-                out += (category, t, False, wire)
+            at = sweep_due()
+            if at is not None:
+                sweeps.append((len(out) // 4, at))
+        for item in arrival.take_all():  # Engine.flush
+            out += (item[1], item[0], False, wire(item[1], item[6]))
         conn.send_bytes(message())
-        records_by = [a - b - c for a, b, c in zip(lines_by, refused_by, duplicates_by, strict=True)]
-        state = [(p, ps[0], ps[1], ps[2]) for p, ps in partitions.items()]
-        conn.send_bytes(encoder.encode(([records_by, late_by, duplicates_by], released, seq, state, swept_at)))
+        conn.send_bytes(encoder.encode(arrival.snapshot()))
         conn.send_bytes(b"")
     finally:
         conn.close()
 
 
-def _sweep_check(
-    partitions: dict[int, list[Any]], grace: int, interval: int, swept_at: int | None, at_item: int,
-    sweeps: list[tuple[int, int]],
-) -> int | None:
-    """Engine.sweep_due over the child's watermarks: a due sweep is appended to `sweeps`
-    (at item `at_item` of the message); returns the new swept_at."""
-    marks: list[int] = [ps[0] for ps in partitions.values() if ps[0] is not None]
-    if not marks:
-        return swept_at
-    at = min(marks) - grace
-    if swept_at is None:
-        return at
-    if at - swept_at < interval:
-        return swept_at
-    sweeps.append((at_item, at))
-    return at
-
-
-def _parallel(paths: list[str], settings: Settings, engine: Engine, end: list[_Arrival]) -> Iterator[_Batch]:
-    """The child's messages; its arrival state is appended to `end` after the last."""
+def _parallel(paths: list[str], settings: Settings, engine: Engine, end: list[Any]) -> Iterator[_Batch]:
+    """The child's messages; its arrival state (an Arrival snapshot) is appended to `end` after the last."""
     ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(
-        target=_decode_into, args=(paths, settings, sender, engine._seq, engine._swept_at), daemon=True
+        target=_decode_into, args=(paths, settings, sender, engine.arrival.snapshot()), daemon=True
     )
     child.start()
     sender.close()
@@ -445,7 +353,7 @@ def _parallel(paths: list[str], settings: Settings, engine: Engine, end: list[_A
             last = data
         if last is None:
             raise RuntimeError("the decoding process sent nothing")
-        end.append(_arrival_decoder.decode(last))
+        end.append(msgspec.msgpack.decode(last))
     finally:
         receiver.close()
         child.join(timeout=5)
@@ -477,14 +385,17 @@ def replay(
 
     `jobs`: 1 decodes in this process, 2 in a second one (same engine, same
     results); None picks 2 for large inputs on a machine with two cores. An
-    engine that already holds state always gets 1.
+    engine with records in its grace buffer, or whose numbers are no dict, gets 1.
+
+    The capture's record timestamps (`ts`) are the arrival clock (detectors.arrival):
+    a topic-partition with no record for `idle_flush_s` of them is idle.
     """
     files = [str(p) for p in paths]
     if jobs is None:
         jobs = default_jobs(files)
     engine = engine or Engine(settings, new_id=lambda: uuid.uuid4().hex)
-    if not (not engine.partitions and isinstance(engine.numbers, dict) and not engine.numbers):
-        jobs = 1  # the second process does the arrival stage for an engine that starts empty only
+    if engine.pending_count() or not isinstance(engine.numbers, dict):
+        jobs = 1  # the second process starts from the engine's arrival state with an empty buffer
     summary = Summary()
     all_alerts: list[Alert] = []
     bar = _Progress(progress)
@@ -526,6 +437,7 @@ def replay(
         process = engine.process
         if jobs <= 1:
             by_topic = summary.by_topic
+            clock = engine.arrival.clock
             for path, lineno, line in _lines(files):
                 summary.records += 1
                 try:
@@ -534,7 +446,9 @@ def replay(
                     bad_envelope(path, lineno, line.rstrip(b"\n"), str(err))
                     continue
                 by_topic[env.topic] += 1
-                process(env.topic, env.partition, env.offset, env.key, env.payload, now, env.ts)
+                if env.ts is not None:
+                    clock = env.ts * 1000
+                process(env.topic, env.partition, env.offset, env.key, env.payload, now, env.ts, None, clock)
                 if summary.records % _BATCH == 0:
                     now = _now_us()
                     drain()
@@ -547,7 +461,7 @@ def replay(
             sweep = engine.sweep
             numbers_of = engine.numbers
             assert isinstance(numbers_of, dict)
-            end: list[_Arrival] = []
+            end: list[Any] = []
             for items, sweeps, others, topics, numbers in _parallel(files, engine.settings, engine, end):
                 learn(numbers, {})
                 summary.by_topic.update(topics)
@@ -568,7 +482,7 @@ def replay(
                 now = _now_us()
                 drain()
                 bar.show(summary, started, len(all_alerts))
-            engine.arrived(*end[0])
+            engine.arrival.restore(end[0])
         engine.flush(_now_us())
         drain()
     finally:

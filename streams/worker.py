@@ -1,25 +1,26 @@
 """The Faust application: the pure engine on Kafka, with its state in changelog-backed tables.
 
 `create_app(config)` builds everything and starts nothing (no import-time side
-effects); `notifguard worker` runs it. One agent reads the three co-partitioned
-input topics (concurrency 1), merges each partition's topics in event-time
-order while catching up (streams.merge), feeds the engine, and holds each
-record's Kafka ack until the engine has released it from its grace buffer and
-the state it changed is flushed to the changelog: a crash re-reads exactly
-what was not done, and the engine's event-id dedup absorbs the rest.
+effects); `notifguard worker` runs it. The three co-partitioned input topics
+are read a fetched batch at a time and fed to the engine, whose arrival stage
+(detectors.arrival: min-of-inputs watermarks, grace buffer, release order)
+decides when each record is applied, whatever the relative speed of the
+topics. Each record's Kafka ack waits until the engine reports it done
+(applied, or dropped as a duplicate) and the outputs and state it changed are
+delivered: a crash re-reads exactly what was not done, and the engine's
+event-id dedup absorbs the rest. Topic-partitions that run ahead are paused
+while the grace buffer is full (flow control; it changes no result).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import heapq
 import logging
-import operator
 import time
 import traceback
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -36,7 +37,6 @@ from detectors.privacy import Pseudonymiser
 from detectors.records import BadRecord, decode
 from detectors.settings import Settings
 from streams.config import WorkerConfig
-from streams.merge import Merger
 from streams.metrics import Metrics
 from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
@@ -55,24 +55,8 @@ _REFS_MAX = 500_000
 GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold in a running worker (see create_app)
 
 
-_timestamp = operator.attrgetter("timestamp")
-
-
 def _now_us() -> int:
     return time.time_ns() // 1000
-
-
-class _Held:
-    """The records of one partition whose acks wait for the engine to release them (event time
-    below its watermark less grace): those that came in event-time order in a FIFO, (event time,
-    msg, arrival); the others in a heap, (event time, seq, msg, arrival). Records mostly come in
-    order, and a FIFO pops in O(1) where a heap of a grace period's records pops in O(log n)."""
-
-    __slots__ = ("late", "run")
-
-    def __init__(self) -> None:
-        self.run: deque[tuple[int, Any, float]] = deque()
-        self.late: list[tuple[int, int, Any, float]] = []
 
 
 class ProduceFailed(RuntimeError):
@@ -97,17 +81,15 @@ class Runtime:
         self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
                              index=AddressIndex(self.links))
         self.pseudo = Pseudonymiser(rules.pseudonymisation_key.reveal().encode())
-        self.merger = Merger(self.inputs)
+        self._category = {topic: i for i, topic in enumerate(self.inputs)}  # detectors.arrival's categories
         self.metrics = Metrics(rules.topics)
         self.grace_us = rules.us(rules.grace_s)
         self.numbers_changelog = numbers_table.changelog_topic.get_topic_name()
         self.links_changelog = links_table.changelog_topic.get_topic_name()
         # records to produce at the next flush: (topic, key, value, partition or None)
         self.out: list[tuple[str, bytes, bytes | None, int | None]] = []
-        # acks held until the engine releases the record, per partition
-        self.held: dict[int, _Held] = {}
+        # records done (applied, dead-lettered or duplicates): acked at the next flush
         self.to_ack: list[Any] = []
-        self.seq = 0
         self.paused: set[TP] = set()
         self.last_flush = time.monotonic()
         self.echo = False  # print alerts as readable lines (the demo)
@@ -118,7 +100,6 @@ class Runtime:
         self.sweeper = Sweeper(self.engine, self.numbers)
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
-        self._lag_seen: dict[TP, float] = {}  # since when a lagging input has delivered nothing
         self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
         self._refs: dict[bytes, str] = {}  # record key (MSISDN) -> msisdn_ref, memoised (_REFS_MAX)
         self._n_processed = 0
@@ -153,52 +134,75 @@ class Runtime:
         """Fetched records per input topic-partition, in offset order (aiokafka ConsumerRecords).
 
         Each record's Kafka ack is ours to give (at the flush, in unbroken runs: OffsetTracker.runs).
+        One clock read a batch, not a record: the records of a fetched batch
+        arrived together (the engine's wall clock, the arrival clock for
+        idleness, and the verdict delay), and the clock moves on every
+        _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
         """
         # tracked (OffsetTracker); exactly_once: records done before a restart are not processed again
         batch = self.eos.delivered(batch) if self.eos is not None else self.order.delivered(batch)
-        lag_seen = self._lag_seen
+        engine = self.engine
+        process, process_decoded = engine.process, engine.process_decoded
+        kind_of = self._kind_of
+        refs = self._refs
+        partition_of = self.numbers.partition_of
+        observe = self.metrics.processing.observe
+        perf_counter = time.perf_counter
         consumed = self._consumed
-        extend = self.merger.extend
         read = self._read
+        n = self._n_processed
+        arrived = time.monotonic()
+        now = _now_us()
         for tp, records in batch:
             if not records:
                 continue
-            topic, partition = tp
-            lag_seen.pop(tp, None)
+            topic, p = tp
             counter = consumed.get(topic)
             if counter is None:
                 counter = consumed[topic] = self.metrics.consumed.labels(topic)
             counter.inc(len(records))
             self.consumed_total += len(records)
-            read[(topic, partition)] = records[-1].offset
-            # Kafka record timestamps (ms; producers set them to event_time) order the merge.
-            extend(topic, partition, zip(map(_timestamp, records), records, strict=True))
-        self._run_merged()
+            read[(topic, p)] = records[-1].offset
+            kind = kind_of[topic]
+            for rec in records:
+                key = rec.key
+                if key is not None and key not in refs:
+                    # a number's records all come from one input partition: that of its state's changelog
+                    ref = self._ref_of(key)
+                    if ref:
+                        partition_of[ref] = p
+                n += 1
+                timed = not n & _TIME_EVERY_MASK
+                token = (rec, arrived)
+                try:
+                    if timed:
+                        now = _now_us()
+                        started = perf_counter()
+                    # Engine.process, unrolled: decoded here, and what does not decode goes to
+                    # Engine.process (which dead-letters it, with the reason)
+                    try:
+                        record, when = decode(kind, key, rec.value)
+                    except BadRecord:
+                        process(topic, p, rec.offset, key, rec.value, now, rec.timestamp, token)
+                    else:
+                        process_decoded(kind, p, record, when, now, token)
+                    if timed:
+                        observe(perf_counter() - started)
+                except Exception:
+                    # Not bad input (that is dead-lettered by the engine, and a record whose
+                    # application raised is reported in engine.failed): a bug before the record
+                    # reached the grace buffer. Loud, counted, dead-lettered with the traceback.
+                    self._bug(rec, traceback.format_exc(limit=3))
+        self._n_processed = n
+        self._done()
+        self._emit()
         self._pause_overfull()
 
     def flush_due(self) -> bool:
         return time.monotonic() - self.last_flush >= self.config.flush_interval_s
 
-    def _lagging(self, topic: str, partition: int) -> bool:
-        """May this input topic-partition still deliver records older than what is queued?
-
-        Yes while Kafka holds records past what we read (its highwater), or we
-        do not know yet (not fetched). A topic-partition holds the others back
-        for at most merge_wait_s from when it was first seen lagging with
-        nothing delivered, so a broken or stuck partition cannot stall the rest.
-        """
-        tp = TP(topic, partition)
-        unread = self._unread(tp)
-        if unread == 0:
-            self._lag_seen.pop(tp, None)
-            return False
-        now = time.monotonic()
-        since = self._lag_seen.setdefault(tp, now)
-        return now - since <= self.config.merge_wait_s
-
     def _unread(self, tp: TP) -> int | None:
-        """Records of an input topic-partition not processed yet (None: not fetched yet): those
-        Kafka holds past what we fetched, and those fetched that wait in the merge."""
+        """Records of an input topic-partition Kafka holds past what we read (None: not known yet)."""
         try:
             highwater = self.app.consumer.highwater(tp)
         except Exception:
@@ -208,81 +212,34 @@ class Runtime:
         last = self._read.get((tp.topic, tp.partition))
         if last is None:  # nothing read since assignment: we start at the committed offset
             last = (getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0) - 1
-        # fetched (last) but still queued in the merge: read from Kafka, not yet processed
-        return int(max(0, highwater - last - 1)) + self.merger.queued_in(tp.topic, tp.partition)
+        return int(max(0, highwater - last - 1))
 
-    def _run_merged(self) -> None:
-        """Feed the engine what the merge lets go; then release held acks and take the outputs, once.
-
-        One clock read a batch, not a record: the records of a fetched batch
-        arrived together (verdict delay), and the engine's wall clock moves on
-        every _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
-        """
+    def _done(self) -> None:
+        """Take what the engine finished: acks for the records done, dead letters for those that failed."""
         engine = self.engine
-        process, process_decoded = engine.process, engine.process_decoded
-        kind_of = self._kind_of
-        held = self.held
-        ack = self.to_ack.append
-        refs = self._refs
-        partition_of = self.numbers.partition_of
-        observe = self.metrics.processing.observe
-        perf_counter = time.perf_counter
-        push = heapq.heappush
-        n = n0 = self._n_processed
-        seq = self.seq
-        arrived = time.monotonic()
-        now = _now_us()
-        for rec in self.merger.ready(self._lagging):
-            topic, p, key = rec.topic, rec.partition, rec.key
-            if key is not None and key not in refs:
-                # a number's records all come from one input partition: that of its state's changelog
-                ref = self._ref_of(key)
-                if ref:
-                    partition_of[ref] = p
-            n += 1
-            timed = not n & _TIME_EVERY_MASK
-            try:
-                if timed:
-                    now = _now_us()
-                    started = perf_counter()
-                # Engine.process, unrolled: decoded here, and what does not decode goes to
-                # Engine.process (which dead-letters it, with the reason)
-                try:
-                    record, when = decode(kind_of[topic], key, rec.value)
-                except (BadRecord, KeyError):
-                    process(topic, p, rec.offset, key, rec.value, now, rec.timestamp)
-                else:
-                    process_decoded(kind_of[topic], p, record, when, now)
-                if timed:
-                    observe(perf_counter() - started)
-            except Exception:
-                # Not bad input (that is dead-lettered by the engine): a bug. Loud, counted,
-                # and the record is not acknowledged as processed silently: it is dead-lettered
-                # with the traceback so nothing is lost, and the worker goes on.
-                self.metrics.errors.labels(topic).inc()
-                log.exception("BUG while processing %s[%s]@%s", topic, p, rec.offset)
-                self._bug_letter(rec, traceback.format_exc(limit=3))
-                ack(rec)
-                continue
-            t = engine.last_buffered
-            if t is None:
-                ack(rec)
-            else:  # in the grace buffer: acked once the engine releases it
-                h = held.get(p)
-                if h is None:
-                    h = held[p] = _Held()
-                run = h.run
-                if not run or t >= run[-1][0]:
-                    run.append((t, rec, arrived))
-                else:
-                    seq += 1
-                    push(h.late, (t, seq, rec, arrived))
-        self.seq = seq
-        if n != n0:
-            self._n_processed = n
-            for partition in held:
-                self._release_held(partition)
-            self._emit()
+        done = engine.take_done()
+        if done:
+            ack = self.to_ack.append
+            outbound = self.topics.outbound
+            arrivals: list[float] = []  # of the notifications: their verdicts were reached now
+            for msg, arrived in done:
+                ack(msg)
+                if msg.topic == outbound:
+                    arrivals.append(arrived)
+            if arrivals:
+                self.metrics.observe_verdict_delays(time.monotonic(), arrivals)
+        if engine.failed:
+            failed, engine.failed = engine.failed, []
+            for (msg, _), exc in failed:
+                self._bug(msg, "".join(traceback.format_exception(exc, limit=3)))
+
+    def _bug(self, msg: Any, trace: str) -> None:
+        """A record whose processing raised (a bug, not bad input): logged, counted, dead-lettered as
+        itself with the traceback's last line (`processing_error`), and acked, so the worker goes on."""
+        self.metrics.errors.labels(msg.topic).inc()
+        log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
+        self._bug_letter(msg, trace)
+        self.to_ack.append(msg)
 
     def _ref_of(self, key: bytes) -> str:
         """The msisdn_ref of a record key (the MSISDN), memoised; "" for a key that is not text."""
@@ -294,32 +251,6 @@ class Runtime:
             self._refs.clear()
         self._refs[key] = ref
         return ref
-
-    def _release_held(self, partition: int) -> None:
-        held = self.held.get(partition)
-        ps = self.engine.partitions.get(partition)
-        if held is None or ps is None or ps.watermark is None:
-            return
-        limit = ps.watermark - self.grace_us
-        run, late = held.run, held.late
-        if not (run and run[0][0] < limit) and not (late and late[0][0] < limit):
-            return
-        ack = self.to_ack.append
-        outbound = self.topics.outbound
-        arrivals: list[float] = []  # of the notifications: their verdicts were reached now
-        pop = run.popleft
-        while run and run[0][0] < limit:
-            _, msg, arrived = pop()
-            ack(msg)
-            if msg.topic == outbound:
-                arrivals.append(arrived)
-        while late and late[0][0] < limit:
-            _, _, msg, arrived = heapq.heappop(late)
-            ack(msg)
-            if msg.topic == outbound:
-                arrivals.append(arrived)
-        if arrivals:
-            self.metrics.observe_verdict_delays(time.monotonic(), arrivals)
 
     def _emit(self) -> None:
         if self.engine.deliveries:
@@ -457,10 +388,9 @@ class Runtime:
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         async with self._lock:
-            self._run_merged()
+            unread = self._mark_behind()
             self.engine.tick(_now_us())
-            for p in list(self.held):
-                self._release_held(p)
+            self._done()
             now = self.engine.sweep_due()
             if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
                 self.sweeper.start(now, {tp.partition for tp in self._assigned})
@@ -471,28 +401,53 @@ class Runtime:
         now = _now_us()
         m = self.metrics
         m.sync_stats(self.engine.stats)
-        m.pending.set(self.engine.pending_count() + self.merger.queued)
-        for p, ps in self.engine.partitions.items():
-            if ps.watermark is not None:
-                m.watermark_lag.labels(str(p)).set(max(0.0, (now - ps.watermark) / 1e6))
+        m.pending.set(self.engine.pending_count())
+        for p, watermark in self.engine.arrival.partition_watermarks().items():
+            if watermark is not None:
+                m.watermark_lag.labels(str(p)).set(max(0.0, (now - watermark) / 1e6))
         m.tracked.set(len(self.numbers.cache))
         lag: dict[str, int] = dict.fromkeys(self.inputs, 0)
-        for tp in self._assigned:
-            unread = self._unread(tp)
-            if unread is not None:
-                lag[tp.topic] += unread
-        for topic, n in lag.items():
-            m.consumer_lag.labels(topic).set(n)
+        for tp, n in unread.items():
+            if n is not None:
+                lag[tp.topic] += n
+        for topic, total in lag.items():
+            m.consumer_lag.labels(topic).set(total)
         m.ready.set(1 if self.is_ready() else 0)
 
+    def _mark_behind(self) -> dict[TP, int | None]:
+        """Tell the arrival stage which input topic-partitions have records waiting on the broker
+        (or whose end is not known yet): their silence is ours, so they are not idle. Returns
+        the unread counts. (Kafka's highwater says only that records wait, never that no
+        older record is coming: the watermark rule does not rest on it.)"""
+        arrival = self.engine.arrival
+        unread = {tp: self._unread(tp) for tp in self._assigned}
+        for tp, n in unread.items():
+            arrival.set_behind(self._category[tp.topic], tp.partition, n is None or n > 0)
+        return unread
+
     def _pause_overfull(self) -> None:
-        over = {TP(t, p) for t, p in self.merger.over_limit()}
+        """Flow control: while the grace buffer holds max_pending records, pause the input
+        topic-partitions running ahead of the watermark; resume them all below half of it.
+        The arrival stage is told, so that a paused topic-partition never counts as idle."""
+        arrival = self.engine.arrival
+        pending = arrival.pending_count()
+        limit = self.config.max_pending
+        if pending >= limit:
+            want = self.paused | {TP(self.inputs[s.category], s.partition) for s in arrival.ahead()}
+        elif pending < limit // 2:
+            want = set()
+        else:
+            return
         consumer = self.app.consumer
-        if over - self.paused:
-            consumer.pause_partitions(over - self.paused)
-        if self.paused - over:
-            consumer.resume_partitions(self.paused - over)
-        self.paused = over
+        if want - self.paused:
+            consumer.pause_partitions(want - self.paused)
+            for tp in want - self.paused:
+                arrival.set_paused(self._category[tp.topic], tp.partition, True)
+        if self.paused - want:
+            consumer.resume_partitions(self.paused - want)
+            for tp in self.paused - want:
+                arrival.set_paused(self._category[tp.topic], tp.partition, False)
+        self.paused = want
 
     # --------------------------------------------------------------- rebalance
 
@@ -500,14 +455,13 @@ class Runtime:
         partitions = {tp.partition for tp in revoked if tp.topic in self.inputs}
         async with self._lock:
             await self._flush()
-            for p in partitions:
-                self.merger.forget(p)
-                self.held.pop(p, None)
-                self.engine.partitions.pop(p, None)
+            # their buffered records were not acked: the next owner reads them again
+            self.engine.arrival.forget(partitions)
+            self.paused = {tp for tp in self.paused if tp.partition not in partitions}
             self.numbers.forget_partitions(partitions)
             self.sweeper.forget(partitions)
             self.order.clear()  # Faust seeks the partitions it assigns to their committed offsets
-            self._refs.clear()  # _run_merged gives partition_of the partition of the keys it has not seen
+            self._refs.clear()  # on_events gives partition_of the partition of the keys it has not seen
             self._read = {k: v for k, v in self._read.items() if k[1] not in partitions}
             self.to_ack.clear()
         self.metrics.rebalances.inc()
@@ -515,9 +469,11 @@ class Runtime:
     def on_assigned(self, assigned: set[TP]) -> None:
         self.numbers.absent.clear()  # partitions recovered from their changelogs may hold any number
         self._assigned = {tp for tp in assigned if tp.topic in self.inputs}
-        self._lag_seen.clear()
-        for tp in self._assigned:
-            self.merger.expect(tp.topic, tp.partition)
+        # Every assigned input topic-partition holds the watermark back from now until it
+        # delivers or is idle: its first records may be older than anything fetched.
+        clock = _now_us()
+        for p in sorted({tp.partition for tp in self._assigned}):
+            self.engine.arrival.expect(p, clock)
         self._read = {k: v for k, v in self._read.items() if TP(*k) in self._assigned}
 
     def is_ready(self) -> bool:

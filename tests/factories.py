@@ -93,6 +93,29 @@ def feed(engine: Engine, records: Iterable[Rec], now_us: int = 0) -> None:
         engine.process(r.topic, r.partition, i, r.key, r.value, now_us)
 
 
+# A number that only moves the watermark on (contract 1.1: the minimum over the three
+# input topics): its mails go to its own current address, its deliveries succeed.
+FILLER = "+4917699999999"
+FILLER_START = _rec(
+    "changes", 0, "filler-start", FILLER,
+    {"type": "contract_started", "contract_id": "K-F", "customer_id": "C-F", "brand": "o2",
+     "email": "filler@example.com"},
+)  # fmt: skip
+_fill = itertools.count()
+
+
+def advance(engine: Engine, t: float, partition: int = 0, now_us: int = 0) -> None:
+    """Records of FILLER (fed FILLER_START first) on all three input topics at `t`: the watermark moves to `t`."""
+    n = next(_fill)
+    for r in (
+        _rec("changes", t, f"fill-c{n}", FILLER,
+             {"type": "email_verified", "contract_id": "K-F", "email": "filler@example.com"}),
+        mail("filler@example.com", t, id=f"fill-m{n}", msisdn=FILLER),
+        delivery(f"m-fill-m{n}", "delivered", t, id=f"fill-d{n}", msisdn=FILLER),
+    ):  # fmt: skip
+        engine.process(r.topic, partition, None, r.key, r.value, now_us)
+
+
 def run(records: Iterable[Rec], settings: Settings | None = None, flush: bool = True) -> list[Alert]:
     engine = new_engine(settings)
     feed(engine, records)

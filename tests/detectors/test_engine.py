@@ -2,10 +2,24 @@
 
 from detectors.settings import Settings
 from detectors.state import decode_number, encode_number
-from tests.factories import MSISDN, Rec, change, delivery, feed, kinds_of, mail, new_engine
+from detectors.timefmt import parse_rfc3339
+from tests.factories import (
+    FILLER_START,
+    MSISDN,
+    T0,
+    Rec,
+    advance,
+    change,
+    delivery,
+    feed,
+    kinds_of,
+    mail,
+    new_engine,
+)
 
 DAY = 86_400
 S = 1_000_000
+T0_US = parse_rfc3339(T0)
 STARTED = change("contract_started", 0, id="s", email="old@x.de")
 
 
@@ -20,18 +34,23 @@ def test_a_change_arriving_after_the_mail_within_grace_is_applied_first():
 
 def test_nothing_is_judged_before_the_watermark_passes_event_time_plus_grace():
     engine = new_engine()
-    feed(engine, [STARTED, mail("stranger@x.de", DAY, id="n")])
-    assert engine.pending_count() == 1
-    feed(engine, [delivery("z", "delivered", DAY + 30)])  # watermark == t + grace: not yet past
-    assert engine.drain()[0] == [] and engine.pending_count() == 2
-    feed(engine, [delivery("z2", "delivered", DAY + 30.001)])
+    feed(engine, [STARTED, FILLER_START, mail("stranger@x.de", DAY, id="n")])
+    assert engine.arrival.watermark is None  # nothing on the delivery topic yet: the minimum waits
+    assert engine.pending_count() == 3
+    feed(engine, [delivery("z", "delivered", DAY + 30)])
+    assert engine.arrival.watermark == T0_US  # the contract topic's
+    advance(engine, DAY + 30)  # every topic at t + grace: not yet past
+    assert engine.arrival.watermark == T0_US + (DAY + 30) * S
+    assert engine.drain()[0] == []
+    advance(engine, DAY + 30.001)
     assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
 
 
 def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
     engine = new_engine()
-    feed(engine, [STARTED, mail("new@x.de", DAY + 5, id="n1"), delivery("x", "delivered", DAY + 100),
-                  change("email_changed", DAY, id="late-change", email="new@x.de"),
+    feed(engine, [STARTED, FILLER_START, mail("new@x.de", DAY + 5, id="n1")])
+    advance(engine, DAY + 100)
+    feed(engine, [change("email_changed", DAY, id="late-change", email="new@x.de"),
                   mail("new@x.de", DAY + 200, id="n2")])
     engine.flush(0)
     alerts = engine.drain()[0]
@@ -42,7 +61,8 @@ def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
 
 def test_a_late_notification_is_judged_at_once_and_marked():
     engine = new_engine()
-    feed(engine, [STARTED, delivery("x", "delivered", DAY + 100)])
+    feed(engine, [STARTED, FILLER_START])
+    advance(engine, DAY + 100)
     feed(engine, [mail("stranger@x.de", DAY, id="late")])
     alerts, _, verdicts = engine.drain()  # no flush needed: judged at once
     assert kinds_of(alerts) == [("recipient_unlinked", "late")]
@@ -65,16 +85,18 @@ def test_same_event_time_applies_changes_then_notifications_then_deliveries():
 def test_duplicates_change_nothing_and_are_counted():
     engine = new_engine()
     n = mail("stranger@x.de", DAY, id="n")
-    feed(engine, [STARTED, STARTED, n, n])
+    feed(engine, [STARTED, STARTED, n, n])  # duplicates in the buffer: dropped on arrival
     engine.flush(0)
-    feed(engine, [n])
+    feed(engine, [n])  # a duplicate of an applied record: dropped when applied (the number's seen ids)
+    engine.flush(0)
     assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
     assert engine.stats.duplicates == {"changes": 1, "outbound": 2, "delivery": 0}
 
 
 def test_duplicate_ids_are_forgotten_after_the_retention():
     engine = new_engine(Settings(dedup_retention_s=3600))
-    feed(engine, [STARTED, change("email_changed", 2 * 3600, id="later", email="a@b.c")])
+    feed(engine, [STARTED, FILLER_START, change("email_changed", 2 * 3600, id="later", email="a@b.c")])
+    advance(engine, 2 * 3600)
     engine.flush(0)
     feed(engine, [STARTED])
     assert engine.stats.duplicates["changes"] == 0  # old id forgotten: a resend long after counts again
@@ -85,7 +107,7 @@ def test_bad_records_are_dead_lettered_and_change_no_state():
     engine = new_engine()
     feed(engine, [STARTED])
     before = {ref: encode_number(s) for ref, s in engine.numbers.items()}
-    wm = engine.partitions[0].watermark
+    arrival = engine.arrival.snapshot()
     far_future = change("contract_ended", 10 * DAY, msisdn=MSISDN)
     bad = [
         Rec("notifications.outbound", MSISDN, b"{oops"),
@@ -102,7 +124,7 @@ def test_bad_records_are_dead_lettered_and_change_no_state():
     assert dead[1].value_encoding == "base64"
     assert dead[2].source_topic == "contracts.changes" and dead[2].offset == 2
     assert {ref: encode_number(s) for ref, s in engine.numbers.items()} == before
-    assert engine.partitions[0].watermark == wm
+    assert engine.arrival.snapshot() == arrival
     assert engine.stats.deadletters == {"invalid_json": 3, "invalid_record": 1, "key_mismatch": 1,
                                         "unknown_topic": 1}
 
@@ -116,18 +138,20 @@ def test_idle_partition_is_flushed_by_the_wall_clock():
     assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
 
 
-def test_partitions_have_their_own_watermarks():
+def test_a_partition_that_runs_ahead_makes_no_other_partition_late():
     engine = new_engine()
     other = "+4917600000002"
-    recs = [STARTED, change("contract_started", 0, msisdn=other, customer_id="C-2", email="b@x.de")]
-    recs[1] = Rec(recs[1].topic, recs[1].key, recs[1].value, partition=1)
+    recs = [STARTED, FILLER_START, change("contract_started", 0, msisdn=other, customer_id="C-2", email="b@x.de")]
+    recs[2] = Rec(recs[2].topic, recs[2].key, recs[2].value, partition=1)
     feed(engine, recs)
-    feed(engine, [mail("stranger@x.de", DAY, id="n")])
+    advance(engine, DAY)  # partition 0 a day on
+    assert engine.arrival.partition_watermarks() == {0: T0_US + DAY * S, 1: T0_US}
     late_on_1 = mail("stranger2@x.de", 10, id="n2", msisdn=other)
     feed(engine, [Rec(late_on_1.topic, late_on_1.key, late_on_1.value, partition=1)])
-    # partition 1's watermark is at 0: a mail at 10 s is not late there
+    # partition 1's watermark is at 0, and the engine's is the lowest: a mail at 10 s is not late
     assert engine.stats.late["outbound"] == 0
-    assert engine.partitions[0].watermark != engine.partitions[1].watermark
+    engine.flush(0)
+    assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n2")]
 
 
 def test_flush_releases_everything_in_event_time_order():
@@ -150,14 +174,16 @@ def test_number_state_survives_a_round_trip():
 
 def test_a_restart_that_lost_the_buffer_re_applies_what_was_pending():
     engine = new_engine()
-    feed(engine, [STARTED, mail("stranger@x.de", DAY, id="n")])
-    assert engine.pending_count() == 1
+    feed(engine, [STARTED, FILLER_START])
+    advance(engine, DAY - 60)  # STARTED applied
+    feed(engine, [mail("stranger@x.de", DAY, id="n")])
+    assert engine.pending_count() == 4  # the mail and the filler's last three records
     restarted = new_engine()  # same state, empty buffers: as a worker recovered from its changelog
     restarted.numbers = engine.numbers
     restarted.index = engine.index
     feed(restarted, [STARTED, mail("stranger@x.de", DAY, id="n")])  # re-read from the committed offset
     restarted.flush(0)
-    assert kinds_of(restarted.drain()[0]) == [("recipient_unlinked", "n")]
+    assert kinds_of(restarted.drain()[0]) == [("recipient_unlinked", "n")]  # the lost mail, judged
     assert restarted.stats.duplicates["changes"] == 1
 
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors import kinds
-from detectors.engine import Engine, PartitionState
+from detectors.arrival import DELIVERY, NOTIFICATION, Arrival
+from detectors.engine import Engine
 from detectors.expiry import Horizons, expire, history_cut
 from detectors.holdings import TYPE_CODES, Change, derive
 from detectors.settings import Settings
@@ -116,7 +117,8 @@ def _short(**changes: float) -> Settings:
 def _run_sweeping(records: list[Rec], s: Settings) -> tuple[list, Engine]:
     engine = new_engine(s)
     for i, r in enumerate(records):
-        engine.process(r.topic, r.partition, i, r.key, r.value, 0)
+        # the arrival clock as offline: the record's timestamp (= event time), so silent topics go idle
+        engine.process(r.topic, r.partition, i, r.key, r.value, 0, clock_us=parse_rfc3339(r.event["event_time"]))
         now = engine.sweep_due()
         if now is not None:
             engine.sweep(list(engine.numbers.items()), now)
@@ -195,16 +197,32 @@ def test_settings_refuse_a_history_retention_shorter_than_the_re_port_window():
     assert Settings().history_retention_s >= Settings().re_port_window_s
 
 
-def test_a_sweep_is_due_once_per_interval_of_the_lowest_watermark():
-    engine = new_engine(Settings(expiry_sweep_interval_s=100.0, grace_s=10.0))
-    assert engine.sweep_due() is None  # no watermark yet
+class _Ev:
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+
+
+def test_a_sweep_is_due_once_per_interval_of_the_watermark():
+    a = Arrival(grace_us=10 * US, idle_us=1_000 * US, sweep_interval_us=100 * US)
+    assert a.sweep_due() is None  # no watermark yet
     t0 = 1_000 * US
-    engine.partitions[0] = PartitionState(watermark=t0)
-    engine.partitions[1] = PartitionState(watermark=t0 + 500 * US)
-    engine.partitions[2] = PartitionState()  # no record yet: no say
-    assert engine.sweep_due() is None  # the first watermark starts the clock
-    engine.partitions[0].watermark = t0 + 99 * US
-    assert engine.sweep_due() is None
-    engine.partitions[0].watermark = t0 + 100 * US
-    assert engine.sweep_due() == t0 + 90 * US  # the lowest watermark less grace
-    assert engine.sweep_due() is None
+    a.arrive(NOTIFICATION, 0, t0 + 500 * US, _Ev("m1"), "n", clock=0)
+    a.arrive(DELIVERY, 0, t0, _Ev("d1"), "n", clock=0)
+    assert a.sweep_due() is None  # a source that never received holds the watermark: none yet
+    a.arrive(0, 0, t0, _change("c1"), "n", clock=0)
+    assert a.watermark == t0  # the lowest of the three
+    assert a.sweep_due() is None  # the first watermark starts the clock
+    a.arrive(DELIVERY, 0, t0 + 99 * US, _Ev("d2"), "n", clock=0)
+    a.arrive(0, 0, t0 + 99 * US, _change("c2"), "n", clock=0)
+    assert a.sweep_due() is None
+    a.arrive(DELIVERY, 0, t0 + 100 * US, _Ev("d3"), "n", clock=0)
+    a.arrive(0, 0, t0 + 100 * US, _change("c3"), "n", clock=0)
+    assert a.sweep_due() == t0 + 90 * US  # the watermark less grace
+    assert a.sweep_due() is None
+
+
+def _change(event_id: str) -> object:
+    from detectors.records import ContractEnded
+
+    return ContractEnded(schema_version=1, event_id=event_id, event_time="x", msisdn="+4917612345678",
+                         contract_id="K")

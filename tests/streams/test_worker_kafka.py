@@ -1,11 +1,11 @@
 """The worker on a real Kafka broker gives what the offline replay gives.
 
-Captures are produced before the worker starts: a backlog, which the worker
-must read in event-time order across topics and partitions (streams/merge.py).
-Producing a capture that spans months in seconds *while* the worker reads
-would compress months of event time into producer batches, and a topic whose
-batch is a few milliseconds late would be hours of event time late: not a
-situation live traffic (event time ~ wall time) or a backlog creates.
+Captures produced before the worker starts: a backlog, which the worker reads
+a fetch at a time, topic-partitions far apart in event time; its arrival stage
+(detectors.arrival: the watermark is the minimum over the input
+topic-partitions) applies the records in event-time order across topics and
+partitions anyway. Captures produced while the worker reads are the subject of
+tests/streams/test_worker_live.py.
 """
 
 from __future__ import annotations
