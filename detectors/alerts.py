@@ -35,6 +35,8 @@ class Alert(msgspec.Struct, frozen=True):
     late: bool
     runbook_url: str
     schema_version: int = 1
+    # contract 1.1: "firing", or "retracted" for a record withdrawing the alert of this dedup_key
+    status: str = "firing"
 
 
 def dedup_key(kind: str, trigger_event_id: str) -> str:

@@ -5,8 +5,9 @@ process and the worker alike:
 
 - Each input topic-partition (a *source*) has a watermark: the largest
   `event_time` accepted on it.
-- The watermark that releases records is the **minimum** over the sources,
-  monotone (it never goes back). A source that has received nothing for
+- The watermark that releases records is the **minimum** over the sources. It
+  never goes back, but when the set of sources changes (a partition assigned
+  or first seen, partitions given up), it is what the new set allows. A source that has received nothing for
   `idle_flush` of the arrival clock is idle and does not hold it back until it
   receives again; a source that has never received anything holds it back
   from when its partition was first seen until it is idle. When every source
@@ -216,8 +217,8 @@ class Arrival:
                 s = self._sources[c][partition] = Source(c, partition, self.clock)
                 self._active[s] = None
                 added = True
-        if added:
-            self._recompute(self.clock)
+        if added:  # the new sources hold it from now: the watermark goes back to what they allow
+            self._recompute(self.clock, reset=True)
 
     # ------------------------------------------------------------ flow control
 
@@ -274,7 +275,7 @@ class Arrival:
         heapify(kept)
         self.pending = kept
         self._min = None
-        self._recompute(self.clock)
+        self._recompute(self.clock, reset=True)
         return dropped
 
     # ------------------------------------------------------------------ views
@@ -357,8 +358,12 @@ class Arrival:
         self.expect(partition, clock)
         return self._sources[category][partition]
 
-    def _recompute(self, clock: int) -> None:
-        """The minimum over the sources not idle at `clock`, and when to look again."""
+    def _recompute(self, clock: int, reset: bool = False) -> None:
+        """The minimum over the sources not idle at `clock`, and when to look again.
+
+        The watermark never goes back, except with `reset` (the set of sources changed:
+        a partition assigned or first seen, or partitions given up).
+        """
         idle = self.idle
         active = self._active
         best: Source | None = None
@@ -382,7 +387,10 @@ class Arrival:
             s.active = False
             del active[s]
         candidate: int | None
-        if not active:  # all idle: the watermark advances with the clock
+        if not active and not any(self._sources):  # no source at all: nothing moves it
+            self._min = None
+            candidate = self.watermark
+        elif not active:  # all idle: the watermark advances with the clock
             self._min = None
             candidate = None if self._max_t is None else self._max_t + max(0, clock - self._latest)
             deadline = clock + 1
@@ -393,6 +401,9 @@ class Arrival:
             self._min = best
             candidate = best.watermark if best is not None else None
         self._deadline = deadline
-        if candidate is not None and (self.watermark is None or candidate > self.watermark):
+        if reset:
+            self.watermark = candidate
+            self.limit = NEVER if candidate is None else candidate - self.grace
+        elif candidate is not None and (self.watermark is None or candidate > self.watermark):
             self.watermark = candidate
             self.limit = candidate - self.grace

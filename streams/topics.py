@@ -71,7 +71,13 @@ class TopicsReport:
 
 
 def address_index_topic(app_id: str) -> str:
-    return f"{app_id}-address-index"
+    """The changelog of the worker's address-index GlobalTable (Faust's name for it)."""
+    return f"{app_id}-address-index-changelog"
+
+
+def numbers_topic(app_id: str) -> str:
+    """The changelog of the worker's numbers table (Faust's name for it)."""
+    return f"{app_id}-numbers-changelog"
 
 
 def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifguard") -> list[TopicSpec]:
@@ -89,8 +95,12 @@ def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifgua
                   {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)}, False),
         TopicSpec(t.deadletter, "output", partitions,
                   {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, False),
-        TopicSpec(address_index_topic(app_id), "internal", partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}, True),
+        # The tables' changelogs, made before the worker starts: Faust declares them itself, but
+        # its partition assignor can run before their metadata has spread, ignore them as
+        # missing ("not found in cluster metadata"), and leave the worker never ready.
+        # Compacted: the newest state per key is the state.
+        TopicSpec(numbers_topic(app_id), "internal", partitions, {"cleanup.policy": "compact"}, True),
+        TopicSpec(address_index_topic(app_id), "internal", partitions, {"cleanup.policy": "compact"}, True),
     ]
 
 

@@ -141,6 +141,9 @@ class Runtime:
         """
         # tracked (OffsetTracker); exactly_once: records done before a restart are not processed again
         batch = self.eos.delivered(batch) if self.eos is not None else self.order.delivered(batch)
+        # before the records: which inputs have records waiting (after a recovery that took longer
+        # than idle_flush, the first batch must not find the silent-but-waiting ones idle)
+        self._mark_behind()
         engine = self.engine
         process, process_decoded = engine.process, engine.process_decoded
         kind_of = self._kind_of

@@ -151,3 +151,29 @@ def test_a_topic_behind_its_broker_is_never_idle():
     assert a.watermark == 100 * S
     a.tick(11 * IDLE)
     assert a.watermark >= 9000 * S  # (all idle then: on with the clock)
+
+
+def test_a_partition_first_seen_late_holds_the_watermark_from_then_and_is_not_late():
+    a = new()
+    for c, ev in ((CHANGE, ended("c")), (NOTIFICATION, Ev("m")), (DELIVERY, Ev("d"))):
+        a.arrive(c, 0, 9000 * S, ev, "n", clock=0)
+    assert a.watermark == 9000 * S
+    assert a.arrive(NOTIFICATION, 1, 10 * S, Ev("m1"), "k", clock=0) == ON_TIME  # months behind
+    assert a.watermark is None  # partition 1's other two topics hold it now
+    a.arrive(CHANGE, 1, 5 * S, ended("c1"), "k", clock=0)
+    a.arrive(DELIVERY, 1, 20 * S, Ev("d1"), "k", clock=0)
+    assert a.watermark == 5 * S
+
+
+def test_partitions_given_up_take_their_sources_and_records_with_them():
+    a = new()
+    a.expect(0, 0)
+    a.expect(1, 0)
+    for p in (0, 1):
+        for c, ev in ((CHANGE, ended(f"c{p}")), (NOTIFICATION, Ev(f"m{p}")), (DELIVERY, Ev(f"d{p}"))):
+            a.arrive(c, p, (1000 + p) * S, ev, "n", clock=0, token=f"{ev.event_id}")
+    assert a.watermark == 1000 * S
+    assert sorted(a.forget([0])) == ["c0", "d0", "m0"]
+    assert a.watermark == 1001 * S
+    assert a.forget([1]) and a.pending_count() == 0 and a.sources() == []
+    assert a.watermark == 1001 * S  # no source left to move it

@@ -19,6 +19,7 @@ from streams.topics import (
     address_index_topic,
     delete_topics,
     ensure_topics,
+    numbers_topic,
     topic_specs,
     wait_for_broker,
 )
@@ -66,11 +67,13 @@ def test_topic_specs_follow_the_contract() -> None:
     specs = {s.name: s for s in topic_specs(Settings(), 6, "notifguard")}
     assert set(specs) == {
         "notifications.outbound", "contracts.changes", "notifications.delivery",
-        "notifguard.alerts", "notifguard.deadletter", "notifguard-address-index",
+        "notifguard.alerts", "notifguard.deadletter", "notifguard-numbers-changelog",
+        "notifguard-address-index-changelog",
     }
     assert {s.partitions for s in specs.values()} == {6}
     assert specs["notifguard.alerts"].configs == {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)}
-    assert specs["notifguard-address-index"].co_partitioned
+    assert specs["notifguard-address-index-changelog"].co_partitioned
+    assert specs["notifguard-numbers-changelog"].co_partitioned
     assert not specs["notifguard.deadletter"].co_partitioned
     with pytest.raises(ValueError):
         topic_specs(Settings(), 0)
@@ -107,9 +110,8 @@ def test_ensure_topics_creates_once_with_intended_layout(bootstrap: str, layout:
     assert cfg[t.alerts]["retention.ms"] == str(30 * DAY_MS)
     assert cfg[t.deadletter]["cleanup.policy"] == "delete"
     assert cfg[t.deadletter]["retention.ms"] == str(30 * DAY_MS)
-    index = address_index_topic(app_id)
-    assert cfg[index]["cleanup.policy"] == "delete"
-    assert cfg[index]["retention.ms"] == str(7 * DAY_MS)
+    for changelog in (address_index_topic(app_id), numbers_topic(app_id)):
+        assert cfg[changelog]["cleanup.policy"] == "compact"
 
 
 @pytest.mark.kafka
