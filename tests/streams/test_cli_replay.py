@@ -67,3 +67,31 @@ def test_cannot_run_exits_non_zero_but_alerts_do_not(tmp_path):
     assert "[critical] recipient_previous_holder" in proc.stdout
     assert "DEVELOPMENT PSEUDONYMISATION KEY" in proc.stderr
     assert "anna.schmidt" not in proc.stdout + proc.stderr.lower()
+
+
+def _replay_jobs(cap: Path, tmp_path: Path, jobs: int) -> tuple[int, list[dict], list[dict]]:
+    out, dead = tmp_path / f"alerts-{jobs}.jsonl", tmp_path / f"dead-{jobs}.jsonl"
+    rc = main(
+        ["replay", "--offline", "--jobs", str(jobs), str(cap), "--alerts-out", str(out), "--deadletter-out", str(dead)]
+    )
+    alerts = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    deads = [json.loads(line) for line in dead.read_text().splitlines()] if dead.exists() else []
+    return rc, alerts, deads
+
+
+def test_jobs_picks_one_or_two_processes_with_the_same_results(tmp_path, monkeypatch):
+    import streams.replay_offline as ro
+
+    cap = _capture(tmp_path)
+    with open(cap, "ab") as f:
+        f.write(b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"+49","payload":"{}"}\n')
+    used = []
+    parallel = ro._parallel
+    monkeypatch.setattr(ro, "_parallel", lambda *a: used.append(2) or parallel(*a))
+    results = {jobs: _replay_jobs(cap, tmp_path, jobs) for jobs in (1, 2)}
+    assert used == [2]  # --jobs 2 only
+    for rc, alerts, deads in results.values():
+        assert rc == 0
+        assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+        assert [d["reason_code"] for d in deads] == ["invalid_record"]
+    assert sorted(a["dedup_key"] for a in results[1][1]) == sorted(a["dedup_key"] for a in results[2][1])
