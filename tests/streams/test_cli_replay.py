@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from detectors.capture import encode_line
+import pytest
+
+from detectors.capture import Envelope, encode_line
 from streams.cli import main
 from streams.scenarios import load
 
@@ -95,3 +97,38 @@ def test_jobs_picks_one_or_two_processes_with_the_same_results(tmp_path, monkeyp
         assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
         assert [d["reason_code"] for d in deads] == ["invalid_record"]
     assert sorted(a["dedup_key"] for a in results[1][1]) == sorted(a["dedup_key"] for a in results[2][1])
+
+
+def _append(cap: Path, *lines: bytes) -> None:
+    with open(cap, "ab") as f:
+        f.writelines(line.rstrip(b"\n") + b"\n" for line in lines)
+
+
+def _outbound_line(offset: int, **fields: object) -> bytes:
+    value = {
+        "schema_version": 1,
+        "event_id": f"hostile-{offset}",
+        "event_time": "2026-06-01T08:00:00.000Z",
+        "msisdn": "+4917612345678",
+        "message_id": f"m-{offset}",
+        "brand": "o2",
+        "channel": "email",
+        "recipient": "x@example.org",
+        "template": "invoice",
+        "sender": "crm-mailer",
+        **fields,
+    }
+    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), "+4917612345678", 0))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_deep_nesting_is_dead_lettered_not_a_crash(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    deep_value = _outbound_line(100).replace(b'\\"invoice\\"', b'\\"invoice\\", \\"x\\": ' + b"[" * 5000 + b"]" * 5000)
+    deep_envelope = b'{"topic": "contracts.changes", "partition": 0, "offset": 101, "x": ' + b"[" * 5000 + b"]" * 5000
+    _append(cap, deep_value, deep_envelope + b"}")
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+    assert sorted(d["reason_code"] for d in deads) == ["bad_envelope", "invalid_json"]
+    assert all("more than 256" in d["reason"] for d in deads)
