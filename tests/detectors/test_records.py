@@ -194,3 +194,12 @@ def test_brackets_in_strings_and_unclosed_brackets_do_not_count_as_nesting():
     with pytest.raises(BadRecord) as info:
         decode("outbound", MSISDN, _nested(rec, 5000, closed=False))
     assert info.value.code == r.INVALID_JSON
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00.000+00:01", "9999-12-31T23:59:59.000-00:01"])
+def test_event_times_outside_years_0001_to_9999_in_utc_are_bad_event_times(when):
+    for rec in (mail("a@b.c", when), change("contract_ended", when)):
+        with pytest.raises(BadRecord) as info:
+            _decode(rec)
+        assert info.value.code == r.BAD_EVENT_TIME
+        assert "0001-9999" in info.value.reason

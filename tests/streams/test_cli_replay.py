@@ -118,7 +118,9 @@ def _outbound_line(offset: int, **fields: object) -> bytes:
         "sender": "crm-mailer",
         **fields,
     }
-    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), "+4917612345678", 0))
+    key = value["msisdn"]
+    assert isinstance(key, str)
+    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), key, 0))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -132,3 +134,19 @@ def test_deep_nesting_is_dead_lettered_not_a_crash(tmp_path, jobs):
     assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
     assert sorted(d["reason_code"] for d in deads) == ["bad_envelope", "invalid_json"]
     assert all("more than 256" in d["reason"] for d in deads)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_event_times_the_contract_accepts_but_cannot_be_written_are_bad_event_times(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    _append(
+        cap,
+        _outbound_line(100, msisdn="+4930123456789", event_time="0001-01-01T00:00:00.000+00:01"),
+        _outbound_line(101, msisdn="+4930123456789", event_time="9999-12-31T23:59:59.000-00:01"),
+        _outbound_line(102, msisdn="+4930123456789", event_time="0001-01-01T00:01:00.000+00:01"),
+    )
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert [d["reason_code"] for d in deads] == ["bad_event_time", "bad_event_time"]
+    edge = [a for a in alerts if a["kind"] == "notification_without_contract"]
+    assert [a["event_time"] for a in edge] == ["0001-01-01T00:00:00.000Z"]
