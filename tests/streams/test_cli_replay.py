@@ -150,3 +150,16 @@ def test_event_times_the_contract_accepts_but_cannot_be_written_are_bad_event_ti
     assert [d["reason_code"] for d in deads] == ["bad_event_time", "bad_event_time"]
     edge = [a for a in alerts if a["kind"] == "notification_without_contract"]
     assert [a["event_time"] for a in edge] == ["0001-01-01T00:00:00.000Z"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_envelope_integers_outside_kafkas_ranges_are_bad_envelopes(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    good = json.loads(_outbound_line(100))
+    lines = [{**good, "partition": 2**70}, {**good, "offset": -1}, {**good, "ts": 2**64}, {**good, "partition": 2**31}]
+    _append(cap, *(json.dumps(line).encode() for line in lines))
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+    assert [d["reason_code"] for d in deads] == ["bad_envelope"] * 4
+    assert all(d["partition"] is None for d in deads)
