@@ -264,7 +264,11 @@ def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tup
         else:
             when = parse_common(record.event_time)
             msisdn = record.msisdn
-            if when is not None and (msisdn in _GOOD_MSISDNS or _good_msisdn(msisdn)):
+            if (
+                when is not None
+                and (msisdn in _GOOD_MSISDNS or _good_msisdn(msisdn))
+                and (kind != "outbound" or good_sms(record))
+            ):
                 if key.__class__ is bytes:
                     try:
                         key = key.decode()
@@ -282,6 +286,14 @@ def _good_msisdn(msisdn: str) -> bool:
         _GOOD_MSISDNS.clear()
     _GOOD_MSISDNS.add(msisdn)
     return True
+
+
+def good_sms(record: Outbound) -> bool:
+    """False for a notification by sms whose recipient is not E.164 (MSISDN_PATTERN): an sms goes to a number."""
+    if record.channel != "sms":
+        return True
+    recipient = record.recipient
+    return recipient in _GOOD_MSISDNS or _good_msisdn(recipient)
 
 
 def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None) -> tuple[InputRecord, int]:
@@ -305,6 +317,11 @@ def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None
         raise BadRecord(
             BAD_EVENT_TIME, f"{what}: event_time {record.event_time!r} is not a real instant ({err})"
         ) from None
+    if isinstance(record, Outbound) and not good_sms(record):
+        raise BadRecord(
+            INVALID_RECORD,
+            f"{what}: the recipient of an sms must be the E.164 number it went to, like +4917612345678",
+        )
     if isinstance(key, bytes):
         try:
             key = key.decode()

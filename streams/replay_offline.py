@@ -21,7 +21,16 @@ import msgspec
 
 from detectors.alerts import Alert, encode_alert
 from detectors.capture import Envelope, decode_line
-from detectors.engine import _CHANGE_CODE, CHANGE, DELIVERY, TOPIC_KINDS, Engine, Remembered, _change_code
+from detectors.engine import (
+    _CHANGE_CODE,
+    CHANGE,
+    DELIVERY,
+    NOTIFICATION,
+    TOPIC_KINDS,
+    Engine,
+    Remembered,
+    _change_code,
+)
 from detectors.privacy import Pseudonymiser
 from detectors.records import (
     _FAST,
@@ -34,6 +43,7 @@ from detectors.records import (
     Outbound,
     _decode_strict,
     _good_msisdn,
+    good_sms,
     too_deep,
 )
 from detectors.settings import Settings
@@ -315,7 +325,12 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, seq: in
                         if t is None:
                             t = parse_common(text)
                         msisdn = record.msisdn
-                        if t is None or key != msisdn or not (msisdn in good_msisdns or _good_msisdn(msisdn)):
+                        if (
+                            t is None
+                            or key != msisdn
+                            or not (msisdn in good_msisdns or _good_msisdn(msisdn))
+                            or (category == NOTIFICATION and record.channel == "sms" and not good_sms(record))
+                        ):
                             record = None
                     if record is None:
                         try:

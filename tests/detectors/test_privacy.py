@@ -3,14 +3,36 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detectors.privacy import REF_BYTES, Pseudonymiser, mask_address, mask_msisdn, normalise_address
+from detectors.privacy import (
+    MASK_HIDDEN_DIGITS_MIN,
+    MASK_SHOWN_DIGITS_MAX,
+    REF_BYTES,
+    Pseudonymiser,
+    mask_address,
+    mask_msisdn,
+    normalise_address,
+)
+from detectors.records import MSISDN_PATTERN
 from detectors.settings import Secret, Settings
 
 
-def test_msisdn_mask_keeps_prefix_and_last_two_digits():
+def test_msisdn_mask_keeps_prefix_and_last_two_digits_and_hides_at_least_six():
     assert mask_msisdn("+4917612345678") == "+49176******78"
-    assert mask_msisdn("+491761234") == "+49176**34"
     assert mask_msisdn("+4915198765432") == "+49151******32"
+    assert mask_msisdn("+491761234") == "+4******34"
+    assert mask_msisdn("+12345678") == "+******78"
+    assert mask_msisdn("+1234567") == "+******7"
+    assert mask_msisdn("+123456789012345") == "+12345********45"
+
+
+@given(st.from_regex(MSISDN_PATTERN))
+def test_msisdn_masks_show_at_most_seven_digits_and_hide_at_least_six(msisdn):
+    masked = mask_msisdn(msisdn)
+    assert len(masked) == len(msisdn) and masked[0] == "+"
+    shown = sum(c.isdigit() for c in masked)
+    assert shown <= MASK_SHOWN_DIGITS_MAX and masked.count("*") >= MASK_HIDDEN_DIGITS_MIN
+    assert all(m in ("*", c) for m, c in zip(masked, msisdn, strict=True))
+    assert masked.endswith(msisdn[-min(2, shown):]) if shown else True
 
 
 def test_address_mask_keeps_first_letter_and_domain():

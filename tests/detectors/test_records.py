@@ -203,3 +203,25 @@ def test_event_times_outside_years_0001_to_9999_in_utc_are_bad_event_times(when)
             _decode(rec)
         assert info.value.code == r.BAD_EVENT_TIME
         assert "0001-9999" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "recipient", ["anna.schmidt@gmx.de", "4917612345678", "+49 176 12345678", "+4917612345678\n", "+0123456789", "+"]
+)
+def test_an_sms_recipient_must_be_e164(recipient):
+    rec = mail(recipient, channel="sms")
+    for fn in (decode, r._decode_strict):
+        with pytest.raises(BadRecord) as info:
+            fn("outbound", rec.key, rec.value)
+        assert info.value.code == r.INVALID_RECORD
+        assert "sms" in info.value.reason and "E.164" in info.value.reason
+        # the reason repeats no recipient: it is the same for all of them
+        assert info.value.reason == (
+            "notification: the recipient of an sms must be the E.164 number it went to, like +4917612345678"
+        )
+
+
+def test_e164_sms_recipients_and_any_email_recipient_are_accepted():
+    for rec in (mail("+4915198765432", channel="sms"), mail("+12345678", channel="sms"), mail("+4915198765432")):
+        record, _ = decode("outbound", rec.key, rec.value)
+        assert record.recipient == rec.event["recipient"]

@@ -163,3 +163,26 @@ def test_envelope_integers_outside_kafkas_ranges_are_bad_envelopes(tmp_path, job
     assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
     assert [d["reason_code"] for d in deads] == ["bad_envelope"] * 4
     assert all(d["partition"] is None for d in deads)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_sms_to_an_address_is_dead_lettered_and_no_mask_shows_the_address(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    # after the o2 contract's start: an sms to the number is fine, one "to" an address is no sms;
+    # an sms on a number without a contract is alerted, with both numbers masked
+    _append(
+        cap,
+        _outbound_line(100, channel="sms", recipient="anna.schmidt@gmx.de", event_time="2026-12-01T08:00:00.000Z"),
+        _outbound_line(101, channel="sms", recipient="+4917612345678", event_time="2026-12-01T08:00:01.000Z"),
+        _outbound_line(102, channel="sms", recipient="+12345678", msisdn="+12345678"),
+    )
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert [(d["reason_code"], d["offset"]) for d in deads] == [("invalid_record", 100)]
+    assert "E.164" in deads[0]["reason"]
+    kinds = sorted(a["kind"] for a in alerts)
+    assert kinds == ["notification_without_contract", "re_port", "recipient_previous_holder"]
+    (sms,) = [a for a in alerts if a["kind"] == "notification_without_contract"]
+    assert sms["subject"]["msisdn_masked"] == "+******78"
+    text = json.dumps(alerts)
+    assert "anna.s" not in text and "+12345" not in text and "2345678" not in text
