@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+import idna
+
 REF_BYTES = 12  # 96 bits: collision-free in practice for billions of values, compact in state
 
 # Masked numbers (alerts, for people) show a fixed, small part of the number: '+',
@@ -19,8 +21,24 @@ MASK_SHOWN_DIGITS_MAX: Final = MASK_LEADING_DIGITS_MAX + MASK_TRAILING_DIGITS
 
 
 def normalise_address(address: str) -> str:
-    """The spec's comparison form: trim, lower-case the whole address, nothing else."""
-    return address.strip().lower()
+    """The comparison form (docs/topics.md 2.2): trim, lower-case, the domain as IDNA A-labels.
+
+    `Anna@GMÜX.de` and `anna@xn--gmx-ioa.de` are one address: one domain, written
+    as a U-label or as its A-label (RFC 5890), lower-cased, then IDNA 2008
+    (`idna.encode`, no UTS 46 mapping). An ASCII domain is taken as it is (no
+    IDNA: the common case stays a strip and a lower); a domain IDNA 2008 rejects
+    keeps its lower-cased text. The local part is only lower-cased.
+    """
+    norm = address.strip().lower()
+    if norm.isascii():
+        return norm
+    local, at, domain = norm.rpartition("@")
+    if not at or domain.isascii():
+        return norm
+    try:
+        return local + "@" + idna.encode(domain).decode("ascii")
+    except idna.IDNAError:
+        return norm
 
 
 class Pseudonymiser:

@@ -32,7 +32,7 @@ def test_msisdn_masks_show_at_most_seven_digits_and_hide_at_least_six(msisdn):
     shown = sum(c.isdigit() for c in masked)
     assert shown <= MASK_SHOWN_DIGITS_MAX and masked.count("*") >= MASK_HIDDEN_DIGITS_MIN
     assert all(m in ("*", c) for m, c in zip(masked, msisdn, strict=True))
-    assert masked.endswith(msisdn[-min(2, shown):]) if shown else True
+    assert not shown or masked.endswith(msisdn[-min(2, shown) :])
 
 
 def test_address_mask_keeps_first_letter_and_domain():
@@ -43,6 +43,34 @@ def test_address_mask_keeps_first_letter_and_domain():
 
 def test_normalisation_is_trim_and_lower_case_only():
     assert normalise_address("  A.B+c@Gmail.COM\t") == "a.b+c@gmail.com"
+
+
+def test_a_domain_is_compared_in_its_idna_a_label_form():
+    assert normalise_address("anna@gmüx.de") == "anna@xn--gmx-ioa.de"
+    assert normalise_address(" Anna@GMÜX.DE ") == "anna@xn--gmx-ioa.de"
+    assert normalise_address("anna@xn--gmx-ioa.de") == "anna@xn--gmx-ioa.de"
+    assert normalise_address("Jürgen@Bücher.example.") == "jürgen@xn--bcher-kva.example."  # the local part as it is
+    p = Pseudonymiser(b"k")
+    assert p.address_ref("anna@gmüx.de") == p.address_ref("ANNA@XN--GMX-IOA.DE")
+    assert p.address_ref("anna@gmüx.de") != p.address_ref("anna@gmux.de")
+    assert mask_address("Anna@GMÜX.de") == mask_address("anna@xn--gmx-ioa.de") == "a***@xn--gmx-ioa.de"
+
+
+def test_a_domain_idna_rejects_keeps_its_lower_cased_text():
+    rejected = ["A@GM☃X.DE", "a@ü..de", "a@" + "ü" * 70 + ".de", "a@xn--zz.dü", "a@-ü.de", "a@u\u0308.de"]
+    for address in [*rejected, "nö-at-sign"]:
+        assert normalise_address(address) == address.lower()
+
+
+def test_ascii_domains_skip_idna(monkeypatch):
+    import idna
+
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("IDNA for an ASCII domain")
+
+    monkeypatch.setattr(idna, "encode", refuse)
+    assert normalise_address("Jürgen@GMX.de") == "jürgen@gmx.de"
+    assert normalise_address("a@xn--zz--.de") == "a@xn--zz--.de"
 
 
 def test_keyed_hashes_depend_on_the_key_and_on_nothing_but_the_normalised_value():
