@@ -7,7 +7,9 @@ import logging
 import sys
 from contextlib import ExitStack
 
-from streams.config import load_settings, warn_if_dev_key
+from streams.config import KEY_MIN_BYTES, key_problem, load_settings, warn_if_dev_key
+
+log = logging.getLogger("notifguard")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -62,7 +64,18 @@ def _worker(args: argparse.Namespace) -> int:
         "bootstrap": args.bootstrap, "store": args.store, "datadir": args.datadir, "web_port": args.web_port,
     }.items() if v is not None}
     config = dataclasses.replace(config, **overrides)
-    warn_if_dev_key(config.rules)
+    problem = key_problem(config.rules)
+    if problem is not None:
+        if not config.allow_development_key:
+            print(
+                f"notifguard worker: the pseudonymisation key {problem}: hashes made with it protect nobody. "
+                f"Set NOTIFGUARD_PSEUDONYMISATION_KEY (or pseudonymisation_key in the config file) to a secret "
+                f"of at least {KEY_MIN_BYTES} bytes, e.g. `openssl rand -hex 32`. Tests and demos can set "
+                "allow_development_key = true in the [worker] section (NOTIFGUARD_WORKER_ALLOW_DEVELOPMENT_KEY).",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning("the pseudonymisation key %s; allowed by allow_development_key: NOT FOR PRODUCTION", problem)
     if args.create_topics:
         from streams.topics import ensure_topics, wait_for_broker
 
