@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Final
+
+import idna
 
 REF_BYTES = 12  # 96 bits: collision-free in practice for billions of values, compact in state
 
+# Masked numbers (alerts, for people) show a fixed, small part of the number: '+',
+# up to 5 leading digits (country code and network prefix: +49 176), the last 2, and
+# never fewer than 6 hidden digits. 6 is what a German mobile number (+49 1xx and 7
+# or 8 digits) has always had hidden here (`+49176******78`: one in a million of the
+# numbers with that prefix); shorter numbers give up leading, then trailing digits.
+MASK_HIDDEN_DIGITS_MIN: Final = 6
+MASK_LEADING_DIGITS_MAX: Final = 5
+MASK_TRAILING_DIGITS: Final = 2
+MASK_SHOWN_DIGITS_MAX: Final = MASK_LEADING_DIGITS_MAX + MASK_TRAILING_DIGITS
+
 
 def normalise_address(address: str) -> str:
-    """The spec's comparison form: trim, lower-case the whole address, nothing else."""
-    return address.strip().lower()
+    """The comparison form (docs/topics.md 2.2): trim, lower-case, the domain as IDNA A-labels.
+
+    `Anna@GMÜX.de` and `anna@xn--gmx-ioa.de` are one address: one domain, written
+    as a U-label or as its A-label (RFC 5890), lower-cased, then IDNA 2008
+    (`idna.encode`, no UTS 46 mapping). An ASCII domain is taken as it is (no
+    IDNA: the common case stays a strip and a lower); a domain IDNA 2008 rejects
+    keeps its lower-cased text. The local part is only lower-cased.
+    """
+    norm = address.strip().lower()
+    if norm.isascii():
+        return norm
+    local, at, domain = norm.rpartition("@")
+    if not at or domain.isascii():
+        return norm
+    try:
+        return local + "@" + idna.encode(domain).decode("ascii")
+    except idna.IDNAError:
+        return norm
 
 
 class Pseudonymiser:
@@ -86,10 +115,17 @@ class Pseudonymiser:
 
 
 def mask_msisdn(msisdn: str) -> str:
-    """`+4917612345678` -> `+49176******78`: country and network prefix, last two digits."""
-    if len(msisdn) <= 8:
-        return msisdn[:2] + "*" * max(0, len(msisdn) - 2)
-    return msisdn[:6] + "*" * (len(msisdn) - 8) + msisdn[-2:]
+    """`+4917612345678` -> `+49176******78`, `+491761234` -> `+4******34`, `+12345678` -> `+******78`.
+
+    '+', up to MASK_LEADING_DIGITS_MAX leading and MASK_TRAILING_DIGITS trailing
+    characters, and at least MASK_HIDDEN_DIGITS_MIN hidden (all of a short text).
+    """
+    plus = "+" if msisdn.startswith("+") else ""
+    digits = msisdn[len(plus) :]
+    n = len(digits)
+    shown = max(0, min(MASK_SHOWN_DIGITS_MAX, n - MASK_HIDDEN_DIGITS_MIN))
+    last = min(MASK_TRAILING_DIGITS, shown)
+    return plus + digits[: shown - last] + "*" * (n - shown) + digits[n - last :]
 
 
 def mask_address(address: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import accumulate
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 
 import msgspec
@@ -19,6 +20,18 @@ MSISDN_PATTERN: Final = r"^\+[1-9][0-9]{6,14}\Z"
 EVENT_TIME_PATTERN: Final = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
+
+# JSON nesting (arrays and objects in one another) deeper than this is invalid_json.
+# The contract's values nest one level (an object of strings and numbers) and
+# unknown fields may nest more. msgspec follows nesting by recursion and gives up
+# with RecursionError where Python's recursion limit (1000 frames, less the
+# caller's own stack) ends, so without a limit of our own what fails would depend
+# on the caller; 256 fails nowhere short of that from any caller, and is twice
+# serde_json's default limit (128), ample for any producer.
+MAX_JSON_DEPTH: Final = 256
+# Text this short cannot nest deeper than MAX_JSON_DEPTH without leaving brackets
+# unclosed, which the decoders then refuse as invalid JSON (the fast path's check).
+NEST_CHECK_MIN_LEN: Final = 2 * MAX_JSON_DEPTH
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Msisdn = Annotated[str, msgspec.Meta(pattern=MSISDN_PATTERN)]
@@ -148,6 +161,28 @@ class BadRecord(Exception):
 
 
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+# A JSON string (its brackets are text, not nesting); a `\` escapes the next byte.
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING: Final = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
+
+
+def too_deep(text: bytes | str) -> bool:
+    """Whether JSON text nests arrays and objects more than MAX_JSON_DEPTH deep (brackets in strings aside).
+
+    Cheap unless the text has more than MAX_JSON_DEPTH opening brackets; callers
+    on a hot path check only text longer than NEST_CHECK_MIN_LEN.
+    """
+    if isinstance(text, str):
+        if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+            return False
+        data = text.encode("utf-8", "surrogatepass")
+    else:
+        if text.count(b"[") + text.count(b"{") <= MAX_JSON_DEPTH:
+            return False
+        data = text
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0) > MAX_JSON_DEPTH
 
 
 def _classify(err: msgspec.ValidationError, what: str) -> BadRecord:
@@ -221,7 +256,7 @@ def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tup
     of a subclass of the same class). Everything else takes the strict path,
     which gives the reasons.
     """
-    if value is not None:
+    if value is not None and (len(value) <= NEST_CHECK_MIN_LEN or not too_deep(value)):
         try:
             record: Any = _FAST[kind].decode(value)
         except Exception:  # the strict path below says why
@@ -229,7 +264,11 @@ def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tup
         else:
             when = parse_common(record.event_time)
             msisdn = record.msisdn
-            if when is not None and (msisdn in _GOOD_MSISDNS or _good_msisdn(msisdn)):
+            if (
+                when is not None
+                and (msisdn in _GOOD_MSISDNS or _good_msisdn(msisdn))
+                and (kind != "outbound" or good_sms(record))
+            ):
                 if key.__class__ is bytes:
                     try:
                         key = key.decode()
@@ -249,11 +288,23 @@ def _good_msisdn(msisdn: str) -> bool:
     return True
 
 
+def good_sms(record: Outbound) -> bool:
+    """False for a notification by sms whose recipient is not E.164 (MSISDN_PATTERN): an sms goes to a number."""
+    if record.channel != "sms":
+        return True
+    recipient = record.recipient
+    return recipient in _GOOD_MSISDNS or _good_msisdn(recipient)
+
+
 def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None) -> tuple[InputRecord, int]:
     """decode() with every check done by the strict decoders: the reference, and the reasons."""
     what = {"outbound": "notification", "changes": "contract change", "delivery": "delivery event"}[kind]
     if value is None:
         raise BadRecord(INVALID_JSON, f"{what} has no value (tombstone or empty record)")
+    if len(value) > NEST_CHECK_MIN_LEN and too_deep(value):
+        raise BadRecord(
+            INVALID_JSON, f"{what} value nests arrays or objects more than {MAX_JSON_DEPTH} deep (unknown fields too)"
+        )
     try:
         record: InputRecord = _DECODERS[kind].decode(value)
     except msgspec.ValidationError as err:
@@ -266,6 +317,11 @@ def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None
         raise BadRecord(
             BAD_EVENT_TIME, f"{what}: event_time {record.event_time!r} is not a real instant ({err})"
         ) from None
+    if isinstance(record, Outbound) and not good_sms(record):
+        raise BadRecord(
+            INVALID_RECORD,
+            f"{what}: the recipient of an sms must be the E.164 number it went to, like +4917612345678",
+        )
     if isinstance(key, bytes):
         try:
             key = key.decode()

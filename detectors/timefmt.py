@@ -20,6 +20,13 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+# The instants RFC 3339 can write (four-digit years, in UTC) and Python's datetime
+# can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z. An offset can put
+# a text that looks in range outside them (`0001-01-01T00:00:00+00:01`).
+MIN_US: Final = to_us(datetime(1, 1, 1, tzinfo=UTC))
+MAX_US: Final = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
 # Day prefixes `2026-03-01T` by day number since the epoch (the costly part of formatting).
 _DAYS: dict[int, str] = {}
 
@@ -31,7 +38,8 @@ def rfc3339(us: int) -> str:
     if prefix is None:
         if len(_DAYS) >= _CACHE_MAX:
             _DAYS.clear()
-        prefix = _DAYS[day] = (EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+        date = EPOCH + timedelta(days=day)  # (strftime's %Y has no leading zeros before 1000)
+        prefix = _DAYS[day] = f"{date.year:04d}-{date.month:02d}-{date.day:02d}T"
     seconds, micro = divmod(rest, 1_000_000)
     minutes, second = divmod(seconds, 60)
     hour, minute = divmod(minutes, 60)
@@ -41,11 +49,17 @@ def rfc3339(us: int) -> str:
 
 
 def parse_rfc3339(text: str) -> int:
-    """Parse an RFC 3339 timestamp with an offset; raises ValueError otherwise."""
+    """Parse an RFC 3339 timestamp with an offset; raises ValueError otherwise.
+
+    Also for an instant outside years 0001-9999 in UTC (MIN_US, MAX_US), which rfc3339 could not write.
+    """
     dt = datetime.fromisoformat(text.upper())
     if dt.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
-    return to_us(dt)
+    us = to_us(dt)
+    if us < MIN_US or us > MAX_US:
+        raise ValueError(f"timestamp {text!r} is outside years 0001-9999 in UTC")
+    return us
 
 
 # Parts of the common form, each checked once and cached with its value in µs:

@@ -7,7 +7,9 @@ import logging
 import sys
 from contextlib import ExitStack
 
-from streams.config import load_settings, warn_if_dev_key
+from streams.config import KEY_MIN_BYTES, key_problem, load_settings, warn_if_dev_key
+
+log = logging.getLogger("notifguard")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -34,6 +36,7 @@ def _replay(args: argparse.Namespace) -> int:
             deadletter_out=dead_out,
             print_alerts=sys.stdout if args.print_alerts else None,
             progress=progress_stream(),
+            jobs=args.jobs,
         )
     print(summary.render(), file=sys.stderr if args.print_alerts else sys.stdout)
     return 0
@@ -61,7 +64,18 @@ def _worker(args: argparse.Namespace) -> int:
         "bootstrap": args.bootstrap, "store": args.store, "datadir": args.datadir, "web_port": args.web_port,
     }.items() if v is not None}
     config = dataclasses.replace(config, **overrides)
-    warn_if_dev_key(config.rules)
+    problem = key_problem(config.rules)
+    if problem is not None:
+        if not config.allow_development_key:
+            print(
+                f"notifguard worker: the pseudonymisation key {problem}: hashes made with it protect nobody. "
+                f"Set NOTIFGUARD_PSEUDONYMISATION_KEY (or pseudonymisation_key in the config file) to a secret "
+                f"of at least {KEY_MIN_BYTES} bytes, e.g. `openssl rand -hex 32`. Tests and demos can set "
+                "allow_development_key = true in the [worker] section (NOTIFGUARD_WORKER_ALLOW_DEVELOPMENT_KEY).",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning("the pseudonymisation key %s; allowed by allow_development_key: NOT FOR PRODUCTION", problem)
     if args.create_topics:
         from streams.topics import ensure_topics, wait_for_broker
 
@@ -92,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deadletter-out", metavar="FILE", help="write dead letters as JSON Lines")
     r.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     r.add_argument("--print-alerts", action="store_true", help="print one line per alert")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        help="with --offline: decode in this process (1) or in a second one (2), same results either way "
+        "(default: 2 for 4 MiB of input or more on a machine with two cores)",
+    )
     r.add_argument("--bootstrap", metavar="HOST:PORT", help="produce the captures to this Kafka cluster")
     r.add_argument("--speed", type=float, default=0.0,
                    help="with --bootstrap: 1 = original pacing, 0 = as fast as possible (default)")

@@ -10,11 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detectors.settings import Secret, Settings, Topics
+from detectors.settings import DEV_PSEUDONYMISATION_KEY, Secret, Settings, Topics
 
 log = logging.getLogger("notifguard.config")
 
 _ENV_PREFIX = "NOTIFGUARD_"
+
+# The worker's pseudonymisation key must be a secret: HMAC-SHA256 keys shorter
+# than the hash's output, 32 bytes, are "strongly discouraged" (RFC 2104,
+# section 3); the development key is public; REPLACE-ME... is the placeholder
+# of deploy/k8s/secret.yaml. deploy/k8s/statefulset.yaml checks the same.
+KEY_MIN_BYTES = 32
+PLACEHOLDER_KEY_PREFIX = "REPLACE-ME"
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +72,19 @@ def _settings_from(values: dict[str, Any], env: Mapping[str, str]) -> Settings:
     return settings
 
 
+def key_problem(settings: Settings) -> str | None:
+    """What makes the pseudonymisation key unfit for a worker (never the key itself), or None."""
+    key = settings.pseudonymisation_key.reveal()
+    if key == DEV_PSEUDONYMISATION_KEY:
+        return "is the public development key"
+    if key.startswith(PLACEHOLDER_KEY_PREFIX):
+        return f"is the placeholder {PLACEHOLDER_KEY_PREFIX}... of deploy/k8s/secret.yaml"
+    size = len(key.encode())
+    if size < KEY_MIN_BYTES:
+        return f"is shorter than {KEY_MIN_BYTES} bytes ({size})"
+    return None
+
+
 def warn_if_dev_key(settings: Settings) -> None:
     if settings.uses_dev_key:
         log.warning(
@@ -78,6 +98,10 @@ class WorkerConfig:
     """Settings of the Kafka worker: the rules plus where and how it runs."""
 
     rules: Settings
+    # The worker refuses to start with a pseudonymisation key anybody can know (the
+    # development key, one shorter than KEY_MIN_BYTES, the placeholder): hashes made
+    # with it protect nobody. Tests, benchmarks and the demo set this to start anyway.
+    allow_development_key: bool = False
     bootstrap: str = "127.0.0.1:19092"
     app_id: str = "notifguard"
     # RocksDB (through rocksdict) in production; memory for tests. Either way
@@ -170,16 +194,33 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
         if raw is None:
             continue
         default = getattr(defaults, name)
-        kwargs[name] = type(default)(raw)
+        kwargs[name] = _boolean(name, raw) if isinstance(default, bool) else type(default)(raw)
     unknown = set(section) - names
     if unknown:
         raise ValueError(f"unknown worker settings: {', '.join(sorted(unknown))}")
     return WorkerConfig(rules=rules, **kwargs)
 
 
+def _boolean(name: str, raw: Any) -> bool:
+    """A TOML boolean, or an environment variable's true/false, 1/0, yes/no, on/off."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {raw!r}")
+
+
 def worker_env(topics: Topics, app_id: str, bootstrap: str, web_port: int, partitions: int) -> dict[str, str]:
-    """The NOTIFGUARD_* variables that point a `notifguard worker` process at these topics (tests, benchmarks)."""
+    """The NOTIFGUARD_* variables that point a `notifguard worker` process at these topics (tests, benchmarks).
+
+    They allow the development key (WorkerConfig.allow_development_key): test and
+    benchmark workers hash with it, as the offline replay they are compared with does.
+    """
     return {
+        f"{_ENV_PREFIX}WORKER_ALLOW_DEVELOPMENT_KEY": "true",
         f"{_ENV_PREFIX}TOPIC_OUTBOUND": topics.outbound,
         f"{_ENV_PREFIX}TOPIC_CHANGES": topics.changes,
         f"{_ENV_PREFIX}TOPIC_DELIVERY": topics.delivery,

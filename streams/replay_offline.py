@@ -19,7 +19,7 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 import msgspec
 
 from detectors.alerts import Alert, encode_alert
-from detectors.arrival import DELIVERY, LATE, Arrival
+from detectors.arrival import DELIVERY, LATE, NOTIFICATION, Arrival
 from detectors.capture import Envelope, decode_line
 from detectors.engine import TOPIC_KINDS, Engine, Remembered
 from detectors.privacy import Pseudonymiser
@@ -28,11 +28,14 @@ from detectors.records import (
     _GOOD_MSISDNS,
     BAD_ENVELOPE,
     CHANGE_CLASSES,
+    NEST_CHECK_MIN_LEN,
     BadRecord,
     Delivery,
     Outbound,
     _decode_strict,
     _good_msisdn,
+    good_sms,
+    too_deep,
 )
 from detectors.settings import Settings
 from detectors.timefmt import _FRACTIONS, _HOURS, _MINSEC, parse_common
@@ -181,15 +184,17 @@ def _read(paths: list[str]) -> Iterator[list[Any]]:
         with open(path, "rb") as f:
             lineno = 1
             while lines := list(islice(f, _CHUNK)):
+                # a long line may nest too deep for the decoder: decode_line checks
+                decode = decode_line if max(map(len, lines)) > NEST_CHECK_MIN_LEN else decode_envelope
                 try:
-                    items: list[Any] = list(map(decode_envelope, lines))
+                    items: list[Any] = list(map(decode, lines))
                 except msgspec.DecodeError:
                     items = []
                     for i, line in enumerate(lines, lineno):
                         if not line.strip():
                             continue
                         try:
-                            items.append(decode_envelope(line))
+                            items.append(decode(line))
                         except msgspec.DecodeError as err:
                             items.append((path, i, line.rstrip(b"\n"), str(err)))
                 yield items
@@ -271,7 +276,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     # detectors.records.decode, its fast path inlined
                     key, payload = env.key, env.payload
                     record: Any = None
-                    if payload is not None:
+                    if payload is not None and (len(payload) <= NEST_CHECK_MIN_LEN or not too_deep(payload)):
                         try:
                             record = fast_decoders[category](payload)
                         except Exception:  # the strict path below says why
@@ -288,7 +293,12 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                         if t is None:
                             t = parse_common(text)
                         msisdn = record.msisdn
-                        if t is None or key != msisdn or not (msisdn in good_msisdns or _good_msisdn(msisdn)):
+                        if (
+                            t is None
+                            or key != msisdn
+                            or not (msisdn in good_msisdns or _good_msisdn(msisdn))
+                            or (category == NOTIFICATION and record.channel == "sms" and not good_sms(record))
+                        ):
                             record = None
                     if record is None:
                         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.config import load_worker_config
+from detectors.settings import DEV_PSEUDONYMISATION_KEY
+from streams.config import KEY_MIN_BYTES, load_worker_config
 from tests.deploy.conftest import AM_CONFIG, PROM_DIR, ROOT, RULES_FILE
 
 DEPLOY = ROOT / "deploy"
@@ -343,3 +345,45 @@ def test_k8s_core_objects_match_schema(name: str) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (offline schemas)")
     kind, _, obj_name = name.partition("/")
     kv.validate(obj(kind, obj_name), KUBERNETES_VERSION, strict=True)
+
+
+def _start_guard(tmp_path: Path, key: str | None) -> subprocess.CompletedProcess[str]:
+    """The StatefulSet's start-up command under /bin/sh, with a `notifguard` that only says it started."""
+    c = worker_container()
+    assert c["command"][:2] == ["/bin/sh", "-c"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "notifguard"
+    fake.write_text('#!/bin/sh\necho "started $*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    if key is not None:
+        env["NOTIFGUARD_PSEUDONYMISATION_KEY"] = key
+    return subprocess.run(c["command"], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        "",
+        "REPLACE-ME-with-openssl-rand-hex-32",
+        DEV_PSEUDONYMISATION_KEY,
+        "k",
+        "x" * (KEY_MIN_BYTES - 1),
+        "ü" * 15 + "x",  # 16 characters, 31 bytes
+    ],
+)
+def test_k8s_start_up_refuses_the_keys_the_worker_refuses(tmp_path: Path, key: str | None) -> None:
+    res = _start_guard(tmp_path, key)
+    assert res.returncode == 78, res
+    assert "started" not in res.stdout
+    assert "pseudonymisation-key" in res.stderr and "notifguard-secrets" in res.stderr
+    if key and len(key) > 1:
+        assert key not in res.stderr
+
+
+@pytest.mark.parametrize("key", ["0123456789abcdef" * 2, "ü" * 16, "0123456789abcdef" * 4])
+def test_k8s_start_up_runs_the_worker_with_a_secret_key(tmp_path: Path, key: str) -> None:
+    res = _start_guard(tmp_path, key)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "started worker\n", "")

@@ -3,14 +3,36 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detectors.privacy import REF_BYTES, Pseudonymiser, mask_address, mask_msisdn, normalise_address
+from detectors.privacy import (
+    MASK_HIDDEN_DIGITS_MIN,
+    MASK_SHOWN_DIGITS_MAX,
+    REF_BYTES,
+    Pseudonymiser,
+    mask_address,
+    mask_msisdn,
+    normalise_address,
+)
+from detectors.records import MSISDN_PATTERN
 from detectors.settings import Secret, Settings
 
 
-def test_msisdn_mask_keeps_prefix_and_last_two_digits():
+def test_msisdn_mask_keeps_prefix_and_last_two_digits_and_hides_at_least_six():
     assert mask_msisdn("+4917612345678") == "+49176******78"
-    assert mask_msisdn("+491761234") == "+49176**34"
     assert mask_msisdn("+4915198765432") == "+49151******32"
+    assert mask_msisdn("+491761234") == "+4******34"
+    assert mask_msisdn("+12345678") == "+******78"
+    assert mask_msisdn("+1234567") == "+******7"
+    assert mask_msisdn("+123456789012345") == "+12345********45"
+
+
+@given(st.from_regex(MSISDN_PATTERN))
+def test_msisdn_masks_show_at_most_seven_digits_and_hide_at_least_six(msisdn):
+    masked = mask_msisdn(msisdn)
+    assert len(masked) == len(msisdn) and masked[0] == "+"
+    shown = sum(c.isdigit() for c in masked)
+    assert shown <= MASK_SHOWN_DIGITS_MAX and masked.count("*") >= MASK_HIDDEN_DIGITS_MIN
+    assert all(m in ("*", c) for m, c in zip(masked, msisdn, strict=True))
+    assert not shown or masked.endswith(msisdn[-min(2, shown) :])
 
 
 def test_address_mask_keeps_first_letter_and_domain():
@@ -21,6 +43,34 @@ def test_address_mask_keeps_first_letter_and_domain():
 
 def test_normalisation_is_trim_and_lower_case_only():
     assert normalise_address("  A.B+c@Gmail.COM\t") == "a.b+c@gmail.com"
+
+
+def test_a_domain_is_compared_in_its_idna_a_label_form():
+    assert normalise_address("anna@gmüx.de") == "anna@xn--gmx-ioa.de"
+    assert normalise_address(" Anna@GMÜX.DE ") == "anna@xn--gmx-ioa.de"
+    assert normalise_address("anna@xn--gmx-ioa.de") == "anna@xn--gmx-ioa.de"
+    assert normalise_address("Jürgen@Bücher.example.") == "jürgen@xn--bcher-kva.example."  # the local part as it is
+    p = Pseudonymiser(b"k")
+    assert p.address_ref("anna@gmüx.de") == p.address_ref("ANNA@XN--GMX-IOA.DE")
+    assert p.address_ref("anna@gmüx.de") != p.address_ref("anna@gmux.de")
+    assert mask_address("Anna@GMÜX.de") == mask_address("anna@xn--gmx-ioa.de") == "a***@xn--gmx-ioa.de"
+
+
+def test_a_domain_idna_rejects_keeps_its_lower_cased_text():
+    rejected = ["A@GM☃X.DE", "a@ü..de", "a@" + "ü" * 70 + ".de", "a@xn--zz.dü", "a@-ü.de", "a@u\u0308.de"]
+    for address in [*rejected, "nö-at-sign"]:
+        assert normalise_address(address) == address.lower()
+
+
+def test_ascii_domains_skip_idna(monkeypatch):
+    import idna
+
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("IDNA for an ASCII domain")
+
+    monkeypatch.setattr(idna, "encode", refuse)
+    assert normalise_address("Jürgen@GMX.de") == "jürgen@gmx.de"
+    assert normalise_address("a@xn--zz--.de") == "a@xn--zz--.de"
 
 
 def test_keyed_hashes_depend_on_the_key_and_on_nothing_but_the_normalised_value():

@@ -162,3 +162,66 @@ def test_fast_path_agrees_with_the_strict_decoders(time_, time_edits, msisdn, ms
            "bad-utf8": b"\xff"}[key_form]
     data = json.dumps(value)
     assert _outcome(decode, kind, key, data) == _outcome(r._decode_strict, kind, key, data)
+
+
+def _nested(rec, depth: int, closed: bool = True) -> str:
+    """The record's value with an unknown field holding `depth` arrays in one another (the value itself is one more)."""
+    return rec.value[:-1] + ', "future": ' + "[" * depth + ("]" * depth if closed else "") + "}"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_nesting_deeper_than_the_limit_is_invalid_json_not_a_crash(as_bytes):
+    rec = mail("a@b.c")
+    for depth in (r.MAX_JSON_DEPTH, r.MAX_JSON_DEPTH + 1, 5000, 100_000):
+        value = _nested(rec, depth - 1)  # the record's object is the first level
+        for fn in (decode, r._decode_strict):
+            arg = value.encode() if as_bytes else value
+            if depth <= r.MAX_JSON_DEPTH:
+                record, _ = fn("outbound", MSISDN, arg)
+                assert record.recipient == "a@b.c"
+                continue
+            with pytest.raises(BadRecord) as info:
+                fn("outbound", MSISDN, arg)
+            assert info.value.code == r.INVALID_JSON
+            assert f"more than {r.MAX_JSON_DEPTH}" in info.value.reason
+
+
+def test_brackets_in_strings_and_unclosed_brackets_do_not_count_as_nesting():
+    rec = mail("a@b.c")
+    deep_text = rec.value[:-1] + ', "future": "' + "[{" * 5000 + '\\"]"}'
+    record, _ = decode("outbound", MSISDN, deep_text)
+    assert record.recipient == "a@b.c"
+    with pytest.raises(BadRecord) as info:
+        decode("outbound", MSISDN, _nested(rec, 5000, closed=False))
+    assert info.value.code == r.INVALID_JSON
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00.000+00:01", "9999-12-31T23:59:59.000-00:01"])
+def test_event_times_outside_years_0001_to_9999_in_utc_are_bad_event_times(when):
+    for rec in (mail("a@b.c", when), change("contract_ended", when)):
+        with pytest.raises(BadRecord) as info:
+            _decode(rec)
+        assert info.value.code == r.BAD_EVENT_TIME
+        assert "0001-9999" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "recipient", ["anna.schmidt@gmx.de", "4917612345678", "+49 176 12345678", "+4917612345678\n", "+0123456789", "+"]
+)
+def test_an_sms_recipient_must_be_e164(recipient):
+    rec = mail(recipient, channel="sms")
+    for fn in (decode, r._decode_strict):
+        with pytest.raises(BadRecord) as info:
+            fn("outbound", rec.key, rec.value)
+        assert info.value.code == r.INVALID_RECORD
+        assert "sms" in info.value.reason and "E.164" in info.value.reason
+        # the reason repeats no recipient: it is the same for all of them
+        assert info.value.reason == (
+            "notification: the recipient of an sms must be the E.164 number it went to, like +4917612345678"
+        )
+
+
+def test_e164_sms_recipients_and_any_email_recipient_are_accepted():
+    for rec in (mail("+4915198765432", channel="sms"), mail("+12345678", channel="sms"), mail("+4915198765432")):
+        record, _ = decode("outbound", rec.key, rec.value)
+        assert record.recipient == rec.event["recipient"]

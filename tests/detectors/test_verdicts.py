@@ -109,3 +109,17 @@ def test_breach_alert_carries_masked_evidence_and_no_clear_text():
 def test_kinds_helper_lists_trigger_pairs():
     _, alerts = verdict_of([], mail("a@b.de", 0, id="n0"))
     assert kinds_of(alerts) == [("notification_without_contract", "n0")]
+
+
+@pytest.mark.parametrize(
+    ("linked", "sent"), [("anna@gmüx.de", "anna@xn--gmx-ioa.de"), ("Anna@XN--GMX-IOA.de", "anna@GMÜX.de")]
+)
+def test_a_previous_holders_address_in_the_other_idna_spelling_is_still_hers(linked, sent):
+    history = [
+        change("contract_started", 0, id="s", email=linked),
+        change("ported_out", DAY),
+        change("ported_in", 2 * DAY, contract_id="K-2", customer_id="C-2", email="ben@x.de"),
+    ]
+    verdict, alerts = verdict_of(history, mail(sent, 3 * DAY))
+    assert verdict == "recipient_previous_holder"
+    assert "gmüx" not in str(alerts) and "xn--gmx-ioa" in alerts[-1].evidence["recipient_masked"]

@@ -127,3 +127,10 @@ def test_every_alert_kind_has_a_runbook_with_the_required_sections():
 def test_runbook_urls_point_at_existing_files(kind):
     url = f"{Settings().runbook_base_url}{kind}.md"
     assert (ROOT / url).is_file()
+
+
+@pytest.mark.parametrize(("recipient", "ok"), [("+4917612345678", True), ("a@b.de", False), ("017612345678", False)])
+def test_schema_and_decoder_agree_that_an_sms_goes_to_an_e164_number(recipient, ok):
+    value = {**BASE["outbound"], "channel": "sms", "recipient": recipient}
+    assert INPUT["outbound"].is_valid(value) is ok
+    assert accepts("outbound", value) is ok

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from detectors.capture import encode_line
+import pytest
+
+from detectors.capture import Envelope, encode_line
 from streams.cli import main
 from streams.scenarios import load
 
@@ -67,3 +69,120 @@ def test_cannot_run_exits_non_zero_but_alerts_do_not(tmp_path):
     assert "[critical] recipient_previous_holder" in proc.stdout
     assert "DEVELOPMENT PSEUDONYMISATION KEY" in proc.stderr
     assert "anna.schmidt" not in proc.stdout + proc.stderr.lower()
+
+
+def _replay_jobs(cap: Path, tmp_path: Path, jobs: int) -> tuple[int, list[dict], list[dict]]:
+    out, dead = tmp_path / f"alerts-{jobs}.jsonl", tmp_path / f"dead-{jobs}.jsonl"
+    rc = main(
+        ["replay", "--offline", "--jobs", str(jobs), str(cap), "--alerts-out", str(out), "--deadletter-out", str(dead)]
+    )
+    alerts = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    deads = [json.loads(line) for line in dead.read_text().splitlines()] if dead.exists() else []
+    return rc, alerts, deads
+
+
+def test_jobs_picks_one_or_two_processes_with_the_same_results(tmp_path, monkeypatch):
+    import streams.replay_offline as ro
+
+    cap = _capture(tmp_path)
+    with open(cap, "ab") as f:
+        f.write(b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"+49","payload":"{}"}\n')
+    used = []
+    parallel = ro._parallel
+    monkeypatch.setattr(ro, "_parallel", lambda *a: used.append(2) or parallel(*a))
+    results = {jobs: _replay_jobs(cap, tmp_path, jobs) for jobs in (1, 2)}
+    assert used == [2]  # --jobs 2 only
+    for rc, alerts, deads in results.values():
+        assert rc == 0
+        assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+        assert [d["reason_code"] for d in deads] == ["invalid_record"]
+    assert sorted(a["dedup_key"] for a in results[1][1]) == sorted(a["dedup_key"] for a in results[2][1])
+
+
+def _append(cap: Path, *lines: bytes) -> None:
+    with open(cap, "ab") as f:
+        f.writelines(line.rstrip(b"\n") + b"\n" for line in lines)
+
+
+def _outbound_line(offset: int, **fields: object) -> bytes:
+    value = {
+        "schema_version": 1,
+        "event_id": f"hostile-{offset}",
+        "event_time": "2026-06-01T08:00:00.000Z",
+        "msisdn": "+4917612345678",
+        "message_id": f"m-{offset}",
+        "brand": "o2",
+        "channel": "email",
+        "recipient": "x@example.org",
+        "template": "invoice",
+        "sender": "crm-mailer",
+        **fields,
+    }
+    key = value["msisdn"]
+    assert isinstance(key, str)
+    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), key, 0))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_deep_nesting_is_dead_lettered_not_a_crash(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    deep_value = _outbound_line(100).replace(b'\\"invoice\\"', b'\\"invoice\\", \\"x\\": ' + b"[" * 5000 + b"]" * 5000)
+    deep_envelope = b'{"topic": "contracts.changes", "partition": 0, "offset": 101, "x": ' + b"[" * 5000 + b"]" * 5000
+    _append(cap, deep_value, deep_envelope + b"}")
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+    assert sorted(d["reason_code"] for d in deads) == ["bad_envelope", "invalid_json"]
+    assert all("more than 256" in d["reason"] for d in deads)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_event_times_the_contract_accepts_but_cannot_be_written_are_bad_event_times(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    _append(
+        cap,
+        _outbound_line(100, msisdn="+4930123456789", event_time="0001-01-01T00:00:00.000+00:01"),
+        _outbound_line(101, msisdn="+4930123456789", event_time="9999-12-31T23:59:59.000-00:01"),
+        _outbound_line(102, msisdn="+4930123456789", event_time="0001-01-01T00:01:00.000+00:01"),
+    )
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert [d["reason_code"] for d in deads] == ["bad_event_time", "bad_event_time"]
+    edge = [a for a in alerts if a["kind"] == "notification_without_contract"]
+    assert [a["event_time"] for a in edge] == ["0001-01-01T00:00:00.000Z"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_envelope_integers_outside_kafkas_ranges_are_bad_envelopes(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    good = json.loads(_outbound_line(100))
+    lines = [{**good, "partition": 2**70}, {**good, "offset": -1}, {**good, "ts": 2**64}, {**good, "partition": 2**31}]
+    _append(cap, *(json.dumps(line).encode() for line in lines))
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert sorted(a["kind"] for a in alerts) == ["re_port", "recipient_previous_holder"]
+    assert [d["reason_code"] for d in deads] == ["bad_envelope"] * 4
+    assert all(d["partition"] is None for d in deads)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_sms_to_an_address_is_dead_lettered_and_no_mask_shows_the_address(tmp_path, jobs):
+    cap = _capture(tmp_path)
+    # after the o2 contract's start: an sms to the number is fine, one "to" an address is no sms;
+    # an sms on a number without a contract is alerted, with both numbers masked
+    _append(
+        cap,
+        _outbound_line(100, channel="sms", recipient="anna.schmidt@gmx.de", event_time="2026-12-01T08:00:00.000Z"),
+        _outbound_line(101, channel="sms", recipient="+4917612345678", event_time="2026-12-01T08:00:01.000Z"),
+        _outbound_line(102, channel="sms", recipient="+12345678", msisdn="+12345678"),
+    )
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert [(d["reason_code"], d["offset"]) for d in deads] == [("invalid_record", 100)]
+    assert "E.164" in deads[0]["reason"]
+    kinds = sorted(a["kind"] for a in alerts)
+    assert kinds == ["notification_without_contract", "re_port", "recipient_previous_holder"]
+    (sms,) = [a for a in alerts if a["kind"] == "notification_without_contract"]
+    assert sms["subject"]["msisdn_masked"] == "+******78"
+    text = json.dumps(alerts)
+    assert "anna.s" not in text and "+12345" not in text and "2345678" not in text
