@@ -404,12 +404,33 @@ def _timed(path: str | Path, bad: Counter[str]) -> Iterator[tuple[int, int, Capt
         yield (0 if t is None else t), i, rec
 
 
+@dataclass(frozen=True)
+class Produced:
+    """One record as the broker acknowledged it: what `replay_to_kafka` sent, where it landed."""
+
+    seq: int  # send order
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ts: int | None
+
+    def line(self) -> bytes:
+        """As a capture line (kcat -J), for the offline replay of exactly what was produced."""
+        return kcat_line(self.topic, self.partition, self.offset, self.key, self.value, self.ts)
+
+
 def replay_to_kafka(
     bootstrap: str, paths: Sequence[str | Path], speed: float = 0.0, rebase_to_us: int | None = None,
     renames: dict[str, str] | None = None, keep_partitions: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, sent: list[Produced] | None = None,
 ) -> ReplaySummary:
-    """Produce capture records, keyed, in time order across files (each file's own order kept)."""
+    """Produce capture records, keyed, in time order across files (each file's own order kept).
+
+    `sent`: gets every acknowledged record (renamed, rebased, with the partition and
+    offset the broker gave it), in send order.
+    """
     from kafka import KafkaProducer
 
     if speed < 0:
@@ -440,11 +461,20 @@ def replay_to_kafka(
                 summary.first_error = summary.first_error or repr(err)
         return errback
 
+    def acked(
+        out: list[Produced], seq: int, key: bytes | None, value: bytes | None, ts: int | None,
+    ) -> Callable[[Any], None]:
+        def callback(meta: Any) -> None:
+            stamp = ts if ts is not None or meta.timestamp is None or meta.timestamp < 0 else meta.timestamp
+            with lock:
+                out.append(Produced(seq, meta.topic, meta.partition, meta.offset, key, value, stamp))
+        return callback
+
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay")
     try:
         first_t: int | None = None
         merged = heapq.merge(*(_timed(p, summary.bad_lines) for p in paths), key=lambda x: x[0])
-        for t, _, rec in merged:
+        for seq, (t, _, rec) in enumerate(merged):
             if speed > 0:
                 first_t = t if first_t is None else first_t
                 wait = (t - first_t) / 1e6 / speed - (time.monotonic() - started)
@@ -460,15 +490,20 @@ def replay_to_kafka(
                     summary.unchanged += 1
                     ts = None if ts is None else (ts * 1000 + summary.delta_us) // 1000
             topic = renames.get(rec.topic, rec.topic)
-            producer.send(
+            future = producer.send(
                 topic, key=rec.key, value=value, timestamp_ms=ts,
                 partition=rec.partition if keep_partitions else None,
                 headers=[(k, v if v is not None else b"") for k, v in rec.headers] or None,
-            ).add_errback(failed(topic))
+            )
+            future.add_errback(failed(topic))
+            if sent is not None:
+                future.add_callback(acked(sent, seq, rec.key, value, ts))
             summary.produced[topic] += 1
         producer.flush()
     finally:
         producer.close(timeout=10)
+    if sent is not None:
+        sent.sort(key=lambda p: p.seq)
     for topic, n in summary.failed.items():
         summary.produced[topic] -= n
     summary.seconds = time.monotonic() - started
