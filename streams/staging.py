@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from detectors.capture import Envelope
 from detectors.settings import Settings
@@ -674,7 +674,106 @@ def staged_envelopes(
 
 
 # ---------------------------------------------------------------------------
-# check
+# check: the pieces both checks share
+# ---------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _event_ids(payloads: Iterable[bytes | str | None]) -> set[str]:
+    """The `event_id`s of the payloads that are JSON objects with one (bad records have none)."""
+    ids: set[str] = set()
+    for payload in payloads:
+        try:
+            doc = json.loads(payload or "")
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("event_id"), str):
+            ids.add(doc["event_id"])
+    return ids
+
+
+def _alerts_consumer(bootstrap: str, alerts_topic: str) -> Any:
+    """A consumer of every partition of the alerts topic, at its end offsets: a check
+    opens it before producing, so it sees exactly the alerts that come after."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             client_id="notifguard-check",
+                             # an exactly-once worker's aborted sends are not alerts
+                             isolation_level="read_committed")
+    try:
+        parts = consumer.partitions_for_topic(alerts_topic)
+        if not parts:
+            raise LookupError(f"alerts topic {alerts_topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(alerts_topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        for tp, off in consumer.end_offsets(tps).items():
+            consumer.seek(tp, off)
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer
+
+
+def _await_alerts(
+    consumer: Any, take: Callable[[bytes | None], _T | None], judge: Callable[[list[_T]], tuple[bool, bool]],
+    deadline: float, settle: float, since: float, on_alert: Callable[[_T], None] | None = None,
+) -> tuple[list[_T], bool]:
+    """Read the alerts topic, keeping what `take` makes of a record (None: not this run's).
+
+    `judge(seen)` says (complete: nothing expected is missing, wrong: something
+    unexpected arrived). Stops when complete and wrong, or when complete and
+    `settle` seconds passed since completing (and since `since`, the end of
+    producing) with nothing wrong; else at `deadline` (monotonic), timed out.
+    Returns what it kept and whether it timed out.
+    """
+    seen: list[_T] = []
+    complete_at: float | None = None
+    while True:
+        complete, wrong = judge(seen)
+        now = time.monotonic()
+        if complete:
+            complete_at = complete_at or now
+            if wrong or now >= max(complete_at, since) + settle:
+                return seen, False
+        else:
+            complete_at = None  # (a retraction can take an expected alert back)
+        if now >= deadline:
+            return seen, True
+        wait_ms = int(max(10, min(500, (deadline - now) * 1000)))
+        for records in consumer.poll(timeout_ms=wait_ms).values():
+            for r in records:
+                a = take(r.value)
+                if a is not None:
+                    seen.append(a)
+                    if on_alert is not None:
+                        on_alert(a)
+
+
+def default_settle_s(settings: Settings) -> float:
+    """Quiet time after the last expected alert: the pending verdicts at the end of a
+    run are released by the idle-partition flush, up to max(grace, idle_flush) later."""
+    env = os.environ.get("NOTIFGUARD_CHECK_SETTLE_S")
+    if env:
+        return float(env)
+    return max(settings.grace_s, settings.idle_flush_s) + 5.0
+
+
+def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float) -> str | None:
+    """Why a check cannot run on this cluster (no broker, topics missing), or None."""
+    from streams.topics import wait_for_broker
+
+    if not wait_for_broker(bootstrap, timeout=min(10.0, timeout)):
+        return f"no Kafka broker answers at {bootstrap}"
+    missing = _missing_topics(bootstrap, topics)
+    if missing:
+        return f"topics missing on {bootstrap}: {', '.join(missing)}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# check SCENARIO
 # ---------------------------------------------------------------------------
 
 
@@ -737,15 +836,6 @@ def alert_for_run(value: bytes | None, isolation: Isolation | None, run_ids: set
     return SeenAlert(doc["kind"], original or trigger, late if isinstance(late, bool) else None)
 
 
-def default_settle_s(settings: Settings) -> float:
-    """Quiet time after the last expected alert: the pending verdicts at the end of a
-    scenario are released by the idle-partition flush, up to max(grace, idle_flush) later."""
-    env = os.environ.get("NOTIFGUARD_CHECK_SETTLE_S")
-    if env:
-        return float(env)
-    return max(settings.grace_s, settings.idle_flush_s) + 5.0
-
-
 @dataclass
 class CheckResult:
     comparison: Comparison
@@ -761,33 +851,15 @@ def run_check(
     log: IO[str] | None = None,
 ) -> CheckResult:
     """Produce the (isolated, rebased) scenario, then watch the alerts topic from the offsets before it."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     settle = default_settle_s(settings) if settle_s is None else settle_s
     started = time.monotonic()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     envs = staged_envelopes(scenario, settings, isolation, now_us)
-    run_ids: set[str] = set()
-    for e in envs:
-        try:
-            doc = json.loads(e.payload or "")
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("event_id"), str):
-            run_ids.add(doc["event_id"])
-    alerts_topic = settings.topics.alerts
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="notifguard-check",
-                             # an exactly-once worker's aborted sends are not alerts
-                             isolation_level="read_committed")
+    run_ids = _event_ids(e.payload for e in envs)
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
     try:
-        parts = consumer.partitions_for_topic(alerts_topic)
-        if not parts:
-            raise LookupError(f"alerts topic {alerts_topic!r} does not exist on {bootstrap}")
-        tps = [TopicPartition(alerts_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        for tp, off in consumer.end_offsets(tps).items():
-            consumer.seek(tp, off)
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check")
         try:
             for e in envs:
@@ -800,51 +872,34 @@ def run_check(
         if log is not None:
             tag = f" (run tag {isolation.tag})" if isolation else ""
             log.write(f"check {scenario.name}: produced {len(envs)} records{tag}, waiting for "
-                      f"{len(scenario.expect)} alerts on {alerts_topic}\n")
-        seen: list[SeenAlert] = []
-        complete_at: float | None = None
-        deadline = started + timeout
-        timed_out = False
-        while True:
+                      f"{len(scenario.expect)} alerts on {settings.topics.alerts}\n")
+
+        def judge(seen: list[SeenAlert]) -> tuple[bool, bool]:
             comp = compare_alerts(scenario.expect, seen)
-            now = time.monotonic()
-            if not comp.missing:
-                complete_at = complete_at or now
-                if comp.unexpected or comp.late_mismatch or now >= max(complete_at, produced_at) + settle:
-                    break
-            if now >= deadline:
-                timed_out = True
-                break
-            wait_ms = int(max(10, min(500, (deadline - now) * 1000)))
-            for records in consumer.poll(timeout_ms=wait_ms).values():
-                for r in records:
-                    a = alert_for_run(r.value, isolation, run_ids)
-                    if a is not None:
-                        seen.append(a)
-                        if log is not None:
-                            log.write(f"  alert {a.kind} trigger {a.trigger}{' late' if a.late else ''}\n")
+            return not comp.missing, bool(comp.unexpected or comp.late_mismatch)
+
+        def show(a: SeenAlert) -> None:
+            if log is not None:
+                log.write(f"  alert {a.kind} trigger {a.trigger}{' late' if a.late else ''}\n")
+
+        seen, timed_out = _await_alerts(consumer, lambda v: alert_for_run(v, isolation, run_ids), judge,
+                                        started + timeout, settle, produced_at, show)
     finally:
         consumer.close()
     return CheckResult(compare_alerts(scenario.expect, seen), len(envs), time.monotonic() - started,
                        timed_out, isolation.tag if isolation else None)
 
 
-def check_command(args: argparse.Namespace) -> int:
+def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
     from kafka.errors import KafkaError
 
-    from streams.config import load_settings
     from streams.scenarios import load
-    from streams.topics import wait_for_broker
 
-    settings = load_settings(args.config)
     scenario = load(args.scenario)
-    if not wait_for_broker(args.bootstrap, timeout=min(10.0, float(args.timeout))):
-        print(f"notifguard check: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
-        return 2
     t = settings.topics
-    missing = _missing_topics(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts])
-    if missing:
-        print(f"notifguard check: topics missing on {args.bootstrap}: {', '.join(missing)}", file=sys.stderr)
+    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout))
+    if why:
+        print(f"notifguard check: {why}", file=sys.stderr)
         return 2
     isolation = Isolation.new() if getattr(args, "isolate", True) else None
     settle = getattr(args, "settle", None)
@@ -862,3 +917,9 @@ def check_command(args: argparse.Namespace) -> int:
     why = "timed out" if result.timed_out and comp.missing else "mismatch"
     print(f"check {scenario.name}: FAIL ({why} after {result.seconds:.1f} s)\n{comp.render()}")
     return 1
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from streams.config import load_settings
+
+    return _check_scenario(args, load_settings(args.config))
