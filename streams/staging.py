@@ -4,8 +4,11 @@
   `kcat -C -J` prints (field order, escaping, `null` keys, `headers`).
 - `notifguard replay --bootstrap`: capture files -> topics, keyed, optionally
   paced, renamed and rebased to the present.
-- `notifguard check`: one scenario into a running system, isolated per run,
-  then wait for exactly its expected alerts on the alerts topic.
+- `notifguard check SCENARIO`: one scenario into a running system, isolated per
+  run, then wait for exactly its expected alerts on the alerts topic.
+- `notifguard check CAPTURE`: captures into a running system as `replay
+  --bootstrap` produces them, then wait for exactly the alerts the offline
+  engine raises on the records the broker acknowledged.
 
 The pure parts (envelope formatting, capture parsing, rebasing, isolation,
 alert-set comparison) are plain functions so tests can use them without Kafka.
@@ -30,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from detectors.alerts import Alert
 from detectors.capture import Envelope
+from detectors.privacy import mask_msisdn
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
 
@@ -895,7 +900,7 @@ def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
 
     from streams.scenarios import load
 
-    scenario = load(args.scenario)
+    scenario = load(args.targets[0])
     t = settings.topics
     why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout))
     if why:
@@ -919,7 +924,253 @@ def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+# ---------------------------------------------------------------------------
+# check CAPTURE
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedAlert:
+    """An alert as `check CAPTURE` names it: the subject masked, no clear-text number or address."""
+
+    dedup_key: str
+    kind: str
+    trigger: str
+    event_time: str
+    subject: str
+    retracted: bool = False
+
+    @classmethod
+    def of(cls, alert: Alert) -> CheckedAlert:
+        return cls(alert.dedup_key, alert.kind, alert.trigger_event_id, alert.event_time,
+                   mask_msisdn(alert.subject.msisdn_masked), getattr(alert, "status", "firing") == "retracted")
+
+    def render(self) -> str:
+        return f"{self.kind:<30} {self.dedup_key:<52} {self.event_time:<27} {self.subject:<16} trigger {self.trigger}"
+
+
+def capture_alert(value: bytes | None, ids: set[str]) -> CheckedAlert | None:
+    """The alert of an alerts-topic record if its `trigger_event_id` is one of `ids`, else None.
+
+    The trigger, not the evidence: an alert is this capture's when one of its
+    records completed it (`dedup_key` is kind + trigger). An alert of other
+    traffic may quote one of the capture's records as evidence; the offline
+    replay of the capture alone cannot expect it, so it is not the check's.
+    """
+    if value is None:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    kind, key, trigger = doc.get("kind"), doc.get("dedup_key"), doc.get("trigger_event_id")
+    if not (isinstance(kind, str) and isinstance(key, str) and isinstance(trigger, str)) or trigger not in ids:
+        return None
+    subject = doc.get("subject")
+    masked = subject.get("msisdn_masked") if isinstance(subject, dict) else None
+    event_time = doc.get("event_time")
+    return CheckedAlert(key, kind, trigger, event_time if isinstance(event_time, str) else "?",
+                        mask_msisdn(masked) if isinstance(masked, str) else "?",  # masked again, to be sure
+                        doc.get("status") == "retracted")
+
+
+def standing_alerts(alerts: Iterable[CheckedAlert]) -> dict[str, CheckedAlert]:
+    """By dedup_key, the alerts that stand: each firing one unless a later record retracts it (contract 1.1)."""
+    out: dict[str, CheckedAlert] = {}
+    for a in alerts:
+        if a.retracted:
+            out.pop(a.dedup_key, None)
+        else:
+            out.setdefault(a.dedup_key, a)
+    return out
+
+
+@dataclass
+class CaptureComparison:
+    missing: list[CheckedAlert]
+    unexpected: list[CheckedAlert]
+    expected: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected)
+
+    def render(self) -> str:
+        lines = [f"  missing    {a.render()}" for a in self.missing]
+        lines += [f"  unexpected {a.render()}" for a in self.unexpected]
+        return "\n".join(lines)
+
+
+def compare_capture_alerts(expected: Iterable[CheckedAlert], seen: Iterable[CheckedAlert]) -> CaptureComparison:
+    """Expected against arrived, by dedup_key, each side as it stands after retractions; repeats are no error."""
+    want, got = standing_alerts(expected), standing_alerts(seen)
+    order = lambda a: (a.kind, a.event_time, a.dedup_key)  # noqa: E731
+    return CaptureComparison(sorted((want[k] for k in want.keys() - got.keys()), key=order),
+                             sorted((got[k] for k in got.keys() - want.keys()), key=order), len(want))
+
+
+def expected_alerts(produced: Sequence[Produced], settings: Settings) -> list[CheckedAlert]:
+    """The offline engine's alerts for exactly these records (as produced: renamed, rebased, on the
+    partitions the broker chose), in send order, through `streams.replay_offline.replay`."""
+    import tempfile
+
+    from streams.replay_offline import replay
+
+    with tempfile.TemporaryDirectory(prefix="notifguard-check-") as tmp:
+        path = Path(tmp) / "produced.jsonl"
+        with open(path, "wb") as f:
+            for p in produced:
+                f.write(p.line())
+        _, alerts = replay([path], settings)
+    return [CheckedAlert.of(a) for a in alerts]
+
+
+@dataclass
+class CaptureCheckResult:
+    comparison: CaptureComparison
+    replay: ReplaySummary
+    seconds: float
+    timed_out: bool
+
+
+def run_capture_check(
+    bootstrap: str, paths: Sequence[str | Path], settings: Settings, timeout: float = 60.0,
+    settle_s: float | None = None, speed: float = 0.0, rebase_to_us: int | None = None,
+    renames: dict[str, str] | None = None, keep_partitions: bool = False, log: IO[str] | None = None,
+) -> CaptureCheckResult:
+    """Produce captures as `replay --bootstrap` does, compute their alerts offline from what the broker
+    acknowledged, and watch the alerts topic (from the offsets before producing) for exactly those.
+
+    `timeout` counts from when the records are produced and their alerts computed
+    (a paced replay takes its time first).
+    """
+    settle = default_settle_s(settings) if settle_s is None else settle_s
+    started = time.monotonic()
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
+    try:
+        sent: list[Produced] = []
+        summary = replay_to_kafka(bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent)
+        produced_at = time.monotonic()
+        if log is not None:
+            log.write(summary.render() + "\n")
+        if summary.failed:
+            return CaptureCheckResult(CaptureComparison([], [], 0), summary, produced_at - started, False)
+        expected = expected_alerts(sent, settings)
+        ids = _event_ids(p.value for p in sent)
+        shared = [k for k, n in Counter(a.dedup_key for a in expected if not a.retracted).items() if n > 1]
+        if log is not None and shared:
+            log.write(f"warning: {len(shared)} dedup key(s) stand for alerts of different records: the capture "
+                      "reuses event ids on different numbers (the contract wants them unique); each such key "
+                      "is compared once\n")
+        if log is not None:
+            kinds = Counter(a.kind for a in standing_alerts(expected).values())
+            log.write(f"expected offline: {sum(kinds.values())} alert(s)"
+                      f"{' (' + ', '.join(f'{k} {n}' for k, n in sorted(kinds.items())) + ')' if kinds else ''}; "
+                      f"waiting on {settings.topics.alerts} for alerts triggered by the {len(ids)} produced "
+                      f"event ids (timeout {timeout:g} s, then quiet {settle:g} s)\n")
+
+        def judge(seen: list[CheckedAlert]) -> tuple[bool, bool]:
+            comp = compare_capture_alerts(expected, seen)
+            return not comp.missing, bool(comp.unexpected)
+
+        def show(a: CheckedAlert) -> None:
+            if log is not None:
+                log.write(f"  {'retracted' if a.retracted else 'alert':<9} {a.render()}\n")
+
+        seen, timed_out = _await_alerts(consumer, lambda v: capture_alert(v, ids), judge,
+                                        time.monotonic() + timeout, settle, produced_at, show)
+    finally:
+        consumer.close()
+    return CaptureCheckResult(compare_capture_alerts(expected, seen), summary, time.monotonic() - started,
+                              timed_out)
+
+
+def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
+
+    paths = list(args.targets)
+    renames = parse_renames(args.rename or [])
+    rebase = parse_rebase_target(args.rebase_time) if args.rebase_time else None
+    t = settings.topics
+    inputs = {t.outbound, t.changes, t.delivery}
+    topics = {renames.get(r.topic, r.topic) for p in paths for r in read_capture(p)}
+    if not topics:
+        print(f"notifguard check: no records in {', '.join(paths)}", file=sys.stderr)
+        return 2
+    foreign = sorted(topics - inputs)
+    if foreign:
+        print(f"notifguard check: the capture would be produced to {', '.join(foreign)}, not an input topic "
+              f"of the configuration ({', '.join(sorted(inputs))}); map it with --rename OLD=NEW, or give the "
+              "worker's --config", file=sys.stderr)
+        return 2
+    why = _check_preflight(args.bootstrap, [*topics, t.alerts], float(args.timeout))
+    if why:
+        print(f"notifguard check: {why}", file=sys.stderr)
+        return 2
+    settle = getattr(args, "settle", None)
+    try:
+        result = run_capture_check(
+            args.bootstrap, paths, settings, float(args.timeout), None if settle is None else float(settle),
+            float(args.speed), rebase, renames, bool(args.keep_partitions), log=sys.stderr,
+        )
+    except (LookupError, KafkaError) as err:
+        print(f"notifguard check: {err}", file=sys.stderr)
+        return 2
+    name = ", ".join(Path(p).name for p in paths)
+    if result.replay.failed:
+        print(f"notifguard check: the broker rejected some records of {name}; nothing checked "
+              "(a record timestamp more than message.timestamp.after.max.ms in the future?)", file=sys.stderr)
+        return 2
+    comp = result.comparison
+    if comp.ok:
+        print(f"check {name}: OK, {comp.expected} expected alert(s), nothing else ({result.seconds:.1f} s)")
+        return 0
+    why = "timed out" if result.timed_out and comp.missing else "mismatch"
+    print(f"check {name}: FAIL ({why} after {result.seconds:.1f} s): {len(comp.missing)} of {comp.expected} "
+          f"expected alert(s) missing, {len(comp.unexpected)} unexpected\n{comp.render()}")
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# check: SCENARIO or CAPTURE
+# ---------------------------------------------------------------------------
+
+_CAPTURE_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def check_target(text: str) -> str:
+    """`capture` or `scenario`: a `.toml` is a scenario file; an existing file is a capture;
+    a path ending in .jsonl/.json/.ndjson that does not exist is an error; anything else
+    names a scenario in scenarios/."""
+    path = Path(text)
+    if path.suffix == ".toml":
+        return "scenario"
+    if path.is_file():
+        return "capture"
+    if path.suffix in _CAPTURE_SUFFIXES:
+        raise FileNotFoundError(f"no capture file {text!r}")
+    return "scenario"
+
+
 def check_command(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
-    return _check_scenario(args, load_settings(args.config))
+    kinds = [check_target(t) for t in args.targets]
+    capture_only = [opt for opt, used in (
+        ("--speed", float(getattr(args, "speed", 0.0) or 0.0) != 0.0),
+        ("--rebase-time", bool(getattr(args, "rebase_time", None))),
+        ("--rename", bool(getattr(args, "rename", None))),
+        ("--keep-partitions", bool(getattr(args, "keep_partitions", False))),
+    ) if used]
+    settings = load_settings(args.config)
+    if kinds == ["scenario"]:
+        if capture_only:
+            raise ValueError(f"{', '.join(capture_only)}: for a CAPTURE only (a scenario is rebased to now)")
+        return _check_scenario(args, settings)
+    if "scenario" in kinds:
+        raise ValueError("give one SCENARIO, or one or more CAPTURE files")
+    if not getattr(args, "isolate", True):
+        raise ValueError("--no-isolate: for a SCENARIO only (a capture is produced as it is)")
+    return _check_captures(args, settings)
