@@ -94,6 +94,34 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+_CHECK_HELP = """\
+Replay a scenario or captures into a running system (the input topics a worker
+already reads) and wait until the alerts topic shows exactly their alerts.
+
+SCENARIO: a name in scenarios/ or a .toml file. Produced isolated (ids, numbers
+and addresses rewritten per run) and rebased so its last event is now; expected:
+the scenario's [[expect]] list.
+
+CAPTURE: an existing file that is not a .toml (kcat -C -J JSON Lines, as
+`notifguard capture` and `scenario-capture` write), one or more. Produced as
+`replay --bootstrap` produces them (--speed, --rebase-time, --rename,
+--keep-partitions). Expected: the offline engine's alerts (streams.replay_offline,
+with this --config's rules) on exactly the records the broker acknowledged,
+renamed and rebased, on the partitions they landed in; compared by dedup_key.
+Only alerts whose trigger_event_id is one of the produced records' event_ids
+count, so other traffic on a shared alerts topic does not fail the check. The
+alerts topic is read read_committed, from its end offsets before producing.
+The offline engine starts empty: the worker must hold no state of the capture's
+numbers or event ids (a capture checked twice against one worker is all
+duplicates the second time).
+
+Exit: 0 exactly the expected alerts (after --settle quiet seconds), 1 some
+missing or unexpected (each named: kind, dedup_key, event_time, masked number,
+trigger event id), 2 could not check (no broker, topics missing, a capture
+topic that is no input topic of the configuration, records rejected, bad options).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notifguard", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -134,13 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-records", type=int, default=0)
     c.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).capture_command(a))
 
-    k = sub.add_parser("check", help="replay a scenario into a running system and await its alerts")
-    k.add_argument("scenario", help="name in scenarios/ or path to a .toml")
+    k = sub.add_parser(
+        "check", help="replay a scenario or captures into a running system and await exactly their alerts",
+        usage="notifguard check (SCENARIO | CAPTURE [CAPTURE ...]) --bootstrap HOST:PORT [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=_CHECK_HELP,
+    )
+    k.add_argument("targets", nargs="+", metavar="SCENARIO|CAPTURE",
+                   help="a scenario (name in scenarios/ or a .toml file), or existing capture files (kcat -J)")
     k.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
-    k.add_argument("--timeout", type=float, default=60.0)
-    k.add_argument("--config", metavar="FILE", help="settings file (TOML), for topic names")
+    k.add_argument("--config", metavar="FILE",
+                   help="settings file (TOML): the worker's, for topic names and (CAPTURE) the rules")
+    k.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the expected alerts (default 60; CAPTURE: once it is produced)")
+    k.add_argument("--settle", type=float, metavar="SECONDS",
+                   help="quiet seconds after the last expected alert before passing (default max(grace, "
+                        "idle_flush) + 5, or NOTIFGUARD_CHECK_SETTLE_S)")
     k.add_argument("--no-isolate", dest="isolate", action="store_false",
-                   help="replay ids, numbers and addresses as written (default: rewrite them per run)")
+                   help="SCENARIO: replay ids, numbers and addresses as written (default: rewrite them per run)")
+    k.add_argument("--speed", type=float, default=0.0,
+                   help="CAPTURE: 1 = original pacing, 0 = as fast as possible (default)")
+    k.add_argument("--rebase-time", metavar="now|RFC3339",
+                   help="CAPTURE: shift event times as replay --bootstrap does (last record at the time; "
+                        "with --speed, the first)")
+    k.add_argument("--rename", metavar="OLD=NEW", action="append", default=[],
+                   help="CAPTURE: produce records of topic OLD to NEW (repeatable)")
+    k.add_argument("--keep-partitions", action="store_true",
+                   help="CAPTURE: produce to the capture's partition numbers, not by key")
     k.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).check_command(a))
 
     f = sub.add_parser("forward-alerts", help="post notifguard.alerts records to Alertmanager (v2 API)")

@@ -4,8 +4,11 @@
   `kcat -C -J` prints (field order, escaping, `null` keys, `headers`).
 - `notifguard replay --bootstrap`: capture files -> topics, keyed, optionally
   paced, renamed and rebased to the present.
-- `notifguard check`: one scenario into a running system, isolated per run,
-  then wait for exactly its expected alerts on the alerts topic.
+- `notifguard check SCENARIO`: one scenario into a running system, isolated per
+  run, then wait for exactly its expected alerts on the alerts topic.
+- `notifguard check CAPTURE`: captures into a running system as `replay
+  --bootstrap` produces them, then wait for exactly the alerts the offline
+  engine raises on the records the broker acknowledged.
 
 The pure parts (envelope formatting, capture parsing, rebasing, isolation,
 alert-set comparison) are plain functions so tests can use them without Kafka.
@@ -28,9 +31,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+from detectors.alerts import Alert
 from detectors.capture import Envelope
+from detectors.privacy import mask_msisdn
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
 
@@ -404,12 +409,33 @@ def _timed(path: str | Path, bad: Counter[str]) -> Iterator[tuple[int, int, Capt
         yield (0 if t is None else t), i, rec
 
 
+@dataclass(frozen=True)
+class Produced:
+    """One record as the broker acknowledged it: what `replay_to_kafka` sent, where it landed."""
+
+    seq: int  # send order
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ts: int | None
+
+    def line(self) -> bytes:
+        """As a capture line (kcat -J), for the offline replay of exactly what was produced."""
+        return kcat_line(self.topic, self.partition, self.offset, self.key, self.value, self.ts)
+
+
 def replay_to_kafka(
     bootstrap: str, paths: Sequence[str | Path], speed: float = 0.0, rebase_to_us: int | None = None,
     renames: dict[str, str] | None = None, keep_partitions: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, sent: list[Produced] | None = None,
 ) -> ReplaySummary:
-    """Produce capture records, keyed, in time order across files (each file's own order kept)."""
+    """Produce capture records, keyed, in time order across files (each file's own order kept).
+
+    `sent`: gets every acknowledged record (renamed, rebased, with the partition and
+    offset the broker gave it), in send order.
+    """
     from kafka import KafkaProducer
 
     if speed < 0:
@@ -440,11 +466,20 @@ def replay_to_kafka(
                 summary.first_error = summary.first_error or repr(err)
         return errback
 
+    def acked(
+        out: list[Produced], seq: int, key: bytes | None, value: bytes | None, ts: int | None,
+    ) -> Callable[[Any], None]:
+        def callback(meta: Any) -> None:
+            stamp = ts if ts is not None or meta.timestamp is None or meta.timestamp < 0 else meta.timestamp
+            with lock:
+                out.append(Produced(seq, meta.topic, meta.partition, meta.offset, key, value, stamp))
+        return callback
+
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay")
     try:
         first_t: int | None = None
         merged = heapq.merge(*(_timed(p, summary.bad_lines) for p in paths), key=lambda x: x[0])
-        for t, _, rec in merged:
+        for seq, (t, _, rec) in enumerate(merged):
             if speed > 0:
                 first_t = t if first_t is None else first_t
                 wait = (t - first_t) / 1e6 / speed - (time.monotonic() - started)
@@ -460,15 +495,20 @@ def replay_to_kafka(
                     summary.unchanged += 1
                     ts = None if ts is None else (ts * 1000 + summary.delta_us) // 1000
             topic = renames.get(rec.topic, rec.topic)
-            producer.send(
+            future = producer.send(
                 topic, key=rec.key, value=value, timestamp_ms=ts,
                 partition=rec.partition if keep_partitions else None,
                 headers=[(k, v if v is not None else b"") for k, v in rec.headers] or None,
-            ).add_errback(failed(topic))
+            )
+            future.add_errback(failed(topic))
+            if sent is not None:
+                future.add_callback(acked(sent, seq, rec.key, value, ts))
             summary.produced[topic] += 1
         producer.flush()
     finally:
         producer.close(timeout=10)
+    if sent is not None:
+        sent.sort(key=lambda p: p.seq)
     for topic, n in summary.failed.items():
         summary.produced[topic] -= n
     summary.seconds = time.monotonic() - started
@@ -639,7 +679,106 @@ def staged_envelopes(
 
 
 # ---------------------------------------------------------------------------
-# check
+# check: the pieces both checks share
+# ---------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _event_ids(payloads: Iterable[bytes | str | None]) -> set[str]:
+    """The `event_id`s of the payloads that are JSON objects with one (bad records have none)."""
+    ids: set[str] = set()
+    for payload in payloads:
+        try:
+            doc = json.loads(payload or "")
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("event_id"), str):
+            ids.add(doc["event_id"])
+    return ids
+
+
+def _alerts_consumer(bootstrap: str, alerts_topic: str) -> Any:
+    """A consumer of every partition of the alerts topic, at its end offsets: a check
+    opens it before producing, so it sees exactly the alerts that come after."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             client_id="notifguard-check",
+                             # an exactly-once worker's aborted sends are not alerts
+                             isolation_level="read_committed")
+    try:
+        parts = consumer.partitions_for_topic(alerts_topic)
+        if not parts:
+            raise LookupError(f"alerts topic {alerts_topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(alerts_topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        for tp, off in consumer.end_offsets(tps).items():
+            consumer.seek(tp, off)
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer
+
+
+def _await_alerts(
+    consumer: Any, take: Callable[[bytes | None], _T | None], judge: Callable[[list[_T]], tuple[bool, bool]],
+    deadline: float, settle: float, since: float, on_alert: Callable[[_T], None] | None = None,
+) -> tuple[list[_T], bool]:
+    """Read the alerts topic, keeping what `take` makes of a record (None: not this run's).
+
+    `judge(seen)` says (complete: nothing expected is missing, wrong: something
+    unexpected arrived). Stops when complete and wrong, or when complete and
+    `settle` seconds passed since completing (and since `since`, the end of
+    producing) with nothing wrong; else at `deadline` (monotonic), timed out.
+    Returns what it kept and whether it timed out.
+    """
+    seen: list[_T] = []
+    complete_at: float | None = None
+    while True:
+        complete, wrong = judge(seen)
+        now = time.monotonic()
+        if complete:
+            complete_at = complete_at or now
+            if wrong or now >= max(complete_at, since) + settle:
+                return seen, False
+        else:
+            complete_at = None  # (a retraction can take an expected alert back)
+        if now >= deadline:
+            return seen, True
+        wait_ms = int(max(10, min(500, (deadline - now) * 1000)))
+        for records in consumer.poll(timeout_ms=wait_ms).values():
+            for r in records:
+                a = take(r.value)
+                if a is not None:
+                    seen.append(a)
+                    if on_alert is not None:
+                        on_alert(a)
+
+
+def default_settle_s(settings: Settings) -> float:
+    """Quiet time after the last expected alert: the pending verdicts at the end of a
+    run are released by the idle-partition flush, up to max(grace, idle_flush) later."""
+    env = os.environ.get("NOTIFGUARD_CHECK_SETTLE_S")
+    if env:
+        return float(env)
+    return max(settings.grace_s, settings.idle_flush_s) + 5.0
+
+
+def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float) -> str | None:
+    """Why a check cannot run on this cluster (no broker, topics missing), or None."""
+    from streams.topics import wait_for_broker
+
+    if not wait_for_broker(bootstrap, timeout=min(10.0, timeout)):
+        return f"no Kafka broker answers at {bootstrap}"
+    missing = _missing_topics(bootstrap, topics)
+    if missing:
+        return f"topics missing on {bootstrap}: {', '.join(missing)}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# check SCENARIO
 # ---------------------------------------------------------------------------
 
 
@@ -702,15 +841,6 @@ def alert_for_run(value: bytes | None, isolation: Isolation | None, run_ids: set
     return SeenAlert(doc["kind"], original or trigger, late if isinstance(late, bool) else None)
 
 
-def default_settle_s(settings: Settings) -> float:
-    """Quiet time after the last expected alert: the pending verdicts at the end of a
-    scenario are released by the idle-partition flush, up to max(grace, idle_flush) later."""
-    env = os.environ.get("NOTIFGUARD_CHECK_SETTLE_S")
-    if env:
-        return float(env)
-    return max(settings.grace_s, settings.idle_flush_s) + 5.0
-
-
 @dataclass
 class CheckResult:
     comparison: Comparison
@@ -726,33 +856,15 @@ def run_check(
     log: IO[str] | None = None,
 ) -> CheckResult:
     """Produce the (isolated, rebased) scenario, then watch the alerts topic from the offsets before it."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     settle = default_settle_s(settings) if settle_s is None else settle_s
     started = time.monotonic()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     envs = staged_envelopes(scenario, settings, isolation, now_us)
-    run_ids: set[str] = set()
-    for e in envs:
-        try:
-            doc = json.loads(e.payload or "")
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("event_id"), str):
-            run_ids.add(doc["event_id"])
-    alerts_topic = settings.topics.alerts
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="notifguard-check",
-                             # an exactly-once worker's aborted sends are not alerts
-                             isolation_level="read_committed")
+    run_ids = _event_ids(e.payload for e in envs)
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
     try:
-        parts = consumer.partitions_for_topic(alerts_topic)
-        if not parts:
-            raise LookupError(f"alerts topic {alerts_topic!r} does not exist on {bootstrap}")
-        tps = [TopicPartition(alerts_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        for tp, off in consumer.end_offsets(tps).items():
-            consumer.seek(tp, off)
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check")
         try:
             for e in envs:
@@ -765,51 +877,34 @@ def run_check(
         if log is not None:
             tag = f" (run tag {isolation.tag})" if isolation else ""
             log.write(f"check {scenario.name}: produced {len(envs)} records{tag}, waiting for "
-                      f"{len(scenario.expect)} alerts on {alerts_topic}\n")
-        seen: list[SeenAlert] = []
-        complete_at: float | None = None
-        deadline = started + timeout
-        timed_out = False
-        while True:
+                      f"{len(scenario.expect)} alerts on {settings.topics.alerts}\n")
+
+        def judge(seen: list[SeenAlert]) -> tuple[bool, bool]:
             comp = compare_alerts(scenario.expect, seen)
-            now = time.monotonic()
-            if not comp.missing:
-                complete_at = complete_at or now
-                if comp.unexpected or comp.late_mismatch or now >= max(complete_at, produced_at) + settle:
-                    break
-            if now >= deadline:
-                timed_out = True
-                break
-            wait_ms = int(max(10, min(500, (deadline - now) * 1000)))
-            for records in consumer.poll(timeout_ms=wait_ms).values():
-                for r in records:
-                    a = alert_for_run(r.value, isolation, run_ids)
-                    if a is not None:
-                        seen.append(a)
-                        if log is not None:
-                            log.write(f"  alert {a.kind} trigger {a.trigger}{' late' if a.late else ''}\n")
+            return not comp.missing, bool(comp.unexpected or comp.late_mismatch)
+
+        def show(a: SeenAlert) -> None:
+            if log is not None:
+                log.write(f"  alert {a.kind} trigger {a.trigger}{' late' if a.late else ''}\n")
+
+        seen, timed_out = _await_alerts(consumer, lambda v: alert_for_run(v, isolation, run_ids), judge,
+                                        started + timeout, settle, produced_at, show)
     finally:
         consumer.close()
     return CheckResult(compare_alerts(scenario.expect, seen), len(envs), time.monotonic() - started,
                        timed_out, isolation.tag if isolation else None)
 
 
-def check_command(args: argparse.Namespace) -> int:
+def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
     from kafka.errors import KafkaError
 
-    from streams.config import load_settings
     from streams.scenarios import load
-    from streams.topics import wait_for_broker
 
-    settings = load_settings(args.config)
-    scenario = load(args.scenario)
-    if not wait_for_broker(args.bootstrap, timeout=min(10.0, float(args.timeout))):
-        print(f"notifguard check: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
-        return 2
+    scenario = load(args.targets[0])
     t = settings.topics
-    missing = _missing_topics(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts])
-    if missing:
-        print(f"notifguard check: topics missing on {args.bootstrap}: {', '.join(missing)}", file=sys.stderr)
+    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout))
+    if why:
+        print(f"notifguard check: {why}", file=sys.stderr)
         return 2
     isolation = Isolation.new() if getattr(args, "isolate", True) else None
     settle = getattr(args, "settle", None)
@@ -827,3 +922,255 @@ def check_command(args: argparse.Namespace) -> int:
     why = "timed out" if result.timed_out and comp.missing else "mismatch"
     print(f"check {scenario.name}: FAIL ({why} after {result.seconds:.1f} s)\n{comp.render()}")
     return 1
+
+
+# ---------------------------------------------------------------------------
+# check CAPTURE
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedAlert:
+    """An alert as `check CAPTURE` names it: the subject masked, no clear-text number or address."""
+
+    dedup_key: str
+    kind: str
+    trigger: str
+    event_time: str
+    subject: str
+    retracted: bool = False
+
+    @classmethod
+    def of(cls, alert: Alert) -> CheckedAlert:
+        return cls(alert.dedup_key, alert.kind, alert.trigger_event_id, alert.event_time,
+                   mask_msisdn(alert.subject.msisdn_masked), getattr(alert, "status", "firing") == "retracted")
+
+    def render(self) -> str:
+        return f"{self.kind:<30} {self.dedup_key:<52} {self.event_time:<27} {self.subject:<16} trigger {self.trigger}"
+
+
+def capture_alert(value: bytes | None, ids: set[str]) -> CheckedAlert | None:
+    """The alert of an alerts-topic record if its `trigger_event_id` is one of `ids`, else None.
+
+    The trigger, not the evidence: an alert is this capture's when one of its
+    records completed it (`dedup_key` is kind + trigger). An alert of other
+    traffic may quote one of the capture's records as evidence; the offline
+    replay of the capture alone cannot expect it, so it is not the check's.
+    """
+    if value is None:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    kind, key, trigger = doc.get("kind"), doc.get("dedup_key"), doc.get("trigger_event_id")
+    if not (isinstance(kind, str) and isinstance(key, str) and isinstance(trigger, str)) or trigger not in ids:
+        return None
+    subject = doc.get("subject")
+    masked = subject.get("msisdn_masked") if isinstance(subject, dict) else None
+    event_time = doc.get("event_time")
+    return CheckedAlert(key, kind, trigger, event_time if isinstance(event_time, str) else "?",
+                        mask_msisdn(masked) if isinstance(masked, str) else "?",  # masked again, to be sure
+                        doc.get("status") == "retracted")
+
+
+def standing_alerts(alerts: Iterable[CheckedAlert]) -> dict[str, CheckedAlert]:
+    """By dedup_key, the alerts that stand: each firing one unless a later record retracts it (contract 1.1)."""
+    out: dict[str, CheckedAlert] = {}
+    for a in alerts:
+        if a.retracted:
+            out.pop(a.dedup_key, None)
+        else:
+            out.setdefault(a.dedup_key, a)
+    return out
+
+
+@dataclass
+class CaptureComparison:
+    missing: list[CheckedAlert]
+    unexpected: list[CheckedAlert]
+    expected: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected)
+
+    def render(self) -> str:
+        lines = [f"  missing    {a.render()}" for a in self.missing]
+        lines += [f"  unexpected {a.render()}" for a in self.unexpected]
+        return "\n".join(lines)
+
+
+def compare_capture_alerts(expected: Iterable[CheckedAlert], seen: Iterable[CheckedAlert]) -> CaptureComparison:
+    """Expected against arrived, by dedup_key, each side as it stands after retractions; repeats are no error."""
+    want, got = standing_alerts(expected), standing_alerts(seen)
+    order = lambda a: (a.kind, a.event_time, a.dedup_key)  # noqa: E731
+    return CaptureComparison(sorted((want[k] for k in want.keys() - got.keys()), key=order),
+                             sorted((got[k] for k in got.keys() - want.keys()), key=order), len(want))
+
+
+def expected_alerts(produced: Sequence[Produced], settings: Settings) -> list[CheckedAlert]:
+    """The offline engine's alerts for exactly these records (as produced: renamed, rebased, on the
+    partitions the broker chose), in send order, through `streams.replay_offline.replay`."""
+    import tempfile
+
+    from streams.replay_offline import replay
+
+    with tempfile.TemporaryDirectory(prefix="notifguard-check-") as tmp:
+        path = Path(tmp) / "produced.jsonl"
+        with open(path, "wb") as f:
+            for p in produced:
+                f.write(p.line())
+        _, alerts = replay([path], settings)
+    return [CheckedAlert.of(a) for a in alerts]
+
+
+@dataclass
+class CaptureCheckResult:
+    comparison: CaptureComparison
+    replay: ReplaySummary
+    seconds: float
+    timed_out: bool
+
+
+def run_capture_check(
+    bootstrap: str, paths: Sequence[str | Path], settings: Settings, timeout: float = 60.0,
+    settle_s: float | None = None, speed: float = 0.0, rebase_to_us: int | None = None,
+    renames: dict[str, str] | None = None, keep_partitions: bool = False, log: IO[str] | None = None,
+) -> CaptureCheckResult:
+    """Produce captures as `replay --bootstrap` does, compute their alerts offline from what the broker
+    acknowledged, and watch the alerts topic (from the offsets before producing) for exactly those.
+
+    `timeout` counts from when the records are produced and their alerts computed
+    (a paced replay takes its time first).
+    """
+    settle = default_settle_s(settings) if settle_s is None else settle_s
+    started = time.monotonic()
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
+    try:
+        sent: list[Produced] = []
+        summary = replay_to_kafka(bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent)
+        produced_at = time.monotonic()
+        if log is not None:
+            log.write(summary.render() + "\n")
+        if summary.failed:
+            return CaptureCheckResult(CaptureComparison([], [], 0), summary, produced_at - started, False)
+        expected = expected_alerts(sent, settings)
+        ids = _event_ids(p.value for p in sent)
+        shared = [k for k, n in Counter(a.dedup_key for a in expected if not a.retracted).items() if n > 1]
+        if log is not None and shared:
+            log.write(f"warning: {len(shared)} dedup key(s) stand for alerts of different records: the capture "
+                      "reuses event ids on different numbers (the contract wants them unique); each such key "
+                      "is compared once\n")
+        if log is not None:
+            kinds = Counter(a.kind for a in standing_alerts(expected).values())
+            log.write(f"expected offline: {sum(kinds.values())} alert(s)"
+                      f"{' (' + ', '.join(f'{k} {n}' for k, n in sorted(kinds.items())) + ')' if kinds else ''}; "
+                      f"waiting on {settings.topics.alerts} for alerts triggered by the {len(ids)} produced "
+                      f"event ids (timeout {timeout:g} s, then quiet {settle:g} s)\n")
+
+        def judge(seen: list[CheckedAlert]) -> tuple[bool, bool]:
+            comp = compare_capture_alerts(expected, seen)
+            return not comp.missing, bool(comp.unexpected)
+
+        def show(a: CheckedAlert) -> None:
+            if log is not None:
+                log.write(f"  {'retracted' if a.retracted else 'alert':<9} {a.render()}\n")
+
+        seen, timed_out = _await_alerts(consumer, lambda v: capture_alert(v, ids), judge,
+                                        time.monotonic() + timeout, settle, produced_at, show)
+    finally:
+        consumer.close()
+    return CaptureCheckResult(compare_capture_alerts(expected, seen), summary, time.monotonic() - started,
+                              timed_out)
+
+
+def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
+
+    paths = list(args.targets)
+    renames = parse_renames(args.rename or [])
+    rebase = parse_rebase_target(args.rebase_time) if args.rebase_time else None
+    t = settings.topics
+    inputs = {t.outbound, t.changes, t.delivery}
+    topics = {renames.get(r.topic, r.topic) for p in paths for r in read_capture(p)}
+    if not topics:
+        print(f"notifguard check: no records in {', '.join(paths)}", file=sys.stderr)
+        return 2
+    foreign = sorted(topics - inputs)
+    if foreign:
+        print(f"notifguard check: the capture would be produced to {', '.join(foreign)}, not an input topic "
+              f"of the configuration ({', '.join(sorted(inputs))}); map it with --rename OLD=NEW, or give the "
+              "worker's --config", file=sys.stderr)
+        return 2
+    why = _check_preflight(args.bootstrap, [*topics, t.alerts], float(args.timeout))
+    if why:
+        print(f"notifguard check: {why}", file=sys.stderr)
+        return 2
+    settle = getattr(args, "settle", None)
+    try:
+        result = run_capture_check(
+            args.bootstrap, paths, settings, float(args.timeout), None if settle is None else float(settle),
+            float(args.speed), rebase, renames, bool(args.keep_partitions), log=sys.stderr,
+        )
+    except (LookupError, KafkaError) as err:
+        print(f"notifguard check: {err}", file=sys.stderr)
+        return 2
+    name = ", ".join(Path(p).name for p in paths)
+    if result.replay.failed:
+        print(f"notifguard check: the broker rejected some records of {name}; nothing checked "
+              "(a record timestamp more than message.timestamp.after.max.ms in the future?)", file=sys.stderr)
+        return 2
+    comp = result.comparison
+    if comp.ok:
+        print(f"check {name}: OK, {comp.expected} expected alert(s), nothing else ({result.seconds:.1f} s)")
+        return 0
+    why = "timed out" if result.timed_out and comp.missing else "mismatch"
+    print(f"check {name}: FAIL ({why} after {result.seconds:.1f} s): {len(comp.missing)} of {comp.expected} "
+          f"expected alert(s) missing, {len(comp.unexpected)} unexpected\n{comp.render()}")
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# check: SCENARIO or CAPTURE
+# ---------------------------------------------------------------------------
+
+_CAPTURE_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def check_target(text: str) -> str:
+    """`capture` or `scenario`: a `.toml` is a scenario file; an existing file is a capture;
+    a path ending in .jsonl/.json/.ndjson that does not exist is an error; anything else
+    names a scenario in scenarios/."""
+    path = Path(text)
+    if path.suffix == ".toml":
+        return "scenario"
+    if path.is_file():
+        return "capture"
+    if path.suffix in _CAPTURE_SUFFIXES:
+        raise FileNotFoundError(f"no capture file {text!r}")
+    return "scenario"
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from streams.config import load_settings
+
+    kinds = [check_target(t) for t in args.targets]
+    capture_only = [opt for opt, used in (
+        ("--speed", float(getattr(args, "speed", 0.0) or 0.0) != 0.0),
+        ("--rebase-time", bool(getattr(args, "rebase_time", None))),
+        ("--rename", bool(getattr(args, "rename", None))),
+        ("--keep-partitions", bool(getattr(args, "keep_partitions", False))),
+    ) if used]
+    settings = load_settings(args.config)
+    if kinds == ["scenario"]:
+        if capture_only:
+            raise ValueError(f"{', '.join(capture_only)}: for a CAPTURE only (a scenario is rebased to now)")
+        return _check_scenario(args, settings)
+    if "scenario" in kinds:
+        raise ValueError("give one SCENARIO, or one or more CAPTURE files")
+    if not getattr(args, "isolate", True):
+        raise ValueError("--no-isolate: for a SCENARIO only (a capture is produced as it is)")
+    return _check_captures(args, settings)

@@ -33,6 +33,7 @@ from streams.replay_offline import replay
 from streams.scenarios import Expected, all_scenarios, load
 from streams.staging import (
     Isolation,
+    Produced,
     SeenAlert,
     alert_for_run,
     capture,
@@ -41,6 +42,7 @@ from streams.staging import (
     parse_capture_line,
     parse_rebase_target,
     rebase_envelopes,
+    replay_to_kafka,
     shift_event_time,
     staged_envelopes,
     yajl_string,
@@ -404,6 +406,26 @@ def test_replay_rebases_event_time_and_record_timestamp(bootstrap: str, new_topi
     bad = {d["payload"]: d for d in got.values() if d not in good}
     assert set(bad) == {"not json {", '{"event_id":"x"}'}
     assert bad["not json {"]["ts"] == base + 200 + delta_ms
+
+
+@pytest.mark.kafka
+def test_replay_reports_each_record_as_the_broker_took_it(bootstrap: str, new_topic: Callable[..., str],
+                                                          tmp_path: Path) -> None:
+    """`sent`: what was produced (renamed, rebased), where it landed; what check CAPTURE replays offline."""
+    dst = new_topic(3)
+    cap = tmp_path / "cap.jsonl"
+    _events_capture(cap, "orig.topic", parse_rfc3339("2026-01-10T12:00:00Z") // 1000, [0.0, 0.5, 1.25, 90.0, 91.0])
+    sent: list[Produced] = []
+    target = parse_rfc3339("2025-06-01T00:00:00Z")
+    summary = replay_to_kafka(bootstrap, [cap], rebase_to_us=target, renames={"orig.topic": dst}, sent=sent)
+    assert sum(summary.produced.values()) == 5 and [p.seq for p in sent] == list(range(5))
+    on_topic = {(d["partition"], d["offset"]): d for d in _capture_lines(bootstrap, dst)}
+    assert len({p.partition for p in sent}) > 1  # by key, not the capture's partition 0
+    for p in sent:
+        d = on_topic[(p.partition, p.offset)]
+        assert (p.topic, p.key, p.value, p.ts) == (dst, d["key"].encode(), d["payload"].encode(), d["ts"])
+    assert max(json.loads(p.value or b"")["event_time"] for p in sent) == "2025-06-01T00:00:00.000Z"
+    assert json.loads(sent[0].line())["payload"] == (sent[0].value or b"").decode()
 
 
 @pytest.mark.kafka
