@@ -309,14 +309,6 @@ def test_check_capture_passes_against_a_running_worker(run: KafkaRun, tmp_path: 
 
 @pytest.mark.kafka
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="worker bug (being fixed in the worker/merge rewrite): a capture spanning months produced while "
-    "the worker reads can reach it with a number's records of one topic ahead of older ones of another (a "
-    "notification ahead of its contract changes, a bounce ahead of its notification), and one watermark per "
-    "partition for the three topics makes the older ones late: notification_without_contract instead of the "
-    "recipient kind, no current_address_bouncing. Failed 5 of 10 runs on 2026-12-04; a plain test once fixed.",
-)
 def test_check_capture_of_recipient_scenarios_against_a_running_worker(run: KafkaRun, tmp_path: Path) -> None:
     check_against_worker(run, tmp_path, CROSS_TOPIC)
 
