@@ -160,7 +160,11 @@ class Arrival:
             status = LATE
         else:
             self.seq = seq = self.seq + 1
-            sub = change_code(record.__class__) if category == CHANGE else 0
+            sub = 0
+            if category == CHANGE:
+                sub = _CODE.get(record.__class__, -1)
+                if sub < 0:
+                    sub = change_code(record.__class__)
             heappush(self.pending, (t, category, sub, event_id, seq, ref, record, token, src))
             self.pending_ids.add(key)
             src.pending += 1

@@ -223,6 +223,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     arrival = Arrival(us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s))
     arrival.restore(arrival_state)
     arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
+    pending = arrival.pending  # the buffer (the child never forgets partitions, so it stays this list)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
     msisdn_ref = pseudo.msisdn_ref
@@ -317,8 +318,9 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     status = arrive(category, env.partition, t, record, ref, clock)
                     if status == LATE:  # applied at once
                         out += (category, t, True, wire(category, record))
-                    for item in take_ready():
-                        out += (item[1], item[0], False, wire(item[1], item[6]))
+                    if pending and pending[0][0] < arrival.limit:
+                        for item in take_ready():
+                            out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:
                     continue
                 if n % _BATCH == 0:  # where the replay drains, Engine.sweep_due
