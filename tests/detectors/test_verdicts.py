@@ -1,7 +1,10 @@
 """The recipient rules, one row per case: a history, a mail, the verdict it must get."""
 
+import hashlib
+
 import pytest
 
+from detectors.alerts import dedup_key
 from tests.factories import change, feed, kinds_of, mail, new_engine
 
 DAY = 86_400
@@ -104,6 +107,21 @@ def test_breach_alert_carries_masked_evidence_and_no_clear_text():
     assert "holder@x.de" not in text and "+4917612345678" not in text
     assert alert.subject.msisdn_masked == "+49176******78"
     assert alert.runbook_url == "docs/runbooks/recipient_previous_holder.md"
+
+
+def test_long_ids_are_capped_in_alerts_and_keep_their_dedup_keys_apart():
+    prefix = "n-" + "x" * 400
+    _, a1 = verdict_of([started], mail("stranger@x.de", DAY, id=prefix + "1"))
+    _, a2 = verdict_of([started], mail("stranger@x.de", DAY, id=prefix + "2"))
+    _, a3 = verdict_of([started], mail("stranger@x.de", DAY, id="n-" + "x" * 254))  # 256: not cut
+    (first,), (second,), (whole,) = a1, a2, a3
+    assert len(first.trigger_event_id) == len(second.trigger_event_id) == 256
+    assert first.trigger_event_id.startswith(prefix[:227] + "…[truncated:")
+    assert first.dedup_key != second.dedup_key
+    assert first.dedup_key == dedup_key("recipient_unlinked", first.trigger_event_id)
+    assert whole.trigger_event_id == "n-" + "x" * 254
+    digest = hashlib.sha256(("recipient_unlinked\n" + whole.trigger_event_id).encode()).hexdigest()
+    assert whole.dedup_key == "recipient_unlinked:" + digest[:20]  # docs/topics.md 2.7, as before
 
 
 def test_kinds_helper_lists_trigger_pairs():
