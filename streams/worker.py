@@ -344,15 +344,13 @@ class Runtime:
             self.metrics.observe_verdicts(verdicts)
 
     def _bug_letter(self, msg: Any, trace: str) -> None:
-        from detectors.engine import DeadLetter, _encode_bytes
+        from detectors.engine import dead_letter
         from detectors.timefmt import rfc3339
 
-        k, k_enc = _encode_bytes(msg.key)
-        v, v_enc = _encode_bytes(msg.value)
-        letter = DeadLetter(msg.topic, msg.partition, msg.offset, None, k, k_enc, v, v_enc,
-                            f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
-                            rfc3339(_now_us()))
-        self.out.append((self.topics.deadletter, (k or "").encode(), _json.encode(letter), None))
+        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value,
+                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
+                             rfc3339(_now_us()))
+        self.out.append((self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter), None))
 
     # ------------------------------------------------------------ flush & acks
 
