@@ -18,7 +18,7 @@ import msgspec
 
 from detectors import kinds
 from detectors.alerts import Alert, Subject, dedup_key, unique
-from detectors.expiry import Horizons, expire
+from detectors.expiry import PARTS, Horizons, cap, expire
 from detectors.holdings import (
     ADDRESS_EVENTS,
     PORTS,
@@ -161,6 +161,8 @@ class Stats:
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
     expired: int = 0  # number states a sweep changed
+    # entries dropped from number states over their size budgets, by part (detectors.expiry.cap)
+    capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
 
 
 def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
@@ -641,6 +643,7 @@ class Engine:
         )
         before = self._derived(ref, state)
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
+            self._cap(ref, state)
             return  # the holding's current address already: nothing to store or link
         old_links = self._links(ref, before)
         changes = state.changes
@@ -674,6 +677,15 @@ class Engine:
             )
             if fires:
                 self._port_flapping_alert(t, rec, ref, window, late)
+        self._cap(ref, state)
+
+    def _cap(self, ref: str, state: NumberState) -> None:
+        """detectors.expiry.cap, after a record changed `state`: a cut change log takes its links along."""
+        changes = state.changes
+        cap(state, self.stats.capped)
+        if state.changes is not changes:
+            self.index.replace(ref, _links(ref, derive(changes)), _links(ref, derive(state.changes)))
+            self._holdings.pop(ref, None)
 
     # ----------------------------------------------------------- notifications
 
@@ -732,6 +744,7 @@ class Engine:
             sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
         if not ok:
             self._recipient_alert(t, rec, ref, addr, verdict, late)
+        self._cap(ref, state)
 
     # --------------------------------------------------------------- deliveries
 
@@ -756,6 +769,7 @@ class Engine:
                         sent.alerted = True
                         self._bouncing_alert(t, rec, ref, sent, late)
                     break
+        self._cap(ref, state)
 
     # ------------------------------------------------------------------ alerts
 

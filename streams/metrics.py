@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from detectors import kinds
 from detectors.engine import Stats, VerdictRecord
+from detectors.expiry import PARTS
 from detectors.records import REASON_CODES
 from detectors.settings import Topics
 
@@ -55,6 +56,9 @@ class Metrics:
         self.rebalances = Counter("notifguard_rebalances", "Consumer group rebalances", registry=r)
         self.expired = Counter("notifguard_states_expired",
                                "Number states an expiry sweep shrank (detectors/expiry.py)", registry=r)
+        self.capped = Counter("notifguard_state_capped",
+                              "Entries dropped from number states over their size budgets (detectors/expiry.py)",
+                              ["part"], registry=r)
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
@@ -75,6 +79,8 @@ class Metrics:
             self.consumer_lag.labels(topic)
             for reason in REASON_CODES:
                 self.deadletters.labels(topic, reason)
+        for part in PARTS:
+            self.capped.labels(part)
         self._last = Stats()
         self._known_verdict_labels: set[tuple[str, ...]] = set()
         self._verdict_children: dict[tuple[str, ...], Any] = {}  # labels -> counter child (labels() is slow)
@@ -108,10 +114,12 @@ class Metrics:
         for kind, n in stats.alerts.items():
             self.alerts.labels(kind, kinds.SEVERITY[kind]).inc(n - last.alerts.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
+        for part, n in stats.capped.items():
+            self.capped.labels(part).inc(n - last.capped.get(part, 0))
         self._last = Stats(
             records=dict(stats.records), late=dict(stats.late), duplicates=dict(stats.duplicates),
             deadletters=dict(stats.deadletters), alerts=dict(stats.alerts), released=stats.released,
-            expired=stats.expired,
+            expired=stats.expired, capped=dict(stats.capped),
         )
 
     def exposition(self) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from detectors.engine import VerdictRecord
+from detectors.engine import Stats, VerdictRecord
 from detectors.settings import Topics
 from streams.metrics import Metrics, observe_n
 
@@ -49,3 +49,15 @@ def test_verdict_delays_and_verdicts_count_each_event() -> None:
     got = samples(m.registry)
     ok = [k for k in got if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k]
     assert len(ok) == 1 and got[ok[0]] == 3
+
+
+def test_capped_state_entries_are_counted_by_part() -> None:
+    m = Metrics(Topics())
+    stats = Stats()
+    stats.capped["seen"] += 7
+    m.sync_stats(stats)
+    stats.capped["seen"] += 3
+    m.sync_stats(stats)
+    got = samples(m.registry)
+    assert got['notifguard_state_capped_total{part="seen"}'] == 10
+    assert got['notifguard_state_capped_total{part="changes"}'] == 0
