@@ -44,7 +44,7 @@ from detectors.records import (
 )
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
-from detectors.text import cap_text
+from detectors.text import cap_name, cap_text, shown_id, shown_name, shown_smtp_status
 from detectors.timefmt import rfc3339
 from detectors.verdicts import Verdict, judge
 
@@ -813,8 +813,9 @@ class Engine:
         self, t: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool
     ) -> None:
         masked_number = mask_msisdn(rec.msisdn)
-        masked_to = mask_address(rec.recipient) if rec.channel == "email" else mask_msisdn(rec.recipient)
-        what = f"{rec.brand} {rec.template} {rec.channel} for {masked_number}"
+        masked_to = _masked_recipient(rec.recipient, rec.channel)
+        brand, template = shown_name(rec.brand, "brand"), shown_name(rec.template, "template")
+        what = f"{brand} {template} {rec.channel} for {masked_number}"
         active = v.active
         evidence: dict[str, Any] = {
             "channel": rec.channel,
@@ -834,7 +835,7 @@ class Engine:
             h = v.holding
             linked = {"via": "this_number", "msisdn_ref": ref, **h.describe()}
             ids += [h.start_event_id, v.since_event_id, h.end_event_id]
-            owner = f"customer {h.customer_id}'s {h.brand} contract {h.contract_id}" + (
+            owner = _contract_words(h.customer_id, h.brand, h.contract_id) + (
                 f" (ended {rfc3339(h.end)[:10]})" if h.end is not None else ""
             )
         elif v.link is not None:
@@ -851,15 +852,13 @@ class Engine:
                 "end_event_id": k.end_event_id,
             }
             ids += [k.start_event_id, v.since_event_id, k.end_event_id]
-            owner = f"customer {k.customer_id}'s {k.brand} contract {k.contract_id} on another number"
+            owner = f"{_contract_words(k.customer_id, k.brand, k.contract_id)} on another number"
         if linked is not None and v.since is not None:
             linked["linked_since"] = rfc3339(v.since)
             linked["linked_since_event_id"] = v.since_event_id
         evidence["linked"] = linked
         holder = (
-            f"customer {active.customer_id}'s {active.brand} contract {active.contract_id}"
-            if active is not None
-            else ""
+            _contract_words(active.customer_id, active.brand, active.contract_id) if active is not None else ""
         )
         if v.kind == kinds.NOTIFICATION_WITHOUT_CONTRACT:
             if v.holding is not None:
@@ -868,7 +867,8 @@ class Engine:
                 end_date = rfc3339(h.end)[:10] if h.end is not None else "?"
                 summary = (
                     f"{what} sent while the number has no active contract: "
-                    f"last contract {h.contract_id} ({h.brand}) ended {end_date} by {end_type}"
+                    f"last contract {shown_id(h.contract_id)} ({shown_name(h.brand, 'brand')}) "
+                    f"ended {end_date} by {end_type}"
                 )
             else:
                 summary = f"{what} sent to a number notifguard knows no contract of"
@@ -898,9 +898,10 @@ class Engine:
         days = (t - (prev.end or t)) // _DAY_US
         end_type = TYPE_NAMES[prev.end_type] if prev.end_type is not None else "?"
         summary = (
-            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {started.brand} for customer "
-            f"{started.customer_id} {days} days after customer {prev.customer_id}'s {prev.brand} "
-            f"contract {prev.contract_id} ended by {end_type}: contact data of the previous holder may linger"
+            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {shown_name(started.brand, 'brand')} "
+            f"for customer {shown_id(started.customer_id)} {days} days after "
+            f"{_contract_words(prev.customer_id, prev.brand, prev.contract_id)} ended by {end_type}: "
+            "contact data of the previous holder may linger"
         )
         evidence = {"started": started.describe(), "previous": prev.describe(), "gap_days": days}
         self._emit(
@@ -929,7 +930,7 @@ class Engine:
         self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
     ) -> None:
         hours = self.settings.bounce_burst_window_s / 3600
-        who = f"{mask_msisdn(rec.msisdn)} ({rec.brand}, {rec.sender})"
+        who = f"{mask_msisdn(rec.msisdn)} ({shown_name(rec.brand, 'brand')}, {shown_name(rec.sender, 'sender')})"
         summary = f"{len(window)} bounces within {hours:g} h for {who}"
         evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
         self._emit(
@@ -947,10 +948,10 @@ class Engine:
         )
 
     def _bouncing_alert(self, t: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> None:
-        masked_to = mask_address(rec.recipient)
+        masked_to = _masked_recipient(rec.recipient, "email")
         summary = (
-            f"{rec.brand} {sent.template} mail to the current address {masked_to} of "
-            f"{mask_msisdn(rec.msisdn)} hard-bounced ({rec.smtp_status or 'no SMTP status'}): "
+            f"{shown_name(rec.brand, 'brand')} {shown_name(sent.template, 'template')} mail to the current address "
+            f"{masked_to} of {mask_msisdn(rec.msisdn)} hard-bounced ({shown_smtp_status(rec.smtp_status)}): "
             "the customer misses reminders and confirmations"
         )
         evidence = {
@@ -992,6 +993,16 @@ class Engine:
         self.deadletters.append(
             dead_letter(topic, partition, offset, timestamp_ms, key, value, bad.reason, bad.code, rfc3339(self._now))
         )
+
+
+def _masked_recipient(recipient: str, channel: str) -> str:
+    """The masked form of a recipient (its domain, for e-mail, is kept: capped like a name)."""
+    return cap_name(mask_address(recipient) if channel == "email" else mask_msisdn(recipient))
+
+
+def _contract_words(customer_id: str, brand: str | None, contract_id: str) -> str:
+    """`customer C-1's o2 contract K-1`, for a summary (what is no id or name is not shown)."""
+    return f"customer {shown_id(customer_id)}'s {shown_name(brand, 'brand')} contract {shown_id(contract_id)}"
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

@@ -13,6 +13,10 @@ from detectors.text import (
     cap_id,
     cap_name,
     cap_text,
+    is_name,
+    shown_id,
+    shown_name,
+    shown_smtp_status,
 )
 
 
@@ -44,3 +48,25 @@ def test_a_name_is_capped_at_its_limit_and_unchanged_within_it(value):
 def test_other_text_is_capped_at_any_limit():
     assert cap_text("abc", 3) == "abc"
     assert cap_text("x" * 2000, 1000) == "x" * 988 + "…[truncated]"
+
+
+def test_only_names_and_ids_are_shown():
+    assert [is_name(v) for v in ("crm-mailer", "O2", "cancellation_confirmation", "5.1.1")] == [True] * 4
+    for value in ("mailer anna.schmidt@gmx.de", "anna@gmx.de", "", "-x", "x" * 65, "crm\nmailer", "ｃｒｍ"):
+        assert not is_name(value), value
+        assert shown_name(value, "sender") == "(unrecognised sender)"
+    assert shown_name("crm-mailer", "sender") == "crm-mailer"
+    assert shown_name(None, "brand") == "(unrecognised brand)"
+    assert [shown_id(v) for v in ("K-29296629", "C-0140516", "urn:contract:7", "K 1", None)] == [
+        "K-29296629",
+        "C-0140516",
+        "urn:contract:7",
+        "(unrecognised id)",
+        "(unrecognised id)",
+    ]
+    assert [shown_smtp_status(v) for v in ("5.1.1", "4.2.2", None, "550 5.1.1 <anna@gmx.de>: unknown")] == [
+        "5.1.1",
+        "4.2.2",
+        "no SMTP status",
+        "unrecognised SMTP status",
+    ]
