@@ -19,7 +19,7 @@ import operator
 import time
 import traceback
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -127,7 +127,6 @@ class Runtime:
         self._in_flight: list[Awaitable[Any]] = []
         # (topic, records, send time, delivery future) -> metrics of batches sent past producer.send
         self.count_produced: Any = None
-        self._delivery_children: dict[tuple[str, ...], Any] = {}
         # A batch (on_messages) and the timer (tick) both process records and
         # flush; one at a time, so a flush never acks a record whose outputs
         # are still waiting in self.out.
@@ -323,12 +322,7 @@ class Runtime:
 
     def _emit(self) -> None:
         if self.engine.deliveries:
-            children = self._delivery_children
-            for labels, count in Counter(self.engine.deliveries).items():  # one inc per label set
-                child = children.get(labels)
-                if child is None:  # labels() is slow: one lookup per label set
-                    child = children[labels] = self.metrics.deliveries.labels(*labels)
-                child.inc(count)
+            self.metrics.observe_deliveries(self.engine.deliveries)
         alerts, dead, verdicts = self.engine.drain()
         out = self.out
         for a in alerts:
