@@ -317,3 +317,14 @@ def test_a_flood_of_changes_keeps_the_log_and_the_index_within_budget():
     # the open holding is whole; the first one's address was dropped with its changes: no longer linked
     assert [(a.kind, a.trigger_event_id) for a in alerts if a.kind.startswith("recipient")] == [
         ("recipient_unlinked", "old")]
+
+
+@pytest.mark.xfail(strict=True, reason="a delivery event that is no bounce adds a seen id in Engine._apply and "
+                   "apply_released, which call no cap (being rewritten); the number's next record trims it")
+def test_a_flood_of_deliveries_that_are_no_bounces_keeps_the_state_within_budget():
+    engine = new_engine()
+    feed(engine, [change("contract_started", 0, id="s", email="a@x.de"),
+                  *(delivery("m-1", "deferred", 60 + i, id=f"d{i}-{'x' * 200}") for i in range(1000))])
+    engine.flush(0)
+    (state,) = engine.numbers.values()
+    assert len(encode_number(state)) <= STATE_MAX_BYTES
