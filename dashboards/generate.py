@@ -210,6 +210,7 @@ REBALANCE_SECONDS = "notifguard_rebalance_seconds"
 ASSIGNMENTS = "notifguard_partition_assignments_total"
 RECOVERY_REMAINING = "notifguard_table_recovery_remaining_records"
 EXPIRED = "notifguard_states_expired_total"
+CAPPED = "notifguard_state_capped_total"
 
 NOT_OK = 'verdict!="ok"'
 HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
@@ -440,6 +441,13 @@ def detector_pipeline() -> dict[str, Any]:
                 "States a sweep (every 7 days of event time) cut: expired seen ids, sent mails and pattern "
                 "marks, and holdings ended beyond the history retention (GDPR data minimisation). None for "
                 "weeks while records flow: the sweep is not running.",
+            ),
+            Panel(
+                "Number state entries dropped over size budgets by part", "short",
+                [Query(f"sum by (part) ({increase(CAPPED)})", "{{part}}")],
+                "Seen ids, sent mails, pattern marks or contract changes dropped because a number's state "
+                "went over its size budget (docs/topics.md 2.3a): a flood of records for one number. "
+                "Should stay 0; the oldest entries go, the newest are judged by the rules.",
             ),
         ]),
         Row("Kafka client", [

@@ -8,6 +8,7 @@ The offline replay and the Kafka worker drive this same class.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -17,7 +18,7 @@ import msgspec
 from detectors import kinds
 from detectors.alerts import Alert, Subject, dedup_key, unique
 from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
-from detectors.expiry import Horizons, expire
+from detectors.expiry import PARTS, Horizons, cap, expire
 from detectors.holdings import (
     ADDRESS_EVENTS,
     PORTS,
@@ -41,6 +42,7 @@ from detectors.records import (
 )
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
+from detectors.text import cap_name, cap_text, shown_id, shown_name, shown_smtp_status
 from detectors.timefmt import rfc3339
 from detectors.verdicts import Verdict, judge
 
@@ -53,7 +55,11 @@ _NO_LINKS: Final[list[Link]] = []
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """One record on notifguard.deadletter: the input as received and why it was refused."""
+    """One record on notifguard.deadletter: the input as received and why it was refused.
+
+    A key or value too large to quote whole (see `dead_letter`) is a prefix, and
+    `*_length` and `*_sha256` describe the whole; they are absent otherwise.
+    """
 
     source_topic: str
     partition: int | None
@@ -67,6 +73,26 @@ class DeadLetter(msgspec.Struct, frozen=True):
     reason_code: str
     detected_at: str
     schema_version: int = 1
+    key_length: int | msgspec.UnsetType = msgspec.UNSET  # bytes of the whole key
+    key_sha256: str | msgspec.UnsetType = msgspec.UNSET  # hex, of the whole key's bytes
+    value_length: int | msgspec.UnsetType = msgspec.UNSET
+    value_sha256: str | msgspec.UnsetType = msgspec.UNSET
+
+
+# What a dead letter quotes of a record, in characters of its JSON form (escapes
+# counted): the contract's records are well under 1 KiB, so 32 KiB shows all of
+# any real one and what went wrong with a broken one, and with the key (1 KiB:
+# keys are MSISDNs), the reason and the topic a dead letter stays under the
+# 64 KiB every output record is held to (a 900 KB binary value made a 1.2 MB
+# dead letter, over the producer's 1 MB request size: the worker looped on it).
+DEADLETTER_VALUE_MAX: Final = 32 * 1024
+DEADLETTER_KEY_MAX: Final = 1024
+# A reason quotes decoder messages (and a bad event_time); a topic name is at most
+# 249 characters in Kafka, a capture's "path:line" about as long.
+DEADLETTER_REASON_MAX: Final = 1000
+DEADLETTER_TOPIC_MAX: Final = 512
+_JSON_CHAR_MAX: Final = 6  # the longest JSON form of one character: \u00XX
+_json_encode: Final = msgspec.json.Encoder().encode
 
 
 class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="remembered", tag_field="type"):
@@ -107,6 +133,8 @@ class Stats:
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
     expired: int = 0  # number states a sweep changed
+    # entries dropped from number states over their size budgets, by part (detectors.expiry.cap)
+    capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
 
 
 def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
@@ -116,6 +144,69 @@ def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
         return data.decode(), "utf-8"
     except UnicodeDecodeError:
         return base64.b64encode(data).decode(), "base64"
+
+
+def _json_length(text: str) -> int:
+    """Bytes of `text` as a JSON string, quotes excluded."""
+    return len(_json_encode(text)) - 2
+
+
+def _quoted(data: bytes | str | None, limit: int) -> tuple[str | None, str, int | None, str | None]:
+    """(text, encoding, length, sha256) of a key or value for a dead letter.
+
+    Whole when its JSON form fits `limit`; else its longest prefix that fits
+    (whole characters; for base64, whole groups of 3 bytes), with the length in
+    bytes and the SHA-256 (hex) of the whole. length and sha256 are None when whole.
+    """
+    text, encoding = _encode_bytes(data)
+    if text is None or len(text) * _JSON_CHAR_MAX <= limit or _json_length(text) <= limit:
+        return text, encoding, None, None
+    raw = data.encode() if isinstance(data, str) else data
+    assert raw is not None
+    if encoding == "base64":
+        return base64.b64encode(raw[: limit // 4 * 3]).decode(), encoding, len(raw), hashlib.sha256(raw).hexdigest()
+    fits, over = 0, min(len(text), limit + 1)  # text[:fits] fits, text[:over] does not
+    while over - fits > 1:
+        mid = (fits + over) // 2
+        if _json_length(text[:mid]) <= limit:
+            fits = mid
+        else:
+            over = mid
+    return text[:fits], encoding, len(raw), hashlib.sha256(raw).hexdigest()
+
+
+def dead_letter(
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    timestamp_ms: int | None,
+    key: bytes | str | None,
+    value: bytes | str | None,
+    reason: str,
+    reason_code: str,
+    detected_at: str,
+) -> DeadLetter:
+    """The dead letter of a record as received, within the limits above (DEADLETTER_*)."""
+    k, k_enc, k_len, k_sha = _quoted(key, DEADLETTER_KEY_MAX)
+    v, v_enc, v_len, v_sha = _quoted(value, DEADLETTER_VALUE_MAX)
+    unset = msgspec.UNSET
+    return DeadLetter(
+        cap_text(topic, DEADLETTER_TOPIC_MAX),
+        partition,
+        offset,
+        timestamp_ms,
+        k,
+        k_enc,
+        v,
+        v_enc,
+        cap_text(reason, DEADLETTER_REASON_MAX),
+        reason_code,
+        detected_at,
+        key_length=unset if k_len is None else k_len,
+        key_sha256=unset if k_sha is None else k_sha,
+        value_length=unset if v_len is None else v_len,
+        value_sha256=unset if v_sha is None else v_sha,
+    )
 
 
 class Engine:
@@ -369,12 +460,14 @@ class Engine:
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)
         elif category == DELIVERY:
-            if record.__class__ is not Remembered:
-                status = record.status
+            if record.__class__ is Remembered or record.status != "bounced":
+                if self.collect_metrics and record.__class__ is not Remembered:
+                    self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
+                self._cap(ref, state)  # (its seen id; _delivery caps what a bounce adds)
+            else:
                 if self.collect_metrics:
-                    self.deliveries.append((record.brand, record.sender, status, record.bounce_type or "none"))
-                if status == "bounced":
-                    self._delivery(t, record, ref, state, late)
+                    self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+                self._delivery(t, record, ref, state, late)
         else:
             self._change(t, record, ref, state, late)
         numbers[ref] = state
@@ -452,6 +545,7 @@ class Engine:
         )
         before = self._derived(ref, state)
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
+            self._cap(ref, state)
             return  # the holding's current address already: nothing to store or link
         old_links = self._links(ref, before)
         changes = state.changes
@@ -485,6 +579,15 @@ class Engine:
             )
             if fires:
                 self._port_flapping_alert(t, rec, ref, window, late)
+        self._cap(ref, state)
+
+    def _cap(self, ref: str, state: NumberState) -> None:
+        """detectors.expiry.cap, after a record changed `state`: a cut change log takes its links along."""
+        changes = state.changes
+        cap(state, self._stats.capped)
+        if state.changes is not changes:
+            self.index.replace(ref, _links(ref, derive(changes)), _links(ref, derive(state.changes)))
+            self._holdings.pop(ref, None)
 
     # ----------------------------------------------------------- notifications
 
@@ -543,6 +646,7 @@ class Engine:
             sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
         if not ok:
             self._recipient_alert(t, rec, ref, addr, verdict, late)
+        self._cap(ref, state)
 
     # --------------------------------------------------------------- deliveries
 
@@ -567,6 +671,7 @@ class Engine:
                         sent.alerted = True
                         self._bouncing_alert(t, rec, ref, sent, late)
                     break
+        self._cap(ref, state)
 
     # ------------------------------------------------------------------ alerts
 
@@ -610,8 +715,9 @@ class Engine:
         self, t: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool
     ) -> None:
         masked_number = mask_msisdn(rec.msisdn)
-        masked_to = mask_address(rec.recipient) if rec.channel == "email" else mask_msisdn(rec.recipient)
-        what = f"{rec.brand} {rec.template} {rec.channel} for {masked_number}"
+        masked_to = _masked_recipient(rec.recipient, rec.channel)
+        brand, template = shown_name(rec.brand, "brand"), shown_name(rec.template, "template")
+        what = f"{brand} {template} {rec.channel} for {masked_number}"
         active = v.active
         evidence: dict[str, Any] = {
             "channel": rec.channel,
@@ -631,7 +737,7 @@ class Engine:
             h = v.holding
             linked = {"via": "this_number", "msisdn_ref": ref, **h.describe()}
             ids += [h.start_event_id, v.since_event_id, h.end_event_id]
-            owner = f"customer {h.customer_id}'s {h.brand} contract {h.contract_id}" + (
+            owner = _contract_words(h.customer_id, h.brand, h.contract_id) + (
                 f" (ended {rfc3339(h.end)[:10]})" if h.end is not None else ""
             )
         elif v.link is not None:
@@ -648,15 +754,13 @@ class Engine:
                 "end_event_id": k.end_event_id,
             }
             ids += [k.start_event_id, v.since_event_id, k.end_event_id]
-            owner = f"customer {k.customer_id}'s {k.brand} contract {k.contract_id} on another number"
+            owner = f"{_contract_words(k.customer_id, k.brand, k.contract_id)} on another number"
         if linked is not None and v.since is not None:
             linked["linked_since"] = rfc3339(v.since)
             linked["linked_since_event_id"] = v.since_event_id
         evidence["linked"] = linked
         holder = (
-            f"customer {active.customer_id}'s {active.brand} contract {active.contract_id}"
-            if active is not None
-            else ""
+            _contract_words(active.customer_id, active.brand, active.contract_id) if active is not None else ""
         )
         if v.kind == kinds.NOTIFICATION_WITHOUT_CONTRACT:
             if v.holding is not None:
@@ -665,7 +769,8 @@ class Engine:
                 end_date = rfc3339(h.end)[:10] if h.end is not None else "?"
                 summary = (
                     f"{what} sent while the number has no active contract: "
-                    f"last contract {h.contract_id} ({h.brand}) ended {end_date} by {end_type}"
+                    f"last contract {shown_id(h.contract_id)} ({shown_name(h.brand, 'brand')}) "
+                    f"ended {end_date} by {end_type}"
                 )
             else:
                 summary = f"{what} sent to a number notifguard knows no contract of"
@@ -695,9 +800,10 @@ class Engine:
         days = (t - (prev.end or t)) // _DAY_US
         end_type = TYPE_NAMES[prev.end_type] if prev.end_type is not None else "?"
         summary = (
-            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {started.brand} for customer "
-            f"{started.customer_id} {days} days after customer {prev.customer_id}'s {prev.brand} "
-            f"contract {prev.contract_id} ended by {end_type}: contact data of the previous holder may linger"
+            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {shown_name(started.brand, 'brand')} "
+            f"for customer {shown_id(started.customer_id)} {days} days after "
+            f"{_contract_words(prev.customer_id, prev.brand, prev.contract_id)} ended by {end_type}: "
+            "contact data of the previous holder may linger"
         )
         evidence = {"started": started.describe(), "previous": prev.describe(), "gap_days": days}
         self._emit(
@@ -726,7 +832,7 @@ class Engine:
         self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
     ) -> None:
         hours = self.settings.bounce_burst_window_s / 3600
-        who = f"{mask_msisdn(rec.msisdn)} ({rec.brand}, {rec.sender})"
+        who = f"{mask_msisdn(rec.msisdn)} ({shown_name(rec.brand, 'brand')}, {shown_name(rec.sender, 'sender')})"
         summary = f"{len(window)} bounces within {hours:g} h for {who}"
         evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
         self._emit(
@@ -744,10 +850,10 @@ class Engine:
         )
 
     def _bouncing_alert(self, t: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> None:
-        masked_to = mask_address(rec.recipient)
+        masked_to = _masked_recipient(rec.recipient, "email")
         summary = (
-            f"{rec.brand} {sent.template} mail to the current address {masked_to} of "
-            f"{mask_msisdn(rec.msisdn)} hard-bounced ({rec.smtp_status or 'no SMTP status'}): "
+            f"{shown_name(rec.brand, 'brand')} {shown_name(sent.template, 'template')} mail to the current address "
+            f"{masked_to} of {mask_msisdn(rec.msisdn)} hard-bounced ({shown_smtp_status(rec.smtp_status)}): "
             "the customer misses reminders and confirmations"
         )
         evidence = {
@@ -786,13 +892,19 @@ class Engine:
         bad: BadRecord,
     ) -> None:
         self._stats.deadletters[bad.code] = self._stats.deadletters.get(bad.code, 0) + 1
-        k, k_enc = _encode_bytes(key)
-        v, v_enc = _encode_bytes(value)
         self.deadletters.append(
-            DeadLetter(
-                topic, partition, offset, timestamp_ms, k, k_enc, v, v_enc, bad.reason, bad.code, rfc3339(self._now)
-            )
+            dead_letter(topic, partition, offset, timestamp_ms, key, value, bad.reason, bad.code, rfc3339(self._now))
         )
+
+
+def _masked_recipient(recipient: str, channel: str) -> str:
+    """The masked form of a recipient (its domain, for e-mail, is kept: capped like a name)."""
+    return cap_name(mask_address(recipient) if channel == "email" else mask_msisdn(recipient))
+
+
+def _contract_words(customer_id: str, brand: str | None, contract_id: str) -> str:
+    """`customer C-1's o2 contract K-1`, for a summary (what is no id or name is not shown)."""
+    return f"customer {shown_id(customer_id)}'s {shown_name(brand, 'brand')} contract {shown_id(contract_id)}"
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

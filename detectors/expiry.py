@@ -16,15 +16,21 @@ history. A sweep, driven by the watermark, drops:
 partition watermark less grace. Every horizon is relative to it, so whenever a
 sweep runs, it drops only what no record on time could still use; a late record
 (after grace) is judged against the state as it is, as it always is.
+
+Those horizons bound a state in event time, not in size; `cap` (below) bounds
+its size, for a number that gets a flood of records within them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Final
 
-from detectors.holdings import HOLDER_CHANGED, STARTS, Change
+from detectors.holdings import HOLDER_CHANGED, STARTS, Change, derive
 from detectors.settings import Settings
-from detectors.state import NumberState
+from detectors.state import Mark, NumberState, Sent
+from detectors.text import ID_MAX, NAME_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +105,169 @@ def expire(state: NumberState, h: Horizons) -> bool:
             state.changes = changes[cut:]  # a new list: caches keyed on the old one see the change
             changed = True
     return changed
+
+
+# ------------------------------------------------------------------ size caps
+#
+# Every rule reads a number's state within a span of event time (the horizons
+# above), and nothing bounds how many records a number gets in that span: 22,000
+# mails to one number in a day were 22,000 seen ids and sent mails, 1.09 MB of
+# encoded state, over the Kafka producer's 1 MB request size: the worker stopped,
+# restarted and read the same records again, for ever. So each list of a state
+# also has a budget of encoded bytes; past it, its oldest entries are dropped and
+# counted (Engine.stats.capped, by part; notifguard_state_capped_total).
+#
+# The budgets and the per-entry overheads below add up to less than
+# STATE_MAX_BYTES, the 64 KiB that every output record and stored value of
+# notifguard is held to (1/16 of the producer's 1 MB request size: far from it,
+# with the record's key, headers and batch around it). At the contract's id sizes (~40 characters) they hold
+# ~300 seen ids (a number's records of 48 h), ~150 sent mails (its mails of 7
+# days), ~100 marks per pattern and ~200 contract changes: far more than a real
+# number has, so only a flood reaches them. Then the verdicts stay those of the
+# rules for the newest records: a pattern's list keeps at least its 4 newest
+# marks even at the longest ids (default thresholds: 3), and the change log keeps
+# what makes the number's last holding (see _trim_changes).
+STATE_MAX_BYTES: Final = 64 * 1024
+SEEN_BYTES: Final = 16 * 1024
+SENT_BYTES: Final = 16 * 1024
+MARKS_BYTES: Final = 6 * 1024  # bounces, and ports, each
+CHANGES_BYTES: Final = 18 * 1024
+# Encoded bytes of an entry, less its strings' UTF-8 (at most): msgpack array and
+# integer headers (Mark, Sent, detectors.state's _HOT_ENCODER), and the change
+# log's header, time, string headers and address hash (detectors.state, v3).
+_MARK_FIXED: Final = 13
+_SENT_FIXED: Final = 21
+_CHANGE_FIXED: Final = 48
+# An entry at its largest (every string at its cap, 4 bytes a character): a list
+# no longer than budget // this needs no measuring.
+_UTF8_MAX: Final = 4
+_MARK_LARGEST: Final = _MARK_FIXED + _UTF8_MAX * ID_MAX
+_SENT_LARGEST: Final = _SENT_FIXED + _UTF8_MAX * (2 * ID_MAX + NAME_MAX)
+_CHANGE_LARGEST: Final = _CHANGE_FIXED + _UTF8_MAX * (3 * ID_MAX + NAME_MAX)
+PARTS: Final = ("seen", "sent", "bounces", "ports", "changes")
+# A list over its budget is cut to 3/4 of it: a flooded number's lists are then
+# cut once every few dozen records, not at every one (each cut measures every entry).
+_REFILL: Final = 3
+
+
+def _text_bytes(s: str | None) -> int:
+    if s is None:
+        return 0
+    return len(s) if s.isascii() else len(s.encode())
+
+
+def _texts_bytes(texts: list[str]) -> int:
+    """UTF-8 bytes of all of `texts` (in C: this runs at every record of a flooded number)."""
+    return _text_bytes("".join(texts))
+
+
+def _mark_bytes(m: Mark) -> int:
+    return _MARK_FIXED + _text_bytes(m.event_id)
+
+
+def _sent_bytes(s: Sent) -> int:
+    return _SENT_FIXED + _text_bytes(s.message_id) + _text_bytes(s.event_id) + _text_bytes(s.template)
+
+
+def _change_bytes(c: Change) -> int:
+    return (
+        _CHANGE_FIXED
+        + _text_bytes(c.event_id)
+        + _text_bytes(c.contract_id)
+        + _text_bytes(c.customer_id)
+        + _text_bytes(c.brand)
+    )
+
+
+def _marks_over(marks: list[Mark], budget: int) -> bool:
+    return len(marks) * _MARK_FIXED + _texts_bytes(list(map(_EVENT_ID, marks))) > budget
+
+
+def _sent_over(sent: list[Sent], budget: int) -> bool:
+    texts = [*map(_MESSAGE_ID, sent), *map(_EVENT_ID, sent), *map(_TEMPLATE, sent)]
+    return len(sent) * _SENT_FIXED + _texts_bytes(texts) > budget
+
+
+_EVENT_ID: Final = attrgetter("event_id")
+_MESSAGE_ID: Final = attrgetter("message_id")
+_TEMPLATE: Final = attrgetter("template")
+
+
+def _drop_oldest(sizes: list[int], budget: int) -> int:
+    """How many entries to drop from the front for the rest to fit `budget`."""
+    total = sum(sizes)
+    k = 0
+    while total > budget:
+        total -= sizes[k]
+        k += 1
+    return k
+
+
+def cap(state: NumberState, capped: dict[str, int]) -> None:
+    """Bring each list of `state` within its budget (in place; a cut change log is a
+    new list, so caches keyed on the old one see it); adds what was dropped to `capped`.
+
+    Cheap while no list is longer than its budget holds at the largest entries.
+    """
+    seen, sent, bounces, ports = state.seen, state.sent, state.bounces, state.ports
+    if len(seen) * _MARK_LARGEST > SEEN_BYTES and _marks_over(seen, SEEN_BYTES):
+        _cap_list(seen, list(map(_mark_bytes, seen)), SEEN_BYTES, "seen", capped)
+    if len(sent) * _SENT_LARGEST > SENT_BYTES and _sent_over(sent, SENT_BYTES):
+        _cap_list(sent, list(map(_sent_bytes, sent)), SENT_BYTES, "sent", capped)
+    if len(bounces) * _MARK_LARGEST > MARKS_BYTES and _marks_over(bounces, MARKS_BYTES):
+        _cap_list(bounces, list(map(_mark_bytes, bounces)), MARKS_BYTES, "bounces", capped)
+    if len(ports) * _MARK_LARGEST > MARKS_BYTES and _marks_over(ports, MARKS_BYTES):
+        _cap_list(ports, list(map(_mark_bytes, ports)), MARKS_BYTES, "ports", capped)
+    changes = state.changes
+    if len(changes) * _CHANGE_LARGEST > CHANGES_BYTES:
+        kept = _trim_changes(changes, CHANGES_BYTES)
+        if kept is not None:
+            capped["changes"] = capped.get("changes", 0) + len(changes) - len(kept)
+            state.changes = kept
+
+
+def _cap_list(
+    entries: list[Mark] | list[Sent], sizes: list[int], budget: int, part: str, capped: dict[str, int]
+) -> None:
+    k = _drop_oldest(sizes, budget * _REFILL // 4)
+    if k:
+        del entries[:k]
+        capped[part] = capped.get(part, 0) + k
+
+
+def _trim_changes(changes: list[Change], budget: int) -> list[Change] | None:
+    """The change log within `budget`, or None if it fits: its oldest changes dropped
+    first, except those that make the number's last holding what it is.
+
+    Kept whatever their age: the last holding's start (for a holding started by
+    holder_changed, also the start of its contract on the number), its current
+    address's event and its end. Those derive the last holding as the whole log
+    does (contract, customer, brand, start, current address, end), so what is
+    judged against it is judged the same; what goes is older holdings, older
+    addresses (and their links) and changes that applied to nothing.
+    """
+    sizes = [_change_bytes(c) for c in changes]
+    total = sum(sizes)
+    if total <= budget:
+        return None
+    holdings = derive(changes)
+    needed: set[str] = set()
+    if holdings:
+        last = holdings[-1]
+        needed.add(last.start_event_id)
+        if last.end_event_id is not None:
+            needed.add(last.end_event_id)
+        if last.addresses:
+            needed.add(last.addresses[-1].event_id)
+        j = len(holdings) - 1
+        while holdings[j].start_type == HOLDER_CHANGED and j > 0:  # back to the start of its contract
+            j -= 1
+        needed.add(holdings[j].start_event_id)
+    drop: set[int] = set()
+    for i, c in enumerate(changes):
+        if total <= budget:
+            break
+        if c.event_id not in needed:
+            drop.add(i)
+            total -= sizes[i]
+    return [c for i, c in enumerate(changes) if i not in drop]

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin, 
 
 import msgspec
 
+from detectors.text import ID_MAX, NAME_MAX, cap_id, cap_name
 from detectors.timefmt import parse_common, parse_rfc3339
 
 SCHEMA_VERSION: Final = 1
@@ -217,16 +218,63 @@ _DECODERS: Final[dict[str, msgspec.json.Decoder[InputRecord]]] = {
 }
 
 
+# Free-text fields and their caps (detectors.text): a longer value is cut when the
+# record is decoded, so alerts, state and labels only ever hold the capped form.
+_CAPS: Final = {
+    "event_id": ID_MAX,
+    "message_id": ID_MAX,
+    "contract_id": ID_MAX,
+    "customer_id": ID_MAX,
+    "brand": NAME_MAX,
+    "template": NAME_MAX,
+    "sender": NAME_MAX,
+    "smtp_status": NAME_MAX,
+}
+
+
+def _cap(record: Any) -> Any:
+    """The record with every field of _CAPS over its cap cut (the same record if none is)."""
+    cut: dict[str, str] = {}
+    for name in record.__struct_fields__:
+        limit = _CAPS.get(name)
+        if limit is None:
+            continue
+        value = getattr(record, name)
+        if value is not None and len(value) > limit:
+            cut[name] = cap_id(value) if limit == ID_MAX else cap_name(value)
+    return msgspec.structs.replace(record, **cut) if cut else record
+
+
+def _fast_type(hint: Any, limit: int) -> Any:
+    """`hint` (str or NonEmpty, or either or None) with max_length=limit."""
+    if hint is str:
+        return Annotated[str, msgspec.Meta(max_length=limit)]
+    if get_origin(hint) is Annotated:
+        base, *metas = get_args(hint)
+        min_length = next((m.min_length for m in metas if m.min_length is not None), None)
+        return Annotated[base, msgspec.Meta(min_length=min_length, max_length=limit)]
+    inner = [a for a in get_args(hint) if a is not type(None)]
+    if len(inner) == 1 and len(get_args(hint)) == 2:  # X | None
+        return _fast_type(inner[0], limit) | None
+    raise TypeError(f"no capped form of {hint!r}")
+
+
 def _fast_class(cls: type) -> Any:
-    """A subclass of a record class without the pattern constraints (msisdn, event_time)."""
+    """A subclass of a record class without the pattern constraints (msisdn, event_time),
+    and with the caps of _CAPS as max_length: a record it decodes needs no cutting."""
     hints = get_type_hints(cls, include_extras=True)
     names: tuple[str, ...] = getattr(cls, "__struct_fields__")  # noqa: B009
-    fields = [
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         (n, get_args(hints[n])[0])
         for n in names
         if get_origin(hints[n]) is Annotated
         and any(getattr(m, "pattern", None) is not None for m in get_args(hints[n])[1:])
     ]
+    defaults = {f.name: f.default for f in msgspec.structs.fields(cls) if f.default is not msgspec.NODEFAULT}
+    for n in names:
+        if n in _CAPS:
+            capped = _fast_type(hints[n], _CAPS[n])
+            fields.append((n, capped, defaults[n]) if n in defaults else (n, capped))
     tag = cls.__struct_config__.tag  # type: ignore[attr-defined]
     options: dict[str, Any] = {"tag_field": "type", "tag": tag} if isinstance(tag, str) else {}
     return msgspec.defstruct(f"_Fast{cls.__name__}", fields, bases=(cls,), frozen=True, gc=False, **options)
@@ -255,6 +303,10 @@ def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tup
     a record passing them is exactly what the strict path returns (an instance
     of a subclass of the same class). Everything else takes the strict path,
     which gives the reasons.
+
+    Free-text fields longer than their caps (detectors.text: ids 256, names
+    128 characters) are cut, not refused: the fast decoder declines them and
+    the strict path returns the record with those fields capped.
     """
     if value is not None and (len(value) <= NEST_CHECK_MIN_LEN or not too_deep(value)):
         try:
@@ -311,6 +363,7 @@ def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None
         raise _classify(err, what) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
         raise BadRecord(INVALID_JSON, f"{what} value is not valid UTF-8 JSON: {err}") from None
+    record = _cap(record)
     try:
         when = parse_rfc3339(record.event_time)
     except (ValueError, OverflowError) as err:

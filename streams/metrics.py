@@ -13,13 +13,47 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from detectors import kinds
 from detectors.engine import Stats, VerdictRecord
+from detectors.expiry import PARTS
 from detectors.records import REASON_CODES
 from detectors.settings import Topics
+from detectors.text import OTHER, is_name
 
 VERSION = "0.1.0"
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 _verdict_labels = attrgetter("brand", "template", "sender", "channel", "verdict")
 _DELAY_BUCKETS = (1, 5, 10, 20, 30, 31, 32, 35, 40, 60, 120, 300, 900)
+# Distinct values a label taken from input records (brand, template, sender) may
+# have per process; later ones are counted under `other`. The contract names three
+# brands and a handful of templates and senders; 50 leaves room for new ones and
+# is about what a dashboard legend can show. Past it, each new value would be a new
+# series in the worker and in Prometheus (an unbounded label is a memory leak).
+LABEL_VALUES_MAX = 50
+_LABEL_MEMO_MAX = 10_000  # values remembered with their label value (then forgotten, and checked again)
+
+
+class LabelValues:
+    """The label value of a free-text field (docs/metrics.md, "Labels from input records"):
+    the value itself if it is a name (detectors.text.NAME_PATTERN) and one of the first
+    `limit` names seen, else `other`."""
+
+    __slots__ = ("_admitted", "_memo", "limit")
+
+    def __init__(self, limit: int = LABEL_VALUES_MAX) -> None:
+        self.limit = limit
+        self._admitted: set[str] = set()
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        label = self._memo.get(value)
+        if label is None:
+            label = OTHER
+            if is_name(value) and (value in self._admitted or len(self._admitted) < self.limit):
+                self._admitted.add(value)
+                label = value
+            if len(self._memo) >= _LABEL_MEMO_MAX:
+                self._memo.clear()
+            self._memo[value] = label
+        return label
 
 
 class Metrics:
@@ -55,6 +89,9 @@ class Metrics:
         self.rebalances = Counter("notifguard_rebalances", "Consumer group rebalances", registry=r)
         self.expired = Counter("notifguard_states_expired",
                                "Number states an expiry sweep shrank (detectors/expiry.py)", registry=r)
+        self.capped = Counter("notifguard_state_capped",
+                              "Entries dropped from number states over their size budgets (detectors/expiry.py)",
+                              ["part"], registry=r)
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
@@ -75,14 +112,22 @@ class Metrics:
             self.consumer_lag.labels(topic)
             for reason in REASON_CODES:
                 self.deadletters.labels(topic, reason)
+        for part in PARTS:
+            self.capped.labels(part)
         self._last = Stats()
         self._known_verdict_labels: set[tuple[str, ...]] = set()
         self._verdict_children: dict[tuple[str, ...], Any] = {}  # labels -> counter child (labels() is slow)
+        self._delivery_children: dict[tuple[str, ...], Any] = {}
+        # one guard per label name, shared by the metrics that have the label
+        self.brand, self.template, self.sender = LabelValues(), LabelValues(), LabelValues()
 
     def observe_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
         """Count verdicts: one counter update per label set (each takes a lock), not per verdict."""
         children = self._verdict_children
-        tally = _Tally(map(_verdict_labels, verdicts))
+        brand, template, sender = self.brand, self.template, self.sender
+        tally: _Tally[tuple[str, ...]] = _Tally()
+        for (b, t, s, channel, verdict), n in _Tally(map(_verdict_labels, verdicts)).items():
+            tally[(brand(b), template(t), sender(s), channel, verdict)] += n
         for labels, n in tally.items():
             child = children.get(labels)
             if child is None:
@@ -91,6 +136,20 @@ class Metrics:
                     for verdict in (kinds.OK, *kinds.RECIPIENT_KINDS):
                         self.verdicts.labels(*labels[:4], verdict)
                 child = children[labels] = self.verdicts.labels(*labels)
+            child.inc(n)
+
+    def observe_deliveries(self, deliveries: Iterable[tuple[str, str, str, str]]) -> None:
+        """Count delivery events by (brand, sender, status, bounce_type) (Engine.deliveries), a
+        counter update per label set; brand and sender as observe_verdicts labels them."""
+        children = self._delivery_children
+        brand, sender = self.brand, self.sender
+        tally: _Tally[tuple[str, ...]] = _Tally()
+        for (b, s, status, bounce_type), n in _Tally(deliveries).items():
+            tally[(brand(b), sender(s), status, bounce_type)] += n
+        for labels, n in tally.items():
+            child = children.get(labels)
+            if child is None:  # labels() is slow: one lookup per label set
+                child = children[labels] = self.deliveries.labels(*labels)
             child.inc(n)
 
     def observe_verdict_delays(self, now: float, arrivals: Iterable[float]) -> None:
@@ -108,10 +167,12 @@ class Metrics:
         for kind, n in stats.alerts.items():
             self.alerts.labels(kind, kinds.SEVERITY[kind]).inc(n - last.alerts.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
+        for part, n in stats.capped.items():
+            self.capped.labels(part).inc(n - last.capped.get(part, 0))
         self._last = Stats(
             records=dict(stats.records), late=dict(stats.late), duplicates=dict(stats.duplicates),
             deadletters=dict(stats.deadletters), alerts=dict(stats.alerts), released=stats.released,
-            expired=stats.expired,
+            expired=stats.expired, capped=dict(stats.capped),
         )
 
     def exposition(self) -> bytes:

@@ -20,7 +20,6 @@ import logging
 import time
 import traceback
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -108,7 +107,6 @@ class Runtime:
         self._in_flight: list[Awaitable[Any]] = []
         # (topic, records, send time, delivery future) -> metrics of batches sent past producer.send
         self.count_produced: Any = None
-        self._delivery_children: dict[tuple[str, ...], Any] = {}
         # A batch (on_messages) and the timer (tick) both process records and
         # flush; one at a time, so a flush never acks a record whose outputs
         # are still waiting in self.out.
@@ -257,12 +255,7 @@ class Runtime:
 
     def _emit(self) -> None:
         if self.engine.deliveries:
-            children = self._delivery_children
-            for labels, count in Counter(self.engine.deliveries).items():  # one inc per label set
-                child = children.get(labels)
-                if child is None:  # labels() is slow: one lookup per label set
-                    child = children[labels] = self.metrics.deliveries.labels(*labels)
-                child.inc(count)
+            self.metrics.observe_deliveries(self.engine.deliveries)
         alerts, dead, verdicts = self.engine.drain()
         out = self.out
         for a in alerts:
@@ -278,15 +271,13 @@ class Runtime:
             self.metrics.observe_verdicts(verdicts)
 
     def _bug_letter(self, msg: Any, trace: str) -> None:
-        from detectors.engine import DeadLetter, _encode_bytes
+        from detectors.engine import dead_letter
         from detectors.timefmt import rfc3339
 
-        k, k_enc = _encode_bytes(msg.key)
-        v, v_enc = _encode_bytes(msg.value)
-        letter = DeadLetter(msg.topic, msg.partition, msg.offset, None, k, k_enc, v, v_enc,
-                            f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
-                            rfc3339(_now_us()))
-        self.out.append((self.topics.deadletter, (k or "").encode(), _json.encode(letter), None))
+        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value,
+                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
+                             rfc3339(_now_us()))
+        self.out.append((self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter), None))
 
     # ------------------------------------------------------------ flush & acks
 

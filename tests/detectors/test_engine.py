@@ -1,5 +1,11 @@
 """Event time in the engine: grace, lateness, release order, duplicates, dead letters, timers."""
 
+import base64
+import hashlib
+
+import msgspec
+
+from detectors.engine import dead_letter
 from detectors.settings import Settings
 from detectors.state import decode_number, encode_number
 from detectors.timefmt import parse_rfc3339
@@ -127,6 +133,44 @@ def test_bad_records_are_dead_lettered_and_change_no_state():
     assert engine.arrival.snapshot() == arrival
     assert engine.stats.deadletters == {"invalid_json": 3, "invalid_record": 1, "key_mismatch": 1,
                                         "unknown_topic": 1}
+
+
+OLD_DEAD_LETTER_FIELDS = {"schema_version", "source_topic", "partition", "offset", "timestamp_ms", "key",
+                          "key_encoding", "value", "value_encoding", "reason", "reason_code", "detected_at"}
+
+
+def test_a_dead_letter_quotes_a_huge_value_as_a_prefix_with_its_length_and_hash():
+    engine = new_engine()
+    binary = b"\xff\xfe" * 450_000  # 900 KB, no UTF-8: it was a 1.2 MB base64 dead letter
+    text = ("{" + "\u0001" * 40_000 + "\"é\\" * 40_000).encode()  # JSON escapes: ~440 KB once quoted
+    long_key = "+49" + "1" * 200_000
+    feed(engine, [Rec("notifications.outbound", MSISDN, binary), Rec("notifications.outbound", MSISDN, text),
+                  Rec("contracts.changes", long_key, STARTED.value)])
+    dead = engine.drain()[1]
+    assert [d.reason_code for d in dead] == ["invalid_json", "invalid_json", "key_mismatch"]
+    for d in dead:
+        assert len(msgspec.json.encode(d)) <= 34 * 1024
+    first, second, third = dead
+    assert first.value_encoding == "base64" and binary.startswith(base64.b64decode(first.value))
+    assert len(first.value) <= 32 * 1024 and len(base64.b64decode(first.value)) == 24 * 1024
+    assert first.value_length == 900_000 and first.value_sha256 == hashlib.sha256(binary).hexdigest()
+    assert second.value_encoding == "utf-8" and text.decode().startswith(second.value)
+    assert len(msgspec.json.encode(second.value)) - 2 <= 32 * 1024 < len(msgspec.json.encode(second.value)) + 4
+    assert second.value_length == len(text) and second.value_sha256 == hashlib.sha256(text).hexdigest()
+    assert third.key == long_key[:1024] and third.key_length == len(long_key)
+    assert third.value == STARTED.value and third.value_length is msgspec.UNSET
+    assert set(msgspec.to_builtins(third)) == OLD_DEAD_LETTER_FIELDS | {"key_length", "key_sha256"}
+
+
+def test_a_dead_letter_of_a_record_of_normal_size_is_whole_and_as_before():
+    engine = new_engine()
+    feed(engine, [Rec("notifications.outbound", MSISDN, b"\xff\xfe"), Rec("contracts.changes", MSISDN, "[]")])
+    for d in engine.drain()[1]:
+        assert set(msgspec.to_builtins(d)) == OLD_DEAD_LETTER_FIELDS
+
+
+def test_a_reason_is_capped():
+    assert len(dead_letter("t" * 9999, 0, 1, None, None, None, "r" * 99_999, "invalid_record", "now").reason) == 1000
 
 
 def test_idle_partition_is_flushed_by_the_wall_clock():

@@ -11,14 +11,25 @@ from hypothesis import strategies as st
 
 from detectors import kinds
 from detectors.arrival import DELIVERY, NOTIFICATION, Arrival
-from detectors.engine import Engine
-from detectors.expiry import Horizons, expire, history_cut
+from detectors.engine import Engine, _links
+from detectors.expiry import (
+    CHANGES_BYTES,
+    PARTS,
+    SEEN_BYTES,
+    SENT_BYTES,
+    STATE_MAX_BYTES,
+    Horizons,
+    _trim_changes,
+    cap,
+    expire,
+    history_cut,
+)
 from detectors.holdings import TYPE_CODES, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent
+from detectors.state import Mark, NumberState, Sent, encode_number
 from detectors.timefmt import parse_rfc3339, rfc3339
 from tests.detectors.test_properties import histories
-from tests.factories import T0, Rec, change, comparable, delivery, kinds_of, mail, new_engine
+from tests.factories import T0, Rec, change, comparable, delivery, feed, kinds_of, mail, new_engine
 
 DAY = 86_400.0
 US = 1_000_000
@@ -226,3 +237,110 @@ def _change(event_id: str) -> object:
 
     return ContractEnded(schema_version=1, event_id=event_id, event_time="x", msisdn="+4917612345678",
                          contract_id="K")
+
+
+# ------------------------------------------------------------------ size caps
+
+
+def test_a_flood_of_mails_to_one_number_keeps_its_state_within_budget_and_judges_the_newest():
+    engine = new_engine()
+    flood = [mail("a@x.de", 60 + i, id=f"mail-{i:05d}", message_id=f"m-{i:05d}") for i in range(3000)]
+    feed(engine, [change("contract_started", 0, id="s", email="a@x.de"), *flood])
+    engine.flush(0)
+    (state,) = engine.numbers.values()
+    assert len(encode_number(state)) <= SEEN_BYTES + SENT_BYTES + 1024
+    capped = engine.stats.capped
+    assert capped["seen"] > 2000 and capped["sent"] > 2000 and capped["changes"] == 0
+    assert state.seen[-1].event_id == "mail-02999" and state.sent[-1].message_id == "m-02999"
+    feed(engine, [flood[-1],  # a duplicate of a recent mail: still dropped
+                  delivery("m-02990", "bounced", 4000, id="b", bounce_type="hard", recipient="a@x.de"),
+                  mail("stranger@x.de", 4001, id="last")])
+    engine.flush(0)
+    assert engine.stats.duplicates["outbound"] == 1
+    assert kinds_of(engine.drain()[0]) == [("current_address_bouncing", "b"), ("recipient_unlinked", "last")]
+
+
+def test_within_budget_nothing_is_capped():
+    records = [change("contract_started", 0, id="s", email="a@x.de"),
+               *(mail("a@x.de", 60 + i, id=f"m{i}") for i in range(100)),
+               *(delivery(f"m-m{i}", "bounced", 200 + i, bounce_type="soft") for i in range(50))]
+    engine = new_engine()
+    feed(engine, records)
+    engine.flush(0)
+    assert engine.stats.capped == dict.fromkeys(PARTS, 0)
+
+
+@st.composite
+def long_change_logs(draw) -> list[Change]:
+    n = draw(st.integers(1, 40))
+    big = st.sampled_from(["", "x" * 200, "é" * 250])
+    log = [
+        Change(
+            draw(st.integers(0, 60)),
+            TYPE_CODES[draw(st.sampled_from([*_KINDS, "email_verified", "contract_ended"]))],
+            f"e{i}" + draw(big),
+            draw(st.sampled_from(["K-1", "K-2"])) + draw(big),
+            draw(st.sampled_from(["C-1", "C-2"])) + draw(big),
+            draw(st.sampled_from([None, "o2"])),
+            draw(st.sampled_from([b"a", b"b", None])),
+        )
+        for i in range(n)
+    ]
+    return sorted(log, key=Change.sort_key)
+
+
+def _last(log: list[Change]):
+    holdings = derive(log)
+    if not holdings:
+        return None
+    h = holdings[-1]
+    return (h.contract_id, h.customer_id, h.brand, h.start, h.start_type, h.end, h.end_type,
+            h.addresses[-1].addr if h.addresses else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(long_change_logs(), st.sampled_from([1024, 4096, CHANGES_BYTES]))
+def test_a_capped_change_log_derives_the_same_last_holding(log, budget):
+    state = NumberState(changes=list(log))
+    kept = _trim_changes(log, budget)
+    if kept is None:
+        return
+    assert _last(kept) == _last(log)
+    assert kept == [c for c in log if c in kept]  # a subsequence, in order
+    if budget == CHANGES_BYTES:
+        capped: dict[str, int] = {}
+        cap(state, capped)
+        assert len(encode_number(state)) <= CHANGES_BYTES + 64 and capped["changes"] == len(log) - len(kept)
+
+
+def test_a_flood_of_changes_keeps_the_log_and_the_index_within_budget():
+    engine = new_engine()
+    long = "x" * 200
+    flips = [change("email_changed", 10 + i, id=f"c{i}-{long}", contract_id="K-1", email=f"a{i % 2}@x.de")
+             for i in range(400)]
+    ports = [change("ported_in" if i % 2 == 0 else "ported_out", 1000 + i, id=f"p{i}-{long}",
+                    contract_id=f"K-{i // 2}-{long}", customer_id=f"C-{long}", email=f"p{i}@x.de")
+             for i in range(401)]
+    feed(engine, [change("contract_started", 0, id="s", contract_id="K-1", email="a@x.de"), *flips, *ports,
+                  mail("p400@x.de", 2000, id="ok"), mail("a1@x.de", 2001, id="old")])
+    engine.flush(0)
+    (ref, state) = next(iter(engine.numbers.items()))
+    assert len(encode_number(state)) <= STATE_MAX_BYTES
+    assert engine.stats.capped["changes"] > 0 and engine.stats.capped["ports"] > 0
+    # the index holds exactly the links of what is left of the log
+    indexed = sorted((addr, link) for addr, links in engine.index.items() for link in links)
+    assert indexed == sorted(_links(ref, derive(state.changes)))
+    alerts = engine.drain()[0]
+    assert [a.trigger_event_id[:3] for a in alerts if a.kind == "port_flapping"] == ["p2-"]
+    # the open holding is whole; the first one's address was dropped with its changes: no longer linked
+    assert [(a.kind, a.trigger_event_id) for a in alerts if a.kind.startswith("recipient")] == [
+        ("recipient_unlinked", "old")]
+
+
+def test_a_flood_of_deliveries_that_are_no_bounces_keeps_the_state_within_budget():
+    engine = new_engine()
+    feed(engine, [change("contract_started", 0, id="s", email="a@x.de"),
+                  *(delivery("m-1", "deferred", 60 + i, id=f"d{i}-{'x' * 200}") for i in range(1000))])
+    engine.flush(0)
+    (state,) = engine.numbers.values()
+    assert len(encode_number(state)) <= STATE_MAX_BYTES

@@ -225,3 +225,35 @@ def test_e164_sms_recipients_and_any_email_recipient_are_accepted():
     for rec in (mail("+4915198765432", channel="sms"), mail("+12345678", channel="sms"), mail("+4915198765432")):
         record, _ = decode("outbound", rec.key, rec.value)
         assert record.recipient == rec.event["recipient"]
+# Free text over its cap (detectors.text) is cut when decoded, on both paths.
+
+_LONG = {
+    "event_id": ("ev-", 256), "message_id": ("msg-", 256), "contract_id": ("K-", 256), "customer_id": ("C-", 256),
+    "brand": ("brand-", 128), "template": ("tpl-", 128), "sender": ("mailer-", 128), "smtp_status": ("5.1.1 ", 128),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["outbound", "delivery", "contract_started", "holder_changed", "email_changed"]),
+    st.sampled_from(sorted(_LONG)),
+    st.sampled_from([-1, 0, 1, 600_000]),
+    st.sampled_from(["x", "ä", "\u0001", "€"]),
+)
+def test_free_text_over_its_cap_is_cut_when_decoded_and_never_within_it(kind, field, over, char):
+    rec = {"outbound": mail("a@b.c", customer_id="C-1", contract_id="K-1"), "delivery": delivery("m-1")}.get(
+        kind) or change(kind, email="a@b.c")
+    value = json.loads(rec.value)
+    if field not in value:
+        return
+    prefix, cap = _LONG[field]
+    value[field] = prefix + char * (cap - len(prefix) + over)
+    data = json.dumps(value)
+    topic_kind = "changes" if kind not in ("outbound", "delivery") else kind
+    record, _ = decode(topic_kind, MSISDN, data)
+    got = getattr(record, field)
+    if over <= 0:
+        assert got == value[field]
+    else:
+        assert len(got) == cap and got.startswith(prefix) and "…[truncated" in got
+    assert _outcome(decode, topic_kind, MSISDN, data) == _outcome(r._decode_strict, topic_kind, MSISDN, data)

@@ -175,3 +175,17 @@ def test_remembered_deliveries_need_metrics_off():
     ref = engine.pseudonymiser.msisdn_ref("+4917612345678")
     state = engine.numbers.get(ref)
     assert state is not None and [m.event_id for m in state.seen] == ["e1"] and state.max_t == 1_000_000
+
+
+def test_a_duplicate_of_an_id_dropped_by_the_size_caps_is_judged_the_same_in_both_modes(tmp_path):
+    from detectors.capture import Envelope, encode_line
+    from tests.factories import change, mail
+
+    long = "x" * 200  # ~80 such ids fill the seen ids' budget (detectors.expiry.SEEN_BYTES)
+    records = [change("contract_started", 0, id="s", email="a@x.de"), mail("b@x.de", 30, id=f"early-{long}"),
+               *(mail("a@x.de", 60 + i, id=f"m{i}-{long}") for i in range(300)),
+               mail("b@x.de", 30, id=f"early-{long}")]  # resent: its id is no longer among the seen ids
+    path = tmp_path / "flood.jsonl"
+    path.write_bytes(b"".join(encode_line(Envelope(r.topic, 0, o, r.value, r.key)) for o, r in enumerate(records)))
+    one, two = _run(path, 1), _run(path, 2)
+    assert one[1] == two[1] and one[0].duplicates == two[0].duplicates

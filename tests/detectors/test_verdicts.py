@@ -1,8 +1,11 @@
 """The recipient rules, one row per case: a history, a mail, the verdict it must get."""
 
+import hashlib
+
 import pytest
 
-from tests.factories import change, feed, kinds_of, mail, new_engine
+from detectors.alerts import dedup_key
+from tests.factories import change, delivery, feed, kinds_of, mail, new_engine, run
 
 DAY = 86_400
 OTHER = "+4917600000002"
@@ -104,6 +107,54 @@ def test_breach_alert_carries_masked_evidence_and_no_clear_text():
     assert "holder@x.de" not in text and "+4917612345678" not in text
     assert alert.subject.msisdn_masked == "+49176******78"
     assert alert.runbook_url == "docs/runbooks/recipient_previous_holder.md"
+
+
+ADDRESS = "anna.schmidt@gmx.de"
+
+
+def test_summaries_show_free_text_only_when_it_is_a_name_or_an_id():
+    history = [change("contract_started", 0, id="s", email="holder@x.de", customer_id=f"C {ADDRESS}"),
+               change("contract_ended", DAY, id="e"),
+               change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", brand=ADDRESS)]
+    _, alerts = verdict_of(history, mail("holder@x.de", 3 * DAY, id="n", sender=f"mailer {ADDRESS}",
+                                         template=f"Vertrag für {ADDRESS}", brand="o2"))
+    (alert,) = [a for a in alerts if a.kind == "recipient_previous_holder"]
+    assert ADDRESS not in alert.summary and "anna" not in alert.summary
+    assert alert.summary.startswith("o2 (unrecognised template) email for +49176******78 went to h***@x.de")
+    assert "customer (unrecognised id)'s o2 contract K-1" in alert.summary
+    assert "customer C-2's (unrecognised brand) contract K-2" in alert.summary
+    # the structured fields carry the values (capped: detectors.text)
+    assert (alert.sender, alert.template) == (f"mailer {ADDRESS}", f"Vertrag für {ADDRESS}")
+    assert alert.evidence["active"]["brand"] == ADDRESS
+
+
+def test_pattern_summaries_show_no_free_text_either():
+    records = [change("contract_started", 0, id="s", email="holder@x.de"),
+               mail("holder@x.de", 10, id="n", message_id="m", template=f"t {ADDRESS}"),
+               *(delivery("m", "bounced", 20 + i, id=f"b{i}", bounce_type="hard", sender=f"mailer {ADDRESS}",
+                          smtp_status=f"550 5.1.1 <{ADDRESS}>: no such user") for i in range(3))]
+    alerts = {a.kind: a for a in run(records)}
+    assert set(alerts) == {"current_address_bouncing", "bounce_burst"}
+    for a in alerts.values():
+        assert "anna" not in a.summary and a.sender == f"mailer {ADDRESS}"
+    assert "(o2, (unrecognised sender))" in alerts["bounce_burst"].summary
+    assert "o2 (unrecognised template) mail" in alerts["current_address_bouncing"].summary
+    assert "(unrecognised SMTP status)" in alerts["current_address_bouncing"].summary
+
+
+def test_long_ids_are_capped_in_alerts_and_keep_their_dedup_keys_apart():
+    prefix = "n-" + "x" * 400
+    _, a1 = verdict_of([started], mail("stranger@x.de", DAY, id=prefix + "1"))
+    _, a2 = verdict_of([started], mail("stranger@x.de", DAY, id=prefix + "2"))
+    _, a3 = verdict_of([started], mail("stranger@x.de", DAY, id="n-" + "x" * 254))  # 256: not cut
+    (first,), (second,), (whole,) = a1, a2, a3
+    assert len(first.trigger_event_id) == len(second.trigger_event_id) == 256
+    assert first.trigger_event_id.startswith(prefix[:227] + "…[truncated:")
+    assert first.dedup_key != second.dedup_key
+    assert first.dedup_key == dedup_key("recipient_unlinked", first.trigger_event_id)
+    assert whole.trigger_event_id == "n-" + "x" * 254
+    digest = hashlib.sha256(("recipient_unlinked\n" + whole.trigger_event_id).encode()).hexdigest()
+    assert whole.dedup_key == "recipient_unlinked:" + digest[:20]  # docs/topics.md 2.7, as before
 
 
 def test_kinds_helper_lists_trigger_pairs():

@@ -16,7 +16,7 @@ from detectors.records import BadRecord, decode
 from detectors.settings import Settings
 from streams.replay_offline import replay
 from streams.scenarios import all_scenarios
-from tests.factories import MSISDN, change, delivery, mail
+from tests.factories import MSISDN, Rec, change, delivery, mail
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "docs" / "schemas"
@@ -134,3 +134,21 @@ def test_schema_and_decoder_agree_that_an_sms_goes_to_an_e164_number(recipient, 
     value = {**BASE["outbound"], "channel": "sms", "recipient": recipient}
     assert INPUT["outbound"].is_valid(value) is ok
     assert accepts("outbound", value) is ok
+def test_capped_alerts_and_dead_letters_fit_their_schemas():
+    import msgspec
+
+    from detectors.engine import dead_letter
+    from tests.factories import feed, new_engine
+
+    engine = new_engine()
+    feed(engine, [change("contract_started", 0, id="s", email="a@b.de", customer_id="C" * 999, brand="b" * 999),
+                  mail("x@b.de", 60, id="n" * 999, template="t" * 999, sender="s" * 999, brand="o" * 999),
+                  Rec("notifications.outbound", "+49" * 9999, b"\xff" * 99_999)])
+    engine.flush(0)
+    alerts, dead, _ = engine.drain()
+    dead.append(dead_letter("t" * 999, 0, 1, None, None, "\u0001" * 99_999, "r" * 9999, "processing_error", "now"))
+    assert [a.kind for a in alerts] == ["recipient_unlinked"] and len(dead) == 2
+    for a in alerts:
+        validator("notifguard.alerts.json").validate(json.loads(msgspec.json.encode(a)))
+    for d in dead:
+        validator("notifguard.deadletter.json").validate(json.loads(msgspec.json.encode(d)))

@@ -186,3 +186,52 @@ def test_an_sms_to_an_address_is_dead_lettered_and_no_mask_shows_the_address(tmp
     assert sms["subject"]["msisdn_masked"] == "+******78"
     text = json.dumps(alerts)
     assert "anna.s" not in text and "+12345" not in text and "2345678" not in text
+def test_the_worst_inputs_give_no_output_record_or_state_value_over_64_kib(tmp_path, monkeypatch, capsys):
+    # Issue 10: a 600 KB template (a 1.2 MB alert), a 900 KB value that is no UTF-8 (a 1.5 MB
+    # dead letter), 22,000 mails to one number (1.09 MB of state): each over the producer's
+    # 1 MB request size, on which the worker stopped, restarted and read the record again.
+    import streams.replay_offline as replay_offline
+    from detectors.capture import Envelope
+    from detectors.engine import Engine
+    from detectors.state import encode_links, encode_number
+    from tests.factories import MSISDN, change, mail
+
+    limit = 64 * 1024
+    long_id = "n-" + "x" * 300_000
+    records = [
+        change("contract_started", 0, id="s", email="anna@x.de"),
+        mail("stranger@x.de", 60, id=long_id, template="t" * 600_000, sender="mailer anna.schmidt@gmx.de"),
+        *(mail("anna@x.de", 120 + 3 * i, id=f"mail-{i:05d}") for i in range(22_000)),
+        mail("stranger@x.de", 120 + 3 * 22_000, id="last"),
+    ]
+    cap = tmp_path / "hostile.jsonl"
+    with open(cap, "wb") as f:
+        for offset, r in enumerate(records):
+            f.write(encode_line(Envelope(r.topic, 0, offset, r.value, r.key)))
+        f.write(b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"' + MSISDN.encode()
+                + b'","payload":"' + b"\xff\xfe" * 450_000 + b'"}\n')
+    engines = []
+
+    def replay(*args, **kwargs):
+        engines.append(Engine(args[1], new_id=lambda: "a"))
+        return real(*args, engine=engines[0], **kwargs)
+
+    real = replay_offline.replay
+    monkeypatch.setattr(replay_offline, "replay", replay)
+    out, dead = tmp_path / "alerts.jsonl", tmp_path / "dead.jsonl"
+    assert main(["replay", "--offline", str(cap), "--alerts-out", str(out), "--deadletter-out", str(dead)]) == 0
+
+    alerts = out.read_bytes().splitlines()
+    letters = dead.read_bytes().splitlines()
+    assert max(map(len, alerts + letters)) <= limit
+    assert sorted(json.loads(a)["trigger_event_id"][:2] for a in alerts) == ["la", "n-"]
+    first = next(json.loads(a) for a in alerts if json.loads(a)["trigger_event_id"].startswith("n-"))
+    assert len(first["trigger_event_id"]) == 256 and len(first["template"]) == 128
+    assert first["sender"] == "mailer anna.schmidt@gmx.de" and "anna.schmidt" not in first["summary"]
+    [letter] = map(json.loads, letters)
+    assert letter["reason_code"] == "bad_envelope" and letter["value_length"] > 900_000
+    engine = engines[0]
+    assert max(len(encode_number(state)) for state in engine.numbers.values()) <= limit
+    assert max(len(encode_links(links)) for _, links in engine.index.items()) <= limit
+    assert engine.stats.capped["seen"] > 0 and engine.stats.capped["sent"] > 0
+    assert "records          22,004" in capsys.readouterr().out

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from detectors.engine import VerdictRecord
+from detectors.engine import Stats, VerdictRecord
 from detectors.settings import Topics
-from streams.metrics import Metrics, observe_n
+from streams.metrics import LABEL_VALUES_MAX, Metrics, observe_n
 
 BUCKETS = (1, 5, 10, 20, 30, 31, 32, 35, 40, 60, 120, 300, 900)
 
@@ -49,3 +49,46 @@ def test_verdict_delays_and_verdicts_count_each_event() -> None:
     got = samples(m.registry)
     ok = [k for k in got if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k]
     assert len(ok) == 1 and got[ok[0]] == 3
+
+
+def test_free_text_labels_are_names_or_other() -> None:
+    m = Metrics(Topics())
+    m.observe_verdicts([
+        VerdictRecord("o2", "contract_info", "mailer anna.schmidt@gmx.de", "email", "ok", False, 1),
+        VerdictRecord("o2", "Vertrag für anna.schmidt@gmx.de", "crm-mailer", "email", "ok", False, 1),
+        VerdictRecord("o2", "x" * 65, "crm-mailer", "email", "ok", False, 1),
+    ])
+    m.observe_deliveries([("anna.schmidt@gmx.de", "crm-mailer", "bounced", "hard"),
+                          ("o2", "mailer anna.schmidt@gmx.de", "delivered", "none")])
+    text = m.exposition().decode()
+    assert "anna" not in text and "x" * 65 not in text
+    got = samples(m.registry)
+    key = 'notifguard_verdicts_total{brand="o2",channel="email",sender="%s",template="%s",verdict="ok"}'
+    assert got[key % ("other", "contract_info")] == 1 and got[key % ("crm-mailer", "other")] == 2
+    key = 'notifguard_deliveries_total{bounce_type="%s",brand="%s",sender="%s",status="%s"}'
+    assert got[key % ("hard", "other", "crm-mailer", "bounced")] == 1
+    assert got[key % ("none", "o2", "other", "delivered")] == 1
+
+
+def test_each_free_text_label_has_at_most_fifty_values_per_process() -> None:
+    m = Metrics(Topics())
+    for i in range(60):
+        m.observe_verdicts([VerdictRecord("o2", f"template-{i}", "crm-mailer", "email", "ok", False, 1)])
+    m.observe_verdicts([VerdictRecord("o2", "template-3", "crm-mailer", "email", "ok", False, 1)])
+    got = samples(m.registry)
+    templates = {k.split('template="')[1].split('"')[0]: v for k, v in got.items()
+                 if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k}
+    assert len(templates) == LABEL_VALUES_MAX + 1 == 51
+    assert templates["other"] == 10 and templates["template-3"] == 2 and "template-50" not in templates
+
+
+def test_capped_state_entries_are_counted_by_part() -> None:
+    m = Metrics(Topics())
+    stats = Stats()
+    stats.capped["seen"] += 7
+    m.sync_stats(stats)
+    stats.capped["seen"] += 3
+    m.sync_stats(stats)
+    got = samples(m.registry)
+    assert got['notifguard_state_capped_total{part="seen"}'] == 10
+    assert got['notifguard_state_capped_total{part="changes"}'] == 0
