@@ -27,6 +27,15 @@ process and the worker alike:
 - A record whose (number, event id) is already in the buffer is a duplicate.
   Duplicates of records already applied are the number state's to find (its
   seen ids), when the record is applied.
+- **A watermark that stops moving.** When the watermark has not moved for
+  `idle_flush` of the clock while the source holding it is not known to have
+  records waiting (its records keep coming with one event time, say), it
+  advances with the clock from there, so what waits is released.
+- **The buffer's bound.** It holds at most `max_buffered` records; beyond
+  that the earliest are released before their time (counted in
+  `released_early`): a record released early can be judged before a change
+  that is still on its way within grace. Flow control (the worker pauses what
+  runs ahead) keeps a healthy pipeline far below the bound.
 - A source known to have records waiting is never idle: one the consumer
   paused (flow control: it runs ahead; pausing changes no result), and one
   *behind* (the broker holds records of it not delivered yet, so its silence
@@ -102,10 +111,11 @@ _EMPTY: Final[list[Item]] = []
 class Arrival:
     """Watermarks, idleness, the grace buffer and its release order, pending dedup, sweep points."""
 
-    def __init__(self, grace_us: int, idle_us: int, sweep_interval_us: int) -> None:
+    def __init__(self, grace_us: int, idle_us: int, sweep_interval_us: int, max_buffered: int = 1 << 62) -> None:
         self.grace = grace_us
         self.idle = idle_us
         self.sweep_interval = sweep_interval_us
+        self.max_buffered = max_buffered
         self.watermark: int | None = None  # the minimum over the sources, monotone
         self.limit = NEVER  # watermark - grace: records before it are released (or late)
         self.clock = NEVER  # the arrival clock, monotone
@@ -118,12 +128,15 @@ class Arrival:
         self.late = [0, 0, 0]
         self.duplicates = [0, 0, 0]
         self.released = 0
+        self.released_early = 0  # of them, released over the buffer's bound
         self._sources: tuple[dict[int, Source], ...] = ({}, {}, {})
         self._active: dict[Source, None] = {}  # the sources not idle, an ordered set
         self._min: Source | None = None  # the source that holds the watermark (None: all idle)
         self._deadline = _FOREVER  # clock at which the minimum must be looked at again
         self._max_t: int | None = None  # the largest event time accepted
         self._latest = NEVER  # clock of the latest arrival
+        self._moved_at = NEVER  # clock when the records last moved the watermark on
+        self._moved_wm = 0  # and where to
 
     # ------------------------------------------------------------------ input
 
@@ -178,10 +191,12 @@ class Arrival:
         return status
 
     def take_ready(self) -> list[Item]:
-        """Pop the buffered records the watermark has released, in release order."""
+        """Pop the buffered records the watermark has released (and those over the buffer's
+        bound, earliest first), in release order."""
         pending = self.pending
         limit = self.limit
-        if not pending or pending[0][0] >= limit:
+        over = len(pending) - self.max_buffered
+        if not pending or (pending[0][0] >= limit and over <= 0):
             return _EMPTY
         out: list[Item] = []
         discard = self.pending_ids.discard
@@ -190,8 +205,21 @@ class Arrival:
             discard((item[5], item[3]))
             item[8].pending -= 1
             out.append(item)
+        over = len(pending) - self.max_buffered
+        if over > 0:
+            for _ in range(over):
+                item = heappop(pending)
+                discard((item[5], item[3]))
+                item[8].pending -= 1
+                out.append(item)
+            self.released_early += over
         self.released += len(out)
         return out
+
+    def due(self) -> bool:
+        """Has take_ready() anything to give?"""
+        pending = self.pending
+        return bool(pending) and (pending[0][0] < self.limit or len(pending) > self.max_buffered)
 
     def take_all(self) -> list[Item]:
         """End of input: everything buffered, in release order."""
@@ -243,6 +271,8 @@ class Arrival:
     def _held_changed(self, src: Source) -> None:
         if not (src.paused or src.behind):
             src.last_arrival = self.clock  # its silence while held was the reader's
+            if self._moved_at < self.clock:  # and so was the watermark's standstill
+                self._moved_at = self.clock
         elif not src.active:
             src.active = True
             self._active[src] = None
@@ -331,13 +361,15 @@ class Arrival:
         return (
             self.watermark, self.clock, self.seq, self.swept_at, self._max_t, self._latest,
             list(self.arrived), list(self.late), list(self.duplicates), self.released, sources,
+            self.released_early, self._moved_at, self._moved_wm,
         )  # fmt: skip
 
     def restore(self, snap: Iterable[Any]) -> None:
         """Become the Arrival of the snapshot (its buffer was empty), counters included."""
         if self.pending:
             raise ValueError("restore() needs an empty grace buffer")
-        (wm, clock, seq, swept_at, max_t, latest, arrived, late, duplicates, released, sources) = snap
+        (wm, clock, seq, swept_at, max_t, latest, arrived, late, duplicates, released, sources,
+         self.released_early, self._moved_at, self._moved_wm) = snap  # fmt: skip
         self.watermark = wm
         self.limit = NEVER if wm is None else wm - self.grace
         self.clock, self.seq, self.swept_at, self._max_t, self._latest = clock, seq, swept_at, max_t, latest
@@ -404,10 +436,32 @@ class Arrival:
         else:
             self._min = best
             candidate = best.watermark if best is not None else None
+            wm = self.watermark
+            if (
+                candidate is not None and wm is not None and candidate <= wm
+                and best is not None and not (best.paused or best.behind)
+            ):  # fmt: skip
+                # the records do not move it: after idle_flush, on with the clock from where it stopped
+                if clock - self._moved_at >= idle:
+                    self._recompute_on(clock)
+                    return
+                if self._moved_at + idle < deadline:
+                    deadline = self._moved_at + idle
         self._deadline = deadline
         if reset:
             self.watermark = candidate
             self.limit = NEVER if candidate is None else candidate - self.grace
+            self._moved_at, self._moved_wm = clock, candidate or 0
         elif candidate is not None and (self.watermark is None or candidate > self.watermark):
+            self.watermark = candidate
+            self.limit = candidate - self.grace
+            self._moved_at, self._moved_wm = clock, candidate
+
+    def _recompute_on(self, clock: int) -> None:
+        """The watermark stopped moving for idle_flush: it advances with the clock (looked at again
+        at the next arrival or tick)."""
+        self._deadline = clock + 1
+        candidate = self._moved_wm + (clock - self._moved_at)
+        if self.watermark is None or candidate > self.watermark:
             self.watermark = candidate
             self.limit = candidate - self.grace

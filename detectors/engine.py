@@ -39,6 +39,7 @@ from detectors.records import (
     InputRecord,
     Outbound,
     decode,
+    future_bound,
 )
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
@@ -132,6 +133,7 @@ class Stats:
     deadletters: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
+    released_early: int = 0  # over the grace buffer's bound (detectors.arrival)
     expired: int = 0  # number states a sweep changed
     # entries dropped from number states over their size budgets, by part (detectors.expiry.cap)
     capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
@@ -244,7 +246,14 @@ class Engine:
         self._bounce_window = us(settings.bounce_burst_window_s)
         self._correlation = us(settings.delivery_correlation_s)
         self._history = us(settings.history_retention_s)
-        self.arrival = Arrival(self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s))
+        self.arrival = Arrival(
+            self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
+        )
+        self._future_skew = us(settings.max_future_skew_s)
+        # True in the worker: `now_us` is the wall clock, and no event time may lie further
+        # than max_future_skew ahead of it either (detectors.records.future_bound); the
+        # expiry sweep's event time never passes it.
+        self.live = False
         # duplicates found when applying (the number's seen ids), by category; of them, late ones
         self._applied_dups = [0, 0, 0]
         self._late_dups = [0, 0, 0]
@@ -272,6 +281,7 @@ class Engine:
             s.late[kind] = a.late[c] - self._late_dups[c]
             s.duplicates[kind] = a.duplicates[c] + dups
         s.released = a.released
+        s.released_early = a.released_early
         return s
 
     @property
@@ -303,13 +313,17 @@ class Engine:
         try:
             if kind is None:
                 raise BadRecord(UNKNOWN_TOPIC, f"topic {topic!r} is not an input topic of notifguard")
-            record, t = decode(kind, key, value)
+            record, t = decode(kind, key, value, self.not_after(timestamp_ms, now_us))
         except BadRecord as bad:
             self._dead_letter(topic, partition, offset, timestamp_ms, key, value, bad)
             if token is not None:
                 self.done.append(token)
             return
         self.process_decoded(kind, partition, record, t, now_us, token, clock_us)
+
+    def not_after(self, timestamp_ms: int | None, now_us: int) -> int | None:
+        """The latest event time a record with this Kafka timestamp may carry now (detectors.records.decode)."""
+        return future_bound(timestamp_ms, now_us if self.live else None, self._future_skew)
 
     def process_decoded(
         self,
@@ -337,7 +351,8 @@ class Engine:
             self._apply_one(category, t, record, ref, True, token)
         elif status == DUPLICATE and token is not None:
             self.done.append(token)
-        if arrival.pending and arrival.pending[0][0] < arrival.limit:
+        pending = arrival.pending
+        if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
             self._release(arrival.take_ready())
 
     def apply_released(self, items: list[Any], now_us: int) -> None:
@@ -370,7 +385,8 @@ class Engine:
         self._now = now_us
         arrival = self.arrival
         arrival.tick(now_us if clock_us is None else clock_us)
-        if arrival.pending and arrival.pending[0][0] < arrival.limit:
+        pending = arrival.pending
+        if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
             self._release(arrival.take_ready())
 
     def flush(self, now_us: int) -> None:
@@ -398,8 +414,11 @@ class Engine:
 
     def sweep_due(self) -> int | None:
         """The event time to sweep at, when one is due (detectors.arrival.Arrival.sweep_due);
-        the caller then runs `sweep` over its numbers."""
-        return self.arrival.sweep_due()
+        the caller then runs `sweep` over its numbers. Live, never past the wall clock."""
+        now = self.arrival.sweep_due()
+        if now is not None and self.live and now > self._now:
+            now = self._now
+        return now
 
     def sweep(self, numbers: Iterable[tuple[str, NumberState]], now: int) -> int:
         """Expire (detectors.expiry) what no record on time after event time `now` can use,

@@ -292,8 +292,14 @@ _GOOD_MSISDNS: set[str] = set()
 _GOOD_MSISDNS_MAX: Final = 100_000
 
 
-def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tuple[InputRecord, int]:
+def decode(
+    kind: str, key: bytes | str | None, value: bytes | str | None, not_after_us: int | None = None
+) -> tuple[InputRecord, int]:
     """Decode one input record of topic kind `outbound`, `changes` or `delivery`.
+
+    `not_after_us`: the latest acceptable event time (the record's Kafka
+    timestamp, and live the wall clock, plus `max_future_skew`: see
+    `future_bound`); a later one is `bad_event_time`.
 
     Returns the typed record and its event time in microseconds, or raises
     BadRecord with a reason a person can act on.
@@ -326,9 +332,9 @@ def decode(kind: str, key: bytes | str | None, value: bytes | str | None) -> tup
                         key = key.decode()
                     except UnicodeDecodeError:
                         key = None
-                if key == msisdn:
+                if key == msisdn and (not_after_us is None or when <= not_after_us):
                     return record, when
-    return _decode_strict(kind, key, value)
+    return _decode_strict(kind, key, value, not_after_us)
 
 
 def _good_msisdn(msisdn: str) -> bool:
@@ -348,7 +354,19 @@ def good_sms(record: Outbound) -> bool:
     return recipient in _GOOD_MSISDNS or _good_msisdn(recipient)
 
 
-def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None) -> tuple[InputRecord, int]:
+def future_bound(timestamp_ms: int | None, wall_us: int | None, skew_us: int) -> int | None:
+    """The latest event time a record may carry: `skew_us` after its Kafka timestamp and after
+    the wall clock, of those known (None: no bound). A far-future event time would move the
+    watermark on and make every other record late, and expire history that is still needed."""
+    bound = None if timestamp_ms is None else timestamp_ms * 1000
+    if wall_us is not None and (bound is None or wall_us < bound):
+        bound = wall_us
+    return None if bound is None else bound + skew_us
+
+
+def _decode_strict(
+    kind: str, key: bytes | str | None, value: bytes | str | None, not_after_us: int | None = None
+) -> tuple[InputRecord, int]:
     """decode() with every check done by the strict decoders: the reference, and the reasons."""
     what = {"outbound": "notification", "changes": "contract change", "delivery": "delivery event"}[kind]
     if value is None:
@@ -370,6 +388,12 @@ def _decode_strict(kind: str, key: bytes | str | None, value: bytes | str | None
         raise BadRecord(
             BAD_EVENT_TIME, f"{what}: event_time {record.event_time!r} is not a real instant ({err})"
         ) from None
+    if not_after_us is not None and when > not_after_us:
+        raise BadRecord(
+            BAD_EVENT_TIME,
+            f"{what}: event_time {record.event_time!r} lies further ahead of the record's Kafka timestamp "
+            "(or the clock) than max_future_skew allows",
+        )
     if isinstance(record, Outbound) and not good_sms(record):
         raise BadRecord(
             INVALID_RECORD,

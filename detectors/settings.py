@@ -52,6 +52,16 @@ class Settings:
     # A quiet partition is flushed after this much wall-clock silence, so no
     # verdict waits forever; equal to grace, the spec's own patience.
     idle_flush_s: float = 30.0
+    # An event_time further than this ahead of its record's Kafka timestamp (and,
+    # live, of the wall clock) is refused as bad_event_time: one record dated
+    # 9999 would otherwise move the watermark on for good. 1 h is Kafka 4's own
+    # bound on record timestamps ahead of the broker's clock
+    # (message.timestamp.after.max.ms); producers' clocks are seconds apart.
+    max_future_skew_s: float = 3600.0
+    # The grace buffer's bound (detectors.arrival): beyond it the earliest records are
+    # released before their time and counted. ~0.5-1 KiB a buffered record: 1,000,000
+    # bound it to ~1 GiB; the worker's flow control (max_pending) pauses far earlier.
+    max_buffered: int = 1_000_000
     # Spec: "at least 24 h"; 48 h also catches resends after a day-long outage.
     dedup_retention_s: float = 2 * DAY_S
     # Spec default for re_port: a number recycled within a year still has

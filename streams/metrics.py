@@ -77,6 +77,8 @@ class Metrics:
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
         self.late = Counter("notifguard_late_records", "Records later than grace", ["topic"], registry=r)
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)
+        self.released_early = Counter("notifguard_released_early", "Records released before their time: "
+                                      "the grace buffer was at its bound (max_buffered)", registry=r)
         self.watermark_lag = Gauge("notifguard_watermark_lag_seconds", "Wall clock minus watermark",
                                    ["partition"], registry=r)
         self.processing = Histogram("notifguard_processing_seconds", "Engine time per input record (1 in 64 timed)",
@@ -167,12 +169,13 @@ class Metrics:
         for kind, n in stats.alerts.items():
             self.alerts.labels(kind, kinds.SEVERITY[kind]).inc(n - last.alerts.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
+        self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():
             self.capped.labels(part).inc(n - last.capped.get(part, 0))
         self._last = Stats(
             records=dict(stats.records), late=dict(stats.late), duplicates=dict(stats.duplicates),
             deadletters=dict(stats.deadletters), alerts=dict(stats.alerts), released=stats.released,
-            expired=stats.expired, capped=dict(stats.capped),
+            released_early=stats.released_early, expired=stats.expired, capped=dict(stats.capped),
         )
 
     def exposition(self) -> bytes:

@@ -34,6 +34,7 @@ from detectors.records import (
     Outbound,
     _decode_strict,
     _good_msisdn,
+    future_bound,
     good_sms,
     too_deep,
 )
@@ -220,10 +221,13 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     fast_decoders = [_FAST[kind].decode for kind in TOPIC_KINDS]
     hours, minsecs, fractions, good_msisdns = _HOURS, _MINSEC, _FRACTIONS, _GOOD_MSISDNS
     us = settings.us
-    arrival = Arrival(us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s))
+    arrival = Arrival(
+        us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
+    )
     arrival.restore(arrival_state)
     arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
     pending = arrival.pending  # the buffer (the child never forgets partitions, so it stays this list)
+    skew = us(settings.max_future_skew_s)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
     msisdn_ref = pseudo.msisdn_ref
@@ -276,6 +280,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     lines_by[category] += 1
                     # detectors.records.decode, its fast path inlined
                     key, payload = env.key, env.payload
+                    bound = future_bound(env.ts, None, skew)
                     record: Any = None
                     if payload is not None and (len(payload) <= NEST_CHECK_MIN_LEN or not too_deep(payload)):
                         try:
@@ -296,6 +301,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                         msisdn = record.msisdn
                         if (
                             t is None
+                            or (bound is not None and t > bound)
                             or key != msisdn
                             or not (msisdn in good_msisdns or _good_msisdn(msisdn))
                             or (category == NOTIFICATION and record.channel == "sms" and not good_sms(record))
@@ -303,7 +309,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                             record = None
                     if record is None:
                         try:
-                            record, t = _decode_strict(TOPIC_KINDS[category], key, payload)
+                            record, t = _decode_strict(TOPIC_KINDS[category], key, payload, bound)
                         except BadRecord:
                             others.append((topic, env.partition, env.offset, key, payload, env.ts))
                             continue
@@ -318,7 +324,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     status = arrive(category, env.partition, t, record, ref, clock)
                     if status == LATE:  # applied at once
                         out += (category, t, True, wire(category, record))
-                    if pending and pending[0][0] < arrival.limit:
+                    if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
                         for item in take_ready():
                             out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:

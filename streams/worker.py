@@ -79,6 +79,7 @@ class Runtime:
         self.links = TableLinks(links_table, config.partitions)
         self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
                              index=AddressIndex(self.links))
+        self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
         self.pseudo = Pseudonymiser(rules.pseudonymisation_key.reveal().encode())
         self._category = {topic: i for i, topic in enumerate(self.inputs)}  # detectors.arrival's categories
         self.metrics = Metrics(rules.topics)
@@ -143,7 +144,7 @@ class Runtime:
         # than idle_flush, the first batch must not find the silent-but-waiting ones idle)
         self._mark_behind()
         engine = self.engine
-        process, process_decoded = engine.process, engine.process_decoded
+        process, process_decoded, not_after = engine.process, engine.process_decoded, engine.not_after
         kind_of = self._kind_of
         refs = self._refs
         partition_of = self.numbers.partition_of
@@ -182,7 +183,7 @@ class Runtime:
                     # Engine.process, unrolled: decoded here, and what does not decode goes to
                     # Engine.process (which dead-letters it, with the reason)
                     try:
-                        record, when = decode(kind, key, rec.value)
+                        record, when = decode(kind, key, rec.value, not_after(rec.timestamp, now))
                     except BadRecord:
                         process(topic, p, rec.offset, key, rec.value, now, rec.timestamp, token)
                     else:

@@ -177,3 +177,24 @@ def test_partitions_given_up_take_their_sources_and_records_with_them():
     assert a.watermark == 1001 * S
     assert a.forget([1]) and a.pending_count() == 0 and a.sources() == []
     assert a.watermark == 1001 * S  # no source left to move it
+
+
+def test_a_watermark_that_stops_moving_moves_on_with_the_clock():
+    """Issue: 10,000 records of one event_time over 100 s: none released, acks held."""
+    a = new()
+    for i in range(50):  # all three topics keep delivering, all at one event time, for 50 s
+        for c, ev in ((CHANGE, ended(f"c{i}")), (NOTIFICATION, Ev(f"m{i}")), (DELIVERY, Ev(f"d{i}"))):
+            a.arrive(c, 0, 500 * S, ev, "n", clock=i * S)
+    assert a.take_ready() == [] and a.watermark == 500 * S  # stopped at the first arrival...
+    a.arrive(NOTIFICATION, 0, 500 * S, Ev("one-more"), "n", clock=IDLE + GRACE + 1)
+    assert a.watermark > 500 * S + GRACE  # ...and moved on with the clock after idle_flush
+    assert len(a.take_ready()) == 151
+
+
+def test_the_buffer_has_a_bound_and_counts_what_it_releases_early():
+    a = Arrival(GRACE, IDLE, 7 * 86_400 * S, max_buffered=10)
+    for i in range(15):
+        a.arrive(NOTIFICATION, 0, i * S, Ev(f"m{i}"), "n", clock=0)
+    assert a.due()
+    assert [item[3] for item in a.take_ready()] == [f"m{i}" for i in range(5)]  # the earliest
+    assert a.released_early == 5 and a.pending_count() == 10 and not a.due()

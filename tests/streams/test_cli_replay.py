@@ -120,7 +120,14 @@ def _outbound_line(offset: int, **fields: object) -> bytes:
     }
     key = value["msisdn"]
     assert isinstance(key, str)
-    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), key, 0))
+    ts = 1_780_300_800_000  # Kafka's CreateTime = event_time, as producers set it (2026-06-01T08:00:00Z)
+    try:
+        from detectors.timefmt import parse_rfc3339
+
+        ts = parse_rfc3339(str(value["event_time"])) // 1000
+    except (ValueError, OverflowError):
+        pass  # not a writable instant: the record is refused whatever its timestamp
+    return encode_line(Envelope("notifications.outbound", 0, offset, json.dumps(value), key, ts))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -235,3 +242,27 @@ def test_the_worst_inputs_give_no_output_record_or_state_value_over_64_kib(tmp_p
     assert max(len(encode_links(links)) for _, links in engine.index.items()) <= limit
     assert engine.stats.capped["seen"] > 0 and engine.stats.capped["sent"] > 0
     assert "records          22,004" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_far_future_event_time_is_dead_lettered_and_moves_no_watermark(tmp_path, jobs):
+    """Issue: one contract change of another number dated 9999-01-01 between the seed story's
+    records moved the watermark on, the sweep dropped the previous holder's history, and the
+    seed's critical recipient_previous_holder became a recipient_unlinked warning."""
+    envs = list(load("motivating_re_port_leak").envelopes())
+    seed_ts = sorted(e.ts for e in envs if e.ts is not None)
+    poison = {
+        "schema_version": 1, "event_id": "poison", "event_time": "9999-01-01T00:00:00.000Z",
+        "msisdn": "+4930999999999", "type": "contract_started", "contract_id": "K-X", "customer_id": "C-X",
+        "brand": "o2",
+    }
+    middle = seed_ts[len(seed_ts) // 2]  # its Kafka timestamp is the seed's: only its event_time lies
+    envs.insert(len(envs) // 2, Envelope("contracts.changes", 0, 999, json.dumps(poison), "+4930999999999", middle))
+    cap = tmp_path / "poisoned.jsonl"
+    cap.write_bytes(b"".join(encode_line(e) for e in envs))
+    rc, alerts, deads = _replay_jobs(cap, tmp_path, jobs)
+    assert rc == 0
+    assert [(d["reason_code"], d["offset"]) for d in deads] == [("bad_event_time", 999)]
+    assert "max_future_skew" in deads[0]["reason"]
+    assert sorted((a["kind"], a["severity"]) for a in alerts) == [
+        ("re_port", "info"), ("recipient_previous_holder", "critical")]

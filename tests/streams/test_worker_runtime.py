@@ -200,3 +200,23 @@ def test_any_landing_order_of_the_topics_gives_the_in_order_alerts(monkeypatch, 
     assert alert_keys(producer) == expected_keys(records)
     assert sum(rt.engine.stats.late.values()) == 0
     assert rt.engine.pending_count() == 0
+
+
+def test_event_times_far_ahead_of_the_kafka_timestamp_or_the_wall_clock_are_dead_lettered(monkeypatch):
+    wall = _clock(monkeypatch)
+    rt, _consumer, producer = runtime()
+    now_ms = wall[0] // 1000
+    poison = change("contract_started", 0, id="poison", msisdn="+4930999999999", event_time="9999-01-01T00:00:00Z")
+    ahead = change("contract_started", 0, id="ahead", msisdn="+4930999999998",
+                   event_time="2027-01-01T02:00:00Z")  # 2 h after the wall clock
+    fine = change("contract_started", 0, id="fine", msisdn="+4930999999997", event_time="2027-01-01T00:30:00Z")
+    batch = []
+    for i, (r, ts) in enumerate(((poison, now_ms), (ahead, now_ms + 7_200_000), (fine, now_ms))):
+        value = r.value.encode() if isinstance(r.value, str) else r.value
+        batch.append(ConsumerRecord(r.topic, 0, i, r.key.encode() if r.key else None, value, ts))
+    rt.on_events([(TP("contracts.changes", 0), batch)])
+    letters = [json.loads(v or b"{}") for t, _, v in producer.sent if t == Settings().topics.deadletter]
+    letters += [json.loads(v or b"{}") for t, _, v, _ in rt.out if t == Settings().topics.deadletter]
+    assert sorted((d["offset"], d["reason_code"]) for d in letters) == [(0, "bad_event_time"), (1, "bad_event_time")]
+    # the refused records moved no watermark: the contract topic's is "fine"'s
+    assert max(s.watermark or 0 for s in rt.engine.arrival.sources()) == parse_rfc3339("2027-01-01T00:30:00Z")
