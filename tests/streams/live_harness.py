@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -260,6 +261,22 @@ class LiveRun(KafkaRun):
         t = self.topics
         self.inputs = (t.changes, t.outbound, t.delivery)
         self.producers: list[Producer] = []
+
+    def env(self, web_port: int) -> dict[str, str]:
+        env = super().env(web_port)
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack (see wait_ready)
+        return env
+
+    def wait_ready(self, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+        """As KafkaRun's, and a worker that never gets ready leaves its stacks in the failure."""
+        try:
+            super().wait_ready(port, proc, log, timeout)
+        except AssertionError as err:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=30)
+                raise AssertionError(f"{err}\n--- its stacks at SIGABRT:\n{log.read_text()[-12000:]}") from None
+            raise
 
     def rules_env(self, topics: Topics) -> dict[str, str]:
         """Environment with the run's rules and these topic names: the offline replay's settings."""
