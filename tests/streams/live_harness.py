@@ -413,13 +413,11 @@ class LiveRun(KafkaRun):
     def read_alerts(self, quiet: float = 2.0) -> list[dict[str, Any]]:
         return self.read_all(self.topics.alerts, quiet)
 
-    def read_deadletters(self) -> Counter[str]:
-        """Dead letters by reason, one per source record (at least once may repeat them)."""
-        letters = {
-            (d["source_topic"], d["partition"], d["offset"]): d
-            for d in self.read_all(self.topics.deadletter, quiet=0.5)
-        }
-        return Counter(d["reason_code"] for d in letters.values())
+    def read_deadletters(self) -> tuple[Counter[str], int]:
+        """Dead letters by reason, one per source record, and how many repeated one (at least once may)."""
+        records = self.read_all(self.topics.deadletter, quiet=0.5)
+        letters = {(d["source_topic"], d["partition"], d["offset"]): d for d in records}
+        return Counter(d["reason_code"] for d in letters.values()), len(records) - len(letters)
 
     def close(self) -> None:
         for p in self.producers:
@@ -437,7 +435,8 @@ class Result:
     expected: Offline  # the offline replay of the records captured back from the input topics
     original: Offline  # the offline replay of the generated capture
     alerts: list[dict[str, Any]]  # every record on the alerts topic
-    deadletters: Counter[str]
+    deadletters: Counter[str]  # by reason, one per source record
+    deadletter_repeats: int  # dead letters of a source record already dead-lettered
     not_committed: int
     seconds: dict[str, float]
     key: Callable[[dict[str, Any]], str] = dedup_key
@@ -455,6 +454,8 @@ class Result:
             lines.append(f"  NOTE: {self.not_committed} input records were still not committed by the group")
         if self.deadletters != self.expected.deadletters:
             lines.append(f"  dead letters: offline {dict(self.expected.deadletters)}, worker {dict(self.deadletters)}")
+        if self.deadletter_repeats:
+            lines.append(f"  dead letters repeating a source record: {self.deadletter_repeats}")
         return "\n".join(lines)
 
 
@@ -471,21 +472,34 @@ def settle(
     left = run.wait_done(done_timeout)
     seconds["until committed"] = time.monotonic() - produced_at
     alerts = run.read_alerts()
-    dead = run.read_deadletters()
-    return Result(expected, original, alerts, dead, left, seconds, key)
+    dead, repeats = run.read_deadletters()
+    return Result(expected, original, alerts, dead, repeats, left, seconds, key)
 
 
-def assert_equivalent(result: Result, tmp: Path) -> None:
-    """The premise (the tools kept the records), then the worker's alerts and dead letters."""
+def assert_equivalent(result: Result, tmp: Path, exactly_once: bool = False) -> None:
+    """The premise (the tools kept the records), then everything the worker got wrong, in one failure:
+    its alerts, its dead letters, and (exactly_once) any alert or dead letter a read_committed reader saw twice."""
     premise = Diff(result.original.final(result.key), result.expected.final(result.key), "captured")
     assert premise.ok, (
         "the capture read back from Kafka replays offline differently from the generated one: "
         "the producing tools changed the records (rebase, partitioning), not a worker bug\n" + premise.render()
     )
-    diff = result.diff
     report = result.report()
     print(report)
+    problems = []
+    diff = result.diff
     if not diff.ok:
-        path = diff.write(tmp / "diff.jsonl")
-        raise AssertionError(f"{report}\n  every differing alert: {path}")
-    assert result.deadletters == result.expected.deadletters, report
+        problems.append(f"  every differing alert: {diff.write(tmp / 'diff.jsonl')}")
+    if result.deadletters != result.expected.deadletters:
+        problems.append("  the dead letters differ (above)")
+    if exactly_once:
+        twice = repeated_firings(result.alerts)
+        if twice:
+            problems.append(
+                f"  exactly once: {sum(twice.values())} alert records repeat a firing alert "
+                f"({len(twice)} dedup_keys, e.g. {list(twice)[:3]})"
+            )
+        if result.deadletter_repeats:
+            problems.append(f"  exactly once: {result.deadletter_repeats} dead letters repeat a source record")
+    if problems:
+        raise AssertionError("\n".join([report, *problems]))
