@@ -44,7 +44,13 @@ as linked depends on another number's records, usually on another partition,
 and the contract orders a partition's three topics (min-of-inputs watermarks),
 not two partitions: a capture produced at months of event time a second may
 have one partition days ahead of another. The margin keeps these verdicts
-independent of that skew.
+independent of that skew. Measured on 2026-12-04 (a consumer reading all 18
+input topic-partitions while `notifguard replay --rebase-time now` produced,
+on the shared 2-core machine): the partitions' min-of-topics watermarks were
+at most 3.7 days apart for a year of 2,000 numbers (160k records in 70 s; the
+large shape's margin is 60 days) and 8.9 days for 90 days of 220 numbers (4.5k
+records in 4 s; the default margin is 30 days); one topic ran at most 4.5 and
+13.8 days ahead of another in a partition.
 
 Two ways in: `build_pipeline(Shape(...))`, a plain seeded builder (the same
 Shape always gives the same records; large runs), and `shapes()` /
@@ -90,7 +96,7 @@ def kafka_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a keyed record (murmur2, as the Java client and kafka-python)."""
     from kafka.partitioner.default import murmur2
 
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)
@@ -412,7 +418,7 @@ class _Builder:
                 if s.end_type == "ported_out":
                     doc["operator"] = rng.choice(OPERATORS)
                 self._emit(CHANGES, msisdn, s.end, doc)
-                self.stats[s.end_type] += 1
+                self.stats[str(s.end_type)] += 1
 
     # ---------------------------------------------------------- mails
 
