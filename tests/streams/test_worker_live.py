@@ -38,6 +38,13 @@ Run (a broker of your own: deploy/kafka/start.sh):
     NOTIFGUARD_BOOTSTRAP=127.0.0.1:19092 .venv/bin/pytest tests/streams/test_worker_live.py -m "kafka and not slow"
     NOTIFGUARD_BOOTSTRAP=... .venv/bin/pytest tests/streams/test_worker_live.py -k at_scale  # the slow ones
     NOTIFGUARD_LIVE_SEED=7 ...  # the slow tests' pipeline seed (default: a fresh one, printed)
+Where several pytest sessions share a machine, give each its own --basetemp: pytest
+removes all but the newest three numbered temp directories of a user, and with them
+a running worker's data directory and captures.
+
+Run times on the shared 2-core machine (2026-12-04, the worker failing every mode
+but the control): 27-62 s a test, ~6 min for the file without the slow ones; the
+slow ones 200-230 s each (producing 160k records takes 70-120 s there).
 """
 
 from __future__ import annotations
