@@ -388,12 +388,6 @@ def _decode_strict(
         raise BadRecord(
             BAD_EVENT_TIME, f"{what}: event_time {record.event_time!r} is not a real instant ({err})"
         ) from None
-    if not_after_us is not None and when > not_after_us:
-        raise BadRecord(
-            BAD_EVENT_TIME,
-            f"{what}: event_time {record.event_time!r} lies further ahead of the record's Kafka timestamp "
-            "(or the clock) than max_future_skew allows",
-        )
     if isinstance(record, Outbound) and not good_sms(record):
         raise BadRecord(
             INVALID_RECORD,
@@ -409,5 +403,11 @@ def _decode_strict(
             KEY_MISMATCH,
             f"{what}: the Kafka key must be the record's msisdn (co-partitioning); "
             + ("the key is missing or not UTF-8" if key is None else "they differ"),
+        )
+    if not_after_us is not None and when > not_after_us:
+        raise BadRecord(
+            BAD_EVENT_TIME,
+            f"{what}: event_time {record.event_time!r} lies further ahead of the record's Kafka timestamp "
+            "(or the clock) than max_future_skew allows",
         )
     return record, when
