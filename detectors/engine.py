@@ -564,7 +564,7 @@ class Engine:
         )
         before = self._derived(ref, state)
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
-            self._cap(ref, state)
+            self._cap(ref, state, changes=True)
             return  # the holding's current address already: nothing to store or link
         old_links = self._links(ref, before)
         changes = state.changes
@@ -598,13 +598,14 @@ class Engine:
             )
             if fires:
                 self._port_flapping_alert(t, rec, ref, window, late)
-        self._cap(ref, state)
+        self._cap(ref, state, changes=True)
 
-    def _cap(self, ref: str, state: NumberState) -> None:
-        """detectors.expiry.cap, after a record changed `state`: a cut change log takes its links along."""
-        changes = state.changes
-        cap(state, self._stats.capped)
-        if state.changes is not changes:
+    def _cap(self, ref: str, state: NumberState, changes: bool = False) -> None:
+        """detectors.expiry.cap, after a record changed `state` (`changes`: a contract change, which
+        alone makes the change log grow): a cut change log takes its links along."""
+        log = state.changes
+        cap(state, self._stats.capped, changes)
+        if state.changes is not log:
             self.index.replace(ref, _links(ref, derive(changes)), _links(ref, derive(state.changes)))
             self._holdings.pop(ref, None)
 

@@ -203,9 +203,10 @@ def _drop_oldest(sizes: list[int], budget: int) -> int:
     return k
 
 
-def cap(state: NumberState, capped: dict[str, int]) -> None:
+def cap(state: NumberState, capped: dict[str, int], changes: bool = True) -> None:
     """Bring each list of `state` within its budget (in place; a cut change log is a
     new list, so caches keyed on the old one see it); adds what was dropped to `capped`.
+    `changes`: the change log too (only a contract change makes it grow).
 
     Cheap while no list is longer than its budget holds at the largest entries.
     """
@@ -218,11 +219,11 @@ def cap(state: NumberState, capped: dict[str, int]) -> None:
         _cap_list(bounces, list(map(_mark_bytes, bounces)), MARKS_BYTES, "bounces", capped)
     if len(ports) * _MARK_LARGEST > MARKS_BYTES and _marks_over(ports, MARKS_BYTES):
         _cap_list(ports, list(map(_mark_bytes, ports)), MARKS_BYTES, "ports", capped)
-    changes = state.changes
-    if len(changes) * _CHANGE_LARGEST > CHANGES_BYTES:
-        kept = _trim_changes(changes, CHANGES_BYTES)
+    log = state.changes
+    if changes and len(log) * _CHANGE_LARGEST > CHANGES_BYTES:
+        kept = _trim_changes(log, CHANGES_BYTES)
         if kept is not None:
-            capped["changes"] = capped.get("changes", 0) + len(changes) - len(kept)
+            capped["changes"] = capped.get("changes", 0) + len(log) - len(kept)
             state.changes = kept
 
 
