@@ -606,7 +606,7 @@ class Engine:
         log = state.changes
         cap(state, self._stats.capped, changes)
         if state.changes is not log:
-            self.index.replace(ref, _links(ref, derive(changes)), _links(ref, derive(state.changes)))
+            self.index.replace(ref, _links(ref, derive(log)), _links(ref, derive(state.changes)))
             self._holdings.pop(ref, None)
 
     # ----------------------------------------------------------- notifications
