@@ -11,7 +11,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -127,6 +127,19 @@ class NumberStore(Protocol):
     def __setitem__(self, ref: str, state: NumberState) -> None: ...
 
 
+@runtime_checkable
+class PartitionedStore(NumberStore, Protocol):
+    """A NumberStore that keeps each number's state in the input partition of its records (the
+    worker's table: the input topics are co-partitioned, docs/topics.md 1.1). The engine reads
+    and writes a number for a record through these, with that record's partition, so the store
+    needs no map of its own from numbers to partitions (the worker's kept every number it saw).
+    Sweeps (Engine.sweep) write through __setitem__: their caller knows the partition swept.
+    """
+
+    def get_in(self, ref: str, partition: int) -> NumberState | None: ...
+    def put_in(self, ref: str, state: NumberState, partition: int) -> None: ...
+
+
 @dataclass
 class Stats:
     """Plain counters the shell exports; keys are bounded vocabularies."""
@@ -228,6 +241,7 @@ class Engine:
         self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
         self._new_id = new_id
         self.numbers: NumberStore = numbers if numbers is not None else {}
+        self._partitioned = numbers if isinstance(numbers, PartitionedStore) else None
         self.index = index if index is not None else AddressIndex()
         self._stats = Stats()
         self.alerts: list[Alert] = []
@@ -339,7 +353,7 @@ class Engine:
         arrival = self.arrival
         status = arrival.arrive(category, partition, t, record, ref, now_us if clock_us is None else clock_us, token)
         if status == LATE:
-            self._apply_one(category, t, record, ref, True, token)
+            self._apply_one(category, t, record, ref, True, token, partition)
         elif status == DUPLICATE and token is not None:
             self.done.append(token)
         if arrival.pending and arrival.pending[0][0] < arrival.limit:
@@ -425,23 +439,28 @@ class Engine:
     # --------------------------------------------------------------- release
 
     def _release(self, items: list[Item]) -> None:
-        for t, category, _, _, _, ref, record, token, _ in items:
-            self._apply_one(category, t, record, ref, False, token)
+        for t, category, _, _, _, ref, record, token, source in items:
+            self._apply_one(category, t, record, ref, False, token, source.partition)
 
-    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any) -> None:
+    def _apply_one(
+        self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int
+    ) -> None:
         if token is None:
-            self._apply(category, t, record, ref, late)
+            self._apply(category, t, record, ref, late, partition)
             return
         try:
-            self._apply(category, t, record, ref, late)
+            self._apply(category, t, record, ref, late, partition)
         except Exception as exc:  # a bug: the shell dead-letters this record as itself
             self.failed.append((token, exc))
         else:
             self.done.append(token)
 
-    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool) -> None:
+    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool, partition: int = -1) -> None:
+        """Apply one record of input partition `partition` (-1: unknown, for a store that is not a
+        PartitionedStore: apply_released's records come without)."""
         numbers = self.numbers
-        state = numbers.get(ref)
+        partitioned = self._partitioned
+        state = numbers.get(ref) if partitioned is None else partitioned.get_in(ref, partition)
         if state is None:
             state = NumberState()
         else:
@@ -473,7 +492,10 @@ class Engine:
                 self._delivery(t, record, ref, state, late)
         else:
             self._change(t, record, ref, state, late)
-        numbers[ref] = state
+        if partitioned is None:
+            numbers[ref] = state
+        else:
+            partitioned.put_in(ref, state, partition)
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
