@@ -11,14 +11,17 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import detectors.engine
 from detectors.engine import Engine, _links
+from detectors.expiry import CHANGES_BYTES
 from detectors.holdings import AddressSet, Holding, derive
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Link
+from tests.detectors.test_expiry import long_change_logs
 from tests.detectors.test_properties import histories
-from tests.factories import change, feed, new_engine
+from tests.factories import change, feed, mail, new_engine
 
 
 class _CountingList(list[AddressSet]):
@@ -165,3 +168,71 @@ def test_the_index_is_the_rebuilt_one_after_many_changes_on_one_number(ordered):
     feed(engine, records)
     engine.flush(0)
     assert _normal(engine.index) == _rebuilt(engine)
+
+
+def test_a_log_within_its_budget_is_measured_without_a_python_call_per_change(monkeypatch):
+    """detectors.expiry.cap runs at every record; a number's log longer than a few changes
+    was measured change by change at each of its records (a flood: ~330 calls a record)."""
+    from detectors import expiry
+
+    calls = itertools.count()
+    measure = expiry._change_bytes
+
+    def counted(c: Any) -> int:
+        next(calls)
+        return measure(c)
+
+    monkeypatch.setattr(expiry, "_change_bytes", counted)
+    engine = new_engine()
+    feed(
+        engine,
+        [
+            change("contract_started", 0, id="s", email="a0@x.de"),
+            *(change("email_changed", 1 + i, id=f"c{i}", email=f"a{1 + i}@x.de") for i in range(100)),
+        ],
+    )
+    engine.flush(0)
+    before = next(calls)
+    feed(engine, [mail(f"a{i}@x.de", 200 + i, id=f"m{i}") for i in range(50)])
+    engine.flush(0)
+    assert next(calls) - before - 1 == 0 and engine.stats.capped["changes"] == 0
+
+
+def _cut_by_sizes(changes: list[Any], budget: int) -> list[Any] | None:
+    """_trim_changes as it was (9e852e2): each change measured with _change_bytes."""
+    from detectors.expiry import HOLDER_CHANGED, _change_bytes
+
+    sizes = [_change_bytes(c) for c in changes]
+    total = sum(sizes)
+    if total <= budget:
+        return None
+    holdings = derive(changes)
+    needed: set[str] = set()
+    if holdings:
+        last = holdings[-1]
+        needed.add(last.start_event_id)
+        if last.end_event_id is not None:
+            needed.add(last.end_event_id)
+        if last.addresses:
+            needed.add(last.addresses[-1].event_id)
+        j = len(holdings) - 1
+        while holdings[j].start_type == HOLDER_CHANGED and j > 0:
+            j -= 1
+        needed.add(holdings[j].start_event_id)
+    drop: set[int] = set()
+    for i, c in enumerate(changes):
+        if total <= budget:
+            break
+        if c.event_id not in needed:
+            drop.add(i)
+            total -= sizes[i]
+    return [c for i, c in enumerate(changes) if i not in drop]
+
+
+@settings(max_examples=200, deadline=None)
+@given(long_change_logs(), st.sampled_from([1024, 4096, CHANGES_BYTES]))
+def test_a_log_is_cut_where_its_changes_sizes_say(log, budget):
+    """_trim_changes measures the whole log at once: the same cut as measuring change by change."""
+    from detectors.expiry import _trim_changes
+
+    assert _trim_changes(log, budget) == _cut_by_sizes(log, budget)
