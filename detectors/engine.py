@@ -11,7 +11,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -20,14 +20,18 @@ from detectors.alerts import Alert, Subject, dedup_key, unique
 from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
 from detectors.expiry import PARTS, Horizons, cap, expire
 from detectors.holdings import (
+    ADDRESS,
     ADDRESS_EVENTS,
+    CLOSED,
     PORTS,
+    STARTED,
     STARTS,
     TYPE_NAMES,
+    UNCHANGED,
     Change,
     Holding,
     derive,
-    derive_next,
+    fold,
 )
 from detectors.patterns import count_in_window, re_port
 from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
@@ -53,6 +57,7 @@ _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DEL
 _HOLDINGS_CACHE_MAX: Final = 100_000
 _DAY_US: Final = 86_400_000_000
 _NO_LINKS: Final[list[Link]] = []
+_NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -121,6 +126,19 @@ class NumberStore(Protocol):
 
     def get(self, ref: str) -> NumberState | None: ...
     def __setitem__(self, ref: str, state: NumberState) -> None: ...
+
+
+@runtime_checkable
+class PartitionedStore(NumberStore, Protocol):
+    """A NumberStore that keeps each number's state in the input partition of its records (the
+    worker's table: the input topics are co-partitioned, docs/topics.md 1.1). The engine reads
+    and writes a number for a record through these, with that record's partition, so the store
+    needs no map of its own from numbers to partitions (the worker's kept every number it saw).
+    Sweeps (Engine.sweep) write through __setitem__: their caller knows the partition swept.
+    """
+
+    def get_in(self, ref: str, partition: int) -> NumberState | None: ...
+    def put_in(self, ref: str, state: NumberState, partition: int) -> None: ...
 
 
 @dataclass
@@ -225,6 +243,7 @@ class Engine:
         self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
         self._new_id = new_id
         self.numbers: NumberStore = numbers if numbers is not None else {}
+        self._partitioned = numbers if isinstance(numbers, PartitionedStore) else None
         self.index = index if index is not None else AddressIndex()
         self._stats = Stats()
         self.alerts: list[Alert] = []
@@ -257,7 +276,7 @@ class Engine:
         # duplicates found when applying (the number's seen ids), by category; of them, late ones
         self._applied_dups = [0, 0, 0]
         self._late_dups = [0, 0, 0]
-        self._holdings: dict[str, list[Any]] = {}
+        self._holdings: dict[str, _Derived] = {}
         self._now = 0
         self._refs = self._pseudo.numbers_memo()
         self._addresses = self._pseudo.addresses_memo()
@@ -348,7 +367,7 @@ class Engine:
         arrival = self.arrival
         status = arrival.arrive(category, partition, t, record, ref, now_us if clock_us is None else clock_us, token)
         if status == LATE:
-            self._apply_one(category, t, record, ref, True, token)
+            self._apply_one(category, t, record, ref, True, token, partition)
         elif status == DUPLICATE and token is not None:
             self.done.append(token)
         pending = arrival.pending
@@ -430,9 +449,7 @@ class Engine:
             if not expire(state, horizons):
                 continue
             if state.changes is not old_changes:
-                # the links of the holdings dropped leave the index with them
-                self.index.replace(ref, _links(ref, derive(old_changes)), _links(ref, derive(state.changes)))
-                self._holdings.pop(ref, None)
+                self._relink(ref, old_changes, state)  # the holdings dropped take their links along
             self.numbers[ref] = state
             changed += 1
         self._stats.expired += changed
@@ -441,23 +458,28 @@ class Engine:
     # --------------------------------------------------------------- release
 
     def _release(self, items: list[Item]) -> None:
-        for t, category, _, _, _, ref, record, token, _ in items:
-            self._apply_one(category, t, record, ref, False, token)
+        for t, category, _, _, _, ref, record, token, source in items:
+            self._apply_one(category, t, record, ref, False, token, source.partition)
 
-    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any) -> None:
+    def _apply_one(
+        self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int
+    ) -> None:
         if token is None:
-            self._apply(category, t, record, ref, late)
+            self._apply(category, t, record, ref, late, partition)
             return
         try:
-            self._apply(category, t, record, ref, late)
+            self._apply(category, t, record, ref, late, partition)
         except Exception as exc:  # a bug: the shell dead-letters this record as itself
             self.failed.append((token, exc))
         else:
             self.done.append(token)
 
-    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool) -> None:
+    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool, partition: int = -1) -> None:
+        """Apply one record of input partition `partition` (-1: unknown, for a store that is not a
+        PartitionedStore: apply_released's records come without)."""
         numbers = self.numbers
-        state = numbers.get(ref)
+        partitioned = self._partitioned
+        state = numbers.get(ref) if partitioned is None else partitioned.get_in(ref, partition)
         if state is None:
             state = NumberState()
         else:
@@ -489,63 +511,79 @@ class Engine:
                 self._delivery(t, record, ref, state, late)
         else:
             self._change(t, record, ref, state, late)
-        numbers[ref] = state
+        if partitioned is None:
+            numbers[ref] = state
+        else:
+            partitioned.put_in(ref, state, partition)
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
-        """The number's holdings, derived from its change log (cached per log version)."""
-        holdings: list[Holding] = self._derived(ref, state)[2]
-        return holdings
+        """The number's holdings, derived from its change log (cached per log version).
 
-    def _derived(self, ref: str, state: NumberState) -> list[Any]:
-        """[changes, len(changes), holdings, links or None]: the cache entry of the number's log."""
+        The engine's own list: it follows the log's later changes in place.
+        """
+        return self._derived(ref, state).holdings
+
+    def _derived(self, ref: str, state: NumberState) -> _Derived:
+        """The cache entry of the number's log: derived now unless cached for this very log."""
         cached = self._holdings.get(ref)
         changes = state.changes
-        if cached is not None and cached[0] is changes and cached[1] == len(changes):
+        if cached is not None and cached.changes is changes and cached.count == len(changes):
             return cached
-        entry: list[Any] = [changes, len(changes), derive(changes), None]
-        if len(self._holdings) >= _HOLDINGS_CACHE_MAX:
+        entry = _Derived(changes, len(changes), derive(changes))
+        if len(self._holdings) >= _HOLDINGS_CACHE_MAX and ref not in self._holdings:
             del self._holdings[next(iter(self._holdings))]
         self._holdings[ref] = entry
         return entry
 
-    def _derived_next(
-        self, ref: str, state: NumberState, before: list[Any], change: Change
-    ) -> tuple[list[Any], list[tuple[bytes, Link]], list[tuple[bytes, Link]]]:
-        """The cache entry after `change` was appended to the log of entry `before` (same result as
-        _derived), and the links that changed: those of `before` replaced, and their replacements.
+    def _fold(
+        self, ref: str, entry: _Derived, change: Change
+    ) -> tuple[list[tuple[bytes, Link]], list[tuple[bytes, Link]]]:
+        """Fold `change`, just appended to the entry's log, into the entry (in place: one step of
+        derive, detectors.holdings.fold); the links that changed: those replaced, their replacements.
 
-        The links of the holdings kept as they were come first and are left alone; the
-        changed ones are those of the last holding of `before` if it changed (closed, or
-        given an address: same identity, its addresses only grow, so nothing it linked
-        goes away) and of the holdings added. An AddressIndex.replace with just those
-        gives the same index as with all links (the unchanged ones would be upserted
-        unchanged, before the changed ones).
+        Only the last holding can change (closed, or given an address) and holdings be added,
+        so only their links can: an address new to the holding adds one link (an address it had
+        keeps its first one), a close replaces the holding's links by the same ones ended, a
+        holding added brings its own. An AddressIndex.replace with just those gives the same index
+        as with all the number's links (the others would be upserted unchanged). The work is that
+        of what changed: an address change costs the same at the 10,000th address as at the first.
         """
-        old: list[Holding] = before[2]
-        new = derive_next(old, change)
-        links: list[tuple[bytes, Link]] = before[3]
-        replaced: list[tuple[bytes, Link]] = []
-        added: list[tuple[bytes, Link]] = []
-        if new is not old:
-            if not old or new[len(old) - 1] is old[-1]:  # holdings added
-                added = _links(ref, new[len(old):])
-                links = links + added
-            else:  # the last one changed (and maybe some added): one link per address of it
-                keep = len(links) - len({a.addr for a in old[-1].addresses})
-                replaced = links[keep:]
-                added = _links(ref, new[len(old) - 1:])
-                links = links[:keep] + added
-        entry: list[Any] = [state.changes, len(state.changes), new, links]
-        if len(self._holdings) >= _HOLDINGS_CACHE_MAX and ref not in self._holdings:
-            del self._holdings[next(iter(self._holdings))]
-        self._holdings[ref] = entry
-        return entry, replaced, added
+        holdings = entry.holdings
+        n = len(holdings)
+        last = entry.last_links
+        if last is None and n and holdings[-1].end is None:  # (built once per entry, when needed)
+            last = entry.last_links = dict(_links(ref, holdings[-1:]))
+        did = fold(holdings, (change,))
+        entry.count = len(entry.changes)
+        if did == UNCHANGED:
+            return _NO_PAIRS, _NO_PAIRS
+        if did == ADDRESS:
+            assert last is not None
+            h = holdings[-1]
+            a = h.addresses[-1]
+            if a.addr in last:
+                return _NO_PAIRS, _NO_PAIRS  # linked already, since it first became current
+            link = last[a.addr] = _link(ref, h, a.t, a.event_id)
+            return _NO_PAIRS, [(a.addr, link)]
+        entry.last_links = None
+        if did == STARTED:
+            return _NO_PAIRS, _links(ref, holdings[n:])
+        assert did == CLOSED and last is not None
+        return list(last.items()), _links(ref, holdings[n - 1 :])
 
-    def _links(self, ref: str, entry: list[Any]) -> list[tuple[bytes, Link]]:
-        if entry[3] is None:
-            entry[3] = _links(ref, entry[2])
-        links: list[tuple[bytes, Link]] = entry[3]
-        return links
+    def _relink(self, ref: str, old_changes: list[Change], state: NumberState) -> None:
+        """The log `old_changes` was replaced by a shorter one (expiry, cap): the index follows."""
+        cached = self._holdings.pop(ref, None)
+        if cached is not None and cached.changes is old_changes and cached.count == len(old_changes):
+            old = cached.holdings
+        else:
+            old = derive(old_changes)
+        entry = self._derived(ref, state)
+        new = entry.holdings
+        last = _links(ref, new[-1:])
+        if new and new[-1].end is None:
+            entry.last_links = dict(last)  # (for the next _fold, which would build it)
+        self.index.replace(ref, _links(ref, old), _links(ref, new[:-1]) + last)
 
     # --------------------------------------------------------- contract changes
 
@@ -562,26 +600,26 @@ class Engine:
             getattr(rec, "brand", None),
             addr,
         )
-        before = self._derived(ref, state)
-        if addr is not None and code in ADDRESS_EVENTS and not late and _restates(before[2], change, state):
+        entry = self._derived(ref, state)
+        if addr is not None and code in ADDRESS_EVENTS and not late and _restates(entry.holdings, change, state):
             self._cap(ref, state, changes=True)
             return  # the holding's current address already: nothing to store or link
-        old_links = self._links(ref, before)
         changes = state.changes
         last = changes[-1] if changes else None
-        if last is not None and (last.t, last.type, last.event_id) <= (t, code, change.event_id):
+        if last is None or (last.t, last.type, last.event_id) <= (t, code, change.event_id):
             # in order (the common case): state.add_change(change) appends, the
             # holdings take one step of the fold, not the whole log, and the index
             # gets only the links that changed
             changes.append(change)
-            after, replaced, added = self._derived_next(ref, state, before, change)
+            replaced, added = self._fold(ref, entry, change)
             if replaced or added:
                 self.index.replace(ref, replaced, added)
         else:
+            old_links = _links(ref, entry.holdings)
             state.add_change(change)
-            after = self._derived(ref, state)
-            self.index.replace(ref, old_links, self._links(ref, after))
-        after_holdings: list[Holding] = after[2]
+            entry = self._derived(ref, state)
+            self.index.replace(ref, old_links, _links(ref, entry.holdings))
+        after_holdings = entry.holdings
 
         if code in STARTS:
             started = next((h for h in after_holdings if h.start_event_id == rec.event_id), None)
@@ -606,8 +644,7 @@ class Engine:
         log = state.changes
         cap(state, self._stats.capped, changes)
         if state.changes is not log:
-            self.index.replace(ref, _links(ref, derive(log)), _links(ref, derive(state.changes)))
-            self._holdings.pop(ref, None)
+            self._relink(ref, log, state)
 
     # ----------------------------------------------------------- notifications
 
@@ -621,10 +658,10 @@ class Engine:
                 addr = self._pseudo.address_ref(recipient)
         cached = self._holdings.get(ref)
         changes = state.changes
-        if cached is not None and cached[0] is changes and cached[1] == len(changes):
-            holdings: list[Holding] = cached[2]
+        if cached is not None and cached.changes is changes and cached.count == len(changes):
+            holdings = cached.holdings
         else:
-            holdings = self._derived(ref, state)[2]
+            holdings = self._derived(ref, state).holdings
         # The common verdict, OK, decided here (judge's first rows, inlined);
         # anything else goes through judge.
         ok = False
@@ -634,16 +671,8 @@ class Engine:
             if addr is None:
                 ok = True
             else:
-                addresses = h.addresses
-                if addresses and addresses[-1].t <= t:  # its latest address is current
-                    ok = addresses[-1].addr == addr
-                else:
-                    current = None
-                    for a in addresses:  # h.current_address(t)
-                        if a.t > t:
-                            break
-                        current = a.addr
-                    ok = current == addr
+                addresses = h.addresses  # its latest address is current (the common case), else h.current_address
+                ok = (addresses[-1].addr if addresses and addresses[-1].t <= t else h.current_address(t)) == addr
         else:
             for h in reversed(holdings):  # the holding active at t
                 if h.start <= t and (h.end is None or h.end > t):
@@ -943,21 +972,35 @@ def _links(ref: str, holdings: list[Holding]) -> list[tuple[bytes, Link]]:
         for a in h.addresses:
             firsts.setdefault(a.addr, (a.t, a.event_id))
         for addr, (since, eid) in firsts.items():
-            out.append(
-                (
-                    addr,
-                    Link(
-                        ref,
-                        h.customer_id,
-                        h.contract_id,
-                        h.brand,
-                        since,
-                        eid,
-                        h.start,
-                        h.start_event_id,
-                        h.end,
-                        h.end_event_id,
-                    ),
-                )
-            )
+            out.append((addr, _link(ref, h, since, eid)))
     return out
+
+
+def _link(ref: str, h: Holding, since: int, since_event_id: str) -> Link:
+    """The link of an address of holding `h`, current in it from `since` on."""
+    return Link(
+        ref,
+        h.customer_id,
+        h.contract_id,
+        h.brand,
+        since,
+        since_event_id,
+        h.start,
+        h.start_event_id,
+        h.end,
+        h.end_event_id,
+    )
+
+
+class _Derived:
+    """The engine's cache entry of a number's change log (Engine._derived): the holdings
+    derived from `changes` while it is that list and `count` long, and the links of the
+    last holding by address (None until needed) for Engine._fold."""
+
+    __slots__ = ("changes", "count", "holdings", "last_links")
+
+    def __init__(self, changes: list[Change], count: int, holdings: list[Holding]) -> None:
+        self.changes = changes
+        self.count = count
+        self.holdings = holdings
+        self.last_links: dict[bytes, Link] | None = None

@@ -188,9 +188,24 @@ def _sent_over(sent: list[Sent], budget: int) -> bool:
     return len(sent) * _SENT_FIXED + _texts_bytes(texts) > budget
 
 
+def _changes_bytes(changes: list[Change]) -> int:
+    """sum(map(_change_bytes, changes)), in C: cap measures a number's whole log at every
+    record once the log is longer than its budget holds at the largest changes (a few)."""
+    texts = [
+        *map(_EVENT_ID, changes),
+        *map(_CONTRACT_ID, changes),
+        *filter(None, map(_CUSTOMER_ID, changes)),
+        *filter(None, map(_BRAND, changes)),
+    ]
+    return len(changes) * _CHANGE_FIXED + _texts_bytes(texts)
+
+
 _EVENT_ID: Final = attrgetter("event_id")
 _MESSAGE_ID: Final = attrgetter("message_id")
 _TEMPLATE: Final = attrgetter("template")
+_CONTRACT_ID: Final = attrgetter("contract_id")
+_CUSTOMER_ID: Final = attrgetter("customer_id")
+_BRAND: Final = attrgetter("brand")
 
 
 def _drop_oldest(sizes: list[int], budget: int) -> int:
@@ -247,8 +262,7 @@ def _trim_changes(changes: list[Change], budget: int) -> list[Change] | None:
     judged against it is judged the same; what goes is older holdings, older
     addresses (and their links) and changes that applied to nothing.
     """
-    sizes = [_change_bytes(c) for c in changes]
-    total = sum(sizes)
+    total = _changes_bytes(changes)
     if total <= budget:
         return None
     holdings = derive(changes)
@@ -270,5 +284,5 @@ def _trim_changes(changes: list[Change], budget: int) -> list[Change] | None:
             break
         if c.event_id not in needed:
             drop.add(i)
-            total -= sizes[i]
+            total -= _change_bytes(c)
     return [c for i, c in enumerate(changes) if i not in drop]

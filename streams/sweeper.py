@@ -62,10 +62,10 @@ class Sweeper:
             states = []
             for key in keys:
                 ref = key.hex()
-                state = self.numbers.get(ref)
+                state = self.numbers.get_in(ref, partition)
                 if state is None:
                     continue
-                self.numbers.partition_of[ref] = partition
+                self.numbers.partition_of[ref] = partition  # where Engine.sweep writes it, if it changes
                 states.append((ref, state))
             self.changed += self.engine.sweep(states, self.now)  # one sweep (one set of horizons) a slice
             visited += len(keys)
@@ -86,11 +86,11 @@ def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limi
     db_for_partition = getattr(store, "_db_for_partition", None)
     if db_for_partition is None:
         # the memory store (tests): one dict for all partitions, so a key's partition is
-        # the one this worker last saw its number in
-        part = numbers.partition_of.get
+        # the one this worker last wrote it in (or is about to)
+        part, written = numbers.partition_of.get, numbers.memory_partitions.get
         keys = sorted(
             k for k in store.data
-            if len(k) == _KEY_BYTES and (after is None or k > after) and part(k.hex()) == partition
+            if len(k) == _KEY_BYTES and (after is None or k > after) and part(k.hex(), written(k)) == partition
         )
         return keys[:limit]
     out: list[bytes] = []

@@ -83,28 +83,47 @@ def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
 
 class TableNumbers:
     """ref -> NumberState over a Faust table (key: detectors.state.number_key, value: the
-    stored form of detectors.state); dirty states flushed in batches."""
+    stored form of detectors.state); dirty states flushed in batches.
+
+    A number's state lives in the changelog partition of its input records (the inputs are
+    co-partitioned). The engine reads and writes a number for a record with that record's
+    partition (get_in, put_in: a detectors.engine.PartitionedStore), and the sweeper says
+    which partition it sweeps, so `partition_of` holds only the numbers written since the last
+    flush (and those a sweep visited meanwhile): what changed, not every number ever seen.
+    """
 
     def __init__(self, table: Any, cache_max: int = 200_000) -> None:
         self.table = table
         self.codec = NumberCodec()
         self.cache: dict[str, NumberState] = {}
         self.dirty: set[str] = set()
+        # ref -> partition of the states to write at the next flush (emptied by it)
         self.partition_of: dict[str, int] = {}
         self.cache_max = cache_max
         # Numbers of this worker's partitions known to have no stored state. Only this
-        # worker writes them (through __setitem__) while it owns their partition; a
+        # worker writes them (through put_in) while it owns their partition; a
         # number's records ask for it at every record of its first grace period, and
         # a miss is a RocksDB read per partition (Faust's lookup of an unknown key).
         self.absent: set[str] = set()
+        # The memory store (tests, demos) is one dict for all partitions: the partition of each
+        # key written there, for the sweeper's walk of one partition. As large as that store's
+        # own dict of states; a RocksDB store has a database per partition and needs none.
+        self.memory_partitions: dict[bytes, int] = {}
 
     def get(self, ref: str) -> NumberState | None:
+        """The number's state; its partition is not known here: Faust's lookup on a cache miss."""
+        return self._get(ref, self.partition_of.get(ref))
+
+    def get_in(self, ref: str, partition: int) -> NumberState | None:
+        """The state of a number of input partition `partition` (one of this worker's)."""
+        return self._get(ref, partition)
+
+    def _get(self, ref: str, partition: int | None) -> NumberState | None:
         state = self.cache.get(ref)
         if state is None:
             if ref in self.absent:
                 return None
-            partition = self.partition_of.get(ref)
-            if partition is None:  # not one of ours (or not seen yet): Faust's lookup
+            if partition is None:  # not one of ours (or not known): Faust's lookup
                 raw = self.table.data.get(number_key(ref))
             else:
                 raw = store_get(self.table, partition, number_key(ref))
@@ -118,6 +137,16 @@ class TableNumbers:
         return state
 
     def __setitem__(self, ref: str, state: NumberState) -> None:
+        """Write a number whose partition is in `partition_of` by the next flush (the sweeper's)."""
+        self.cache[ref] = state
+        self.dirty.add(ref)
+        self.absent.discard(ref)
+
+    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
+        """Write the state of a number of input partition `partition` (at the next flush)."""
+        if partition < 0:
+            raise ValueError(f"number state written without its input partition ({partition})")
+        self.partition_of[ref] = partition
         self.cache[ref] = state
         self.dirty.add(ref)
         self.absent.discard(ref)
@@ -128,20 +157,29 @@ class TableNumbers:
         out: list[tuple[int, bytes, bytes | None]] = [
             (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty]
         store_put_many(self.table, out)
+        if getattr(self.table.data, "_db_for_partition", None) is None:
+            self.memory_partitions.update((key, partition) for partition, key, _ in out)
         self.dirty.clear()
+        partition_of.clear()  # (what is left: numbers a sweep visited and left unchanged)
         if len(self.cache) > self.cache_max:
             self.cache.clear()  # clean entries only: dirty ones were just written
         return out
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """After a revocation: another worker owns these numbers now."""
+        """After a revocation: another worker owns these numbers now.
+
+        Which partition a clean cached state is of is not kept: they all go (rebalances are
+        rare; a state is read again at its number's next record).
+        """
         self.absent.clear()  # (of any partition: rebalances are rare)
-        gone = [ref for ref, p in self.partition_of.items() if p in partitions]
-        for ref in gone:
-            self.cache.pop(ref, None)
-            self.dirty.discard(ref)
-            self.codec.forget(ref)
-            del self.partition_of[ref]
+        for ref, partition in list(self.partition_of.items()):
+            if partition in partitions:
+                self.dirty.discard(ref)
+                self.codec.forget(ref)
+                del self.partition_of[ref]
+        kept = {ref: self.cache[ref] for ref in self.dirty}
+        self.cache.clear()
+        self.cache.update(kept)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.table.data)

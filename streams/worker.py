@@ -146,8 +146,6 @@ class Runtime:
         engine = self.engine
         process, process_decoded, not_after = engine.process, engine.process_decoded, engine.not_after
         kind_of = self._kind_of
-        refs = self._refs
-        partition_of = self.numbers.partition_of
         observe = self.metrics.processing.observe
         perf_counter = time.perf_counter
         consumed = self._consumed
@@ -168,11 +166,6 @@ class Runtime:
             kind = kind_of[topic]
             for rec in records:
                 key = rec.key
-                if key is not None and key not in refs:
-                    # a number's records all come from one input partition: that of its state's changelog
-                    ref = self._ref_of(key)
-                    if ref:
-                        partition_of[ref] = p
                 n += 1
                 timed = not n & _TIME_EVERY_MASK
                 token = (rec, arrived)
