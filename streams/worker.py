@@ -32,7 +32,6 @@ from mode.utils.futures import notify
 
 from detectors.alerts import encode_alert
 from detectors.engine import Engine
-from detectors.privacy import Pseudonymiser
 from detectors.records import BadRecord, decode
 from detectors.settings import Settings
 from streams.config import WorkerConfig
@@ -50,7 +49,6 @@ _RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer"
 # notifguard_processing_seconds times one record in 64 (two clock reads and a
 # histogram update per record cost more than a fast record's processing).
 _TIME_EVERY_MASK = 63
-_REFS_MAX = 500_000
 GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold in a running worker (see create_app)
 
 
@@ -80,7 +78,6 @@ class Runtime:
         self.engine = Engine(rules, new_id=lambda: uuid.uuid4().hex, numbers=self.numbers,
                              index=AddressIndex(self.links))
         self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
-        self.pseudo = Pseudonymiser(rules.pseudonymisation_key.reveal().encode())
         self._category = {topic: i for i, topic in enumerate(self.inputs)}  # detectors.arrival's categories
         self.metrics = Metrics(rules.topics)
         self.grace_us = rules.us(rules.grace_s)
@@ -101,7 +98,6 @@ class Runtime:
         self._read: dict[tuple[str, int], int] = {}  # last offset read per input topic-partition
         self._assigned: set[TP] = set()
         self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
-        self._refs: dict[bytes, str] = {}  # record key (MSISDN) -> msisdn_ref, memoised (_REFS_MAX)
         self._n_processed = 0
         self.consumed_total = 0  # input records read (notifguard_records_consumed_total, summed; /health)
         # delivery futures of everything sent since the last flush: checked before any ack
@@ -235,17 +231,6 @@ class Runtime:
         log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
         self._bug_letter(msg, trace)
         self.to_ack.append(msg)
-
-    def _ref_of(self, key: bytes) -> str:
-        """The msisdn_ref of a record key (the MSISDN), memoised; "" for a key that is not text."""
-        try:
-            ref = self.pseudo.msisdn_ref(key.decode())
-        except UnicodeDecodeError:
-            ref = ""
-        if len(self._refs) >= _REFS_MAX:
-            self._refs.clear()
-        self._refs[key] = ref
-        return ref
 
     def _emit(self) -> None:
         if self.engine.deliveries:
@@ -449,7 +434,6 @@ class Runtime:
             self.numbers.forget_partitions(partitions)
             self.sweeper.forget(partitions)
             self.order.clear()  # Faust seeks the partitions it assigns to their committed offsets
-            self._refs.clear()  # on_events gives partition_of the partition of the keys it has not seen
             self._read = {k: v for k, v in self._read.items() if k[1] not in partitions}
             self.to_ack.clear()
         self.metrics.rebalances.inc()
