@@ -32,6 +32,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("notifguard.liveness")
 
@@ -142,37 +143,61 @@ def stall_bound(stall_after_s: float, idle_flush_s: float, grace_s: float, slack
 
 
 def describe_stacks(loop: asyncio.AbstractEventLoop | None = None, limit: int = 8) -> str:
-    """Where every thread is, and every unfinished task of `loop` is waiting (innermost frames last).
+    """Where every thread is, and where every unfinished task of `loop` and of the threads' own
+    loops (Faust's consumer thread) waits: each task's await chain, innermost frames last.
 
-    Safe to call from another thread than the loop's (the watchdog's): the set of
-    tasks is copied, and a task finishing meanwhile only shortens the list.
+    Safe to call from another thread than the loops' (the watchdog's): the sets of
+    tasks are copied, and a task finishing meanwhile only shortens the list.
     """
     out: list[str] = []
-    names = {t.ident: t.name for t in threading.enumerate()}
+    threads = {t.ident: t for t in threading.enumerate()}
+    loops: list[tuple[str, asyncio.AbstractEventLoop]] = [("", loop)] if loop is not None else []
     for ident, frame in sys._current_frames().items():
+        thread = threads.get(ident)
+        if thread is not None:  # a mode ServiceThread (Faust's consumer thread) runs a loop of its own
+            thread_loop = getattr(getattr(thread, "service", None), "thread_loop", None)
+            if isinstance(thread_loop, asyncio.AbstractEventLoop) and thread_loop is not loop:
+                loops.append((f" of thread {thread.name}", thread_loop))
         if ident == threading.get_ident():
             continue
-        out.append(f"thread {names.get(ident, ident)}:")
+        out.append(f"thread {thread.name if thread is not None else ident}:")
         out += ["  " + line for line in "".join(traceback.format_stack(frame, limit=limit)).rstrip().splitlines()]
-    if loop is not None:
-        tasks: list[asyncio.Task[object]] = []
-        for _ in range(3):  # the set may change size while it is copied (another thread)
-            try:
-                tasks = [t for t in list(asyncio.all_tasks(loop)) if not t.done()]
-                break
-            except RuntimeError:
-                continue
-        for task in sorted(tasks, key=lambda t: t.get_name()):
-            coro = task.get_coro()
-            name = getattr(coro, "__qualname__", None) or repr(coro)
-            out.append(f"task {task.get_name()} ({name}):")
-            frames = task.get_stack(limit=limit)
-            for f in frames:
-                out.append(f"  {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}")
-            waiter = _awaiting(task)
-            if waiter:
-                out.append(f"  awaiting {waiter}")
+    for where, each in loops:
+        out += _describe_tasks(each, where, limit)
     return "\n".join(out)
+
+
+def _describe_tasks(loop: asyncio.AbstractEventLoop, where: str, limit: int) -> list[str]:
+    out: list[str] = []
+    tasks: list[asyncio.Task[object]] = []
+    for _ in range(3):  # the set may change size while it is copied (another thread)
+        try:
+            tasks = [t for t in list(asyncio.all_tasks(loop)) if not t.done()]
+            break
+        except RuntimeError:
+            continue
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", None) or repr(coro)
+        out.append(f"task{where} {task.get_name()} ({name}):")
+        for f in _await_chain(coro)[-limit:]:
+            out.append(f"  {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}")
+        waiter = _awaiting(task)
+        if waiter:
+            out.append(f"  awaiting {waiter}")
+    return out
+
+
+def _await_chain(coro: object) -> list[Any]:
+    """The frames of a suspended coroutine and of what it awaits, down to the innermost
+    (Task.get_stack gives only the outermost frame of a suspended coroutine)."""
+    frames: list[Any] = []
+    while coro is not None and len(frames) < 100:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return frames
 
 
 def _awaiting(task: asyncio.Task[object]) -> str:

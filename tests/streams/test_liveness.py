@@ -141,8 +141,11 @@ def test_status_as_dict_is_what_health_shows() -> None:
 
 
 def test_describe_stacks_says_where_each_task_waits() -> None:
-    async def stuck_on(fut: asyncio.Future[None]) -> None:
+    async def deep_inside(fut: asyncio.Future[None]) -> None:
         await fut
+
+    async def stuck_on(fut: asyncio.Future[None]) -> None:
+        await deep_inside(fut)
 
     async def go() -> str:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -154,7 +157,8 @@ def test_describe_stacks_says_where_each_task_waits() -> None:
 
     text = asyncio.run(go())
     assert "task the-stuck-one (test_describe_stacks_says_where_each_task_waits.<locals>.stuck_on):" in text
-    assert "in stuck_on" in text and "awaiting <Future pending" in text
+    # the whole await chain, down to the innermost coroutine (Task.get_stack stops at the outermost)
+    assert "in stuck_on" in text and "in deep_inside" in text and "awaiting <Future pending" in text
 
 
 def test_the_watchdog_exits_past_its_bound_with_what_it_waited_for(caplog: pytest.LogCaptureFixture) -> None:
@@ -173,6 +177,19 @@ def test_the_watchdog_exits_past_its_bound_with_what_it_waited_for(caplog: pytes
     assert record.levelname == "CRITICAL"
     assert "did not stop within 0 s of SIGTERM" in record.getMessage()
     assert "task x: waiting for the broker" in record.getMessage()
+
+
+def test_the_watchdog_fires_while_the_event_loop_is_blocked() -> None:
+    """A thread, not a task: a stop blocked in a synchronous call (a thread join) cannot hold it."""
+    exited: list[int] = []
+    dog = ShutdownWatchdog(0.2, describe=lambda: "", exit=exited.append)
+
+    async def blocked() -> None:
+        dog.arm("SIGTERM")
+        time.sleep(1)  # the loop does nothing meanwhile
+
+    asyncio.run(blocked())
+    assert exited == [EXIT_STOP_TIMEOUT]
 
 
 def test_a_stop_in_time_never_fires_the_watchdog() -> None:
