@@ -146,6 +146,9 @@ class Runtime:
         self._stall_reported = False
         self._stage = ""  # what the flush under way waits for (DeliveryTimeout's message)
         self._crashing: asyncio.Future[Any] | None = None
+        # A flush whose sends failed or timed out: no later flush may ack anything (its records'
+        # outputs may be among the lost sends), only raise this again until the worker has stopped
+        self._undelivered: ProduceFailed | None = None
 
     # ----------------------------------------------------------------- records
 
@@ -344,6 +347,8 @@ class Runtime:
         them on re-read (same dedup_key). Every send is delivered before the
         acks, so a committed offset never runs ahead of the outputs or the state.
         """
+        if self._undelivered is not None:
+            raise self._undelivered
         if self.eos is not None:  # exactly_once: all of it, offsets too, in one transaction
             transactions = self.eos.transactions
             async with self._deadline("committing the exactly_once transaction of a flush"):
@@ -393,6 +398,7 @@ class Runtime:
                 "the broker does not take or acknowledge the worker's sends; stopping without acknowledging "
                 "their input records, which are read again on restart")
             fired.append(exc)
+            self._undelivered = exc
             log.critical("%s", exc)
             self.crash_soon(exc)
             if task is not None:
@@ -433,6 +439,7 @@ class Runtime:
             exc = ProduceFailed(f"{len(failed)} of {len(futures)} producer sends failed (first: {failed[0]!r}); "
                                 "stopping without acknowledging their input records, which are read again "
                                 "on restart")
+            self._undelivered = exc
             log.critical("%s", exc)
             await self.app.crash(exc)
             raise exc
@@ -515,8 +522,8 @@ class Runtime:
         """
         try:
             await self.tick()
-        except DeliveryTimeout:
-            raise  # crashing already (Runtime._deadline)
+        except ProduceFailed:
+            raise  # crashing already (Runtime._delivered, Runtime._deadline)
         except BaseException as exc:
             if getattr(self.app, "should_stop", False):
                 raise  # stopping: Faust cancels its timers

@@ -15,7 +15,7 @@ from faust.types import TP
 from detectors.settings import Settings
 from streams.config import WorkerConfig
 from streams.liveness import Liveness
-from streams.worker import DeliveryTimeout, Runtime, TimerFailed
+from streams.worker import DeliveryTimeout, ProduceFailed, Runtime, TimerFailed
 from tests.streams.test_metrics import samples
 from tests.streams.test_worker_runtime import ConsumerRecord, FakeConsumer, FakeProducer, _table
 
@@ -241,3 +241,37 @@ def test_an_exactly_once_flush_that_hangs_in_its_clean_up_still_crashes_the_work
     asyncio.run(go())
     assert [type(e) for e in app.crashes] == [DeliveryTimeout]
     assert "committing the exactly_once transaction" in str(app.crashes[0])
+
+
+class Refused(FakeProducer):
+    """The broker refuses every send (after the producer's retries)."""
+
+    async def send(self, topic: str, key: bytes, value: bytes | None, *_: Any) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(RuntimeError("refused"))
+        return fut
+
+
+@pytest.mark.parametrize(("producer", "error"), [(NeverAcknowledged, DeliveryTimeout), (Refused, ProduceFailed)])
+def test_after_a_flush_lost_its_sends_no_later_flush_acks_anything(producer, error) -> None:
+    """Until Faust has stopped the crashed worker, the timer and the batches go on, and the stop
+    itself flushes (on_revoked): none of those flushes may ack, or the records whose outputs were
+    lost would be committed. Seen on a broker that deleted the alerts topic: the next tick's flush
+    delivered the number states and acked their records."""
+    rt, app, _ = worker(producer(), delivery_timeout_s=0.2, flush_interval_s=3600)
+    tp = TP(CHANGES, 0)
+
+    async def go() -> None:
+        rt.on_events([(tp, bad_records(2))])
+        with pytest.raises(error):
+            await rt.flush()
+        app.producer = FakeProducer()  # the broker takes sends again
+        rt.on_events([(tp, bad_records(2, first=2))])
+        with pytest.raises(error):
+            await rt.flush()  # a tick's, a batch's or the stop's
+        with pytest.raises(error):
+            await rt.on_revoked({tp})
+
+    asyncio.run(go())
+    assert app.consumer.acked == {}
+    assert app.producer.sent == []  # nothing more sent either
