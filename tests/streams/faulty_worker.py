@@ -8,9 +8,7 @@ consumed NOTIFGUARD_TEST_FAULT_AFTER records (default 0):
 - consumer-hangs: the consumer's next fetch never returns (the worker reads no more);
 - stop-hangs: the commit Faust makes when the consumer stops never returns (what a
   broker that stopped answering does to it);
-- tick-raises: the timer's tick raises;
-- sends-unanswered: the broker takes the worker's changelog batches but never
-  acknowledges them.
+- tick-raises: the timer's tick raises.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ async def _forever() -> None:
 def install(faults: set[str], after: int) -> None:
     consumer_cls: Any = worker._Consumer
     runtime_cls: Any = worker.Runtime
-    unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises", "sends-unanswered"}
+    unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises"}
     if unknown:
         raise SystemExit(f"unknown faults: {sorted(unknown)}")
 
@@ -64,17 +62,6 @@ def install(faults: set[str], after: int) -> None:
             await tick(self)
 
         runtime_cls.tick = raising_tick
-
-    if "sends-unanswered" in faults:
-        send_batch = runtime_cls._send_batch
-
-        async def unanswered(self: Any, client: Any, batch: Any, topic: str, partition: int, n: int) -> None:
-            if _armed(self, after):
-                self._in_flight.append(asyncio.get_running_loop().create_future())
-                return
-            await send_batch(self, client, batch, topic, partition, n)
-
-        runtime_cls._send_batch = unanswered
 
 
 if __name__ == "__main__":
