@@ -333,9 +333,22 @@ def detector_pipeline() -> dict[str, Any]:
         Row("Workers", [
             Panel(
                 "Workers up", "none",
-                [Query(f"sum(up{{{SEL}}})", "up"), Query(f"sum(notifguard_worker_ready{{{SEL}}})", "ready")],
-                "Scraped workers (up) and workers recovered and not rebalancing (notifguard_worker_ready).",
+                [
+                    Query(f"sum(up{{{SEL}}})", "up"),
+                    Query(f"sum(notifguard_worker_ready{{{SEL}}})", "ready"),
+                    Query(f"sum(notifguard_worker_stalled{{{SEL}}})", "stalled"),
+                ],
+                "Scraped workers (up), workers recovered and not rebalancing (notifguard_worker_ready), and "
+                "workers stalled: input waiting and nothing read, acked, delivered or committed for stall_after_s "
+                "(notifguard_worker_stalled; alert NotifguardWorkerStalled).",
                 kind="stat",
+            ),
+            Panel(
+                "Seconds since progress", "s",
+                [Query(f"max by (instance) (time() - notifguard_last_progress_timestamp_seconds{{{SEL}}})",
+                       "{{instance}}")],
+                "Since each worker last read, acked, delivered or committed anything. Grows while no input "
+                "comes (that is no stall); with input waiting, a worker is stalled past stall_after_s (120 s).",
             ),
             Panel(
                 "Rebalances", "short",

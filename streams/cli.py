@@ -83,13 +83,13 @@ def _worker(args: argparse.Namespace) -> int:
             print(f"notifguard worker: no Kafka broker answers at {config.bootstrap}", file=sys.stderr)
             return 2
         ensure_topics(config.bootstrap, config.rules, partitions=config.partitions, app_id=config.app_id)
-    from streams.worker import create_app
+    from streams.worker import Worker, create_app
 
     app = create_app(config)
     app.notifguard.echo = args.print_alerts  # type: ignore[attr-defined]
-    import faust
-
-    worker = faust.Worker(app, loglevel=args.log_level, quiet=True, override_logging=False)
+    # stops within config.shutdown_timeout_s of SIGTERM or a crash, or exits 70 (streams.liveness)
+    worker = Worker(app, shutdown_timeout_s=config.shutdown_timeout_s, loglevel=args.log_level, quiet=True,
+                    override_logging=False)
     worker.execute_from_commandline()
     return 0
 

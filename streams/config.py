@@ -160,8 +160,38 @@ class WorkerConfig:
     # 64 KiB cut the live CPU further (~77 -> ~67 us a record at 6,000/s) but
     # raised the median added latency by ~45 ms at 5,000-6,000/s (bench.worker_bench).
     fetch_min_bytes: int = 16 * 1024
+    # Liveness (streams/liveness.py): the worker is *stalled* when input waits for it
+    # (records unread on the broker, in the grace buffer, or acked but not committed)
+    # and for this long nothing was read, acked, delivered or committed, or the timer
+    # has not completed a run. /health answers 503 then, /live too (the Kubernetes
+    # liveness probe: a restart re-reads from the committed offsets, which is safe),
+    # and notifguard_worker_stalled is 1. A healthy worker reads a waiting record within
+    # a fetch (ms) and acks it within a flush (0.25 s); 120 s is far above a slow
+    # broker's hiccup or a leader election (seconds), and short enough that a stall is
+    # restarted within minutes. The worker raises it to idle_flush_s + grace_s plus a
+    # few seconds if that is longer: records may legitimately wait in the grace buffer
+    # that long with nothing read (a silent topic holds the watermark until idle_flush).
+    stall_after_s: float = 120.0
+    # The longest a flush may wait for the broker to take its sends (alerts, dead
+    # letters, changelogs) and acknowledge them, or an exactly_once transaction to
+    # commit; past it the worker crashes with a message saying so instead of waiting
+    # forever (Faust's producer allows a send 1,200 s): its records are not acked,
+    # so the restarted worker reads them again. A flush normally takes well under a
+    # second and a partition leader election a few seconds; half the stall bound
+    # makes the flush's own message come before the stall report.
+    delivery_timeout_s: float = 60.0
+    # After SIGTERM (or a crash) the worker stops within this bound: Faust commits
+    # and closes, and if that hangs (a commit waiting for a broker that does not
+    # answer), a watchdog logs what it was waiting for and exits with status 70.
+    # Records not acked are read again on restart. Below the StatefulSet's
+    # terminationGracePeriodSeconds (60), so that the log line is written before
+    # Kubernetes' SIGKILL.
+    shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
             raise ValueError(f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
                              f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}")

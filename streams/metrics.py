@@ -95,6 +95,12 @@ class Metrics:
                               "Entries dropped from number states over their size budgets (detectors/expiry.py)",
                               ["part"], registry=r)
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
+        self.stalled = Gauge("notifguard_worker_stalled",
+                             "1 when input waits and nothing was read, acked, delivered or committed for "
+                             "stall_after_s, or the timer stopped (streams/liveness.py)", registry=r)
+        self.last_progress = Gauge("notifguard_last_progress_timestamp_seconds",
+                                   "Unix time of the last progress: records read, acked, delivered or committed "
+                                   "(of the start before any)", registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
         try:

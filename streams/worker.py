@@ -15,12 +15,13 @@ while the grace buffer is full (flow control; it changes no result).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
 import faust
@@ -35,6 +36,17 @@ from detectors.engine import Engine
 from detectors.records import BadRecord, decode
 from detectors.settings import Settings
 from streams.config import WorkerConfig
+from streams.liveness import (
+    ACKED,
+    COMMITTED,
+    CONSUMED,
+    DELIVERED,
+    Liveness,
+    ShutdownWatchdog,
+    Status,
+    describe_stacks,
+    stall_bound,
+)
 from streams.metrics import Metrics
 from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
@@ -56,8 +68,23 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class ProduceFailed(RuntimeError):
     """Outputs or state could not be delivered to Kafka: the worker stops rather than ack their inputs."""
+
+
+class DeliveryTimeout(ProduceFailed):
+    """A flush waited longer than delivery_timeout_s for the broker: the worker stops rather than wait forever."""
+
+
+class TimerFailed(RuntimeError):
+    """The timer (Runtime.tick) ended while the worker runs: the worker stops rather than go on without it."""
 
 
 class Runtime:
@@ -108,6 +135,17 @@ class Runtime:
         # flush; one at a time, so a flush never acks a record whose outputs
         # are still waiting in self.out.
         self._lock = asyncio.Lock()
+        # Liveness (streams/liveness.py): progress against the input waiting for the worker
+        self.liveness = Liveness(stall_bound(config.stall_after_s, rules.idle_flush_s, rules.grace_s,
+                                             config.tick_interval_s + config.flush_interval_s + 10.0))
+        self._acked_upto: dict[TP, int] = {}  # at_least_once: per input topic-partition, the end of what was acked
+        self._committed_seen: dict[TP, int] = {}  # the committed offsets the last liveness check saw
+        self._stall_reported = False
+        self._stage = ""  # what the flush under way waits for (DeliveryTimeout's message)
+        self._crashing: asyncio.Future[Any] | None = None
+        # A flush whose sends failed or timed out: no later flush may ack anything (its records'
+        # outputs may be among the lost sends), only raise this again until the worker has stopped
+        self._undelivered: ProduceFailed | None = None
 
     # ----------------------------------------------------------------- records
 
@@ -119,11 +157,15 @@ class Runtime:
         the next flush, before the state that remembers their records.
         """
         async with self._lock:
+            consumed = self.consumed_total
             self.on_events(batch)
+            if self.consumed_total != consumed:
+                self.liveness.progress(CONSUMED)
             if self.flush_due():
                 await self._flush()
             elif self.out and self.eos is None:
-                await self._send_outputs()
+                async with self._deadline("handing alerts and dead letters to the producer"):
+                    await self._send_outputs()
 
     def on_events(self, batch: list[tuple[TP, list[Any]]]) -> None:
         """Fetched records per input topic-partition, in offset order (aiokafka ConsumerRecords).
@@ -284,21 +326,78 @@ class Runtime:
         them on re-read (same dedup_key). Every send is delivered before the
         acks, so a committed offset never runs ahead of the outputs or the state.
         """
+        if self._undelivered is not None:
+            raise self._undelivered
         if self.eos is not None:  # exactly_once: all of it, offsets too, in one transaction
-            await self.eos.flush(self)
+            transactions = self.eos.transactions
+            async with self._deadline("committing the exactly_once transaction of a flush"):
+                await self.eos.flush(self)
+            if self.eos.transactions != transactions:
+                self.liveness.progress(COMMITTED)
             return
-        links = self.links.flush()
-        await self._send_outputs()
-        await self._send_changelog(self.links_changelog, links)
-        await self._delivered()
-        await self._send_changelog(self.numbers_changelog, self.numbers.flush())
-        await self._delivered()
+        delivered = bool(self.out or self._in_flight)
+        async with self._deadline("handing alerts and dead letters to the producer"):
+            links = self.links.flush()
+            await self._send_outputs()
+            self._stage = "handing address links to the producer"
+            await self._send_changelog(self.links_changelog, links)
+            await self._delivered()
+            numbers = self.numbers.flush()
+            self._stage = "handing number states to the producer"
+            await self._send_changelog(self.numbers_changelog, numbers)
+            await self._delivered()
+        delivered = delivered or bool(links or numbers)
+        acked = bool(self.to_ack)
         self.order.done(self.to_ack)
         self.to_ack.clear()
         consumer: Any = self.app.consumer  # a _Consumer
         for tp, run in self.order.runs(consumer._committed_offset).items():
             consumer.ack_offsets(tp, run)
+            self._acked_upto[tp] = max(run.stop, self._acked_upto.get(tp, 0))
         self.last_flush = time.monotonic()
+        if acked or delivered:
+            self.liveness.progress(ACKED if acked else DELIVERED)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, stage: str) -> AsyncIterator[None]:
+        """Bound a flush's waits on the broker by delivery_timeout_s; past it, crash the worker.
+
+        The crash is started by the timer callback itself, so that it happens even if the
+        interrupted code hangs again in its clean-up (an exactly_once producer's stop).
+        `self._stage` says what was waited for. Nothing after the deadline is acked: the
+        restarted worker reads those records again.
+        """
+        self._stage = stage
+        task = asyncio.current_task()
+        fired: list[DeliveryTimeout] = []
+
+        def expire() -> None:
+            exc = DeliveryTimeout(
+                f"a flush waited {self.config.delivery_timeout_s:g} s (delivery_timeout_s) while {self._stage}: "
+                "the broker does not take or acknowledge the worker's sends; stopping without acknowledging "
+                "their input records, which are read again on restart")
+            fired.append(exc)
+            self._undelivered = exc
+            log.critical("%s", exc)
+            self.crash_soon(exc)
+            if task is not None:
+                task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(self.config.delivery_timeout_s, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise fired[0] from None
+            raise
+        finally:
+            handle.cancel()
+            self._stage = ""
+
+    def crash_soon(self, exc: BaseException) -> None:
+        """Crash the worker (Faust stops it; the process exits non-zero) from a callback or a task."""
+        if self._crashing is None:
+            self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     async def _delivered(self) -> None:
         """Wait for every send since the last check; a failed one stops the worker before any ack.
@@ -312,12 +411,14 @@ class Runtime:
         futures, self._in_flight = self._in_flight, []
         if not futures:
             return
+        self._stage = f"waiting for the broker to acknowledge {len(futures)} sends"
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             exc = ProduceFailed(f"{len(failed)} of {len(futures)} producer sends failed (first: {failed[0]!r}); "
                                 "stopping without acknowledging their input records, which are read again "
                                 "on restart")
+            self._undelivered = exc
             log.critical("%s", exc)
             await self.app.crash(exc)
             raise exc
@@ -386,6 +487,67 @@ class Runtime:
         for topic, total in lag.items():
             m.consumer_lag.labels(topic).set(total)
         m.ready.set(1 if self.is_ready() else 0)
+        self.liveness.ticked()
+        self.liveness_status()
+
+    async def run_tick(self) -> None:
+        """The timer's body: `tick`, and if it fails, a crash, never a timer that silently stops.
+
+        Faust runs a timer as a task of the app. An exception escaping it crashes the app,
+        but a CancelledError (a cancelled await inside tick while the worker runs) or a
+        RuntimeError about a closed event loop only ends the task, with a debug or info line:
+        the worker would go on without its timer (no idle flush, no sweeps, no gauges).
+        Whatever ends a tick while the worker is not stopping crashes it, loudly.
+        """
+        try:
+            await self.tick()
+        except ProduceFailed:
+            raise  # crashing already (Runtime._delivered, Runtime._deadline)
+        except BaseException as exc:
+            if getattr(self.app, "should_stop", False):
+                raise  # stopping: Faust cancels its timers
+            failed = TimerFailed(f"the timer (Runtime.tick) ended with {exc!r} while the worker runs; stopping it "
+                                 "(records not acknowledged are read again on restart)")
+            log.critical("%s", failed, exc_info=exc)
+            self.crash_soon(failed)
+            raise failed from exc
+
+    def liveness_status(self) -> Status:
+        """Stalled or not (streams/liveness.py), from what waits now; sets the liveness gauges and
+        logs a stall once, with where every thread and task waits. Called by tick, /health and /metrics,
+        so that a stopped timer is seen too."""
+        consumer: Any = self.app.consumer
+        committed: dict[TP, int | None] = getattr(consumer, "_committed_offset", {})
+        unread = uncommitted = 0
+        moved = False
+        for tp in self._assigned:
+            n = self._unread(tp)
+            if n:
+                unread += n
+            c = committed.get(tp)
+            if c is None:
+                continue
+            if self._committed_seen.get(tp, c) != c:
+                moved = True
+            self._committed_seen[tp] = c
+            upto = self._acked_upto.get(tp)
+            if upto is not None and upto > c:
+                uncommitted += upto - c
+        if moved:
+            self.liveness.progress(COMMITTED)
+        status = self.liveness.check(ready=self.is_ready(), unread=unread, pending=self.engine.pending_count(),
+                                     uncommitted=uncommitted)
+        self.metrics.stalled.set(1 if status.stalled else 0)
+        self.metrics.last_progress.set(status.last_progress_unix)
+        if status.stalled and not self._stall_reported:
+            self._stall_reported = True
+            log.error("STALLED: %s; last progress: %s %.0f s ago. Where the worker waits:\n%s", status.reason,
+                      status.last_progress or "none since start", status.since_progress_s,
+                      describe_stacks(_running_loop()))
+        elif not status.stalled and self._stall_reported:
+            self._stall_reported = False
+            log.warning("no longer stalled: %s", status.last_progress or "ready")
+        return status
 
     def _mark_behind(self) -> dict[TP, int | None]:
         """Tell the arrival stage which input topic-partitions have records waiting on the broker
@@ -436,6 +598,9 @@ class Runtime:
             self.order.clear()  # Faust seeks the partitions it assigns to their committed offsets
             self._read = {k: v for k, v in self._read.items() if k[1] not in partitions}
             self.to_ack.clear()
+            for tp in revoked:  # acks of revoked partitions are not committed (Faust discards them)
+                self._acked_upto.pop(tp, None)
+                self._committed_seen.pop(tp, None)
         self.metrics.rebalances.inc()
 
     def on_assigned(self, assigned: set[TP]) -> None:
@@ -451,6 +616,20 @@ class Runtime:
     def is_ready(self) -> bool:
         app = self.app
         return bool(self.started and not app.rebalancing and not getattr(app, "in_recovery", False))
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """/health (readiness): 200 when recovered, not rebalancing and not stalled, else 503."""
+        ready = self.is_ready()
+        status = self.liveness_status()
+        body = {"ready": ready, "rebalancing": bool(self.app.rebalancing), "pending": self.engine.pending_count(),
+                "consumed": self.consumed_total, "stalled": status.stalled, "liveness": status.as_dict()}
+        return (200 if ready and not status.stalled else 503), body
+
+    def live(self) -> tuple[int, dict[str, Any]]:
+        """/live (the Kubernetes liveness probe): 503 when stalled only, not while recovering or
+        rebalancing (a restart would only start those again)."""
+        status = self.liveness_status()
+        return (503 if status.stalled else 200), status.as_dict()
 
 
 # Faust's aiokafka driver hard-codes fetch_max_wait_ms=1500 and fetch_min_bytes=1;
@@ -564,6 +743,29 @@ class _App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+class Worker(faust.Worker):
+    """faust.Worker whose stop is bounded: `shutdown_timeout_s` after SIGTERM, SIGINT or the end of
+    its run (a crash included), streams.liveness.ShutdownWatchdog logs what the process is
+    waiting for and exits with status 70, whatever Faust's stop_and_shutdown is doing."""
+
+    def __init__(self, app: faust.App, *, shutdown_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.watchdog = ShutdownWatchdog(shutdown_timeout_s, describe=lambda: describe_stacks(self.loop))
+
+    def _on_sigterm(self) -> None:
+        self.watchdog.arm("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.watchdog.arm("SIGINT")
+        super()._on_sigint()
+
+    def on_worker_shutdown(self) -> None:
+        reason = self.crash_reason or getattr(self.app, "crash_reason", None)
+        self.watchdog.arm(f"a crash ({reason!r})" if reason is not None else "the end of its run")
+        super().on_worker_shutdown()
+
+
 def _batch_counter(sensor: Any) -> Any:
     """Report records sent in batches (Runtime._send_changelog) as the sensor reports each `send`:
     counted per topic, and one record in LATENCY_SAMPLE timed (a batch's records share its latency)."""
@@ -660,7 +862,7 @@ def create_app(config: WorkerConfig) -> faust.App:
 
     @app.timer(config.tick_interval_s)
     async def tick() -> None:
-        await rt.tick()
+        await rt.run_tick()
 
     async def revoked(app: Any, revoked: set[TP], **_: Any) -> None:
         await rt.on_revoked(set(revoked))
@@ -684,13 +886,17 @@ def create_app(config: WorkerConfig) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        ready = rt.is_ready()
-        body = {"ready": ready, "rebalancing": bool(app.rebalancing), "pending": rt.engine.pending_count(),
-                "consumed": rt.consumed_total}
-        return web.json(body, status=200 if ready else 503)
+        code, body = rt.health()
+        return web.json(body, status=code)
+
+    @app.page("/live")
+    async def live(web: Any, request: Any) -> Any:
+        code, body = rt.live()
+        return web.json(body, status=code)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
+        rt.liveness_status()  # the liveness gauges as of now, even if the timer stopped
         return web.bytes(rt.metrics.exposition(), content_type="text/plain; version=0.0.4")
 
     return app

@@ -257,8 +257,13 @@ def test_k8s_probes_point_at_the_container_port() -> None:
         assert handler["port"] in (*ports, *ports.values()), probe
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     # /health is 503 during rebalances: liveness must not restart the worker for that.
+    # /live is 503 only when the worker is stalled (streams/liveness.py), and a restart
+    # then is safe (it re-reads from its committed offsets).
     live = c["livenessProbe"]
-    assert "tcpSocket" in live or live["failureThreshold"] * live["periodSeconds"] >= 120
+    assert live["httpGet"]["path"] == "/live"
+    # a loop busy for seconds is no stall: at least 2 minutes of failures before a restart
+    assert live["failureThreshold"] * live["periodSeconds"] >= 120
+    assert live["timeoutSeconds"] < live["periodSeconds"]
     for svc in (o for o in k8s_objects() if o["kind"] == "Service"):
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in (*ports, *ports.values())
@@ -301,6 +306,11 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     wc = load_worker_config(cfg_path, env=pod_env)
     assert (wc.web_host, wc.web_port, wc.datadir) == ("0.0.0.0", WEB_PORT, datadir)
     assert wc.bootstrap == cm["data"]["bootstrap"]
+    # The worker's own stop bound (it logs what it waits for, then exits 70) comes before
+    # the kubelet's SIGKILL, with time left to write the log.
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= wc.shutdown_timeout_s + 10
+    # Kubernetes restarts a stalled worker: the probe's 2 minutes come on top of stall_after_s.
+    assert wc.stall_after_s <= 300
 
 
 def test_k8s_security_context_and_resources() -> None:

@@ -66,6 +66,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardWorkerDown": "up == 0: the worker is up",
     "NotifguardWorkerAbsent": "absent(up): the target exists",
     "NotifguardWorkerNotReady": "ready == 0: the worker is ready",
+    "NotifguardWorkerStalled": "stalled == 1: the worker makes progress",
     "NotifguardPipelineStalled": "consumes but judges nothing: it judges",
     "NotifguardProcessingErrors": "exceptions other than bad input: there are none",
     "NotifguardProduceErrors": "failed sends after the producer's retries: the broker is up",

@@ -78,14 +78,18 @@ class KafkaRun:
             env[f"NOTIFGUARD_{k.upper()}"] = v
         return env
 
-    def start_worker(self, store: str = "rocksdb://", name: str = "w1", wait: bool = True) -> int:
+    def start_worker(self, store: str = "rocksdb://", name: str = "w1", wait: bool = True,
+                     module: str = "streams.cli", env: dict[str, str] | None = None) -> int:
+        """`notifguard worker` (or `module`, taking the same arguments) with this run's environment
+        and `env` on top; returns its web port."""
         port = free_port()
         datadir = self.tmp / f"data-{name}"
         log = self.tmp / f"{name}-{len(self.workers)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "--log-level", "WARNING", "worker", "--store", store,
+            [sys.executable, "-m", module, "--log-level", "WARNING", "worker", "--store", store,
              "--datadir", str(datadir), "--web-port", str(port)],
-            cwd=ROOT, env=self.env(port), stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            cwd=ROOT, env={**self.env(port), **(env or {})}, stdout=open(log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
         )
         self.workers.append((proc, port, log))
         if wait:

@@ -1,0 +1,72 @@
+"""`notifguard worker` with faults injected, for the liveness tests on a real broker.
+
+    python -m tests.streams.faulty_worker [notifguard arguments]
+
+NOTIFGUARD_TEST_FAULTS: comma-separated faults, each active once the worker has
+consumed NOTIFGUARD_TEST_FAULT_AFTER records (default 0):
+
+- consumer-hangs: the consumer's next fetch never returns (the worker reads no more);
+- stop-hangs: the commit Faust makes when the consumer stops never returns (what a
+  broker that stopped answering does to it);
+- tick-raises: the timer's tick raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from streams import worker
+
+
+def _armed(rt: Any, after: int) -> bool:
+    return rt is not None and rt.consumed_total >= after
+
+
+async def _forever() -> None:
+    await asyncio.get_running_loop().create_future()
+
+
+def install(faults: set[str], after: int) -> None:
+    consumer_cls: Any = worker._Consumer
+    runtime_cls: Any = worker.Runtime
+    unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises"}
+    if unknown:
+        raise SystemExit(f"unknown faults: {sorted(unknown)}")
+
+    if "consumer-hangs" in faults:
+        wait_next_records = consumer_cls._wait_next_records
+
+        async def hanging_fetch(self: Any, timeout: float) -> Any:
+            if _armed(getattr(self.app, "notifguard", None), after):
+                await _forever()
+            return await wait_next_records(self, timeout)
+
+        consumer_cls._wait_next_records = hanging_fetch
+
+    if "stop-hangs" in faults:
+
+        async def hanging_commit(self: Any) -> None:
+            await _forever()
+
+        consumer_cls.commit_and_end_transactions = hanging_commit
+
+    if "tick-raises" in faults:
+        tick = runtime_cls.tick
+
+        async def raising_tick(self: Any) -> None:
+            if _armed(self, after):
+                raise RuntimeError("injected: tick-raises")
+            await tick(self)
+
+        runtime_cls.tick = raising_tick
+
+
+if __name__ == "__main__":
+    install({f for f in os.environ.get("NOTIFGUARD_TEST_FAULTS", "").split(",") if f},
+            int(os.environ.get("NOTIFGUARD_TEST_FAULT_AFTER", "0")))
+    from streams.cli import main
+
+    sys.exit(main())
