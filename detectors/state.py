@@ -44,22 +44,6 @@ class NumberState(msgspec.Struct, array_like=True):
     def add_change(self, change: Change) -> None:
         insort(self.changes, change, key=Change.sort_key)
 
-    def is_duplicate(self, event_id: str) -> bool:
-        for m in self.seen:
-            if m.event_id == event_id:
-                return True
-        return False
-
-    def remember(self, t: int, event_id: str, retention_us: int) -> None:
-        """Record an event id for duplicate detection; forget ids older than retention."""
-        if t > self.max_t:
-            self.max_t = t
-        horizon = self.max_t - retention_us
-        seen = self.seen
-        if seen and seen[0].t < horizon:
-            seen[:] = [m for m in seen if m.t >= horizon]
-        seen.append(Mark(t, event_id))
-
 
 class Link(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """An address linked to a customer through one holding on one number."""
