@@ -159,6 +159,8 @@ class Runtime:
         producer at once (at-least-once mode): their delivery is awaited at
         the next flush, before the state that remembers their records.
         """
+        if self._undelivered is not None:  # crashing: read nothing more (see Runtime._flush)
+            raise self._undelivered
         async with self._lock:
             consumed = self.consumed_total
             self.on_events(batch)

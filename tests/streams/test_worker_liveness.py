@@ -271,6 +271,8 @@ def test_after_a_flush_lost_its_sends_no_later_flush_acks_anything(producer, err
             await rt.flush()  # a tick's, a batch's or the stop's
         with pytest.raises(error):
             await rt.on_revoked({tp})
+        with pytest.raises(error):
+            await rt.on_messages([(tp, bad_records(1, first=4))])  # nor is anything read
 
     asyncio.run(go())
     assert app.consumer.acked == {}
