@@ -98,7 +98,7 @@ class Liveness:
         self._ticked = self._clock()
 
     def check(self, *, ready: bool, unread: int = 0, pending: int = 0, uncommitted: int = 0) -> Status:
-        """Stalled or not, now: `unread` records on the broker past what was read, `pending` in the
+        """Stalled or not, now: `unread` records on the broker past the consumer's position, `pending` in the
         grace buffer, `uncommitted` acked but not committed; a worker not ready (recovering,
         rebalancing) is never stalled, and its time not ready does not count."""
         now = self._clock()

@@ -156,6 +156,8 @@ class Runtime:
         producer at once (at-least-once mode): their delivery is awaited at
         the next flush, before the state that remembers their records.
         """
+        if self._undelivered is not None:  # crashing: read nothing more (see Runtime._flush)
+            raise self._undelivered
         async with self._lock:
             consumed = self.consumed_total
             self.on_events(batch)
@@ -512,6 +514,24 @@ class Runtime:
             self.crash_soon(failed)
             raise failed from exc
 
+    def _waiting_on_broker(self, tp: TP) -> int:
+        """Records of an input topic-partition on the broker that the consumer has not fetched yet:
+        highwater minus aiokafka's position (the next offset it will hand out). Unlike `_unread`
+        (highwater minus the last offset read), a transaction marker or compacted offsets at the end
+        of a partition are nothing waiting: after a transactional producer's last record, `_unread`
+        stays 1 for good, and liveness would restart an idle worker over and over. Without aiokafka's
+        state (not assigned yet, no position yet, the tests' fake consumer), `_unread`."""
+        consumer: Any = self.app.consumer  # a _Consumer
+        try:
+            client = consumer._thread._ensure_consumer()  # Faust's consumer thread's AIOKafkaConsumer
+            state = client._subscription.subscription.assignment.state_value(tp)
+            highwater = consumer.highwater(tp)  # exactly_once: the last stable offset
+            if state is not None and state.has_valid_position and highwater is not None and highwater >= 0:
+                return int(max(0, highwater - state.position))
+        except Exception:
+            pass
+        return self._unread(tp) or 0
+
     def liveness_status(self) -> Status:
         """Stalled or not (streams/liveness.py), from what waits now; sets the liveness gauges and
         logs a stall once, with where every thread and task waits. Called by tick, /health and /metrics,
@@ -521,9 +541,7 @@ class Runtime:
         unread = uncommitted = 0
         moved = False
         for tp in self._assigned:
-            n = self._unread(tp)
-            if n:
-                unread += n
+            unread += self._waiting_on_broker(tp)
             c = committed.get(tp)
             if c is None:
                 continue

@@ -271,7 +271,32 @@ def test_after_a_flush_lost_its_sends_no_later_flush_acks_anything(producer, err
             await rt.flush()  # a tick's, a batch's or the stop's
         with pytest.raises(error):
             await rt.on_revoked({tp})
+        with pytest.raises(error):
+            await rt.on_messages([(tp, bad_records(1, first=4))])  # nor is anything read
 
     asyncio.run(go())
     assert app.consumer.acked == {}
     assert app.producer.sent == []  # nothing more sent either
+
+
+def test_a_transaction_marker_at_the_end_of_a_partition_is_nothing_waiting() -> None:
+    """A transactional producer's commit marker takes an offset no record has: after its last record
+    the highwater stays one past what was read. Liveness counts what the consumer has not fetched
+    (highwater minus aiokafka's position), so an idle worker is not stalled (and not restarted)."""
+    rt, app, clock = worker()
+    tp = TP(CHANGES, 0)
+    asyncio.run(rt.on_messages([(tp, bad_records(3))]))  # offsets 0-2; the marker is offset 3
+    app.consumer.landed[tp] = 4
+    position = SimpleNamespace(has_valid_position=True, position=4)
+    assignment = SimpleNamespace(state_value=lambda _: position)
+    aiokafka_consumer = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(
+        assignment=assignment)))
+    app.consumer._thread = SimpleNamespace(_ensure_consumer=lambda: aiokafka_consumer)
+    assert rt._unread(tp) == 1  # what the watermark's "behind" flag reads
+    rt.live()
+    clock.t += 1000
+    rt.liveness.ticked()
+    code, body = rt.live()
+    assert code == 200 and body["waiting"] == "", body
+    position.position = 3  # a record really waits: it counts
+    assert rt.live()[1]["waiting"] == "1 records unread on the broker"

@@ -72,8 +72,10 @@ def test_sigterm_mid_stream_stops_within_the_bound_and_a_restart_loses_no_alert(
     text = log.read_text(errors="replace")
     assert took <= 30 + 5, f"{took:.1f} s"
     assert proc.returncode == 0, f"exit {proc.returncode} after {took:.1f} s:\n{text[-4000:]}"
-    run.start_worker(name="w1")
+    port = run.start_worker(name="w1")
     settle_and_compare(run, expected, timeout=300)
+    health = run.health(port)
+    assert health["ready"] is True and health["stalled"] is False, health
 
 
 def test_a_stalled_worker_is_reported_and_a_stop_that_hangs_ends_within_the_bound(run, tmp_path):
