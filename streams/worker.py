@@ -464,7 +464,7 @@ class Runtime:
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         async with self._lock:
-            unread = self._mark_behind()
+            self._mark_behind()
             self.engine.tick(_now_us())
             self._done()
             now = self.engine.sweep_due()
@@ -483,9 +483,8 @@ class Runtime:
                 m.watermark_lag.labels(str(p)).set(max(0.0, (now - watermark) / 1e6))
         m.tracked.set(len(self.numbers.cache))
         lag: dict[str, int] = dict.fromkeys(self.inputs, 0)
-        for tp, n in unread.items():
-            if n is not None:
-                lag[tp.topic] += n
+        for tp in self._assigned:
+            lag[tp.topic] += self._waiting_on_broker(tp)
         for topic, total in lag.items():
             m.consumer_lag.labels(topic).set(total)
         m.ready.set(1 if self.is_ready() else 0)
@@ -514,23 +513,48 @@ class Runtime:
             self.crash_soon(failed)
             raise failed from exc
 
-    def _waiting_on_broker(self, tp: TP) -> int:
-        """Records of an input topic-partition on the broker that the consumer has not fetched yet:
-        highwater minus aiokafka's position (the next offset it will hand out). Unlike `_unread`
-        (highwater minus the last offset read), a transaction marker or compacted offsets at the end
-        of a partition are nothing waiting: after a transactional producer's last record, `_unread`
-        stays 1 for good, and liveness would restart an idle worker over and over. Without aiokafka's
-        state (not assigned yet, no position yet, the tests' fake consumer), `_unread`."""
+    def _position(self, tp: TP) -> int | None:
+        """aiokafka's position of an input topic-partition (the next offset it will fetch), or None
+        without aiokafka's state (not assigned yet, no position yet, the tests' fake consumer)."""
         consumer: Any = self.app.consumer  # a _Consumer
         try:
             client = consumer._thread._ensure_consumer()  # Faust's consumer thread's AIOKafkaConsumer
             state = client._subscription.subscription.assignment.state_value(tp)
-            highwater = consumer.highwater(tp)  # exactly_once: the last stable offset
-            if state is not None and state.has_valid_position and highwater is not None and highwater >= 0:
-                return int(max(0, highwater - state.position))
         except Exception:
-            pass
+            return None
+        if state is None or not state.has_valid_position:
+            return None
+        return int(state.position)
+
+    def _waiting_on_broker(self, tp: TP) -> int:
+        """Records of an input topic-partition on the broker that the consumer has not fetched yet:
+        highwater minus aiokafka's position. Unlike `_unread` (highwater minus the last offset
+        read), a transaction marker or compacted offsets at the end of a partition are nothing
+        waiting: after a transactional producer's last record, `_unread` stays 1 for good, and
+        liveness would restart an idle worker over and over. Without a position, `_unread`."""
+        position = self._position(tp)
+        highwater = self.app.consumer.highwater(tp)  # exactly_once: the last stable offset
+        if position is not None and highwater is not None and highwater >= 0:
+            return int(max(0, highwater - position))
         return self._unread(tp) or 0
+
+    def _behind(self, tp: TP) -> bool:
+        """Do records of this input topic-partition wait for us? On the broker past aiokafka's
+        position, or fetched by aiokafka and not handed to us yet: more than one offset between
+        the last we read and its position (one is the commit marker a transactional producer
+        leaves after its last record, which is no record). Unknown (no position, no highwater
+        yet): yes, until it is known."""
+        position = self._position(tp)
+        if position is None:
+            n = self._unread(tp)
+            return n is None or n > 0
+        highwater = self.app.consumer.highwater(tp)
+        if highwater is None or highwater < 0 or highwater > position:
+            return True
+        last = self._read.get((tp.topic, tp.partition))
+        if last is None:
+            return False  # nothing read since assignment, and nothing past its position
+        return position - last - 1 > 1
 
     def liveness_status(self) -> Status:
         """Stalled or not (streams/liveness.py), from what waits now; sets the liveness gauges and
@@ -567,16 +591,13 @@ class Runtime:
             log.warning("no longer stalled: %s", status.last_progress or "ready")
         return status
 
-    def _mark_behind(self) -> dict[TP, int | None]:
-        """Tell the arrival stage which input topic-partitions have records waiting on the broker
-        (or whose end is not known yet): their silence is ours, so they are not idle. Returns
-        the unread counts. (Kafka's highwater says only that records wait, never that no
-        older record is coming: the watermark rule does not rest on it.)"""
+    def _mark_behind(self) -> None:
+        """Tell the arrival stage which input topic-partitions have records waiting for us (`_behind`):
+        their silence is ours, so they are not idle. (Kafka's highwater says only that records
+        wait, never that no older record is coming: the watermark rule does not rest on it.)"""
         arrival = self.engine.arrival
-        unread = {tp: self._unread(tp) for tp in self._assigned}
-        for tp, n in unread.items():
-            arrival.set_behind(self._category[tp.topic], tp.partition, n is None or n > 0)
-        return unread
+        for tp in self._assigned:
+            arrival.set_behind(self._category[tp.topic], tp.partition, self._behind(tp))
 
     def _pause_overfull(self) -> None:
         """Flow control: while the grace buffer holds max_pending records, pause the input

@@ -220,3 +220,24 @@ def test_event_times_far_ahead_of_the_kafka_timestamp_or_the_wall_clock_are_dead
     assert sorted((d["offset"], d["reason_code"]) for d in letters) == [(0, "bad_event_time"), (1, "bad_event_time")]
     # the refused records moved no watermark: the contract topic's is "fine"'s
     assert max(s.watermark or 0 for s in rt.engine.arrival.sources()) == parse_rfc3339("2027-01-01T00:30:00Z")
+
+
+def test_a_commit_marker_after_the_last_record_is_nothing_waiting(monkeypatch):
+    """A transactional producer leaves a commit marker after its last record: highwater 4, the last
+    record read at 2, aiokafka's position 4. That topic-partition has caught up: it goes idle,
+    and stops holding the watermark; a record fetched but not handed over yet keeps it behind."""
+    _clock(monkeypatch)
+    rt, consumer, _ = runtime(partitions=1)
+    tp = TP("notifications.delivery", 0)
+    state = SimpleNamespace(has_valid_position=True, position=4)
+    assignment = SimpleNamespace(state_value=lambda t: state if t == tp else None)
+    client = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    consumer._thread = SimpleNamespace(_ensure_consumer=lambda: client)  # type: ignore[attr-defined]
+    consumer.landed[tp] = 4
+    rt._read[(tp.topic, tp.partition)] = 2
+    assert rt._behind(tp) is False and rt._waiting_on_broker(tp) == 0
+    rt._read[(tp.topic, tp.partition)] = 1  # two offsets fetched and not handed over: records wait
+    assert rt._behind(tp) is True
+    state.position = 3  # the broker holds one past the position
+    rt._read[(tp.topic, tp.partition)] = 2
+    assert rt._behind(tp) is True and rt._waiting_on_broker(tp) == 1
