@@ -238,11 +238,8 @@ class Runtime:
 
     def _unread(self, tp: TP) -> int | None:
         """Records of an input topic-partition Kafka holds past what we read (None: not known yet)."""
-        try:
-            highwater = self.app.consumer.highwater(tp)
-        except Exception:
-            return None
-        if highwater is None or highwater < 0:
+        highwater = self._highwater(tp)
+        if highwater is None:
             return None
         last = self._read.get((tp.topic, tp.partition))
         if last is None:  # nothing read since assignment: we start at the committed offset
@@ -526,6 +523,15 @@ class Runtime:
             return None
         return int(state.position)
 
+    def _highwater(self, tp: TP) -> int | None:
+        """The consumer's highwater of an input topic-partition (exactly_once: the last stable
+        offset), or None when it has none (not fetched yet; not assigned any more: a rebalance)."""
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:  # aiokafka asserts the partition is assigned
+            return None
+        return None if highwater is None or highwater < 0 else int(highwater)
+
     def _waiting_on_broker(self, tp: TP) -> int:
         """Records of an input topic-partition on the broker that the consumer has not fetched yet:
         highwater minus aiokafka's position. Unlike `_unread` (highwater minus the last offset
@@ -533,9 +539,9 @@ class Runtime:
         waiting: after a transactional producer's last record, `_unread` stays 1 for good, and
         liveness would restart an idle worker over and over. Without a position, `_unread`."""
         position = self._position(tp)
-        highwater = self.app.consumer.highwater(tp)  # exactly_once: the last stable offset
-        if position is not None and highwater is not None and highwater >= 0:
-            return int(max(0, highwater - position))
+        highwater = self._highwater(tp)
+        if position is not None and highwater is not None:
+            return max(0, highwater - position)
         return self._unread(tp) or 0
 
     def _behind(self, tp: TP) -> bool:
@@ -548,8 +554,8 @@ class Runtime:
         if position is None:
             n = self._unread(tp)
             return n is None or n > 0
-        highwater = self.app.consumer.highwater(tp)
-        if highwater is None or highwater < 0 or highwater > position:
+        highwater = self._highwater(tp)
+        if highwater is None or highwater > position:
             return True
         last = self._read.get((tp.topic, tp.partition))
         if last is None:

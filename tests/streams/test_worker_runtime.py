@@ -241,3 +241,18 @@ def test_a_commit_marker_after_the_last_record_is_nothing_waiting(monkeypatch):
     state.position = 3  # the broker holds one past the position
     rt._read[(tp.topic, tp.partition)] = 2
     assert rt._behind(tp) is True and rt._waiting_on_broker(tp) == 1
+
+
+def test_a_partition_revoked_under_the_timer_raises_nothing(monkeypatch):
+    """aiokafka asserts a partition is assigned when asked its highwater: during a rebalance the
+    timer asked for a revoked one, and the tick (and so the worker) crashed."""
+    _clock(monkeypatch)
+    rt, consumer, _ = runtime(partitions=1)
+
+    def revoked(tp: TP) -> int:
+        raise AssertionError("Partition is not assigned")
+
+    monkeypatch.setattr(consumer, "highwater", revoked)
+    tp = TP("notifications.outbound", 0)
+    assert rt._waiting_on_broker(tp) == 0 and rt._behind(tp) is True and rt._unread(tp) is None
+    asyncio.run(rt.tick())
