@@ -370,9 +370,9 @@ class Engine:
             self._apply_one(category, t, record, ref, True, token, partition)
         elif status == DUPLICATE and token is not None:
             self.done.append(token)
-        pending = arrival.pending
-        if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
-            self._release(arrival.take_ready())
+        ready = arrival.take_ready()  # (what is due: detectors.arrival decides)
+        if ready:
+            self._release(ready)
 
     def apply_released(self, items: list[Any], now_us: int) -> None:
         """Apply records that went through arrival elsewhere (the offline replay's decoding
@@ -404,9 +404,9 @@ class Engine:
         self._now = now_us
         arrival = self.arrival
         arrival.tick(now_us if clock_us is None else clock_us)
-        pending = arrival.pending
-        if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
-            self._release(arrival.take_ready())
+        ready = arrival.take_ready()  # (what is due: detectors.arrival decides)
+        if ready:
+            self._release(ready)
 
     def flush(self, now_us: int) -> None:
         """End of input: release everything pending, in event-time order."""

@@ -226,7 +226,6 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     )
     arrival.restore(arrival_state)
     arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
-    pending = arrival.pending  # the buffer (the child never forgets partitions, so it stays this list)
     skew = us(settings.max_future_skew_s)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
@@ -324,9 +323,8 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     status = arrive(category, env.partition, t, record, ref, clock)
                     if status == LATE:  # applied at once
                         out += (category, t, True, wire(category, record))
-                    if pending and (pending[0][0] < arrival.limit or len(pending) > arrival.max_buffered):
-                        for item in take_ready():
-                            out += (item[1], item[0], False, wire(item[1], item[6]))
+                    for item in take_ready():  # (what is due: detectors.arrival decides)
+                        out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:
                     continue
                 if n % _BATCH == 0:  # where the replay drains, Engine.sweep_due
