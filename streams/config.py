@@ -21,6 +21,8 @@ _ENV_PREFIX = "NOTIFGUARD_"
 # section 3); the development key is public; REPLACE-ME... is the placeholder
 # of deploy/k8s/secret.yaml. deploy/k8s/statefulset.yaml checks the same.
 KEY_MIN_BYTES = 32
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"
+GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 PLACEHOLDER_KEY_PREFIX = "REPLACE-ME"
 
 
@@ -111,7 +113,7 @@ class WorkerConfig:
     partitions: int = 6
     # "at_least_once" (default) or "exactly_once": one Kafka transaction per flush
     # holds its alerts, dead letters, changelog records and input offsets
-    # (streams/transactions.py); consumers of the alerts must read_committed.
+    # (streams/worker/exactly_once.py); consumers of the alerts must read_committed.
     processing_guarantee: str = "at_least_once"
     # One host: no standby replicas; raise with more workers to speed up fail-over.
     standby_replicas: int = 0
@@ -199,7 +201,7 @@ class WorkerConfig:
             raise ValueError(f"max_pending must be >= 1, not {self.max_pending}")
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
-        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+        if self.processing_guarantee not in GUARANTEES:
             raise ValueError(f"processing_guarantee must be at_least_once or exactly_once, "
                              f"not {self.processing_guarantee!r}")
 

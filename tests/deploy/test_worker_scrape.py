@@ -36,7 +36,7 @@ from streams.faust_sensor import LATENCY_SAMPLE
 from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, prometheus_service, tool, wait_for
 from tests.deploy.promql import selectors
 from tests.streams.kafka_harness import KafkaRun, require_broker
-from tests.streams.test_worker_kafka import offline, scenario_stream
+from tests.streams.worker.test_kafka import offline, scenario_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 

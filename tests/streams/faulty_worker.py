@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from streams import worker
+from streams.worker import app as worker_app
 
 
 def _armed(rt: Any, after: int) -> bool:
@@ -30,7 +31,7 @@ async def _forever() -> None:
 
 
 def install(faults: set[str], after: int) -> None:
-    consumer_cls: Any = worker._Consumer
+    consumer_cls: Any = worker_app.App.batch_consumer
     runtime_cls: Any = worker.Runtime
     unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises"}
     if unknown:

@@ -3,7 +3,7 @@ timer or a broker that never acknowledges crashes it; a restart loses no alert e
 
 Faults are injected with tests/streams/faulty_worker.py (the worker, with a fetch, a commit,
 a tick or the broker's acknowledgements replaced). Each test compares the alerts after the
-restart with the offline replay, as tests/streams/test_worker_kafka.py does.
+restart with the offline replay, as tests/streams/worker/test_kafka.py does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from detectors.settings import Settings
 from streams.liveness import EXIT_STOP_TIMEOUT
 from tests.streams.kafka_harness import KafkaRun, keys, require_broker
-from tests.streams.test_worker_kafka import (
+from tests.streams.worker.test_kafka import (
     REREAD_RETENTION_S,
     generated,
     offline,
