@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from detectors import kinds
 from detectors.engine import Stats, VerdictRecord
 from detectors.expiry import PARTS
-from detectors.records import REASON_CODES
+from detectors.records import REASON_CODES, WORKER_REASON_CODES
 from detectors.settings import Topics
 from detectors.text import OTHER, is_name
 from streams.seams import observe_n
@@ -102,6 +102,9 @@ class Metrics:
         self.last_progress = Gauge("notifguard_last_progress_timestamp_seconds",
                                    "Unix time of the last progress: records read, acked, delivered or committed "
                                    "(of the start before any)", registry=r)
+        self.quarantined = Counter("notifguard_quarantined_records",
+                                   "Input records set aside after the worker died on them crash_quarantine_after "
+                                   "times (dead-lettered as quarantined)", ["topic"], registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
         try:
@@ -118,8 +121,9 @@ class Metrics:
             self.duplicates.labels(topic)
             self.late.labels(topic)
             self.errors.labels(topic)
+            self.quarantined.labels(topic)
             self.consumer_lag.labels(topic)
-            for reason in REASON_CODES:
+            for reason in (*REASON_CODES, *WORKER_REASON_CODES):
                 self.deadletters.labels(topic, reason)
         for part in PARTS:
             self.capped.labels(part)

@@ -121,6 +121,8 @@ def create_app(config: WorkerConfig) -> faust.App:
         web_graph_enabled=False,
         web_stats_enabled=False,
         broker_commit_interval=1.0,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
         # Changelog records go out in batches of their own (Runtime._send_changelog): 16 KiB
         # (Faust's default) would cut a flush of state into a hundred produce requests.
         producer_max_batch_size=256 * 1024,

@@ -24,7 +24,8 @@ import msgspec
 
 from detectors.alerts import encode_alert
 from detectors.engine import Engine, dead_letter
-from detectors.records import BadRecord, decode
+from detectors.records import PROCESSING_ERROR, QUARANTINED, BadRecord, decode
+from detectors.settings import Topics
 from detectors.state import AddressIndex
 from detectors.timefmt import rfc3339
 from streams.config import WorkerConfig
@@ -32,6 +33,7 @@ from streams.metrics import Metrics
 from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.offsets import TP, Batch
+from streams.worker.quarantine import CrashJournal
 
 log = logging.getLogger("notifguard.worker")
 _json = msgspec.json.Encoder()
@@ -41,6 +43,11 @@ _json = msgspec.json.Encoder()
 _TIME_EVERY_MASK = 63
 
 ChangelogRecord = tuple[int, bytes, bytes | None]  # (partition, key, value or None: a deletion)
+
+
+def input_topics(topics: Topics) -> tuple[str, str, str]:
+    """The three input topics, in detectors.arrival's category order (changes, outbound, delivery)."""
+    return (topics.changes, topics.outbound, topics.delivery)
 
 
 def wall_clock_us() -> int:
@@ -100,11 +107,11 @@ class Pipeline:
     def __init__(self, config: WorkerConfig, numbers: TableNumbers, links: TableLinks, metrics: Metrics, *,
                  numbers_changelog: str = "numbers-changelog", links_changelog: str = "address-index-changelog",
                  clock: Callable[[], int] = wall_clock_us, monotonic: Callable[[], float] = time.monotonic,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, journal: CrashJournal | None = None) -> None:
         rules = config.rules
         self.config = config
         self.topics = rules.topics
-        self.inputs = (rules.topics.changes, rules.topics.outbound, rules.topics.delivery)
+        self.inputs = input_topics(rules.topics)
         # the topic kinds of detectors.records.decode, and detectors.arrival's categories
         self._kind_of = dict(zip(self.inputs, ("changes", "outbound", "delivery"), strict=True))
         self._category = {topic: i for i, topic in enumerate(self.inputs)}
@@ -125,6 +132,11 @@ class Pipeline:
         self.echo: Callable[[Any], None] | None = None  # called with each alert (the demo prints them)
         self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
         self._n = 0
+        # the crash journal (streams.worker.quarantine): told each record before it is decoded and
+        # before it is applied; records it charged with too many crashes are set aside on arrival
+        self.journal = journal
+        if journal is not None:
+            self.engine.applying = journal.working_on
 
     # ------------------------------------------------------------------ records
 
@@ -145,6 +157,9 @@ class Pipeline:
         read = self.read
         clock = self.clock
         n = self._n
+        journal = self.journal
+        working_on = journal.working_on if journal is not None else None
+        quarantine = journal.quarantine if journal is not None else None
         arrived = self.monotonic()
         now = clock()
         for tp, records in batch:
@@ -159,6 +174,11 @@ class Pipeline:
             read[(topic, p)] = records[-1].offset
             kind = kind_of[topic]
             for rec in records:
+                if quarantine and (topic, p, rec.offset) in quarantine:
+                    self._quarantine(rec, now)
+                    continue
+                if working_on is not None:
+                    working_on(rec)
                 key = rec.key
                 n += 1
                 timed = not n & _TIME_EVERY_MASK
@@ -183,12 +203,31 @@ class Pipeline:
                     # reached the grace buffer. Loud, counted, dead-lettered with the traceback.
                     self.bug(rec, traceback.format_exc(limit=3))
         self._n = n
+        if journal is not None:
+            journal.idle()
         self._take_done()
         self._emit()
+
+    def _quarantine(self, rec: Any, now: int) -> None:
+        """A record the worker died on `journal.limit` times: dead-lettered as `quarantined`, done."""
+        assert self.journal is not None
+        crashes = self.journal.crashes(rec.topic, rec.partition, rec.offset)
+        log.error("QUARANTINED %s[%s]@%s: the worker died %d times while working on it", rec.topic, rec.partition,
+                  rec.offset, crashes)
+        self.metrics.quarantined.labels(rec.topic).inc()
+        letter = dead_letter(rec.topic, rec.partition, rec.offset, None, rec.key, rec.value,
+                             f"the worker died {crashes} times while working on this record (crash_quarantine_after "
+                             f"= {self.journal.limit}): set aside so that the worker can go on", QUARANTINED,
+                             rfc3339(now))
+        self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
+                               self.metrics.deadletters.labels(rec.topic, QUARANTINED)))
+        self.done.append(rec)
 
     def tick(self) -> None:
         """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
         self.engine.tick(self.clock())
+        if self.journal is not None:
+            self.journal.idle()
         self._take_done()
         now = self.engine.sweep_due()
         if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
@@ -231,10 +270,10 @@ class Pipeline:
         self.metrics.errors.labels(msg.topic).inc()
         log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
         letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value,
-                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", "processing_error",
+                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR,
                              rfc3339(self.clock()))
         self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
-                               self.metrics.deadletters.labels(msg.topic, "processing_error")))
+                               self.metrics.deadletters.labels(msg.topic, PROCESSING_ERROR)))
         self.done.append(msg)
 
     def _emit(self) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from streams import seams
@@ -25,7 +26,8 @@ from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.committer import AtLeastOnce, Committer, ProduceFailed
 from streams.worker.exactly_once import ExactlyOnce
 from streams.worker.offsets import TP
-from streams.worker.pipeline import ChangelogRecord, Pipeline, wall_clock_us
+from streams.worker.pipeline import ChangelogRecord, Pipeline, input_topics, wall_clock_us
+from streams.worker.quarantine import CrashJournal
 
 log = logging.getLogger("notifguard.worker")
 
@@ -181,7 +183,11 @@ class Runtime:
         self.metrics = Metrics(rules.topics)
         self.numbers = TableNumbers(numbers_table)
         self.links = TableLinks(links_table, config.partitions)
-        self.pipeline = Pipeline(config, self.numbers, self.links, self.metrics, clock=clock,
+        journal = None
+        if config.crash_quarantine_after > 0:
+            journal = CrashJournal(Path(config.datadir) / f"{config.app_id}-quarantine", input_topics(rules.topics),
+                                   config.crash_quarantine_after)
+        self.pipeline = Pipeline(config, self.numbers, self.links, self.metrics, clock=clock, journal=journal,
                                  numbers_changelog=numbers_table.changelog_topic.get_topic_name(),
                                  links_changelog=links_table.changelog_topic.get_topic_name())
         self.engine = self.pipeline.engine

@@ -69,6 +69,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardWorkerStalled": "stalled == 1: the worker makes progress",
     "NotifguardPipelineStalled": "consumes but judges nothing: it judges",
     "NotifguardProcessingErrors": "exceptions other than bad input: there are none",
+    "NotifguardRecordQuarantined": "records the worker died on three times: it does not die",
     "NotifguardProduceErrors": "failed sends after the producer's retries: the broker is up",
     "NotifguardFrequentRebalances": "> 3 rebalances in 15 min: one worker, one assignment",
 }
