@@ -134,9 +134,13 @@ class Pipeline:
         self._n = 0
         # the crash journal (streams.worker.quarantine): told each record before it is decoded and
         # before it is applied; records it charged with too many crashes are set aside on arrival
-        self.journal = journal
+        self.journal: CrashJournal | None = None
         if journal is not None:
-            self.engine.applying = journal.working_on
+            self.use_journal(journal)
+
+    def use_journal(self, journal: CrashJournal) -> None:
+        self.journal = journal
+        self.engine.applying = journal.working_on
 
     # ------------------------------------------------------------------ records
 

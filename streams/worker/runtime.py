@@ -183,11 +183,7 @@ class Runtime:
         self.metrics = Metrics(rules.topics)
         self.numbers = TableNumbers(numbers_table)
         self.links = TableLinks(links_table, config.partitions)
-        journal = None
-        if config.crash_quarantine_after > 0:
-            journal = CrashJournal(Path(config.datadir) / f"{config.app_id}-quarantine", input_topics(rules.topics),
-                                   config.crash_quarantine_after)
-        self.pipeline = Pipeline(config, self.numbers, self.links, self.metrics, clock=clock, journal=journal,
+        self.pipeline = Pipeline(config, self.numbers, self.links, self.metrics, clock=clock,
                                  numbers_changelog=numbers_table.changelog_topic.get_topic_name(),
                                  links_changelog=links_table.changelog_topic.get_topic_name())
         self.engine = self.pipeline.engine
@@ -429,4 +425,10 @@ class Runtime:
         self.metrics.rebalances.inc()
 
     def on_assigned(self, assigned: set[TP]) -> None:
+        if self.pipeline.journal is None and self.config.crash_quarantine_after > 0:
+            # opened at the first assignment, before any record is read (not when the app is built:
+            # that starts nothing and writes nothing); a death found in flight is charged now
+            journal = CrashJournal(Path(self.config.datadir) / f"{self.config.app_id}-quarantine",
+                                   input_topics(self.topics), self.config.crash_quarantine_after)
+            self.pipeline.use_journal(journal)
         self.pipeline.assign(assigned)

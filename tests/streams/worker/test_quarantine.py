@@ -62,8 +62,7 @@ def test_the_pipeline_dead_letters_a_quarantined_record_on_arrival_and_never_app
         die_working_on(tmp_path, "contracts.changes", 0, 1)
     p, _ = pipeline(partitions=1)
     journal = CrashJournal(tmp_path, INPUTS, limit=3)
-    p.journal = journal  # as Runtime builds it: Pipeline(..., journal=...)
-    p.engine.applying = journal.working_on
+    p.use_journal(journal)  # as Runtime does at the first assignment
     records = [change("contract_started", 0, id=f"s{i}", email="me@x.de", msisdn=f"+491760000000{i}") for i in range(3)]
     batch = [ConsumerRecord("contracts.changes", 0, i, r.key.encode() if r.key else None,
                             r.value.encode() if isinstance(r.value, str) else r.value,

@@ -106,7 +106,7 @@ def runtime(partitions: int = 2, wall: list[int] | None = None) -> tuple[Runtime
     """A Runtime on the fake consumer and producer; its wall clock reads wall[0] (microseconds)."""
     consumer, producer = FakeConsumer(), FakeProducer()
     app = SimpleNamespace(consumer=consumer, producer=producer, rebalancing=False, in_recovery=False)
-    config = WorkerConfig(rules=Settings(), partitions=partitions)
+    config = WorkerConfig(rules=Settings(), partitions=partitions, crash_quarantine_after=0)  # (no files in the cwd)
     clock = (lambda: wall[0]) if wall is not None else wall_clock_us
     rt = Runtime(app, config, _table("numbers"), _table("links"), clock=clock)
     rt.on_assigned({TP(t, p) for t in rt.inputs for p in range(partitions)})

@@ -45,7 +45,7 @@ class App(SimpleNamespace):
 
 def worker(producer: Any = None, **config: Any) -> tuple[Runtime, App, Clock]:
     app = App(producer or FakeProducer())
-    rt = Runtime(app, WorkerConfig(rules=Settings(), partitions=1, **config),  # type: ignore[arg-type]
+    rt = Runtime(app, WorkerConfig(rules=Settings(), partitions=1, **{"crash_quarantine_after": 0, **config}),
                  _table("numbers"), _table("links"))
     rt.on_assigned({TP(t, 0) for t in rt.inputs})
     rt.started = True
