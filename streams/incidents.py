@@ -154,24 +154,9 @@ class IncidentsProcess:
         self._incident_tps: list[Any] = []
 
     def _read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """Every record of `topic` from the beginning to its end offsets now (a consumer of its own)."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                          isolation_level="read_committed", client_id=f"{self.app_id}-rebuild")
-        try:
-            parts = c.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            c.assign(tps)
-            c.seek_to_beginning(*tps)
-            end = c.end_offsets(tps)
-            while any(c.position(tp) < end[tp] for tp in tps):
-                for records in c.poll(timeout_ms=500, max_records=5000).values():
-                    for r in records:
-                        if r.offset < end[TopicPartition(r.topic, r.partition)]:
-                            yield r.key, r.value
-        finally:
-            c.close()
+        """Every record of `topic` from the beginning to its end offsets now."""
+        for r in _consume_all(self.bootstrap, topic, missing_ok=True):
+            yield r.key, r.value
 
     def start(self) -> None:
         """Rebuild from the members and incidents topics, publish what differs, assign the inputs."""
@@ -305,25 +290,8 @@ def read_records(args: argparse.Namespace, settings: Settings) -> list[TopicReco
     if args.file:
         with open(args.file, "rb") as f:
             return [decode_record(line) for line in f if line.strip()]
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=args.bootstrap, enable_auto_commit=False,
-                      isolation_level="read_committed", client_id="notifguard-incidents-tool")
-    out: list[TopicRecord] = []
-    try:
-        parts = c.partitions_for_topic(settings.topics.incidents) or set()
-        tps = [TopicPartition(settings.topics.incidents, p) for p in sorted(parts)]
-        if not tps:
-            raise ValueError(f"topic {settings.topics.incidents} does not exist at {args.bootstrap}")
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        end = c.end_offsets(tps)
-        while any(c.position(tp) < end[tp] for tp in tps):
-            for records in c.poll(timeout_ms=500).values():
-                out += [decode_record(r.value) for r in records if r.value is not None]
-    finally:
-        c.close()
-    return out
+    return [decode_record(r.value) for r in _consume_all(args.bootstrap, settings.topics.incidents)
+            if r.value is not None]
 
 
 def _views(args: argparse.Namespace) -> dict[str, View]:
@@ -389,6 +357,92 @@ def mark_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ re-identification
+
+
+def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False) -> Iterator[Any]:
+    """Every record of `topic` up to its end offsets now (read_committed); ValueError if it does not exist."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+                      client_id="notifguard-incidents-reader")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        if not tps:
+            if missing_ok:
+                return
+            raise ValueError(f"topic {topic} does not exist at {bootstrap}")
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        while any(c.position(tp) < end[tp] for tp in tps):
+            for records in c.poll(timeout_ms=500, max_records=5000).values():
+                for r in records:
+                    if r.offset < end[TopicPartition(r.topic, r.partition)]:
+                        yield r
+    finally:
+        c.close()
+
+
+def member_keys(bootstrap: str, app_id: str, incident: Incident) -> set[str]:
+    """The dedup_keys of the incident's alerts, from the process's members topic: the signature's members
+    between its first and last event time (an incident is a contiguous run of its signature's members)."""
+    if incident.first_event_time is None or incident.last_event_time is None:
+        raise ValueError(f"incident {incident.incident_id} is {incident.status}: it has no alerts")
+    lo, hi = parse_rfc3339(incident.first_event_time), parse_rfc3339(incident.last_event_time)
+    sig = incident.signature.key()
+    latest_member: dict[str, Any] = {}
+    for r in _consume_all(bootstrap, members_topic(app_id)):
+        if r.value is not None:
+            m = member_decoder.decode(r.value)
+            latest_member[m.entry.dedup_key] = m
+    return {k for k, m in latest_member.items()
+            if m.status != "retracted" and m.signature.key() == sig and lo <= m.entry.t <= hi}
+
+
+def resolve_command(args: argparse.Namespace) -> int:
+    """The clear numbers and addresses of an incident's mails, from the outbound topic, to an owner-only file."""
+    import csv
+    import json
+
+    from detectors.alerts import dedup_key
+    from detectors.privacy import Pseudonymiser
+    from streams.config import load_settings
+
+    settings = load_settings(args.config)
+    view = find(_views(args), args.id)
+    inc = view.incident
+    keys = member_keys(args.bootstrap, args.app_id, inc)
+    numbers = set(inc.numbers)
+    pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
+    # owner-only from the start (no window with the umask's mode), and never over an existing file
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    rows = 0
+    found: set[str] = set()
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["msisdn", "recipient", "event_time", "event_id", "message_id", "brand", "template"])
+        for r in _consume_all(args.bootstrap, settings.topics.outbound):
+            try:
+                v = json.loads(r.value)
+                key = dedup_key(inc.kind, v["event_id"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) not in numbers:
+                continue
+            found.add(key)
+            w.writerow([v.get("msisdn"), v.get("recipient"), v.get("event_time"), v.get("event_id"),
+                        v.get("message_id"), v.get("brand"), v.get("template")])
+            rows += 1
+    by = args.by or os.environ.get("NOTIFGUARD_OPERATOR") or getpass.getuser()
+    note = (f"resolve: {rows} of {len(keys)} mails ({inc.affected_numbers} numbers) written to an owner-only "
+            f"file {os.path.basename(args.out)}")
+    record_action(args, new_action(inc, "accessed", note, by, _now_us()))
+    print(f"{inc.incident_id}: {note}" + ("" if rows == len(keys) else
+          "; the others are no longer on the input topic (retention)"), file=sys.stderr)
+    return 0 if rows == len(keys) else 1
+
+
 def add_parser(sub: Any) -> None:
     """`notifguard incidents ...` (streams/cli.py)."""
     i = sub.add_parser("incidents", help="incidents: one per breach cause, with scope and deadlines")
@@ -435,3 +489,17 @@ def add_parser(sub: Any) -> None:
     mk.add_argument("--by", help="who (default: $NOTIFGUARD_OPERATOR or the login name)")
     source(mk)
     mk.set_defaults(func=mark_command)
+
+    rs = isub.add_parser(
+        "resolve", help="re-identify: the clear numbers and addresses of an incident's mails, to an owner-only file",
+        description="Reads the outbound input topic (it needs that topic's access rights) and the incidents "
+                    "process's members topic; writes CSV to a new file created with mode 0600 and records the "
+                    "access (who, when, how many) on the incidents topic. Exit 1 when some mails are no longer "
+                    "on the input topic.")
+    rs.add_argument("id")
+    rs.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    rs.add_argument("--out", required=True, metavar="FILE", help="a new file (never overwritten)")
+    rs.add_argument("--config", metavar="FILE", help="settings file (TOML): topic names, the pseudonymisation key")
+    rs.add_argument("--app-id", default="notifguard-incidents", help="the incidents process's --app-id")
+    rs.add_argument("--by", help="who (default: $NOTIFGUARD_OPERATOR or the login name)")
+    rs.set_defaults(func=resolve_command, file=None)

@@ -7,6 +7,7 @@ the worker writes them); the process reads them in whatever order the partitions
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import signal
@@ -24,8 +25,9 @@ import pytest
 from detectors.alerts import Alert, encode_alert
 from detectors.incidents import SUPERSEDED, Incident, Incidents, latest
 from detectors.settings import Settings, Topics
-from streams.incidents import read_records
+from streams.incidents import _consume_all, read_records
 from streams.replay_offline import replay
+from tests.factories import Rec
 from tests.incident_stories import blau_to_o2, capture, o2_recycled
 from tests.streams.kafka_harness import ROOT
 
@@ -38,15 +40,18 @@ class Run:
         self.bootstrap, self.tmp = bootstrap, tmp
         self.app_id = f"ngtest-inc-{tag}"
         self.settings = Settings(topics=Topics(alerts=f"{tag}.notifguard.alerts",
-                                               incidents=f"{tag}.notifguard.incidents"))
+                                               incidents=f"{tag}.notifguard.incidents",
+                                               outbound=f"{tag}.notifications.outbound"))
         self.procs: list[subprocess.Popen[bytes]] = []
         from kafka import KafkaAdminClient, KafkaProducer
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         try:
-            admin.create_topics({self.settings.topics.alerts: {
-                "num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}}},
-                wait_for_metadata=True)
+            admin.create_topics({
+                self.settings.topics.alerts: {
+                    "num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
+                self.settings.topics.outbound: {"num_partitions": 3, "replication_factor": 1},
+            }, wait_for_metadata=True)
         finally:
             admin.close()
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -54,6 +59,14 @@ class Run:
     def produce(self, alerts: list[Alert]) -> None:
         for a in alerts:
             self.producer.send(self.settings.topics.alerts, key=a.dedup_key.encode(), value=encode_alert(a))
+        self.producer.flush()
+
+    def produce_inputs(self, recs: list[Rec]) -> None:
+        """The story's outbound records, to this run's outbound topic (resolve reads only that one)."""
+        for r in recs:
+            if r.topic == "notifications.outbound":
+                self.producer.send(self.settings.topics.outbound, key=(r.key or "").encode(),
+                                   value=r.value.encode() if isinstance(r.value, str) else r.value)
         self.producer.flush()
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -104,17 +117,20 @@ class Run:
         from streams.topics import delete_topics
 
         t = self.settings.topics
-        delete_topics(self.bootstrap, [t.alerts, t.incidents, members_topic(self.app_id)])
+        delete_topics(self.bootstrap, [t.alerts, t.incidents, t.outbound, members_topic(self.app_id)])
 
 
 def summary(incs: dict[str, Incident]) -> list[tuple[str, int, int, int, str]]:
     return sorted((k, i.mails, i.affected_numbers, i.affected_recipients, i.status) for k, i in incs.items())
 
 
+STORY = blau_to_o2(300) + o2_recycled(100)
+
+
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Alert], dict[str, Incident]]:
     """The story's alerts and incident records from the offline replay (--incidents-out)."""
-    path = capture(tmp_path_factory.mktemp("story") / "story.jsonl", blau_to_o2(300) + o2_recycled(100))
+    path = capture(tmp_path_factory.mktemp("story") / "story.jsonl", STORY)
     out = io.BytesIO()
     from detectors.incidents import decode_record
 
@@ -134,7 +150,7 @@ def run(bootstrap: str, tmp_path: Path) -> Iterator[Run]:
         r.close()
 
 
-def test_the_incidents_process_gives_the_offline_records_and_applies_a_mark(
+def test_the_incidents_process_gives_the_offline_records_applies_a_mark_and_resolves(
     run: Run, offline: tuple[list[Alert], dict[str, Incident]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     alerts, want = offline
@@ -145,7 +161,8 @@ def test_the_incidents_process_gives_the_offline_records_and_applies_a_mark(
     from streams.cli import main
 
     seed_id = next(k for k, v in want.items() if v.signature.template == "contract_info")
-    env = {"NOTIFGUARD_TOPIC_INCIDENTS": run.settings.topics.incidents}
+    env = {"NOTIFGUARD_TOPIC_INCIDENTS": run.settings.topics.incidents,
+           "NOTIFGUARD_TOPIC_OUTBOUND": run.settings.topics.outbound}
     os.environ.update(env)
     try:
         assert main(["incidents", "mark", seed_id, "reported", "--note", "ref 1", "--by", "dpo",
@@ -157,6 +174,27 @@ def test_the_incidents_process_gives_the_offline_records_and_applies_a_mark(
         assert msgspec.structs.replace(inc, reported=None, actions=[]) == want[seed_id]
         assert main(["incidents", "show", seed_id, "--bootstrap", run.bootstrap]) == 0
         assert "reported  by dpo: ref 1\n" in capsys.readouterr().out
+        # re-identification: exactly the seed's mails, in clear, in an owner-only file; the access recorded
+        run.produce_inputs(STORY)
+        out = run.tmp / "people.csv"
+        assert main(["incidents", "resolve", seed_id, "--bootstrap", run.bootstrap, "--out", str(out),
+                     "--app-id", run.app_id, "--by", "dpo"]) == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+        with open(out, newline="", encoding="utf-8") as f:
+            rows = {(r["msisdn"], r["recipient"], r["event_id"]) for r in csv.DictReader(f)}
+        mails = [r.event for r in STORY if r.event.get("template") == "contract_info"]
+        assert rows == {(m["msisdn"], m["recipient"], m["event_id"]) for m in mails}
+        assert len(rows) == want[seed_id].mails
+        assert main(["incidents", "resolve", seed_id, "--bootstrap", run.bootstrap, "--out", str(out),
+                     "--app-id", run.app_id]) == 2  # never over an existing file
+        deadline = time.monotonic() + 30
+        while not any(a.action == "accessed" for a in run.topic()[seed_id].actions) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        (access,) = [a for a in run.topic()[seed_id].actions if a.action == "accessed"]
+        assert access.by == "dpo" and access.note.startswith("resolve: 375 of 375 mails (300 numbers)")
+        # no clear number or address on the incidents topic
+        raw = b"".join(r.value for r in _consume_all(run.bootstrap, run.settings.topics.incidents))
+        assert b"+49176" not in raw and b"@" not in raw
     finally:
         for k in env:
             os.environ.pop(k)
