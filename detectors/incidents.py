@@ -328,6 +328,7 @@ class Incidents:
         # signatures to derive again at the next changes() (everything after a restore)
         self._dirty: set[str] = set(self.state.signatures)
         self._closes_at: dict[str, int] = {}  # signature -> earliest quiet_until of its open incidents
+        self._current: dict[str, list[Incident]] = {}  # signature -> its incidents as of the last derivation
 
     # ------------------------------------------------------------------ input
 
@@ -407,7 +408,8 @@ class Incidents:
         """Every current (not superseded) incident, by first event time."""
         out: list[Incident] = []
         for sig_key in sorted(self.state.signatures):
-            out += self._derive(sig_key)
+            cached = self._current.get(sig_key)
+            out += cached if cached is not None and sig_key not in self._dirty else self._derive(sig_key)
         out.sort(key=lambda i: (i.first_event_time or "", i.incident_id))
         return out
 
@@ -417,7 +419,7 @@ class Incidents:
         out: list[Incident] = []
         published = self.state.published
         for sig_key in sorted(self._dirty):
-            current = self._derive(sig_key)
+            current = self._current[sig_key] = self._derive(sig_key)
             ids = {i.incident_id for i in current}
             for inc in current:
                 digest = _digest(inc)
@@ -542,17 +544,17 @@ class Incidents:
 
 def timeline(members: Iterable[Entry]) -> list[Day]:
     """Mails and affected numbers per day of event time (UTC), members in event-time order."""
-    days: dict[str, tuple[int, set[str], int]] = {}
+    days: dict[int, tuple[int, set[str], int]] = {}
     seen: set[str] = set()
     for e in members:
-        date = rfc3339(e.t)[:10]
-        mails, numbers, new = days.get(date, (0, set(), 0))
+        day = e.t // DAY_US
+        mails, numbers, new = days.get(day) or (0, set(), 0)
         numbers.add(e.number)
         if e.number not in seen:
             seen.add(e.number)
             new += 1
-        days[date] = (mails + 1, numbers, new)
-    return [Day(d, m, len(n), new) for d, (m, n, new) in days.items()]
+        days[day] = (mails + 1, numbers, new)
+    return [Day(rfc3339(d * DAY_US)[:10], m, len(n), new) for d, (m, n, new) in days.items()]
 
 
 def latest(records: Iterable[TopicRecord]) -> tuple[dict[str, Incident], list[Action]]:

@@ -188,3 +188,22 @@ def test_metrics_of_open_incidents_and_their_deadlines() -> None:
     assert r.get_sample_value("notifguard_incident_reported", {"incident_id": inc.incident_id}) == 1
     m.update([msgspec.structs.replace(inc, status="closed")], now)
     assert r.get_sample_value("notifguard_incidents_open", {"kind": "recipient_previous_holder"}) == 0
+
+
+def test_incident_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    from streams.config import load_incident_settings, load_settings
+
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('grace_s = 5.0\n[incidents]\nquiet_period_s = 86400\nbreach_kinds = ["recipient_other_customer"]\n'
+                   '[topics]\nincidents = "x.incidents"\n', encoding="utf-8")
+    s = load_incident_settings(cfg, env={})
+    assert s.quiet_period_s == 86_400 and s.breach_kinds == ("recipient_other_customer",)
+    assert load_settings(cfg, env={}).topics.incidents == "x.incidents"  # the section is no unknown setting
+    env = {"NOTIFGUARD_INCIDENTS_BREACH_KINDS": "recipient_previous_holder, notification_without_contract",
+           "NOTIFGUARD_INCIDENTS_GDPR_REPORT_S": "3600"}
+    s = load_incident_settings(cfg, env=env)
+    assert s.breach_kinds == ("recipient_previous_holder", "notification_without_contract")
+    assert s.gdpr_report_s == 3600 and s.initial_report_s == 86_400
+    cfg.write_text("[incidents]\nquiet_period = 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="quiet_period"):
+        load_incident_settings(cfg, env={})
