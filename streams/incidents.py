@@ -48,6 +48,7 @@ import msgspec
 
 from detectors.alerts import decode_alert
 from detectors.incidents import (
+    CLOSED,
     OPEN,
     Action,
     Incident,
@@ -97,10 +98,11 @@ class IncidentMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.open = Gauge("notifguard_incidents_open", "Open incidents", ["kind"], registry=r)
-        self.numbers = Gauge("notifguard_incident_affected_numbers", "Affected numbers of an open incident",
+        self.numbers = Gauge("notifguard_incident_affected_numbers",
+                             "Affected numbers of an open incident, or of one closed by quiet period and not reported",
                              ["incident_id", "kind", "brand"], registry=r)
         self.deadline = Gauge("notifguard_incident_deadline_seconds",
-                              "Seconds until a deadline of an open incident not marked reported (negative: overdue)",
+                              "Seconds until a deadline of an incident not marked reported (negative: overdue)",
                               ["incident_id", "deadline"], registry=r)
         self.reported = Gauge("notifguard_incident_reported", "1 when the open incident is marked reported",
                               ["incident_id"], registry=r)
@@ -113,9 +115,13 @@ class IncidentMetrics:
         for kind in ("recipient_previous_holder", "recipient_other_customer", "notification_without_contract"):
             self.open.labels(kind).set(0)
         for i in incidents:
-            if i.status != OPEN:
+            # an incident closed by its quiet period is still a breach to report: its clocks stay
+            # until it is marked reported (or closed by an operator, who then answers for it)
+            unreported = i.status == CLOSED and i.closed_by == "quiet_period" and i.reported is None
+            if i.status != OPEN and not unreported:
                 continue
-            self.open.labels(i.kind).inc()
+            if i.status == OPEN:
+                self.open.labels(i.kind).inc()
             self.numbers.labels(i.incident_id, i.kind, i.signature.brand or "").set(i.affected_numbers)
             self.reported.labels(i.incident_id).set(1 if i.reported else 0)
             if i.deadlines is not None and i.reported is None:

@@ -167,7 +167,7 @@ def test_the_register_entry_field_by_field() -> None:
     assert any("initial report" in line and "reported" in line for line in show_lines(View(inc, [report]), NOW))
 
 
-def test_metrics_of_open_incidents_and_their_deadlines() -> None:
+def test_metrics_of_open_or_unreported_incidents_and_their_deadlines() -> None:
     inc = _seed_incident()
     m = IncidentMetrics(CollectorRegistry())
     now = parse_rfc3339("2026-12-01T12:00:00Z")
@@ -186,8 +186,17 @@ def test_metrics_of_open_incidents_and_their_deadlines() -> None:
     assert r.get_sample_value("notifguard_incident_deadline_seconds",
                               {"incident_id": inc.incident_id, "deadline": "gdpr"}) is None
     assert r.get_sample_value("notifguard_incident_reported", {"incident_id": inc.incident_id}) == 1
-    m.update([msgspec.structs.replace(inc, status="closed")], now)
+    # closed by its quiet period but never reported: not open, but its clocks still run (and page)
+    m.update([msgspec.structs.replace(inc, status="closed", closed_by="quiet_period")], now)
     assert r.get_sample_value("notifguard_incidents_open", {"kind": "recipient_previous_holder"}) == 0
+    assert r.get_sample_value("notifguard_incident_deadline_seconds",
+                              {"incident_id": inc.incident_id, "deadline": "gdpr"}) == 69.5 * 3600
+    # closed by an operator: nothing more
+    m.update([msgspec.structs.replace(inc, status="closed", closed_by="operator")], now)
+    assert r.get_sample_value("notifguard_incident_affected_numbers",
+                              {"incident_id": inc.incident_id, "kind": inc.kind, "brand": "o2"}) is None
+    assert r.get_sample_value("notifguard_incident_deadline_seconds",
+                              {"incident_id": inc.incident_id, "deadline": "gdpr"}) is None
 
 
 def test_incident_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
