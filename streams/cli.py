@@ -18,6 +18,10 @@ def _replay(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     warn_if_dev_key(settings)
     if not args.offline:
+        if args.incidents_out:
+            print("notifguard replay: --incidents-out needs --offline (live, `notifguard incidents run` "
+                  "publishes them)", file=sys.stderr)
+            return 2
         if not args.bootstrap:
             print("notifguard replay: give --offline, or --bootstrap to produce to Kafka", file=sys.stderr)
             return 2

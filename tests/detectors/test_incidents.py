@@ -317,3 +317,35 @@ def test_incidents_do_not_depend_on_alert_order_or_redeliveries(
     assert agg.incidents() == reference
     # the last record of each id is the incident, and every other id is superseded
     assert _final(agg, published) == {i.incident_id: i for i in reference}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(order=st.permutations(range(len(SAMPLE))), at=st.integers(0, len(SAMPLE)), retract=st.sets(
+    st.integers(0, len(SAMPLE) - 1), max_size=10))
+def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
+    order: list[int], at: int, retract: set[int]
+) -> None:
+    """A close (cut at the seed's June burst) and retractions, anywhere in the stream: the same incidents."""
+    june = next(i for i in aggregate(SAMPLE).incidents() if i.signature.template == "contract_info"
+                and i.first_event_time and i.first_event_time.startswith("2026-06"))
+    # closed when its alerts had come up to June 10: the later ones are a new incident
+    close = msgspec.structs.replace(_action(june, CLOSE, note="fixed"), last=parse_rfc3339("2026-06-10T12:00:00Z"))
+    gone = [msgspec.structs.replace(SAMPLE[i], status=RETRACTED) for i in sorted(retract)]
+    reference = aggregate([*SAMPLE, *gone])
+    reference.act(close)
+    agg = Incidents()
+    published: list[Incident] = []
+    for n, i in enumerate(order):
+        if n == at:
+            agg.act(close)
+        agg.add(SAMPLE[i])
+        published += agg.changes()
+    if at >= len(order):
+        agg.act(close)
+    for g in gone:
+        agg.add(g)
+    published += agg.changes()
+    assert agg.incidents() == reference.incidents()
+    assert _final(agg, published) == {i.incident_id: i for i in reference.incidents()}
+    closed = [i for i in reference.incidents() if i.closed_by == "operator"]
+    assert len(closed) == 1 and (closed[0].last_event_time or "") < "2026-06-10T12"
