@@ -42,6 +42,8 @@ class Topics:
     delivery: str = "notifications.delivery"
     alerts: str = "notifguard.alerts"
     deadletter: str = "notifguard.deadletter"
+    # written by `notifguard incidents run` (docs/incidents.md), not by the worker
+    incidents: str = "notifguard.incidents"
 
 
 @dataclass(frozen=True)

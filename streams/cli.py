@@ -18,6 +18,10 @@ def _replay(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     warn_if_dev_key(settings)
     if not args.offline:
+        if args.incidents_out:
+            print("notifguard replay: --incidents-out needs --offline (live, `notifguard incidents run` "
+                  "publishes them)", file=sys.stderr)
+            return 2
         if not args.bootstrap:
             print("notifguard replay: give --offline, or --bootstrap to produce to Kafka", file=sys.stderr)
             return 2
@@ -29,6 +33,13 @@ def _replay(args: argparse.Namespace) -> int:
         dead_out = (
             stack.enter_context(open(args.deadletter_out, "wb")) if args.deadletter_out else None
         )
+        incidents_out = stack.enter_context(open(args.incidents_out, "wb")) if args.incidents_out else None
+        incidents = None
+        if incidents_out is not None:
+            from detectors.incidents import Incidents
+            from streams.config import load_incident_settings
+
+            incidents = Incidents(load_incident_settings(args.config))
         summary, _ = replay(
             args.captures,
             settings,
@@ -37,6 +48,8 @@ def _replay(args: argparse.Namespace) -> int:
             print_alerts=sys.stdout if args.print_alerts else None,
             progress=progress_stream(),
             jobs=args.jobs,
+            incidents_out=incidents_out,
+            incidents=incidents,
         )
     print(summary.render(), file=sys.stderr if args.print_alerts else sys.stdout)
     return 0
@@ -135,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", action="store_true", help="run the engine in-process, no Kafka")
     r.add_argument("--alerts-out", metavar="FILE", help="write alerts as JSON Lines")
     r.add_argument("--deadletter-out", metavar="FILE", help="write dead letters as JSON Lines")
+    r.add_argument("--incidents-out", metavar="FILE",
+                   help="with --offline: write incident records as JSON Lines (docs/incidents.md)")
     r.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     r.add_argument("--print-alerts", action="store_true", help="print one line per alert")
     r.add_argument(
@@ -214,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-create-topics", dest="create_topics", action="store_false",
                    help="do not create missing topics at start")
     w.set_defaults(func=_worker)
+
+    from streams.incidents import add_parser as add_incidents_parser
+
+    add_incidents_parser(sub)
 
     s = sub.add_parser("scenario-capture", help="write a scenario as a kcat -J capture")
     s.add_argument("scenario", help="name in scenarios/ or path to a .toml")

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from detectors.incidents import IncidentSettings
 from detectors.settings import DEV_PSEUDONYMISATION_KEY, Secret, Settings, Topics
 
 log = logging.getLogger("notifguard.config")
@@ -39,9 +40,37 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     return _settings_from(values, env)
 
 
+def load_incident_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> IncidentSettings:
+    """The `[incidents]` section of the settings file, then NOTIFGUARD_INCIDENTS_* (breach_kinds: comma-separated)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is None:
+        path = env.get(_ENV_PREFIX + "CONFIG") or None
+    if path is not None:
+        with open(path, "rb") as fh:
+            values.update(tomllib.load(fh).get("incidents", {}) or {})
+    fields = {f.name: f for f in dataclasses.fields(IncidentSettings)}
+    for name in fields:
+        raw = env.get(f"{_ENV_PREFIX}INCIDENTS_{name.upper()}")
+        if raw is not None:
+            values[name] = raw
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown [incidents] settings: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "breach_kinds":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            kwargs[name] = tuple(str(k).strip() for k in items if str(k).strip())
+        else:
+            kwargs[name] = float(value)
+    return IncidentSettings(**kwargs)
+
+
 def _settings_from(values: dict[str, Any], env: Mapping[str, str]) -> Settings:
     values = dict(values)
     values.pop("worker", None)
+    values.pop("incidents", None)  # the incidents' own section: see load_incident_settings
     fields = {f.name for f in dataclasses.fields(Settings)}
     for name in fields:
         raw = env.get(_ENV_PREFIX + name.upper())

@@ -22,6 +22,7 @@ from detectors.alerts import Alert, encode_alert
 from detectors.arrival import DELIVERY, LATE, NOTIFICATION, Arrival
 from detectors.capture import Envelope, decode_line
 from detectors.engine import TOPIC_KINDS, Engine, Remembered
+from detectors.incidents import Incidents, encode_record
 from detectors.privacy import Pseudonymiser
 from detectors.records import (
     _FAST,
@@ -396,6 +397,8 @@ def replay(
     progress: IO[str] | None = None,
     engine: Engine | None = None,
     jobs: int | None = None,
+    incidents_out: IO[bytes] | None = None,
+    incidents: Incidents | None = None,
 ) -> tuple[Summary, list[Alert]]:
     """Run captures through a fresh engine; returns the summary and every alert.
 
@@ -405,7 +408,14 @@ def replay(
 
     The capture's record timestamps (`ts`) are the arrival clock (detectors.arrival):
     a topic-partition with no record for `idle_flush_s` of them is idle.
+
+    `incidents_out`: the incident records (detectors.incidents), one for each incident
+    that changed in a batch of records, by the aggregator `incidents` (default settings
+    if None); its clock is the alerts' event time only, so the records are the same
+    every time.
     """
+    if incidents_out is not None and incidents is None:
+        incidents = Incidents()
     files = [str(p) for p in paths]
     if jobs is None:
         jobs = default_jobs(files)
@@ -431,6 +441,12 @@ def replay(
             if print_alerts is not None:
                 print_alerts.write(alert_line(a) + "\n")
         all_alerts.extend(alerts)
+        if incidents is not None:
+            for a in alerts:
+                incidents.add(a)
+            if incidents_out is not None:
+                for inc in incidents.changes():
+                    incidents_out.write(encode_record(inc) + b"\n")
         for d in dead:
             summary.deadletters[d.reason_code] += 1
             if deadletter_out is not None:

@@ -160,12 +160,16 @@ def _configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
 
 def ensure_topics(
     bootstrap: str, settings: Settings, partitions: int = 6, app_id: str = "notifguard",
-    timeout: float = 30.0,
+    timeout: float = 30.0, specs: list[TopicSpec] | None = None,
 ) -> TopicsReport:
-    """Create what is missing, check what exists; raise TopicLayoutError when co-partitioning would break."""
+    """Create what is missing, check what exists; raise TopicLayoutError when co-partitioning would break.
+
+    `specs`: other topics than the worker's (topic_specs), e.g. the incidents process's.
+    """
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = topic_specs(settings, partitions, app_id)
+    if specs is None:
+        specs = topic_specs(settings, partitions, app_id)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"topic names must be distinct: {names}")

@@ -33,6 +33,9 @@ ROUTE_CASES = [
     # labels -> receiver
     (["severity=critical", "alertname=NotifguardRecipientBreach", "brand=o2"], "pager"),
     (["severity=critical", "alertname=NotifguardWorkerDown", "job=notifguard"], "pager"),
+    (["severity=critical", "alertname=NotifguardIncidentOpen", "incident_id=inc-1"], "pager"),
+    (["severity=critical", "alertname=NotifguardIncidentDeadlineNear", "incident_id=inc-1", "deadline=gdpr"],
+     "pager"),
     (["severity=warning", "alertname=NotifguardHardBounceRateHigh", "brand=o2", "sender=crm-mailer"], "ticket"),
     (["severity=warning", "alertname=NotifguardProcessingErrors"], "ticket"),
     (["severity=info", "alertname=NotifguardFrequentRebalances"], "null"),

@@ -27,7 +27,9 @@ SEVERITIES = {"critical", "warning", "info"}
 
 
 def documented_metrics() -> set[str]:
-    return set(re.findall(r"^\| `(notifguard_\w+)` \|", METRICS_DOC.read_text(encoding="utf-8"), re.M))
+    """The worker's metrics and the incidents process's (rows marked `(incidents)`)."""
+    return set(re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"),
+                          re.M))
 
 
 # --- promtool ---------------------------------------------------------------
