@@ -96,7 +96,7 @@ def _worker(args: argparse.Namespace) -> int:
         except KafkaError:
             check_topics(config.bootstrap, config.kafka, needs)  # a missing ACL: named
             raise
-    check_topics(config.bootstrap, config.kafka, needs)
+    check_topics(config.bootstrap, config.kafka, needs, groups=[config.app_id])
     log.info("kafka: %s at %s", config.kafka.describe(), config.bootstrap)
     from streams.worker import Worker, create_app
 

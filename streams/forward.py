@@ -250,7 +250,9 @@ def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event,
 def forward_command(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
+    from streams.acls import forwarder_acls, topic_needs
     from streams.config import load_settings
+    from streams.kafka_access import check_topics
     from streams.kafka_security import client_kwargs, load_kafka_security
     from streams.topics import wait_for_broker
 
@@ -264,6 +266,8 @@ def forward_command(args: argparse.Namespace) -> int:
     if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard forward-alerts: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(forwarder_acls(settings.topics, args.group)),
+                 groups=[args.group])
     if not forwarder.ready():
         print(f"notifguard forward-alerts: no Alertmanager answers at {args.alertmanager}", file=sys.stderr)
         return 2

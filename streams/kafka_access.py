@@ -177,21 +177,27 @@ def _recv(sock: socket.socket, n: int) -> bytes:
 
 
 def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequence[str]],
-                 timeout: float = 10.0) -> None:
-    """Raise KafkaAccessError naming each topic that is missing or that this principal may not READ/WRITE."""
-    from kafka.errors import KafkaError
+                 groups: Sequence[str] = (), timeout: float = 10.0, existing: bool = True) -> None:
+    """Raise KafkaAccessError naming each topic this principal may not READ/WRITE (or, with `existing`,
+    that does not exist) and each consumer group it may not use."""
+    from kafka.errors import GroupAuthorizationFailedError, KafkaError
 
     check_connection(bootstrap, sec, timeout)
     admin = None
+    problems = []
     try:
         admin = admin_client(bootstrap, sec, request_timeout_ms=int(timeout * 1000))
         described = {t["name"]: t for t in admin.describe_topics(sorted(needs))}
+        for group in groups:
+            try:
+                admin.describe_groups([group])  # a group that does not exist yet is no error
+            except GroupAuthorizationFailedError:
+                problems.append(f"consumer group {group}: no READ permission (missing ACL)")
     except KafkaError as err:
         raise KafkaAccessError(f"cannot describe the topics at {bootstrap}: {type(err).__name__}") from None
     finally:
         if admin is not None:
             admin.close()
-    problems = []
     for name, ops in sorted(needs.items()):
         topic = described.get(name, {})
         code = topic.get("error_code", 3)
@@ -200,10 +206,10 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
         denied = [op for op in ops if code == 29 or (code == 0 and known and not allowed & (1 << OPERATIONS[op]))]
         if denied:
             problems.append(f"{name}: no {' or '.join(denied)} permission (missing ACL)")
-        elif code == 3:
+        elif code == 3 and existing:
             problems.append(f"{name}: does not exist")
-        elif code:
+        elif code and code != 3:
             problems.append(f"{name}: error {code}")
     if problems:
         who = f" as {sec.sasl_username}" if sec.uses_sasl else ""
-        raise KafkaAccessError(f"Kafka topics at {bootstrap}{who}: " + "; ".join(problems))
+        raise KafkaAccessError(f"Kafka at {bootstrap}{who}: " + "; ".join(problems))

@@ -38,6 +38,8 @@ from detectors.capture import Envelope
 from detectors.privacy import mask_msisdn
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
+from streams.acls import capture_acls, replay_acls, topic_needs
+from streams.kafka_access import check_topics
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
 
 # ---------------------------------------------------------------------------
@@ -350,6 +352,7 @@ def capture_command(args: argparse.Namespace) -> int:
     if not wait_for_broker(args.bootstrap, timeout=10, security=security):
         print(f"notifguard capture: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(capture_acls(args.topics)), existing=False)
     try:
         with ExitStack() as stack:
             sink = sys.stdout.buffer if args.out == "-" else stack.enter_context(open(args.out, "wb"))
@@ -550,6 +553,7 @@ def replay_to_kafka_command(args: argparse.Namespace, settings: Settings) -> int
         print(f"notifguard replay: topics missing on {args.bootstrap}: {', '.join(missing)} "
               "(auto-creation is off; create them, or map them with --rename OLD=NEW)", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(replay_acls(topics)))
     try:
         summary = replay_to_kafka(
             args.bootstrap, args.captures, float(args.speed), rebase, renames,
@@ -779,9 +783,12 @@ def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float,
 
     if not wait_for_broker(bootstrap, timeout=min(10.0, timeout), security=security):
         return f"no Kafka broker answers at {bootstrap}"
+    topics = list(topics)
     missing = _missing_topics(bootstrap, topics, security)
     if missing:
         return f"topics missing on {bootstrap}: {', '.join(missing)}"
+    # the last is the alerts topic, read; the others are written
+    check_topics(bootstrap, security, topic_needs([*replay_acls(topics[:-1]), *capture_acls(topics[-1:])]))
     return None
 
 

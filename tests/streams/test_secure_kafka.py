@@ -161,20 +161,42 @@ def test_a_refused_connection_stops_the_worker_at_start_naming_the_cause(refused
     assert elapsed < 20
 
 
-@pytest.mark.parametrize(("case", "drop", "cause"), [
-    ("no read on one input", ("delivery", "READ"), "no READ permission"),
-    ("no write on the alerts", ("alerts", "WRITE"), "no WRITE permission"),
+@pytest.mark.parametrize(("case", "drop"), [
+    ("no read on one input", ("TOPIC", "delivery", "READ")),
+    ("no write on the alerts", ("TOPIC", "alerts", "WRITE")),
+    ("no consumer group", ("GROUP", "app_id", "READ")),
 ])
-def test_a_missing_acl_stops_the_worker_at_start_naming_topic_and_permission(broker, tmp_path, case, drop, cause):
+def test_a_missing_acl_stops_the_worker_at_start_naming_what_and_the_permission(broker, tmp_path, case, drop):
     run = KafkaRun(broker, tmp_path, security=security("admin"))
     try:
-        topic = getattr(run.topics, drop[0])
-        acls = [a for a in worker_acls(run.topics, run.app_id) if a != Acl("TOPIC", topic, drop[1])]
+        resource, attr, operation = drop
+        name = run.app_id if attr == "app_id" else getattr(run.topics, attr)
+        acls = [a for a in worker_acls(run.topics, run.app_id) if a != Acl(resource, name, operation)]
+        assert len(acls) == len(worker_acls(run.topics, run.app_id)) - 1
         grant(broker, security("admin"), "User:worker", acls)
         run.produce(scenario_stream()[:50])
         code, out, elapsed = _refused_start(run, kafka_env("worker"))
-        assert code == 2 and f"{topic}: {cause}" in out, out
+        assert code == 2 and f"{name}: no {operation} permission (missing ACL)" in out, out
         assert elapsed < 20
+    finally:
+        run.close()
+
+
+def test_a_tool_without_its_acl_exits_at_once_naming_topic_and_permission(broker, tmp_path):
+    run = KafkaRun(broker, tmp_path, security=security("admin"))
+    try:
+        t = run.topics
+        grant(broker, security("admin"), "User:forwarder", forwarder_acls(t, "not-the-group"))
+        grant(broker, security("admin"), "User:capture", capture_acls([t.alerts]))
+        forward = sasl_config(tmp_path / "f.toml", t, "forwarder")
+        code, out = notifguard(tmp_path / "forward.log", "forward-alerts", "--bootstrap", broker, "--config",
+                               str(forward), "--group", f"{run.app_id}-fwd", "--alertmanager", "http://127.0.0.1:9")
+        assert code == 2 and f"consumer group {run.app_id}-fwd: no READ permission" in out, out
+        capture = sasl_config(tmp_path / "c.toml", t, "capture")
+        code, out = notifguard(tmp_path / "capture.log", "capture", "--bootstrap", broker, "--topics", t.alerts,
+                               t.deadletter, "--out", str(tmp_path / "x.jsonl"), "--config", str(capture))
+        assert code == 2 and f"{t.deadletter}: no READ permission" in out and f"{t.alerts}:" not in out, out
+        assert_no_secret([tmp_path / "forward.log", tmp_path / "capture.log"])
     finally:
         run.close()
 
