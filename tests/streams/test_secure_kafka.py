@@ -182,6 +182,19 @@ def test_a_missing_acl_stops_the_worker_at_start_naming_what_and_the_permission(
         run.close()
 
 
+def test_exactly_once_without_its_transactional_id_acl_crashes_before_it_is_ready(broker, tmp_path):
+    run = KafkaRun(broker, tmp_path, security=security("admin"))
+    try:
+        grant(broker, security("admin"), "User:worker", worker_acls(run.topics, run.app_id, exactly_once=False))
+        run.produce(scenario_stream()[:50])
+        code, out, elapsed = _refused_start(run, {**kafka_env("worker"),
+                                                  "NOTIFGUARD_WORKER_PROCESSING_GUARANTEE": "exactly_once"})
+        assert code != 0 and "TransactionalIdAuthorizationFailed" in out, out
+        assert elapsed < 25
+    finally:
+        run.close()
+
+
 def test_a_tool_without_its_acl_exits_at_once_naming_topic_and_permission(broker, tmp_path):
     run = KafkaRun(broker, tmp_path, security=security("admin"))
     try:
