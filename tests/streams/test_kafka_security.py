@@ -125,3 +125,21 @@ def test_alertmanager_credentials_come_from_files_and_only_over_https(tmp_path):
         Forwarder("http://am:9093", authorization=Secret("Bearer x"))
     with pytest.raises(ValueError, match="user:password"):
         alertmanager_authorization(None, str(token))
+
+
+def test_the_readmes_production_configurations_are_accepted(tmp_path):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    production = readme[readme.index("## Production"):readme.index("## Design")]
+    blocks = re.findall(r"```toml\n(.*?)```", production, re.S)
+    assert len(blocks) == 2
+    protocols = set()
+    for block in blocks:
+        kafka = tomllib.loads(block)["kafka"]
+        local = {k: str(tmp_path / "secret") if k.endswith("password_file") else v for k, v in kafka.items()}
+        (tmp_path / "secret").write_text("pw")
+        protocols.add(security_from(local, {}).security_protocol)
+    assert protocols == {"SASL_SSL", "SSL"}
