@@ -17,7 +17,9 @@ import os
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from streams.kafka_security import KafkaSecurity, admin_client, ssl_context
 
@@ -180,7 +182,7 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
                  groups: Sequence[str] = (), timeout: float = 10.0, existing: bool = True) -> None:
     """Raise KafkaAccessError naming each topic this principal may not READ/WRITE (or, with `existing`,
     that does not exist) and each consumer group it may not use."""
-    from kafka.errors import GroupAuthorizationFailedError, KafkaError
+    from kafka.errors import KafkaError
 
     check_connection(bootstrap, sec, timeout)
     admin = None
@@ -188,11 +190,8 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
     try:
         admin = admin_client(bootstrap, sec, request_timeout_ms=int(timeout * 1000))
         described = {t["name"]: t for t in admin.describe_topics(sorted(needs))}
-        for group in groups:
-            try:
-                admin.describe_groups([group])  # a group that does not exist yet is no error
-            except GroupAuthorizationFailedError:
-                problems.append(f"consumer group {group}: no READ permission (missing ACL)")
+        problems += [f"consumer group {g}: no READ permission (missing ACL)" for g in groups
+                     if not _may_use_group(admin, g, time.monotonic() + timeout)]
     except KafkaError as err:
         raise KafkaAccessError(f"cannot describe the topics at {bootstrap}: {type(err).__name__}") from None
     finally:
@@ -213,3 +212,20 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
     if problems:
         who = f" as {sec.sasl_username}" if sec.uses_sasl else ""
         raise KafkaAccessError(f"Kafka at {bootstrap}{who}: " + "; ".join(problems))
+
+
+def _may_use_group(admin: Any, group: str, deadline: float) -> bool:
+    """False if the broker refuses this principal the group; True if it may (or the coordinator
+    did not come up before the deadline: on a new cluster the offsets topic is made first)."""
+    from kafka.errors import GroupAuthorizationFailedError, RetriableError
+
+    while True:
+        try:
+            admin.describe_groups([group])  # a group that does not exist yet is no error
+            return True
+        except GroupAuthorizationFailedError:
+            return False
+        except RetriableError:  # the coordinator not (yet) available, loading, moved
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.5)

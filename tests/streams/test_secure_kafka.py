@@ -65,11 +65,13 @@ def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_w
         code, out = notifguard(logs[-1], "replay", str(tmp_path / "capture.jsonl"), "--bootstrap", broker,
                                "--config", str(sasl_config(tmp_path / "replay.toml", t, "replay")), *renames)
         assert code == 0, out
-        run.start_worker(env=kafka_env("worker"), log_level="INFO")  # every scenario, one worker run
+        port = run.start_worker(env=kafka_env("worker"), log_level="INFO")  # every scenario, one worker run
         logs.append(run.workers[-1][2])
         got = run.alerts(lambda a: keys(a) >= expected, timeout=120)
         got = run.alerts(lambda a: False, timeout=2) if keys(got) >= expected else got
         assert keys(got) == expected
+        logs.append(tmp_path / "metrics.txt")
+        logs[-1].write_text(run.metrics(port))
 
         for name, bootstrap, config in [
             ("capture", broker, sasl_config(tmp_path / "capture.toml", t, "capture")),
