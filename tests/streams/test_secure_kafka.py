@@ -226,3 +226,11 @@ def test_a_tool_with_a_wrong_password_exits_at_once_naming_the_cause(broker, tmp
     assert code == 2 and "authentication as capture failed" in out, out
     assert time.monotonic() - started < 15
     assert_no_secret([tmp_path / "capture.log"])
+
+
+def test_the_readiness_ping_speaks_tls_with_a_client_certificate_to_the_mtls_listener(broker):
+    ping = [sys.executable, str(ROOT / "deploy" / "kafka" / "ping.py"), MTLS_BOOTSTRAP, "5", str(SECRETS / "ca.pem")]
+    cert = [str(SECRETS / "notifguard-ping.crt"), str(SECRETS / "notifguard-ping.key")]
+    assert subprocess.run([*ping, *cert], check=False, timeout=30).returncode == 0
+    other_ca = [*ping[:-1], str(SECRETS / "untrusted-ca.pem"), *cert]
+    assert subprocess.run(other_ca, check=False, timeout=30).returncode == 1
