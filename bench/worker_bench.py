@@ -119,10 +119,13 @@ def code_facts() -> dict[str, Any]:
 
     digest = ""
     with contextlib.suppress(OSError):
-        digest = hashlib.sha256((ROOT / "streams" / "worker.py").read_bytes()).hexdigest()[:16]
+        h = hashlib.sha256()
+        for path in sorted((ROOT / "streams" / "worker").glob("*.py")):
+            h.update(path.read_bytes())
+        digest = h.hexdigest()[:16]
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
-            "streams_worker_py_sha256": digest}
+            "streams_worker_sha256": digest}
 
 
 def load_average() -> float | None:
@@ -886,11 +889,12 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
 
 def render_table(r: dict[str, Any]) -> str:
     m, raw, w, lat = r["machine"], r["raw"], r["worker"], r.get("latency")
+    digest = r["code"].get("streams_worker_sha256") or r["code"].get("streams_worker_py_sha256")
     lines = [
         f"machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, Kafka {m['kafka']}, "
         f"aiokafka {m['aiokafka']}, faust {m['faust']}",
-        f"code: {r['code']['commit']} (+{len(r['code']['modified'])} modified files, worker.py "
-        f"{r['code']['streams_worker_py_sha256']}); load average at start {r['load_average_1m_at_start']}",
+        f"code: {r['code']['commit']} (+{len(r['code']['modified'])} modified files, streams/worker "
+        f"{digest}); load average at start {r['load_average_1m_at_start']}",
         f"capture: {r['capture']['records']} records, {r['capture']['numbers']} numbers, seed {r['capture']['seed']}, "
         f"{r['partitions']} partitions, {r.get('guarantee', 'at_least_once')}, "
         f"flush interval {r.get('flush_interval_s') or 'default'}",

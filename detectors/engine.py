@@ -288,6 +288,8 @@ class Engine:
         # input. Only records with a token are caught (the worker dead-letters
         # them as themselves and goes on); without one the exception propagates.
         self.failed: list[tuple[Any, BaseException]] = []
+        # told each token before its record is applied (the worker's crash journal), or None
+        self.applying: Callable[[Any], None] | None = None
 
     @property
     def stats(self) -> Stats:
@@ -467,6 +469,9 @@ class Engine:
         if token is None:
             self._apply(category, t, record, ref, late, partition)
             return
+        applying = self.applying
+        if applying is not None:
+            applying(token)
         try:
             self._apply(category, t, record, ref, late, partition)
         except Exception as exc:  # a bug: the shell dead-letters this record as itself

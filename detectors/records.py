@@ -151,6 +151,12 @@ REASON_CODES: Final = (
     BAD_ENVELOPE,
 )
 
+# Reason codes of the worker's dead letters that are not about the input's form:
+# a bug while processing the record, and a record set aside after crash loops.
+PROCESSING_ERROR: Final = "processing_error"
+QUARANTINED: Final = "quarantined"
+WORKER_REASON_CODES: Final = (PROCESSING_ERROR, QUARANTINED)
+
 
 class BadRecord(Exception):
     """Input that does not fit the contract: dead-lettered with `code` and a readable `reason`."""

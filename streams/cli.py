@@ -101,7 +101,10 @@ def _worker(args: argparse.Namespace) -> int:
     from streams.worker import Worker, create_app
 
     app = create_app(config)
-    app.notifguard.echo = args.print_alerts  # type: ignore[attr-defined]
+    if args.print_alerts:
+        from streams.replay_offline import alert_line
+
+        app.notifguard.pipeline.echo = lambda a: print(alert_line(a), flush=True)
     # stops within config.shutdown_timeout_s of SIGTERM or a crash, or exits 70 (streams.liveness)
     worker = Worker(app, shutdown_timeout_s=config.shutdown_timeout_s, loglevel=args.log_level, quiet=True,
                     override_logging=False)

@@ -22,6 +22,8 @@ _ENV_PREFIX = "NOTIFGUARD_"
 # section 3); the development key is public; REPLACE-ME... is the placeholder
 # of deploy/k8s/secret.yaml. deploy/k8s/statefulset.yaml checks the same.
 KEY_MIN_BYTES = 32
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"
+GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 PLACEHOLDER_KEY_PREFIX = "REPLACE-ME"
 
 
@@ -114,7 +116,7 @@ class WorkerConfig:
     partitions: int = 6
     # "at_least_once" (default) or "exactly_once": one Kafka transaction per flush
     # holds its alerts, dead letters, changelog records and input offsets
-    # (streams/transactions.py); consumers of the alerts must read_committed.
+    # (streams/worker/exactly_once.py); consumers of the alerts must read_committed.
     processing_guarantee: str = "at_least_once"
     # One host: no standby replicas; raise with more workers to speed up fail-over.
     standby_replicas: int = 0
@@ -147,6 +149,19 @@ class WorkerConfig:
     # costs ~0.5-1 KiB (its Kafka record, decoded form and buffer entry), so
     # 200,000 bound the buffer to ~100-200 MiB while a topic runs far ahead.
     max_pending: int = 200_000
+    # Crash-loop quarantine (streams/worker/quarantine.py): a record the worker
+    # process died on this many times (its restarts re-read it: its offset was
+    # never acknowledged) is dead-lettered as `quarantined` instead of crashing it
+    # again. 3: one crash can be the machine's, two in a row on one record rarely
+    # are, and the third restart is still quick (Kubernetes' back-off is 10-40 s).
+    # 0 turns it off. The counts live in the data directory.
+    crash_quarantine_after: int = 3
+    # How long the group waits for a worker that stopped heartbeating (a crash, a
+    # SIGKILL, a partitioned node) before its partitions go to the others: 60 s is
+    # Faust's default (Kafka allows 6 s to 30 min, group.min/max.session.timeout.ms).
+    # Shorter moves work sooner after a crash and rebalances on a long GC pause.
+    # The heartbeat is a third of it, at most 3 s (Faust's).
+    session_timeout_s: float = 60.0
     # A fetch returns once the broker has fetch_min_bytes for it, or after
     # fetch_max_wait_ms. The wait bounds what a record can add to the latency;
     # it is short because aiokafka has at most one fetch in flight per broker and,
@@ -200,11 +215,15 @@ class WorkerConfig:
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
             raise ValueError(f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
                              f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}")
+        if self.session_timeout_s < 6:
+            raise ValueError(f"session_timeout_s must be >= 6 (the broker's minimum), not {self.session_timeout_s}")
+        if self.crash_quarantine_after < 0:
+            raise ValueError(f"crash_quarantine_after must be >= 0, not {self.crash_quarantine_after}")
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, not {self.max_pending}")
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
-        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+        if self.processing_guarantee not in GUARANTEES:
             raise ValueError(f"processing_guarantee must be at_least_once or exactly_once, "
                              f"not {self.processing_guarantee!r}")
 

@@ -13,7 +13,7 @@ part an SRE needs under our conventions, in the worker's registry:
 - changelog records still to be read by table recovery.
 
 The worker produces with `app.producer.send` and drains its inputs in
-batches (streams.worker._Consumer), so Faust's send, message and stream
+batches (streams.seams.BatchConsumer), so Faust's send, message and stream
 hooks never fire for it; `install` therefore gives the transport a producer
 that reports every send itself (`_InstrumentedProducer`), and the per-event
 hooks are not exported at all (they would always read 0).
@@ -36,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from detectors.settings import Topics
+from streams import seams
 
 log = logging.getLogger("notifguard.faust")
 
@@ -94,7 +95,7 @@ class _RecoveryCollector(Collector):
         family = GaugeMetricFamily("notifguard_table_recovery_remaining_records",
                                    "Changelog records table recovery has still to read", labels=["role"])
         remaining = {role: 0 for role in RECOVERY_ROLES}
-        recovery = getattr(self.app.tables, "_recovery", None)  # not .recovery: that would create it
+        recovery = seams.table_recovery(self.app)
         if recovery is not None:
             # per partition: highwater at recovery start minus the offset read, negative once past it
             remaining["active"] = sum(max(0, int(n)) for n in recovery.active_remaining().values())
@@ -231,7 +232,7 @@ def install(app: faust.App, registry: CollectorRegistry, topics: Topics) -> Noti
     app.sensors.add(sensor)
     registry.register(_RecoveryCollector(app))
     transport: Any = app.transport
-    if app._producer is not None:  # the producer must not exist yet
+    if seams.producer_created(app):  # the producer must not exist yet
         raise RuntimeError("install() must run before app.producer is created")
     if not issubclass(_InstrumentedProducer, transport.Producer):
         raise RuntimeError(f"unexpected producer class {transport.Producer!r}")

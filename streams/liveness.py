@@ -1,6 +1,6 @@
 """Liveness of the worker: is it making progress while input waits for it? (issue 11, item 4)
 
-Nothing here knows Faust or Kafka. `Liveness` is fed by streams.worker.Runtime:
+Nothing here knows Faust or Kafka. `Liveness` is fed by streams.worker.runtime.Runtime:
 progress events (records consumed, records acked, outputs delivered, offsets
 committed) and, at each check, what waits for the worker (records unread on
 the broker, records in the grace buffer, records acked but not committed)
@@ -152,7 +152,7 @@ def describe_stacks(loop: asyncio.AbstractEventLoop | None = None, limit: int = 
     out: list[str] = []
     threads = {t.ident: t for t in threading.enumerate()}
     loops: list[tuple[str, asyncio.AbstractEventLoop]] = [("", loop)] if loop is not None else []
-    for ident, frame in sys._current_frames().items():
+    for ident, frame in sys._current_frames().items():  # noqa: SLF001 - CPython's, documented in sys
         thread = threads.get(ident)
         if thread is not None:  # a mode ServiceThread (Faust's consumer thread) runs a loop of its own
             thread_loop = getattr(getattr(thread, "service", None), "thread_loop", None)

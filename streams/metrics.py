@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from bisect import bisect_left
 from collections import Counter as _Tally
 from collections.abc import Iterable
 from operator import attrgetter
@@ -14,9 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from detectors import kinds
 from detectors.engine import Stats, VerdictRecord
 from detectors.expiry import PARTS
-from detectors.records import REASON_CODES
+from detectors.records import REASON_CODES, WORKER_REASON_CODES
 from detectors.settings import Topics
 from detectors.text import OTHER, is_name
+from streams.seams import observe_n
 
 VERSION = "0.1.0"
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
@@ -71,7 +71,8 @@ class Metrics:
                                 ["brand", "template", "sender", "channel", "verdict"], registry=r)
         self.deliveries = Counter("notifguard_deliveries", "Delivery events by outcome",
                                   ["brand", "sender", "status", "bounce_type"], registry=r)
-        self.alerts = Counter("notifguard_alerts", "Alerts emitted", ["kind", "severity"], registry=r)
+        self.alerts = Counter("notifguard_alerts", "Alerts delivered to the alerts topic", ["kind", "severity"],
+                              registry=r)
         self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"],
                                    registry=r)
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
@@ -101,6 +102,9 @@ class Metrics:
         self.last_progress = Gauge("notifguard_last_progress_timestamp_seconds",
                                    "Unix time of the last progress: records read, acked, delivered or committed "
                                    "(of the start before any)", registry=r)
+        self.quarantined = Counter("notifguard_quarantined_records",
+                                   "Input records set aside after the worker died on them crash_quarantine_after "
+                                   "times (dead-lettered as quarantined)", ["topic"], registry=r)
         self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
                               registry=r)
         try:
@@ -117,8 +121,9 @@ class Metrics:
             self.duplicates.labels(topic)
             self.late.labels(topic)
             self.errors.labels(topic)
+            self.quarantined.labels(topic)
             self.consumer_lag.labels(topic)
-            for reason in REASON_CODES:
+            for reason in (*REASON_CODES, *WORKER_REASON_CODES):
                 self.deadletters.labels(topic, reason)
         for part in PARTS:
             self.capped.labels(part)
@@ -126,8 +131,16 @@ class Metrics:
         self._known_verdict_labels: set[tuple[str, ...]] = set()
         self._verdict_children: dict[tuple[str, ...], Any] = {}  # labels -> counter child (labels() is slow)
         self._delivery_children: dict[tuple[str, ...], Any] = {}
+        self._alert_children: dict[str, Any] = {}
         # one guard per label name, shared by the metrics that have the label
         self.brand, self.template, self.sender = LabelValues(), LabelValues(), LabelValues()
+
+    def alert_counter(self, kind: str) -> Any:
+        """notifguard_alerts_total of one kind: counted when the alert has been delivered (the committers)."""
+        child = self._alert_children.get(kind)
+        if child is None:
+            child = self._alert_children[kind] = self.alerts.labels(kind, kinds.SEVERITY[kind])
+        return child
 
     def observe_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
         """Count verdicts: one counter update per label set (each takes a lock), not per verdict."""
@@ -172,8 +185,6 @@ class Metrics:
         for kind, topic in self.topics.items():
             self.late.labels(topic).inc(stats.late[kind] - last.late[kind])
             self.duplicates.labels(topic).inc(stats.duplicates[kind] - last.duplicates[kind])
-        for kind, n in stats.alerts.items():
-            self.alerts.labels(kind, kinds.SEVERITY[kind]).inc(n - last.alerts.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
         self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():
@@ -186,18 +197,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def observe_n(histogram: Histogram, value: float, n: int) -> None:
-    """histogram.observe(value), n times: the bucket and the sum are updated once (through the
-    prometheus_client internals Histogram.observe uses; if they are not there, observe n times)."""
-    try:
-        bounds: list[float] = histogram._upper_bounds
-        buckets: list[Any] = histogram._buckets
-        total: Any = histogram._sum
-    except AttributeError:  # pragma: no cover - another prometheus_client
-        for _ in range(n):
-            histogram.observe(value)
-        return
-    total.inc(value * n)
-    buckets[bisect_left(bounds, value)].inc(n)

@@ -437,7 +437,7 @@ def replay(
                 deadletter_out.write(_json.encode(d) + b"\n")
 
     def bad_envelope(path: str, lineno: int, line: bytes, err: str) -> None:
-        engine._dead_letter(
+        engine._dead_letter(  # noqa: SLF001 - the engine's own dead-letter path (first-party)
             f"{path}:{lineno}", None, None, None, None, line,
             BadRecord(BAD_ENVELOPE, f"line is not a kcat -J envelope: {err}"),
         )

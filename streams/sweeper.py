@@ -16,6 +16,7 @@ from typing import Any
 
 from detectors.engine import Engine
 from detectors.state import number_key
+from streams import seams
 from streams.tablestore import TableNumbers
 
 _KEY_BYTES = len(number_key("00" * 12))  # number keys are fixed-size; Faust's metadata keys are not
@@ -83,8 +84,7 @@ class Sweeper:
 def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limit: int) -> list[bytes]:
     """Up to `limit` number keys of one partition's store, in key order, after `after`."""
     store: Any = numbers.table.data
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    if db_for_partition is None:
+    if not seams.has_partition_dbs(store):
         # the memory store (tests): one dict for all partitions, so a key's partition is
         # the one this worker last wrote it in (or is about to)
         part, written = numbers.partition_of.get, numbers.memory_partitions.get
@@ -94,7 +94,7 @@ def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limi
         )
         return keys[:limit]
     out: list[bytes] = []
-    it = db_for_partition(partition).iter()
+    it = seams.partition_db(store, partition).iter()
     if after is None:
         it.seek_to_first()
     else:

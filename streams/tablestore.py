@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from detectors.state import Link, NumberCodec, NumberState, decode_links, decode_number, encode_links, number_key
+from streams import seams
 
 
 def store_put(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
@@ -23,34 +24,32 @@ def store_put(table: Any, partition: int, key: bytes, value: bytes | None) -> No
     flushes) name the partition themselves, as the changelog does.
     """
     store = table.data
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    if db_for_partition is None:  # the memory store: one dict
+    db = seams.partition_db(store, partition)
+    if db is None:  # the memory store: one dict
         if value is None:
             store.data.pop(key, None)
         else:
             store.data[key] = value
         return
-    db = db_for_partition(partition)
     if value is None:
         db.delete(key)
-        store._key_index.pop(key, None)
+        seams.key_index(store).pop(key, None)
     else:
         db.put(key, value)
-        store._key_index[key] = partition
+        seams.key_index(store)[key] = partition
 
 
 def store_put_many(table: Any, writes: list[tuple[int, bytes, bytes | None]]) -> None:
     """store_put of each (partition, key, value or None): with rocksdict, one write batch per
     partition (a put each cost ~2x the CPU of a batch entry; a flush writes thousands)."""
     store = table.data
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    if db_for_partition is None or not getattr(store, "use_rocksdict", False):
+    if not seams.has_partition_dbs(store) or not getattr(store, "use_rocksdict", False):
         for partition, key, value in writes:
             store_put(table, partition, key, value)
         return
     from rocksdict import WriteBatch
 
-    key_index = store._key_index
+    key_index = seams.key_index(store)
     batches: dict[int, Any] = {}
     for partition, key, value in writes:
         batch = batches.get(partition)
@@ -63,7 +62,7 @@ def store_put_many(table: Any, writes: list[tuple[int, bytes, bytes | None]]) ->
             batch.put(key, value)
             key_index[key] = partition
     for partition, batch in batches.items():
-        db_for_partition(partition).write(batch)
+        seams.partition_db(store, partition).write(batch)
 
 
 def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
@@ -73,11 +72,11 @@ def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
     turn for a key it has not seen yet (most address lookups find nothing).
     """
     store = table.data
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    if db_for_partition is None:  # the memory store: one dict
+    db = seams.partition_db(store, partition)
+    if db is None:  # the memory store: one dict
         raw: bytes | None = store.data.get(key)
         return raw
-    value: bytes | None = db_for_partition(partition).get(key)
+    value: bytes | None = db.get(key)
     return value
 
 
@@ -157,7 +156,7 @@ class TableNumbers:
         out: list[tuple[int, bytes, bytes | None]] = [
             (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty]
         store_put_many(self.table, out)
-        if getattr(self.table.data, "_db_for_partition", None) is None:
+        if not seams.has_partition_dbs(self.table.data):
             self.memory_partitions.update((key, partition) for partition, key, _ in out)
         self.dirty.clear()
         partition_of.clear()  # (what is left: numbers a sweep visited and left unchanged)

@@ -36,7 +36,7 @@ from streams.faust_sensor import LATENCY_SAMPLE
 from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, prometheus_service, tool, wait_for
 from tests.deploy.promql import selectors
 from tests.streams.kafka_harness import KafkaRun, require_broker
-from tests.streams.test_worker_kafka import offline, scenario_stream
+from tests.streams.worker.test_kafka import offline, scenario_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -69,6 +69,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardWorkerStalled": "stalled == 1: the worker makes progress",
     "NotifguardPipelineStalled": "consumes but judges nothing: it judges",
     "NotifguardProcessingErrors": "exceptions other than bad input: there are none",
+    "NotifguardRecordQuarantined": "records the worker died on three times: it does not die",
     "NotifguardProduceErrors": "failed sends after the producer's retries: the broker is up",
     "NotifguardFrequentRebalances": "> 3 rebalances in 15 min: one worker, one assignment",
 }

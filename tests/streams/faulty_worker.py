@@ -8,7 +8,9 @@ consumed NOTIFGUARD_TEST_FAULT_AFTER records (default 0):
 - consumer-hangs: the consumer's next fetch never returns (the worker reads no more);
 - stop-hangs: the commit Faust makes when the consumer stops never returns (what a
   broker that stopped answering does to it);
-- tick-raises: the timer's tick raises.
+- tick-raises: the timer's tick raises;
+- dies-on-event: the process kills itself (SIGKILL, as the OOM killer would) when the engine
+  applies the record whose event_id is NOTIFGUARD_TEST_POISON_EVENT (a poison record).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from typing import Any
 
 from streams import worker
+from streams.worker import app as worker_app
 
 
 def _armed(rt: Any, after: int) -> bool:
@@ -30,9 +33,9 @@ async def _forever() -> None:
 
 
 def install(faults: set[str], after: int) -> None:
-    consumer_cls: Any = worker._Consumer
+    consumer_cls: Any = worker_app.App.batch_consumer
     runtime_cls: Any = worker.Runtime
-    unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises"}
+    unknown = faults - {"consumer-hangs", "stop-hangs", "tick-raises", "dies-on-event"}
     if unknown:
         raise SystemExit(f"unknown faults: {sorted(unknown)}")
 
@@ -52,6 +55,22 @@ def install(faults: set[str], after: int) -> None:
             await _forever()
 
         consumer_cls.commit_and_end_transactions = hanging_commit
+
+    if "dies-on-event" in faults:
+        import signal
+
+        from detectors.engine import Engine
+
+        poison = os.environ["NOTIFGUARD_TEST_POISON_EVENT"]
+        engine_cls: Any = Engine
+        apply = engine_cls._apply
+
+        def dying_apply(self: Any, category: int, t: int, record: Any, *args: Any) -> Any:
+            if getattr(record, "event_id", None) == poison:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return apply(self, category, t, record, *args)
+
+        engine_cls._apply = dying_apply
 
     if "tick-raises" in faults:
         tick = runtime_cls.tick

@@ -1,6 +1,6 @@
 """Equivalence through the real broker: a worker fed a capture WHILE it reads gives the offline replay's alerts.
 
-The pieces tests/streams/test_worker_live.py puts together, each through the
+The pieces tests/streams/worker/test_live.py puts together, each through the
 project's own command where there is one, as an operator would run it:
 
 - `notifguard replay CAPTURE --bootstrap ... [--rebase-time ...] [--speed ...]
@@ -40,7 +40,7 @@ from tests.streams.kafka_harness import ROOT, KafkaRun
 
 # What a notification to an address other than the number's current one is called,
 # past recipient_previous_holder, depends on the address links of other numbers; two
-# workers see each other's links a flush late (see tests/streams/test_worker_eos.py).
+# workers see each other's links a flush late (see tests/streams/worker/test_exactly_once.py).
 # Whether it alerts at all, and every other kind, depends on the number's own state.
 VIA_LINKS = frozenset({"recipient_other_customer", "recipient_stale_contract", "recipient_unlinked"})
 

@@ -33,7 +33,7 @@ from tests.streams.secure_harness import (
     security,
     wait_for,
 )
-from tests.streams.test_worker_kafka import offline, scenario_stream
+from tests.streams.worker.test_kafka import offline, scenario_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

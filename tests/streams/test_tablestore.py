@@ -167,11 +167,10 @@ def test_the_worker_keeps_no_partition_for_numbers_it_has_written(monkeypatch: A
     per number for that is gone once the state is written: it does not grow with the numbers seen."""
     from detectors.timefmt import parse_rfc3339
     from tests.factories import change, mail
-    from tests.streams.test_worker_runtime import DAY, as_batches, run, runtime
+    from tests.streams.worker.test_runtime import DAY, as_batches, run, runtime
 
     wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
-    monkeypatch.setattr("streams.worker._now_us", lambda: wall[0])
-    rt, consumer, _ = runtime(partitions=4)
+    rt, consumer, _ = runtime(partitions=4, wall=wall)
     msisdns = [f"+49176{i:08d}" for i in range(120)]
     records = [
         r

@@ -35,8 +35,8 @@ each, which would only lengthen the wait for the last verdicts); the lagging
 topic's run keeps idle_flush at its default, see there.
 
 Run (a broker of your own: deploy/kafka/start.sh):
-    NOTIFGUARD_BOOTSTRAP=127.0.0.1:19092 .venv/bin/pytest tests/streams/test_worker_live.py -m "kafka and not slow"
-    NOTIFGUARD_BOOTSTRAP=... .venv/bin/pytest tests/streams/test_worker_live.py -k at_scale  # the slow ones
+    NOTIFGUARD_BOOTSTRAP=127.0.0.1:19092 .venv/bin/pytest tests/streams/worker/test_live.py -m "kafka and not slow"
+    NOTIFGUARD_BOOTSTRAP=... .venv/bin/pytest tests/streams/worker/test_live.py -k at_scale  # the slow ones
     NOTIFGUARD_LIVE_SEED=7 ...  # the slow tests' pipeline seed (default: a fresh one, printed)
 Where several pytest sessions share a machine, give each its own --basetemp: pytest
 removes all but the newest three numbered temp directories of a user, and with them
@@ -249,7 +249,7 @@ def test_contract_changes_produced_seconds_after_the_rest_give_the_offline_alert
 # After a SIGKILL the restarted worker re-reads from the last committed offsets;
 # the engine drops what it applied already by event id, within dedup_retention_s
 # of event time. Produced at ~5 days of event time a second, the re-read spans
-# weeks, so the retention covers the whole capture (as in test_worker_kafka).
+# weeks, so the retention covers the whole capture (as in test_kafka).
 RESTART_RULES: dict[str, Any] = {"dedup_retention_s": 200 * 86_400}
 
 

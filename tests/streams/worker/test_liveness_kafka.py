@@ -3,7 +3,7 @@ timer or a broker that never acknowledges crashes it; a restart loses no alert e
 
 Faults are injected with tests/streams/faulty_worker.py (the worker, with a fetch, a commit,
 a tick or the broker's acknowledgements replaced). Each test compares the alerts after the
-restart with the offline replay, as tests/streams/test_worker_kafka.py does.
+restart with the offline replay, as tests/streams/worker/test_kafka.py does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from detectors.settings import Settings
 from streams.liveness import EXIT_STOP_TIMEOUT
 from tests.streams.kafka_harness import KafkaRun, keys, require_broker
-from tests.streams.test_worker_kafka import (
+from tests.streams.worker.test_kafka import (
     REREAD_RETENTION_S,
     generated,
     offline,
@@ -197,3 +197,39 @@ def test_a_broker_that_stops_taking_the_alerts_crashes_the_worker_within_its_bou
         time.sleep(1)
     run.start_worker(name="w1")
     settle_and_compare(run, expected, timeout=300)
+
+
+def test_a_record_the_worker_dies_on_is_quarantined_after_three_crashes_and_the_rest_goes_on(run, tmp_path):
+    """A poison record kills the worker process whenever it is applied (SIGKILL: no Python code runs
+    after it). Each restart reads it again; after the third death it is dead-lettered as
+    `quarantined` when it arrives, and the worker gives the offline alerts of the capture without it."""
+    import json
+
+    from tests.streams.kafka_harness import keys as alert_keys
+
+    envs = generated(4_000, seed=34)
+    mails = [e for e in envs if e.topic == "notifications.outbound"]
+    poison = mails[len(mails) // 2]
+    poison_id = json.loads(poison.payload or "{}")["event_id"]
+    expected = alert_keys(offline([e for e in envs if e is not poison], tmp_path, SETTINGS))
+    run.produce(envs)
+    # the group gives a killed worker's partitions back after 6 s, not Faust's 60
+    env = {"NOTIFGUARD_TEST_FAULTS": "dies-on-event", "NOTIFGUARD_TEST_POISON_EVENT": poison_id,
+           "NOTIFGUARD_WORKER_SESSION_TIMEOUT_S": "6"}
+    for _ in range(3):
+        run.start_worker(name="w1", module=FAULTY, env=env, wait=False)
+        proc, _, log = run.workers[-1]
+        wait_exit(proc, log, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, log.read_text(errors="replace")[-4000:]
+    assert "crash 2 of 3" in log.read_text(errors="replace")  # the journal charged the same record
+    run.start_worker(name="w1", module=FAULTY, env=env)  # the fault is still armed: the record never reaches it
+    settle_and_compare(run, expected, timeout=300)
+    proc, port, log = run.workers[-1]
+    assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+    letters = run.read(run.topics.deadletter, lambda ds: any(d.get("reason_code") == "quarantined" for d in ds),
+                       timeout=60)
+    quarantined = [d for d in letters if d.get("reason_code") == "quarantined"]
+    assert [d["source_topic"] for d in quarantined] == [run.topics.outbound]
+    assert poison_id in (quarantined[0]["value"] or "")  # the record as received
+    assert "died 3 times" in quarantined[0]["reason"]
+    assert f'notifguard_quarantined_records_total{{topic="{run.topics.outbound}"}} 1.0' in run.metrics(port)

@@ -25,6 +25,7 @@ from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339
 from streams.config import WorkerConfig
 from streams.worker import Runtime
+from streams.worker.pipeline import wall_clock_us
 from tests.detectors.test_properties import histories
 from tests.factories import Rec, change, comparable, delivery, feed, mail, new_engine
 
@@ -101,11 +102,13 @@ def _table(name: str) -> Any:
                            changelog_topic=SimpleNamespace(get_topic_name=lambda: f"{name}-changelog"))
 
 
-def runtime(partitions: int = 2) -> tuple[Runtime, FakeConsumer, FakeProducer]:
+def runtime(partitions: int = 2, wall: list[int] | None = None) -> tuple[Runtime, FakeConsumer, FakeProducer]:
+    """A Runtime on the fake consumer and producer; its wall clock reads wall[0] (microseconds)."""
     consumer, producer = FakeConsumer(), FakeProducer()
     app = SimpleNamespace(consumer=consumer, producer=producer, rebalancing=False, in_recovery=False)
     config = WorkerConfig(rules=Settings(), partitions=partitions)
-    rt = Runtime(app, config, _table("numbers"), _table("links"))  # type: ignore[arg-type]
+    clock = (lambda: wall[0]) if wall is not None else wall_clock_us
+    rt = Runtime(app, config, _table("numbers"), _table("links"), clock=clock)
     rt.on_assigned({TP(t, p) for t in rt.inputs for p in range(partitions)})
     return rt, consumer, producer
 
@@ -159,14 +162,12 @@ def run(rt: Runtime, consumer: FakeConsumer, batches: list[list[ConsumerRecord]]
     asyncio.run(go())
 
 
-def _clock(monkeypatch: Any) -> list[int]:
-    wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
-    monkeypatch.setattr("streams.worker._now_us", lambda: wall[0])
-    return wall
+def _clock() -> list[int]:
+    return [parse_rfc3339("2027-01-01T00:00:00Z")]
 
 
 def test_a_topic_that_lands_ahead_makes_nothing_late(monkeypatch):
-    wall = _clock(monkeypatch)
+    wall = _clock()
     records = [
         change("contract_started", 0, id="s", email="me@x.de"),
         change("email_changed", 2 * DAY, id="e", email="new@x.de"),
@@ -176,7 +177,7 @@ def test_a_topic_that_lands_ahead_makes_nothing_late(monkeypatch):
         delivery("m1", "bounced", DAY + 60, id="b1", bounce_type="hard", recipient="me@x.de"),
         delivery("m2", "bounced", 3 * DAY + 60, id="b2", bounce_type="hard", recipient="new@x.de"),
     ]
-    rt, consumer, producer = runtime()
+    rt, consumer, producer = runtime(wall=wall)
     run(rt, consumer, as_batches(records, 2, ["contracts.changes", "notifications.delivery",
                                               "notifications.outbound"], batch=500), wall)
     expected = expected_keys(records)
@@ -194,8 +195,8 @@ def test_a_topic_that_lands_ahead_makes_nothing_late(monkeypatch):
 @given(histories(), st.permutations(["contracts.changes", "notifications.outbound", "notifications.delivery"]),
        st.integers(1, 7))
 def test_any_landing_order_of_the_topics_gives_the_in_order_alerts(monkeypatch, records, order, batch):
-    wall = _clock(monkeypatch)
-    rt, consumer, producer = runtime()
+    wall = _clock()
+    rt, consumer, producer = runtime(wall=wall)
     run(rt, consumer, as_batches(records, 2, list(order), batch), wall)
     assert alert_keys(producer) == expected_keys(records)
     assert sum(rt.engine.stats.late.values()) == 0
@@ -203,8 +204,8 @@ def test_any_landing_order_of_the_topics_gives_the_in_order_alerts(monkeypatch, 
 
 
 def test_event_times_far_ahead_of_the_kafka_timestamp_or_the_wall_clock_are_dead_lettered(monkeypatch):
-    wall = _clock(monkeypatch)
-    rt, _consumer, producer = runtime()
+    wall = _clock()
+    rt, _consumer, producer = runtime(wall=wall)
     now_ms = wall[0] // 1000
     poison = change("contract_started", 0, id="poison", msisdn="+4930999999999", event_time="9999-01-01T00:00:00Z")
     ahead = change("contract_started", 0, id="ahead", msisdn="+4930999999998",
@@ -216,7 +217,7 @@ def test_event_times_far_ahead_of_the_kafka_timestamp_or_the_wall_clock_are_dead
         batch.append(ConsumerRecord(r.topic, 0, i, r.key.encode() if r.key else None, value, ts))
     rt.on_events([(TP("contracts.changes", 0), batch)])
     letters = [json.loads(v or b"{}") for t, _, v in producer.sent if t == Settings().topics.deadletter]
-    letters += [json.loads(v or b"{}") for t, _, v, _ in rt.out if t == Settings().topics.deadletter]
+    letters += [json.loads(v or b"{}") for t, _, v, _ in rt.pipeline.out if t == Settings().topics.deadletter]
     assert sorted((d["offset"], d["reason_code"]) for d in letters) == [(0, "bad_event_time"), (1, "bad_event_time")]
     # the refused records moved no watermark: the contract topic's is "fine"'s
     assert max(s.watermark or 0 for s in rt.engine.arrival.sources()) == parse_rfc3339("2027-01-01T00:30:00Z")
@@ -226,33 +227,33 @@ def test_a_commit_marker_after_the_last_record_is_nothing_waiting(monkeypatch):
     """A transactional producer leaves a commit marker after its last record: highwater 4, the last
     record read at 2, aiokafka's position 4. That topic-partition has caught up: it goes idle,
     and stops holding the watermark; a record fetched but not handed over yet keeps it behind."""
-    _clock(monkeypatch)
-    rt, consumer, _ = runtime(partitions=1)
+    wall = _clock()
+    rt, consumer, _ = runtime(partitions=1, wall=wall)
     tp = TP("notifications.delivery", 0)
     state = SimpleNamespace(has_valid_position=True, position=4)
     assignment = SimpleNamespace(state_value=lambda t: state if t == tp else None)
     client = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
     consumer._thread = SimpleNamespace(_ensure_consumer=lambda: client)  # type: ignore[attr-defined]
     consumer.landed[tp] = 4
-    rt._read[(tp.topic, tp.partition)] = 2
-    assert rt._behind(tp) is False and rt._waiting_on_broker(tp) == 0
-    rt._read[(tp.topic, tp.partition)] = 1  # two offsets fetched and not handed over: records wait
-    assert rt._behind(tp) is True
+    rt.pipeline.read[(tp.topic, tp.partition)] = 2
+    assert rt.broker.behind(tp) is False and rt.broker.waiting(tp) == 0
+    rt.pipeline.read[(tp.topic, tp.partition)] = 1  # two offsets fetched and not handed over: records wait
+    assert rt.broker.behind(tp) is True
     state.position = 3  # the broker holds one past the position
-    rt._read[(tp.topic, tp.partition)] = 2
-    assert rt._behind(tp) is True and rt._waiting_on_broker(tp) == 1
+    rt.pipeline.read[(tp.topic, tp.partition)] = 2
+    assert rt.broker.behind(tp) is True and rt.broker.waiting(tp) == 1
 
 
 def test_a_partition_revoked_under_the_timer_raises_nothing(monkeypatch):
     """aiokafka asserts a partition is assigned when asked its highwater: during a rebalance the
     timer asked for a revoked one, and the tick (and so the worker) crashed."""
-    _clock(monkeypatch)
-    rt, consumer, _ = runtime(partitions=1)
+    wall = _clock()
+    rt, consumer, _ = runtime(partitions=1, wall=wall)
 
     def revoked(tp: TP) -> int:
         raise AssertionError("Partition is not assigned")
 
     monkeypatch.setattr(consumer, "highwater", revoked)
     tp = TP("notifications.outbound", 0)
-    assert rt._waiting_on_broker(tp) == 0 and rt._behind(tp) is True and rt._unread(tp) is None
+    assert rt.broker.waiting(tp) == 0 and rt.broker.behind(tp) is True and rt.broker.unread(tp) is None
     asyncio.run(rt.tick())

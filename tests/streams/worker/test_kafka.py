@@ -5,7 +5,7 @@ a fetch at a time, topic-partitions far apart in event time; its arrival stage
 (detectors.arrival: the watermark is the minimum over the input
 topic-partitions) applies the records in event-time order across topics and
 partitions anyway. Captures produced while the worker reads are the subject of
-tests/streams/test_worker_live.py.
+tests/streams/worker/test_live.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 
 from streams.scenarios import load
 from tests.streams.kafka_harness import ROOT, KafkaRun, keys, require_broker
-from tests.streams.test_worker_kafka import offline, shifted
+from tests.streams.worker.test_kafka import offline, shifted
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 DAY_US = 86_400_000_000

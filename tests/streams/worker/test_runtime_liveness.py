@@ -1,4 +1,4 @@
-"""The worker's liveness without a broker (the fake consumer and producer of test_worker_runtime):
+"""The worker's liveness without a broker (the fake consumer and producer of test_runtime):
 a stall is reported by /health, /live and the gauges; a tick that fails or a flush that waits
 too long for the broker crashes the worker instead of stopping it silently."""
 
@@ -16,8 +16,9 @@ from detectors.settings import Settings
 from streams.config import WorkerConfig
 from streams.liveness import Liveness
 from streams.worker import DeliveryTimeout, ProduceFailed, Runtime, TimerFailed
+from streams.worker.exactly_once import ExactlyOnce
 from tests.streams.test_metrics import samples
-from tests.streams.test_worker_runtime import ConsumerRecord, FakeConsumer, FakeProducer, _table
+from tests.streams.worker.test_runtime import ConsumerRecord, FakeConsumer, FakeProducer, _table
 
 KEY = b"+4917612345678"
 CHANGES = Settings().topics.changes
@@ -32,7 +33,7 @@ class Clock:
 
 
 class App(SimpleNamespace):
-    """The fake app of test_worker_runtime, with Faust's crash() and should_stop."""
+    """The fake app of test_runtime, with Faust's crash() and should_stop."""
 
     def __init__(self, producer: Any) -> None:
         super().__init__(consumer=FakeConsumer(), producer=producer, rebalancing=False, in_recovery=False,
@@ -217,16 +218,30 @@ def test_an_exactly_once_flush_that_hangs_in_its_clean_up_still_crashes_the_work
     whose abort hangs as well (a broker that does not answer) cannot hold the worker."""
     rt, app, _ = worker(delivery_timeout_s=0.2)
 
-    class HangingTransactions:
-        transactions = 0
+    class HangingProducer:
+        """A transactional producer whose commit never answers, nor does its stop."""
 
-        async def flush(self, rt: Runtime) -> None:
-            try:
-                await asyncio.get_running_loop().create_future()  # commit_transaction never answers
-            except asyncio.CancelledError:
-                await asyncio.get_running_loop().create_future()  # nor does the producer's stop
+        async def begin_transaction(self) -> None:
+            pass
 
-    rt.eos = HangingTransactions()
+        async def send(self, *_: Any, **__: Any) -> asyncio.Future[None]:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+        async def send_offsets_to_transaction(self, *_: Any) -> None:
+            pass
+
+        async def commit_transaction(self) -> None:
+            await asyncio.get_running_loop().create_future()
+
+        async def stop(self) -> None:
+            await asyncio.get_running_loop().create_future()
+
+    eos = ExactlyOnce(app, rt.inputs)
+    eos.producer = HangingProducer()
+    rt.committer = rt.eos = eos
+    rt.on_events([(TP(CHANGES, 0), bad_records(1))])  # a dead letter and an offset to commit
 
     async def go() -> None:
         task = asyncio.create_task(rt.flush())
@@ -292,7 +307,7 @@ def test_a_transaction_marker_at_the_end_of_a_partition_is_nothing_waiting() -> 
     aiokafka_consumer = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(
         assignment=assignment)))
     app.consumer._thread = SimpleNamespace(_ensure_consumer=lambda: aiokafka_consumer)
-    assert rt._unread(tp) == 1  # what the watermark's "behind" flag reads
+    assert rt.broker.unread(tp) == 1  # what the watermark's "behind" flag reads
     rt.live()
     clock.t += 1000
     rt.liveness.ticked()

@@ -2,7 +2,7 @@
 
 At least once, a killed worker's alerts and dead letters since its last
 offset commit are produced again by the restarted worker (same dedup_key).
-Exactly once, each flush is one Kafka transaction (streams/transactions.py):
+Exactly once, each flush is one Kafka transaction (streams/worker/exactly_once.py):
 the killed worker's open transaction is aborted when the restarted worker
 fences its transactional id, and a read_committed consumer sees every alert
 and every dead letter once.
@@ -21,9 +21,9 @@ import pytest
 from detectors.capture import encode_line
 from detectors.settings import Settings
 from streams.replay_offline import replay
-from streams.transactions import OffsetTracker, decode_done, encode_done
+from streams.worker.offsets import OffsetTracker, decode_done, encode_done
 from tests.streams.kafka_harness import KafkaRun, keys, require_broker
-from tests.streams.test_worker_kafka import REREAD_RETENTION_S, consumed, generated, wait_consumed
+from tests.streams.worker.test_kafka import REREAD_RETENTION_S, consumed, generated, wait_consumed
 
 
 def read_committed(run: KafkaRun, topic: str, until: Any, timeout: float) -> list[dict[str, Any]]:
@@ -171,7 +171,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_no_alert_is_lost(handov
     in two parts, each produced while the workers are stopped (SIGSTOP), so that each is
     a backlog to them: produced while they read, 120 days of event time would come
     squeezed into producer batches of milliseconds, a topic's batch hours of event time
-    behind another's, and the merge could not order them (see test_worker_kafka).
+    behind another's, and the merge could not order them (see test_kafka).
     """
     run = handover_run
     exactly_once = run.rules["worker_processing_guarantee"] == "exactly_once"

@@ -1,0 +1,190 @@
+"""The wiring: the Faust app, its tables, timer, rebalance callbacks and web pages around `Runtime`.
+
+`create_app(config)` builds everything and starts nothing (no import-time side
+effects); `notifguard worker` runs it with `Worker`. Nothing else in the
+worker knows how Faust is put together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Any
+
+import faust
+
+from streams import seams
+from streams.config import WorkerConfig
+from streams.kafka_security import faust_settings
+from streams.liveness import ShutdownWatchdog, describe_stacks
+from streams.worker.exactly_once import TransactionManager
+from streams.worker.offsets import TP
+from streams.worker.runtime import Runtime
+
+log = logging.getLogger("notifguard.worker")
+_RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold in a running worker (see create_app)
+App = seams.make_app_class(TransactionManager)
+
+
+class Worker(faust.Worker):
+    """faust.Worker whose stop is bounded: `shutdown_timeout_s` after SIGTERM, SIGINT or the end of
+    its run (a crash included), streams.liveness.ShutdownWatchdog logs what the process is
+    waiting for and exits with status 70, whatever Faust's stop_and_shutdown is doing."""
+
+    def __init__(self, app: faust.App, *, shutdown_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.watchdog = ShutdownWatchdog(shutdown_timeout_s, describe=lambda: describe_stacks(self.loop))
+
+    def _on_sigterm(self) -> None:
+        self.watchdog.arm("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.watchdog.arm("SIGINT")
+        super()._on_sigint()
+
+    def on_worker_shutdown(self) -> None:
+        reason = self.crash_reason or getattr(self.app, "crash_reason", None)
+        self.watchdog.arm(f"a crash ({reason!r})" if reason is not None else "the end of its run")
+        super().on_worker_shutdown()
+
+
+def _batch_counter(sensor: Any) -> Any:
+    """Report records sent in batches (FaustSender.send_changelog) as the sensor reports each `send`:
+    counted per topic, and one record in LATENCY_SAMPLE timed (a batch's records share its latency)."""
+    from streams.faust_sensor import LATENCY_SAMPLE
+
+    metrics = getattr(sensor, "metrics", None)
+    if metrics is None:
+        return None
+    sent = 0
+
+    def count(topic: str, n: int, started: float, fut: asyncio.Future[Any]) -> None:
+        nonlocal sent
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            metrics.produce_errors.labels(topic).inc(n)
+            log.error("producing %d records to %s failed: %r", n, topic, exc)
+            return
+        metrics.produced.labels(topic).inc(n)
+        timed = -(-(sent + n) // LATENCY_SAMPLE) + (-sent // LATENCY_SAMPLE)  # records 0, 8, 16, ... of these
+        sent += n
+        elapsed = time.monotonic() - started
+        for _ in range(timed):
+            metrics.produce_seconds.observe(elapsed)
+
+    return count
+
+
+# The Faust and aiokafka releases whose private internals the worker was written and
+# tested against (its consumer and producer subclasses, the offset bookkeeping fed in
+# bulk, the commit arithmetic OffsetTracker.runs works around): pinned in pyproject.toml.
+FAUST_TESTED = ("0.15.3", "0.14.0")
+
+
+def check_versions(faust_version: str, aiokafka_version: str) -> None:
+    """Refuse to run on a Faust or aiokafka the worker was not tested with: its at-least-once
+    and exactly-once guarantees rest on their private internals."""
+    if (faust_version, aiokafka_version) != FAUST_TESTED:
+        raise RuntimeError(
+            f"notifguard's worker needs faust-streaming {FAUST_TESTED[0]} and aiokafka {FAUST_TESTED[1]} "
+            f"(found {faust_version} and {aiokafka_version}): it relies on their internals for its "
+            "delivery guarantees; see pyproject.toml"
+        )
+
+
+def create_app(config: WorkerConfig) -> faust.App:
+    """The notifguard Faust app; nothing connects or starts until it runs."""
+    import aiokafka
+
+    check_versions(faust.__version__, aiokafka.__version__)
+    app = App(
+        config.app_id,
+        broker=f"kafka://{config.bootstrap}",
+        store=config.store,
+        datadir=config.datadir,
+        topic_partitions=config.partitions,
+        topic_replication_factor=config.replication_factor,
+        processing_guarantee=config.processing_guarantee,
+        table_standby_replicas=config.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        autodiscover=False,
+        web_enabled=True,
+        web_host=config.web_host,
+        web_bind=config.web_host,
+        web_port=config.web_port,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        broker_commit_interval=1.0,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
+        # Changelog records go out in batches of their own (Runtime._send_changelog): 16 KiB
+        # (Faust's default) would cut a flush of state into a hundred produce requests.
+        producer_max_batch_size=256 * 1024,
+        broker_max_poll_records=config.batch_max,
+        **faust_settings(config.kafka),  # TLS and SASL (streams.kafka_security)
+    )
+    numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
+    links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes,
+                                  value_type=bytes)
+    rt = Runtime(app, config, numbers_table, links_table)
+    app.notifguard = rt  # type: ignore[attr-defined]
+    app.fetch_settings = (config.fetch_max_wait_ms, config.fetch_min_bytes)  # type: ignore[attr-defined]
+    from streams.faust_sensor import install as install_faust_sensor
+
+    sensor = install_faust_sensor(app, rt.metrics.registry, rt.topics)  # Faust's own signals as notifguard_ metrics
+    rt.sender.count_produced = _batch_counter(sensor)
+    inputs = app.topic(*rt.inputs, **_RAW)
+
+    # Subscribed through the conductor (acks enabled); the records come to
+    # rt.on_messages a fetched batch at a time (see streams.seams.BatchConsumer), not through a stream.
+    app.topics.add(inputs)
+    app.batch_topics = frozenset(rt.inputs)  # type: ignore[attr-defined]
+    app.batch_handler = rt.on_messages  # type: ignore[attr-defined]
+
+    @app.timer(config.tick_interval_s)
+    async def tick() -> None:
+        await rt.run_tick()
+
+    async def revoked(app: Any, revoked: set[TP], **_: Any) -> None:
+        await rt.on_revoked(set(revoked))
+
+    async def assigned(app: Any, assigned: set[TP], **_: Any) -> None:
+        rt.on_assigned(set(assigned))
+
+    app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
+
+    @app.task
+    async def mark_started() -> None:
+        rt.started = True
+        # The cyclic GC's young generation fills every 700 allocations, and a
+        # batch allocates a few per record: its collections (and the older
+        # generations' passes over everything Faust, aiokafka and the caches
+        # hold) cost ~1.5-3 us a record. What was built at start-up is
+        # long-lived (frozen: never scanned again); the rest is scanned 70x less often.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        code, body = rt.health()
+        return web.json(body, status=code)
+
+    @app.page("/live")
+    async def live(web: Any, request: Any) -> Any:
+        code, body = rt.live()
+        return web.json(body, status=code)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        rt.liveness_status()  # the liveness gauges as of now, even if the timer stopped
+        return web.bytes(rt.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    return app

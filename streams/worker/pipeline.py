@@ -1,0 +1,370 @@
+"""The worker's record path with no Faust in it: fetched batches in, outputs and a flush batch out.
+
+Records go to the engine, whose arrival stage (detectors.arrival: min-of-inputs
+watermarks, grace buffer, release order) decides when each is applied; what
+the engine finishes comes back as alerts and dead letters (the output queue,
+`Pipeline.out`) and as records done (`Pipeline.done`), whose Kafka acks the
+committer gives once their outputs and state are delivered. The wall clock
+is injected; what Kafka knows about each input topic-partition (records
+waiting on the broker) comes in as a function. Unit-tested with fakes
+(tests/streams/worker/test_pipeline.py); streams.worker.runtime wires it to Faust.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from detectors.alerts import encode_alert
+from detectors.engine import Engine, dead_letter
+from detectors.records import PROCESSING_ERROR, QUARANTINED, BadRecord, decode
+from detectors.settings import Topics
+from detectors.state import AddressIndex
+from detectors.timefmt import rfc3339
+from streams.config import WorkerConfig
+from streams.metrics import Metrics
+from streams.sweeper import Sweeper
+from streams.tablestore import TableLinks, TableNumbers
+from streams.worker.offsets import TP, Batch
+from streams.worker.quarantine import CrashJournal
+
+log = logging.getLogger("notifguard.worker")
+_json = msgspec.json.Encoder()
+
+# notifguard_processing_seconds times one record in 64 (two clock reads and a
+# histogram update per record cost more than a fast record's processing).
+_TIME_EVERY_MASK = 63
+
+ChangelogRecord = tuple[int, bytes, bytes | None]  # (partition, key, value or None: a deletion)
+
+
+def input_topics(topics: Topics) -> tuple[str, str, str]:
+    """The three input topics, in detectors.arrival's category order (changes, outbound, delivery)."""
+    return (topics.changes, topics.outbound, topics.delivery)
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Counted(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Output(NamedTuple):
+    """An alert or a dead letter to produce; `sent` is counted once the broker has it."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    sent: Counted | None = None
+
+
+class StateWrites(Protocol):
+    """Table state changed since the last flush: written locally and returned as changelog records."""
+
+    changelog: str
+
+    def flush(self) -> list[ChangelogRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    """What one flush delivers, in the order that makes a crash at any point safe: the outputs, then
+    the address links, then the number states (which remember their records as done), then the
+    acks of the input records `done` (see streams.worker.committer)."""
+
+    outputs: list[Output]
+    links: StateWrites
+    numbers: StateWrites
+    done: list[Any]  # input records (topic, partition, offset) whose outputs and state are in this batch
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs or self.done)
+
+
+class Changelog:
+    """A table store (TableNumbers or TableLinks) with the name of its changelog topic."""
+
+    def __init__(self, store: TableNumbers | TableLinks, changelog: str) -> None:
+        self.store = store
+        self.changelog = changelog
+
+    def flush(self) -> list[ChangelogRecord]:
+        return self.store.flush()
+
+
+class Pipeline:
+    """Everything between the fetched records and the flush batch, for one worker process."""
+
+    def __init__(self, config: WorkerConfig, numbers: TableNumbers, links: TableLinks, metrics: Metrics, *,
+                 numbers_changelog: str = "numbers-changelog", links_changelog: str = "address-index-changelog",
+                 clock: Callable[[], int] = wall_clock_us, monotonic: Callable[[], float] = time.monotonic,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, journal: CrashJournal | None = None) -> None:
+        rules = config.rules
+        self.config = config
+        self.topics = rules.topics
+        self.inputs = input_topics(rules.topics)
+        # the topic kinds of detectors.records.decode, and detectors.arrival's categories
+        self._kind_of = dict(zip(self.inputs, ("changes", "outbound", "delivery"), strict=True))
+        self._category = {topic: i for i, topic in enumerate(self.inputs)}
+        self.numbers, self.links = numbers, links
+        self.numbers_changelog = Changelog(numbers, numbers_changelog)
+        self.links_changelog = Changelog(links, links_changelog)
+        self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links))
+        self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
+        self.sweeper = Sweeper(self.engine, numbers)
+        self.metrics = metrics
+        self.clock, self.monotonic = clock, monotonic
+        self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
+        self.done: list[Any] = []  # input records done (applied, dead-lettered, duplicates): acked after delivery
+        self.read: dict[tuple[str, int], int] = {}  # the last offset read per input topic-partition
+        self.assigned: set[TP] = set()
+        self.paused: set[TP] = set()
+        self.consumed_total = 0  # input records read (notifguard_records_consumed_total, summed; /health)
+        self.echo: Callable[[Any], None] | None = None  # called with each alert (the demo prints them)
+        self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
+        self._n = 0
+        # the crash journal (streams.worker.quarantine): told each record before it is decoded and
+        # before it is applied; records it charged with too many crashes are set aside on arrival
+        self.journal = journal
+        if journal is not None:
+            self.engine.applying = journal.working_on
+
+    # ------------------------------------------------------------------ records
+
+    def on_events(self, batch: Batch) -> None:
+        """Fetched records per input topic-partition, in offset order (aiokafka ConsumerRecords).
+
+        One clock read a batch, not a record: the records of a fetched batch
+        arrived together (the engine's wall clock, the arrival clock for
+        idleness, and the verdict delay), and the clock moves on every
+        _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
+        """
+        engine = self.engine
+        process, process_decoded, not_after = engine.process, engine.process_decoded, engine.not_after
+        kind_of = self._kind_of
+        observe = self.metrics.processing.observe
+        perf_counter = time.perf_counter
+        consumed = self._consumed
+        read = self.read
+        clock = self.clock
+        n = self._n
+        journal = self.journal
+        working_on = journal.working_on if journal is not None else None
+        quarantine = journal.quarantine if journal is not None else None
+        arrived = self.monotonic()
+        now = clock()
+        for tp, records in batch:
+            if not records:
+                continue
+            topic, p = tp
+            counter = consumed.get(topic)
+            if counter is None:
+                counter = consumed[topic] = self.metrics.consumed.labels(topic)
+            counter.inc(len(records))
+            self.consumed_total += len(records)
+            read[(topic, p)] = records[-1].offset
+            kind = kind_of[topic]
+            for rec in records:
+                if quarantine and (topic, p, rec.offset) in quarantine:
+                    self._quarantine(rec, now)
+                    continue
+                if working_on is not None:
+                    working_on(rec)
+                key = rec.key
+                n += 1
+                timed = not n & _TIME_EVERY_MASK
+                token = (rec, arrived)
+                try:
+                    if timed:
+                        now = clock()
+                        started = perf_counter()
+                    # Engine.process, unrolled: decoded here, and what does not decode goes to
+                    # Engine.process (which dead-letters it, with the reason)
+                    try:
+                        record, when = decode(kind, key, rec.value, not_after(rec.timestamp, now))
+                    except BadRecord:
+                        process(topic, p, rec.offset, key, rec.value, now, rec.timestamp, token)
+                    else:
+                        process_decoded(kind, p, record, when, now, token)
+                    if timed:
+                        observe(perf_counter() - started)
+                except Exception:
+                    # Not bad input (that is dead-lettered by the engine, and a record whose
+                    # application raised is reported in engine.failed): a bug before the record
+                    # reached the grace buffer. Loud, counted, dead-lettered with the traceback.
+                    self.bug(rec, traceback.format_exc(limit=3))
+        self._n = n
+        if journal is not None:
+            journal.idle()
+        self._take_done()
+        self._emit()
+
+    def _quarantine(self, rec: Any, now: int) -> None:
+        """A record the worker died on `journal.limit` times: dead-lettered as `quarantined`, done."""
+        assert self.journal is not None
+        crashes = self.journal.crashes(rec.topic, rec.partition, rec.offset)
+        log.error("QUARANTINED %s[%s]@%s: the worker died %d times while working on it", rec.topic, rec.partition,
+                  rec.offset, crashes)
+        self.metrics.quarantined.labels(rec.topic).inc()
+        letter = dead_letter(rec.topic, rec.partition, rec.offset, None, rec.key, rec.value,
+                             f"the worker died {crashes} times while working on this record (crash_quarantine_after "
+                             f"= {self.journal.limit}): set aside so that the worker can go on", QUARANTINED,
+                             rfc3339(now))
+        self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
+                               self.metrics.deadletters.labels(rec.topic, QUARANTINED)))
+        self.done.append(rec)
+
+    def tick(self) -> None:
+        """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
+        self.engine.tick(self.clock())
+        if self.journal is not None:
+            self.journal.idle()
+        self._take_done()
+        now = self.engine.sweep_due()
+        if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
+            self.sweeper.start(now, {tp.partition for tp in self.assigned})
+        self.sweeper.step()
+        self._emit()
+
+    def take_flush(self) -> FlushBatch:
+        """The outputs and acks gathered since the last flush, with the state stores to write."""
+        out, self.out = self.out, []
+        done, self.done = self.done, []
+        return FlushBatch(out, self.links_changelog, self.numbers_changelog, done)
+
+    def take_outputs(self) -> list[Output]:
+        out, self.out = self.out, []
+        return out
+
+    def _take_done(self) -> None:
+        """Take what the engine finished: acks for the records done, dead letters for those that failed."""
+        engine = self.engine
+        done = engine.take_done()
+        if done:
+            ack = self.done.append
+            outbound = self.topics.outbound
+            arrivals: list[float] = []  # of the notifications: their verdicts were reached now
+            for msg, arrived in done:
+                ack(msg)
+                if msg.topic == outbound:
+                    arrivals.append(arrived)
+            if arrivals:
+                self.metrics.observe_verdict_delays(self.monotonic(), arrivals)
+        if engine.failed:
+            failed, engine.failed = engine.failed, []
+            for (msg, _), exc in failed:
+                self.bug(msg, "".join(traceback.format_exception(exc, limit=3)))
+
+    def bug(self, msg: Any, trace: str) -> None:
+        """A record whose processing raised (a bug, not bad input): logged, counted, dead-lettered as
+        itself with the traceback's last line (`processing_error`), and done, so the worker goes on."""
+        self.metrics.errors.labels(msg.topic).inc()
+        log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
+        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value,
+                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR,
+                             rfc3339(self.clock()))
+        self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
+                               self.metrics.deadletters.labels(msg.topic, PROCESSING_ERROR)))
+        self.done.append(msg)
+
+    def _emit(self) -> None:
+        engine = self.engine
+        if engine.deliveries:
+            self.metrics.observe_deliveries(engine.deliveries)
+        alerts, dead, verdicts = engine.drain()
+        out = self.out
+        metrics = self.metrics
+        for a in alerts:
+            out.append(Output(self.topics.alerts, a.dedup_key.encode(), encode_alert(a),
+                              metrics.alert_counter(a.kind)))
+            if self.echo is not None:
+                self.echo(a)
+        for d in dead:
+            out.append(Output(self.topics.deadletter, (d.key or "").encode(), _json.encode(d),
+                              metrics.deadletters.labels(d.source_topic, d.reason_code)))
+        if verdicts:
+            metrics.observe_verdicts(verdicts)
+
+    # ------------------------------------------------------------ the inputs
+
+    def mark_behind(self, behind: Callable[[TP], bool]) -> None:
+        """Tell the arrival stage which input topic-partitions have records waiting for us: their
+        silence is ours, so they are not idle. (Kafka's highwater says only that records wait,
+        never that no older record is coming: the watermark rule does not rest on it.)"""
+        arrival = self.engine.arrival
+        category = self._category
+        for tp in self.assigned:
+            arrival.set_behind(category[tp.topic], tp.partition, behind(tp))
+
+    def flow_control(self) -> tuple[set[TP], set[TP]]:
+        """Which input topic-partitions to pause and to resume now: while the grace buffer holds
+        max_pending records, those running ahead of the watermark pause; below half of it, all
+        resume. The arrival stage is told, so that a paused topic-partition never counts as idle."""
+        arrival = self.engine.arrival
+        pending = arrival.pending_count()
+        limit = self.config.max_pending
+        if pending >= limit:
+            by_key = {(tp.topic, tp.partition): tp for tp in self.assigned}  # the consumer's own TP objects
+            want = set(self.paused)
+            for s in arrival.ahead():
+                tp = by_key.get((self.inputs[s.category], s.partition))
+                if tp is not None:
+                    want.add(tp)
+        elif pending < limit // 2:
+            want = set()
+        else:
+            return set(), set()
+        pause, resume = want - self.paused, self.paused - want
+        for tp in pause:
+            arrival.set_paused(self._category[tp.topic], tp.partition, True)
+        for tp in resume:
+            arrival.set_paused(self._category[tp.topic], tp.partition, False)
+        self.paused = want
+        return pause, resume
+
+    def assign(self, assigned: Iterable[TP]) -> None:
+        """Every assigned input topic-partition holds the watermark back from now until it delivers
+        or is idle: its first records may be older than anything fetched."""
+        self.numbers.absent.clear()  # partitions recovered from their changelogs may hold any number
+        self.assigned = {tp for tp in assigned if tp.topic in self._category}
+        clock = self.clock()
+        for p in sorted({tp.partition for tp in self.assigned}):
+            self.engine.arrival.expect(p, clock)
+        self.read = {k: v for k, v in self.read.items() if k in self.assigned}
+
+    def revoke(self, partitions: set[int]) -> None:
+        """After the revocation's flush: another worker owns these partitions now. Their buffered
+        records were not acked: the next owner reads them again."""
+        self.engine.arrival.forget(partitions)
+        self.paused = {tp for tp in self.paused if tp.partition not in partitions}
+        self.numbers.forget_partitions(partitions)
+        self.sweeper.forget(partitions)
+        self.read = {k: v for k, v in self.read.items() if k[1] not in partitions}
+        self.done.clear()
+
+    # --------------------------------------------------------------- gauges
+
+    def refresh_gauges(self, waiting: Callable[[TP], int]) -> None:
+        """The gauges the timer keeps: pending records, watermark lags, tracked numbers, consumer lag."""
+        now = self.clock()
+        m = self.metrics
+        m.sync_stats(self.engine.stats)
+        m.pending.set(self.engine.pending_count())
+        for p, watermark in self.engine.arrival.partition_watermarks().items():
+            if watermark is not None:
+                m.watermark_lag.labels(str(p)).set(max(0.0, (now - watermark) / 1e6))
+        m.tracked.set(len(self.numbers.cache))
+        lag: dict[str, int] = dict.fromkeys(self.inputs, 0)
+        for tp in self.assigned:
+            lag[tp.topic] += waiting(tp)
+        for topic, total in lag.items():
+            m.consumer_lag.labels(topic).set(total)

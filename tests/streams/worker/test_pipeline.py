@@ -1,0 +1,114 @@
+"""The worker's record path without Faust: fetched batches in, a flush batch out (streams.worker.pipeline)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.settings import Settings
+from detectors.timefmt import parse_rfc3339
+from streams.config import WorkerConfig
+from streams.metrics import Metrics
+from streams.tablestore import TableLinks, TableNumbers
+from streams.worker.offsets import TP
+from streams.worker.pipeline import FlushBatch, Pipeline
+from tests.detectors.test_properties import histories
+from tests.factories import change, mail
+from tests.streams.worker.test_runtime import DAY, ConsumerRecord, S, _table, as_batches, expected_keys
+
+TOPICS = Settings().topics
+
+
+def pipeline(partitions: int = 2, **config: Any) -> tuple[Pipeline, list[int]]:
+    wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
+    cfg = WorkerConfig(rules=Settings(), partitions=partitions, **config)
+    p = Pipeline(cfg, TableNumbers(_table("numbers")), TableLinks(_table("links"), partitions), Metrics(TOPICS),
+                 clock=lambda: wall[0])
+    p.assign({TP(t, n) for t in p.inputs for n in range(partitions)})
+    return p, wall
+
+
+def drive(p: Pipeline, wall: list[int], batches: list[list[ConsumerRecord]]) -> list[FlushBatch]:
+    """Each batch, then the timer, then a flush; then silence until every input is idle."""
+    flushes = []
+    for recs in batches:
+        wall[0] += 1_000
+        p.mark_behind(lambda tp: False)
+        p.on_events([(TP(recs[0].topic, recs[0].partition), list(recs))])
+        p.tick()
+        flushes.append(p.take_flush())
+    for _ in range(3):
+        wall[0] += 40 * S
+        p.tick()
+        flushes.append(p.take_flush())
+    return flushes
+
+
+def alerts_of(flushes: list[FlushBatch]) -> dict[str, str]:
+    return {o.key.decode(): json.loads(o.value)["kind"] for f in flushes for o in f.outputs if o.topic == TOPICS.alerts}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.permutations([TOPICS.changes, TOPICS.outbound, TOPICS.delivery]), st.integers(1, 7))
+def test_any_landing_order_gives_the_in_order_alerts_and_every_record_is_done_once(records, order, batch):
+    p, wall = pipeline()
+    flushes = drive(p, wall, as_batches(records, 2, list(order), batch))
+    assert alerts_of(flushes) == expected_keys(records)
+    done = [(m.topic, m.partition, m.offset) for f in flushes for m in f.done]
+    assert len(done) == len(set(done)) == len(records)
+
+
+def test_a_record_whose_application_raises_is_dead_lettered_as_itself_and_the_others_go_on(monkeypatch):
+    """A bug while applying one released record charges that record (its topic, partition and
+    offset), not the record that arrived and released it; the other records are applied."""
+    p, wall = pipeline(partitions=1)
+    records = [change("contract_started", 0, id="s", email="me@x.de"), mail("me@x.de", DAY, id="n1"),
+               mail("old@x.de", DAY + 5, id="n2")]
+    batches = as_batches(records, 1, [TOPICS.changes, TOPICS.outbound], batch=10)
+    real = p.engine._apply
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        if any(getattr(a, "event_id", None) == "n1" for a in args):
+            raise ZeroDivisionError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(p.engine, "_apply", apply)
+    flushes = drive(p, wall, batches)
+    letters = [json.loads(o.value) for f in flushes for o in f.outputs if o.topic == TOPICS.deadletter]
+    mails = batches[1]
+    assert [(d["source_topic"], d["offset"], d["reason_code"]) for d in letters] == [
+        (TOPICS.outbound, mails[0].offset, "processing_error")]
+    assert "ZeroDivisionError: boom" in letters[0]["reason"]
+    assert sorted(alerts_of(flushes).values()) == ["recipient_unlinked"]  # n2 was judged
+    assert len([m for f in flushes for m in f.done]) == 3
+
+
+def test_flow_control_pauses_the_topics_running_ahead_and_resumes_them_below_half():
+    p, wall = pipeline(partitions=1, max_pending=4)
+    contracts = as_batches([change("contract_started", i * 60, id=f"s{i}", email=f"{i}@x.de",
+                                   msisdn=f"+4917600000{i:03d}") for i in range(6)], 1, [TOPICS.changes], batch=6)
+    p.mark_behind(lambda tp: False)
+    p.on_events([(TP(TOPICS.changes, 0), contracts[0])])  # the mails and deliveries have said nothing yet
+    pause, resume = p.flow_control()
+    assert pause == {TP(TOPICS.changes, 0)} and resume == set()
+    assert p.flow_control() == (set(), set())  # nothing changes while it is over the bound
+    wall[0] += 40 * S  # the silent topics go idle: the buffer drains up to the paused topic's grace
+    p.tick()
+    assert p.engine.pending_count() < 4 // 2
+    pause, resume = p.flow_control()
+    assert pause == set() and resume == {TP(TOPICS.changes, 0)}
+
+
+def test_a_revocation_forgets_the_partitions_and_their_undone_records():
+    p, _ = pipeline(partitions=2)
+    records = [change("contract_started", 0, id="s", email="me@x.de"), mail("me@x.de", DAY, id="n1")]
+    for recs in as_batches(records, 2, [TOPICS.changes, TOPICS.outbound], batch=10):
+        p.on_events([(TP(recs[0].topic, recs[0].partition), list(recs))])
+    assert p.engine.pending_count() == 2 and p.read
+    partition = as_batches(records, 2, [TOPICS.changes], batch=10)[0][0].partition
+    p.revoke({partition})
+    assert p.engine.pending_count() == 0 and not any(k[1] == partition for k in p.read)
+    assert p.take_flush().done == []  # nothing of theirs is acked: the next owner reads them again
