@@ -71,6 +71,10 @@ def _check_one(addr: str, sec: KafkaSecurity, timeout: float) -> None:
                 _sasl(sock, addr, sec)
             else:
                 _request(sock, 18, 0, 1, b"")  # ApiVersions: the broker speaks Kafka to us
+        except ssl.SSLError as err:
+            hint = "" if sec.ssl_certfile else "; does it want a client certificate (ssl_certfile, ssl_keyfile)?"
+            raise KafkaAccessError(f"TLS: the Kafka broker at {addr} ended the connection "
+                                   f"({err.reason or type(err).__name__}){hint}") from None
         except (OSError, struct.error) as err:
             hint = ("; is the listener TLS? security_protocol is " + sec.security_protocol
                     if not sec.uses_tls else "")
@@ -180,8 +184,7 @@ def _recv(sock: socket.socket, n: int) -> bytes:
 
 def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequence[str]],
                  groups: Sequence[str] = (), timeout: float = 10.0, existing: bool = True) -> None:
-    """Raise KafkaAccessError naming each topic this principal may not READ/WRITE (or, with `existing`,
-    that does not exist) and each consumer group it may not use."""
+    """Raise KafkaAccessError naming each topic and group this principal may not use (or missing topic)."""
     from kafka.errors import KafkaError
 
     check_connection(bootstrap, sec, timeout)
@@ -215,8 +218,8 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
 
 
 def _may_use_group(admin: Any, group: str, deadline: float) -> bool:
-    """False if the broker refuses this principal the group; True if it may (or the coordinator
-    did not come up before the deadline: on a new cluster the offsets topic is made first)."""
+    """False if the broker refuses this principal the group, else True (also if no coordinator came)."""
+    # On a new cluster the first FindCoordinator makes the offsets topic: the coordinator comes seconds later.
     from kafka.errors import GroupAuthorizationFailedError, RetriableError
 
     while True:

@@ -109,11 +109,9 @@ def _admin(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **kw: Any) -> An
 
 
 def wait_for_broker(bootstrap: str, timeout: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> bool:
-    """True once a broker at `bootstrap` answers a metadata request, False after `timeout` seconds.
-
-    A broker that answers but refuses this client (TLS, SASL) is no reason to wait:
-    streams.kafka_access.KafkaAccessError, naming the cause, at once.
-    """
+    """True once a broker at `bootstrap` answers a metadata request, False after `timeout` seconds."""
+    # A broker that answers but refuses this client (TLS, SASL) is no reason to wait:
+    # streams.kafka_access.KafkaAccessError, naming the cause, at once.
     from kafka.errors import KafkaError
 
     from streams.kafka_access import KafkaAccessError, check_connection

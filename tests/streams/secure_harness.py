@@ -1,5 +1,4 @@
-"""The secured local broker (NOTIFGUARD_KAFKA_SECURE=1 deploy/kafka/start.sh): its principals, their
-settings files, `notifguard` runs as them, and the secrets no log of theirs may hold."""
+"""The secured local broker (NOTIFGUARD_KAFKA_SECURE=1 deploy/kafka/start.sh): principals, configs, secrets."""
 
 from __future__ import annotations
 
@@ -138,8 +137,8 @@ class _Alertmanager(BaseHTTPRequestHandler):
 
 @contextmanager
 def https_alertmanager(authorization: str) -> Iterator[Any]:
-    """An Alertmanager stand-in over TLS (the broker's certificate, signed by the test CA) that takes
-    alerts only with this Authorization header: `.url`, `.alerts`, `.unauthorized`."""
+    """An HTTPS Alertmanager stand-in taking alerts only with this Authorization header (`.url`, `.alerts`)."""
+    # Its certificate is the broker's, signed by the test CA.
     server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Alertmanager)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(SECRETS / "broker.pem"))
