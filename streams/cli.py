@@ -8,6 +8,7 @@ import sys
 from contextlib import ExitStack
 
 from streams.config import KEY_MIN_BYTES, key_problem, load_settings, warn_if_dev_key
+from streams.kafka_access import KafkaAccessError
 
 log = logging.getLogger("notifguard")
 
@@ -89,13 +90,27 @@ def _worker(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("the pseudonymisation key %s; allowed by allow_development_key: NOT FOR PRODUCTION", problem)
-    if args.create_topics:
-        from streams.topics import ensure_topics, wait_for_broker
+    from streams.acls import topic_needs, worker_acls
+    from streams.kafka_access import check_topics
+    from streams.topics import ensure_topics, wait_for_broker
 
-        if not wait_for_broker(config.bootstrap, timeout=60):
-            print(f"notifguard worker: no Kafka broker answers at {config.bootstrap}", file=sys.stderr)
-            return 2
-        ensure_topics(config.bootstrap, config.rules, partitions=config.partitions, app_id=config.app_id)
+    # A refused login, an untrusted certificate or a missing ACL is named here, within
+    # seconds (exit 2), not left to Faust's clients, which retry and never get ready.
+    if not wait_for_broker(config.bootstrap, timeout=60, security=config.kafka):
+        print(f"notifguard worker: no Kafka broker answers at {config.bootstrap}", file=sys.stderr)
+        return 2
+    needs = topic_needs(worker_acls(config.rules.topics, config.app_id, config.processing_guarantee == "exactly_once"))
+    if args.create_topics:
+        from kafka.errors import KafkaError
+
+        try:
+            ensure_topics(config.bootstrap, config.rules, partitions=config.partitions, app_id=config.app_id,
+                          security=config.kafka)
+        except KafkaError:
+            check_topics(config.bootstrap, config.kafka, needs)  # a missing ACL: named
+            raise
+    check_topics(config.bootstrap, config.kafka, needs, groups=[config.app_id])
+    log.info("kafka: %s at %s", config.kafka.describe(), config.bootstrap)
     from streams.worker import Worker, create_app
 
     app = create_app(config)
@@ -174,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
     c.add_argument("--topics", required=True, nargs="+")
     c.add_argument("--out", required=True, metavar="FILE")
+    c.add_argument("--config", metavar="FILE", help="settings file (TOML), for the [kafka] connection")
     c.add_argument("--from-beginning", action="store_true", default=True)
     c.add_argument("--idle-timeout", type=float, default=5.0,
                    help="stop after this many seconds without a new record (default 5)")
@@ -217,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-post active alerts every this many seconds (default 60)")
     f.add_argument("--resolve-after", type=float, default=3600.0,
                    help="let an alert resolve this many seconds after it was first seen (default 3600)")
+    f.add_argument("--alertmanager-ca", metavar="FILE", help="CA bundle of an https:// Alertmanager")
+    f.add_argument("--alertmanager-cert", metavar="FILE", help="client certificate for Alertmanager (mutual TLS)")
+    f.add_argument("--alertmanager-key", metavar="FILE", help="its key")
+    f.add_argument("--alertmanager-bearer-file", metavar="FILE", help="send this file's token as a bearer token")
+    f.add_argument("--alertmanager-basic-auth-file", metavar="FILE",
+                   help="send this file's user:password as HTTP basic auth")
     f.set_defaults(func=lambda a: __import__("streams.forward", fromlist=["x"]).forward_command(a))
 
     w = sub.add_parser("worker", help="run the streaming detector (Faust) against Kafka")
@@ -246,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KafkaAccessError) as err:
         print(f"notifguard {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from detectors.incidents import IncidentSettings
 from detectors.settings import DEV_PSEUDONYMISATION_KEY, Secret, Settings, Topics
+from streams.kafka_security import KafkaSecurity, security_from
 
 log = logging.getLogger("notifguard.config")
 
@@ -37,6 +38,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         with open(path, "rb") as fh:
             values.update(tomllib.load(fh))
         values.pop("worker", None)  # the worker's own section: see load_worker_config
+        values.pop("kafka", None)  # the connection: streams.kafka_security
     return _settings_from(values, env)
 
 
@@ -71,6 +73,7 @@ def _settings_from(values: dict[str, Any], env: Mapping[str, str]) -> Settings:
     values = dict(values)
     values.pop("worker", None)
     values.pop("incidents", None)  # the incidents' own section: see load_incident_settings
+    values.pop("kafka", None)
     fields = {f.name for f in dataclasses.fields(Settings)}
     for name in fields:
         raw = env.get(_ENV_PREFIX + name.upper())
@@ -231,6 +234,8 @@ class WorkerConfig:
     # terminationGracePeriodSeconds (60), so that the log line is written before
     # Kubernetes' SIGKILL.
     shutdown_timeout_s: float = 30.0
+    # How the worker's clients connect: the [kafka] table and NOTIFGUARD_KAFKA_* (TLS, SASL).
+    kafka: KafkaSecurity = dataclasses.field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s"):
@@ -258,15 +263,17 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
     if path is None:
         path = env.get(_ENV_PREFIX + "CONFIG") or None
     section: dict[str, Any] = {}
+    kafka: dict[str, Any] = {}
     rules_env = dict(env)
     if path is not None:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
         section = dict(doc.pop("worker", {}) or {})
+        kafka = dict(doc.pop("kafka", {}) or {})
     rules = _settings_from(doc if path is not None else {}, rules_env)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"kafka": security_from(kafka, env)}
     defaults = WorkerConfig(rules=rules)
-    names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules"}
+    names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules", "kafka"}
     for name in names:
         raw = env.get(f"{_ENV_PREFIX}WORKER_{name.upper()}", section.get(name))
         if raw is None:

@@ -15,9 +15,11 @@ re-sent, but Alertmanager keeps them firing until their endsAt anyway.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -26,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from detectors.settings import Secret
 
 log = logging.getLogger("notifguard.forward")
 
@@ -90,10 +94,16 @@ class Forwarder:
     """The active-alert map and the HTTP POST; no Kafka, so it is testable on its own."""
 
     def __init__(self, alertmanager: str, resend_interval: float = 60.0, resolve_after: float = 3600.0,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, tls: ssl.SSLContext | None = None,
+                 authorization: Secret | None = None) -> None:
         if resend_interval <= 0 or resolve_after <= 0:
             raise ValueError("resend_interval and resolve_after must be > 0")
+        if authorization is not None and not alertmanager.startswith("https://"):
+            raise ValueError("Alertmanager credentials go over https:// only, not in clear text to "
+                             f"{alertmanager}")
         self.url = alertmanager.rstrip("/") + "/api/v2/alerts"
+        self.tls = tls
+        self.authorization = authorization
         self.resend_interval = resend_interval
         self.resolve_after = resolve_after
         self.timeout = timeout
@@ -128,17 +138,51 @@ class Forwarder:
         if not batch:
             return
         req = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                                     headers={"Content-Type": "application/json", **self._auth()})
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
             resp.read()
 
+    def _auth(self) -> dict[str, str]:
+        return {} if self.authorization is None else {"Authorization": self.authorization.reveal()}
+
     def ready(self) -> bool:
+        req = urllib.request.Request(self.url.removesuffix("/api/v2/alerts") + "/api/v2/status",
+                                     headers=self._auth())
         try:
-            with urllib.request.urlopen(self.url.removesuffix("/api/v2/alerts") + "/api/v2/status",
-                                        timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
                 return bool(resp.status == 200)
-        except OSError:
+        except OSError as err:
+            log.warning("Alertmanager status at %s: %s", self.url.removesuffix("/api/v2/alerts"), err)
             return False
+
+
+def alertmanager_authorization(bearer_file: str | None, basic_auth_file: str | None) -> Secret | None:
+    """The Authorization header from a bearer-token file or a `user:password` file, or None."""
+    if bearer_file and basic_auth_file:
+        raise ValueError("give --alertmanager-bearer-file or --alertmanager-basic-auth-file, not both")
+    path = bearer_file or basic_auth_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read().strip()
+    except OSError as err:
+        raise ValueError(f"Alertmanager credentials file {path}: cannot read it ({err.strerror})") from None
+    if bearer_file:
+        return Secret(f"Bearer {text}")
+    if ":" not in text:
+        raise ValueError(f"Alertmanager basic-auth file {path} must hold user:password")
+    return Secret("Basic " + base64.b64encode(text.encode()).decode())
+
+
+def alertmanager_tls(cafile: str | None, certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """The TLS context for https:// Alertmanager: its CA (default: system store), an optional client cert."""
+    if not (cafile or certfile):
+        return None
+    ctx = ssl.create_default_context(cafile=cafile or None)
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile or None)
+    return ctx
 
 
 class _Consumer(Protocol):
@@ -206,14 +250,24 @@ def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event,
 def forward_command(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
+    from streams.acls import forwarder_acls, topic_needs
     from streams.config import load_settings
+    from streams.kafka_access import check_topics
+    from streams.kafka_security import client_kwargs, load_kafka_security
     from streams.topics import wait_for_broker
 
     settings = load_settings(args.config)
-    forwarder = Forwarder(args.alertmanager, args.resend_interval, args.resolve_after)
-    if not wait_for_broker(args.bootstrap, timeout=30):
+    security = load_kafka_security(args.config)
+    forwarder = Forwarder(
+        args.alertmanager, args.resend_interval, args.resolve_after,
+        tls=alertmanager_tls(args.alertmanager_ca, args.alertmanager_cert, args.alertmanager_key),
+        authorization=alertmanager_authorization(args.alertmanager_bearer_file, args.alertmanager_basic_auth_file),
+    )
+    if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard forward-alerts: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(forwarder_acls(settings.topics, args.group)),
+                 groups=[args.group])
     if not forwarder.ready():
         print(f"notifguard forward-alerts: no Alertmanager answers at {args.alertmanager}", file=sys.stderr)
         return 2
@@ -229,6 +283,7 @@ def forward_command(args: argparse.Namespace) -> int:
         settings.topics.alerts, bootstrap_servers=args.bootstrap, group_id=args.group,
         enable_auto_commit=False, auto_offset_reset="earliest", client_id="notifguard-forwarder",
         isolation_level="read_committed",  # an exactly-once worker's aborted sends are not alerts
+        **client_kwargs(security),
     )
     log.info("forwarding %s -> %s", settings.topics.alerts, forwarder.url)
     try:

@@ -63,6 +63,7 @@ from detectors.incidents import (
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
 from streams.incident_report import View, export, find, list_lines, show_lines, views
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
 
 log = logging.getLogger("notifguard.incidents")
 
@@ -139,7 +140,7 @@ class IncidentsProcess:
 
     def __init__(self, bootstrap: str, settings: Settings, incident_settings: IncidentSettings,
                  app_id: str = "notifguard-incidents", wall_clock: bool = True,
-                 metrics: IncidentMetrics | None = None) -> None:
+                 metrics: IncidentMetrics | None = None, security: KafkaSecurity = PLAINTEXT) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings = settings
@@ -150,18 +151,20 @@ class IncidentsProcess:
         self.metrics = metrics
         self.agg = Incidents(incident_settings)
         self.bootstrap = bootstrap
+        self.security = security
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                      client_id=f"{app_id}-producer", max_request_size=4 << 20)
+                                      client_id=f"{app_id}-producer", max_request_size=4 << 20,
+                                      **client_kwargs(security))
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=app_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest", isolation_level="read_committed",
-                                      client_id=f"{app_id}-consumer")
+                                      client_id=f"{app_id}-consumer", **client_kwargs(security))
         self.skipped = 0
         self._alert_tps: list[Any] = []
         self._incident_tps: list[Any] = []
 
     def _read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Every record of `topic` from the beginning to its end offsets now."""
-        for r in _consume_all(self.bootstrap, topic, missing_ok=True):
+        for r in _consume_all(self.bootstrap, topic, missing_ok=True, security=self.security):
             yield r.key, r.value
 
     def start(self) -> None:
@@ -256,10 +259,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     isettings = load_incident_settings(args.config)
-    if not wait_for_broker(args.bootstrap, timeout=30):
+    security = load_kafka_security(args.config)
+    if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard incidents: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
-    ensure_topics(args.bootstrap, settings, app_id=args.app_id, specs=incident_topic_specs(settings, args.app_id))
+    ensure_topics(args.bootstrap, settings, app_id=args.app_id, specs=incident_topic_specs(settings, args.app_id),
+                  security=security)
     metrics = None
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -275,7 +280,7 @@ def run_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     proc = IncidentsProcess(args.bootstrap, settings, isettings, app_id=args.app_id,
-                            wall_clock=args.clock == "wall", metrics=metrics)
+                            wall_clock=args.clock == "wall", metrics=metrics, security=security)
     try:
         proc.start()
         log.info("incidents: %s -> %s", settings.topics.alerts, settings.topics.incidents)
@@ -296,7 +301,8 @@ def read_records(args: argparse.Namespace, settings: Settings) -> list[TopicReco
     if args.file:
         with open(args.file, "rb") as f:
             return [decode_record(line) for line in f if line.strip()]
-    return [decode_record(r.value) for r in _consume_all(args.bootstrap, settings.topics.incidents)
+    return [decode_record(r.value) for r in _consume_all(args.bootstrap, settings.topics.incidents,
+                                                         security=load_kafka_security(args.config))
             if r.value is not None]
 
 
@@ -346,7 +352,8 @@ def record_action(args: argparse.Namespace, action: Action) -> None:
 
     from streams.config import load_settings
 
-    p = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", client_id="notifguard-incidents-tool")
+    p = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", client_id="notifguard-incidents-tool",
+                      **client_kwargs(load_kafka_security(args.config)))
     try:
         p.send(load_settings(args.config).topics.incidents, key=f"action/{action.incident_id}/{action.action_id}"
                .encode(), value=encode_record(action)).get(timeout=30)
@@ -366,12 +373,13 @@ def mark_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ re-identification
 
 
-def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False) -> Iterator[Any]:
+def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False,
+                 security: KafkaSecurity = PLAINTEXT) -> Iterator[Any]:
     """Every record of `topic` up to its end offsets now (read_committed); ValueError if it does not exist."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-                      client_id="notifguard-incidents-reader")
+                      client_id="notifguard-incidents-reader", **client_kwargs(security))
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         if not tps:
@@ -390,7 +398,7 @@ def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False) -> Iterat
         c.close()
 
 
-def member_keys(bootstrap: str, app_id: str, incident: Incident) -> set[str]:
+def member_keys(bootstrap: str, app_id: str, incident: Incident, security: KafkaSecurity = PLAINTEXT) -> set[str]:
     """The dedup_keys of the incident's alerts, from the process's members topic: the signature's members
     between its first and last event time (an incident is a contiguous run of its signature's members)."""
     if incident.first_event_time is None or incident.last_event_time is None:
@@ -398,7 +406,7 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident) -> set[str]:
     lo, hi = parse_rfc3339(incident.first_event_time), parse_rfc3339(incident.last_event_time)
     sig = incident.signature.key()
     latest_member: dict[str, Any] = {}
-    for r in _consume_all(bootstrap, members_topic(app_id)):
+    for r in _consume_all(bootstrap, members_topic(app_id), security=security):
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
@@ -418,7 +426,8 @@ def resolve_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     view = find(_views(args), args.id)
     inc = view.incident
-    keys = member_keys(args.bootstrap, args.app_id, inc)
+    security = load_kafka_security(args.config)
+    keys = member_keys(args.bootstrap, args.app_id, inc, security)
     numbers = set(inc.numbers)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     # owner-only from the start (no window with the umask's mode), and never over an existing file
@@ -428,7 +437,7 @@ def resolve_command(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["msisdn", "recipient", "event_time", "event_id", "message_id", "brand", "template"])
-        for r in _consume_all(args.bootstrap, settings.topics.outbound):
+        for r in _consume_all(args.bootstrap, settings.topics.outbound, security=security):
             try:
                 v = json.loads(r.value)
                 key = dedup_key(inc.kind, v["event_id"])

@@ -38,6 +38,9 @@ from detectors.capture import Envelope
 from detectors.privacy import mask_msisdn
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
+from streams.acls import capture_acls, replay_acls, topic_needs
+from streams.kafka_access import check_topics
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
 
 # ---------------------------------------------------------------------------
 # kcat -J envelope
@@ -267,6 +270,7 @@ class _Merge:
 
 def capture(
     bootstrap: str, topics: Sequence[str], out: IO[bytes], idle_timeout: float = 5.0, max_records: int = 0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> CaptureSummary:
     """Read `topics` from the beginning up to their end offsets as of now; no consumer group."""
     from kafka import KafkaConsumer, TopicPartition
@@ -275,7 +279,7 @@ def capture(
 
     started = time.monotonic()
     summary = CaptureSummary()
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         described = admin.describe_topics(list(topics))
     finally:
@@ -288,7 +292,7 @@ def capture(
             leaders[TopicPartition(t["name"], p["partition_index"])] = p.get("leader_id", -1)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", client_id="notifguard-capture",
+        auto_offset_reset="earliest", client_id="notifguard-capture", **client_kwargs(security),
         isolation_level="read_committed",  # as kcat (librdkafka's default): no aborted transactions
     )
     try:
@@ -344,13 +348,16 @@ def capture_command(args: argparse.Namespace) -> int:
 
     from streams.topics import wait_for_broker
 
-    if not wait_for_broker(args.bootstrap, timeout=10):
+    security = load_kafka_security(getattr(args, "config", None))
+    if not wait_for_broker(args.bootstrap, timeout=10, security=security):
         print(f"notifguard capture: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(capture_acls(args.topics)), existing=False)
     try:
         with ExitStack() as stack:
             sink = sys.stdout.buffer if args.out == "-" else stack.enter_context(open(args.out, "wb"))
-            summary = capture(args.bootstrap, args.topics, sink, float(args.idle_timeout), int(args.max_records))
+            summary = capture(args.bootstrap, args.topics, sink, float(args.idle_timeout), int(args.max_records),
+                              security)
             sink.flush()
     except (LookupError, KafkaError) as err:
         print(f"notifguard capture: {err}", file=sys.stderr)
@@ -430,6 +437,7 @@ def replay_to_kafka(
     bootstrap: str, paths: Sequence[str | Path], speed: float = 0.0, rebase_to_us: int | None = None,
     renames: dict[str, str] | None = None, keep_partitions: bool = False,
     sleep: Callable[[float], None] = time.sleep, sent: list[Produced] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> ReplaySummary:
     """Produce capture records, keyed, in time order across files (each file's own order kept).
 
@@ -475,7 +483,8 @@ def replay_to_kafka(
                 out.append(Produced(seq, meta.topic, meta.partition, meta.offset, key, value, stamp))
         return callback
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay",
+                             **client_kwargs(security))
     try:
         first_t: int | None = None
         merged = heapq.merge(*(_timed(p, summary.bad_lines) for p in paths), key=lambda x: x[0])
@@ -515,11 +524,11 @@ def replay_to_kafka(
     return summary
 
 
-def _missing_topics(bootstrap: str, names: Iterable[str]) -> list[str]:
+def _missing_topics(bootstrap: str, names: Iterable[str], security: KafkaSecurity = PLAINTEXT) -> list[str]:
     from streams.topics import _admin, _existing
 
     names = sorted(set(names))
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         have = _existing(admin, names)
     finally:
@@ -534,19 +543,21 @@ def replay_to_kafka_command(args: argparse.Namespace, settings: Settings) -> int
 
     renames = parse_renames(args.rename or [])
     rebase = parse_rebase_target(args.rebase_time) if args.rebase_time else None
-    if not wait_for_broker(args.bootstrap, timeout=10):
+    security = load_kafka_security(args.config)
+    if not wait_for_broker(args.bootstrap, timeout=10, security=security):
         print(f"notifguard replay: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
     topics = {renames.get(r.topic, r.topic) for p in args.captures for r in read_capture(p)}
-    missing = _missing_topics(args.bootstrap, topics)
+    missing = _missing_topics(args.bootstrap, topics, security)
     if missing:
         print(f"notifguard replay: topics missing on {args.bootstrap}: {', '.join(missing)} "
               "(auto-creation is off; create them, or map them with --rename OLD=NEW)", file=sys.stderr)
         return 2
+    check_topics(args.bootstrap, security, topic_needs(replay_acls(topics)))
     try:
         summary = replay_to_kafka(
             args.bootstrap, args.captures, float(args.speed), rebase, renames,
-            keep_partitions=bool(getattr(args, "keep_partitions", False)),
+            keep_partitions=bool(getattr(args, "keep_partitions", False)), security=security,
         )
     except KafkaError as err:
         print(f"notifguard replay: {err}", file=sys.stderr)
@@ -698,13 +709,13 @@ def _event_ids(payloads: Iterable[bytes | str | None]) -> set[str]:
     return ids
 
 
-def _alerts_consumer(bootstrap: str, alerts_topic: str) -> Any:
+def _alerts_consumer(bootstrap: str, alerts_topic: str, security: KafkaSecurity = PLAINTEXT) -> Any:
     """A consumer of every partition of the alerts topic, at its end offsets: a check
     opens it before producing, so it sees exactly the alerts that come after."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="notifguard-check",
+                             client_id="notifguard-check", **client_kwargs(security),
                              # an exactly-once worker's aborted sends are not alerts
                              isolation_level="read_committed")
     try:
@@ -765,15 +776,19 @@ def default_settle_s(settings: Settings) -> float:
     return max(settings.grace_s, settings.idle_flush_s) + 5.0
 
 
-def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float) -> str | None:
+def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float,
+                     security: KafkaSecurity = PLAINTEXT) -> str | None:
     """Why a check cannot run on this cluster (no broker, topics missing), or None."""
     from streams.topics import wait_for_broker
 
-    if not wait_for_broker(bootstrap, timeout=min(10.0, timeout)):
+    if not wait_for_broker(bootstrap, timeout=min(10.0, timeout), security=security):
         return f"no Kafka broker answers at {bootstrap}"
-    missing = _missing_topics(bootstrap, topics)
+    topics = list(topics)
+    missing = _missing_topics(bootstrap, topics, security)
     if missing:
         return f"topics missing on {bootstrap}: {', '.join(missing)}"
+    # the last is the alerts topic, read; the others are written
+    check_topics(bootstrap, security, topic_needs([*replay_acls(topics[:-1]), *capture_acls(topics[-1:])]))
     return None
 
 
@@ -853,7 +868,7 @@ class CheckResult:
 def run_check(
     bootstrap: str, scenario: Any, settings: Settings, timeout: float = 60.0,
     isolation: Isolation | None = None, settle_s: float | None = None, now_us: int | None = None,
-    log: IO[str] | None = None,
+    log: IO[str] | None = None, security: KafkaSecurity = PLAINTEXT,
 ) -> CheckResult:
     """Produce the (isolated, rebased) scenario, then watch the alerts topic from the offsets before it."""
     from kafka import KafkaProducer
@@ -863,9 +878,10 @@ def run_check(
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     envs = staged_envelopes(scenario, settings, isolation, now_us)
     run_ids = _event_ids(e.payload for e in envs)
-    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts, security)
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check")
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check",
+                                 **client_kwargs(security))
         try:
             for e in envs:
                 producer.send(e.topic, key=None if e.key is None else _to_bytes(e.key),
@@ -902,7 +918,9 @@ def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
 
     scenario = load(args.targets[0])
     t = settings.topics
-    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout))
+    security = load_kafka_security(args.config)
+    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout),
+                           security)
     if why:
         print(f"notifguard check: {why}", file=sys.stderr)
         return 2
@@ -910,7 +928,7 @@ def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
     settle = getattr(args, "settle", None)
     try:
         result = run_check(args.bootstrap, scenario, settings, float(args.timeout), isolation,
-                           None if settle is None else float(settle), log=sys.stderr)
+                           None if settle is None else float(settle), log=sys.stderr, security=security)
     except (LookupError, KafkaError) as err:
         print(f"notifguard check: {err}", file=sys.stderr)
         return 2
@@ -1039,6 +1057,7 @@ def run_capture_check(
     bootstrap: str, paths: Sequence[str | Path], settings: Settings, timeout: float = 60.0,
     settle_s: float | None = None, speed: float = 0.0, rebase_to_us: int | None = None,
     renames: dict[str, str] | None = None, keep_partitions: bool = False, log: IO[str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> CaptureCheckResult:
     """Produce captures as `replay --bootstrap` does, compute their alerts offline from what the broker
     acknowledged, and watch the alerts topic (from the offsets before producing) for exactly those.
@@ -1048,10 +1067,11 @@ def run_capture_check(
     """
     settle = default_settle_s(settings) if settle_s is None else settle_s
     started = time.monotonic()
-    consumer = _alerts_consumer(bootstrap, settings.topics.alerts)
+    consumer = _alerts_consumer(bootstrap, settings.topics.alerts, security)
     try:
         sent: list[Produced] = []
-        summary = replay_to_kafka(bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent)
+        summary = replay_to_kafka(bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent,
+                                  security=security)
         produced_at = time.monotonic()
         if log is not None:
             log.write(summary.render() + "\n")
@@ -1105,7 +1125,8 @@ def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
               f"of the configuration ({', '.join(sorted(inputs))}); map it with --rename OLD=NEW, or give the "
               "worker's --config", file=sys.stderr)
         return 2
-    why = _check_preflight(args.bootstrap, [*topics, t.alerts], float(args.timeout))
+    security = load_kafka_security(args.config)
+    why = _check_preflight(args.bootstrap, [*topics, t.alerts], float(args.timeout), security)
     if why:
         print(f"notifguard check: {why}", file=sys.stderr)
         return 2
@@ -1113,7 +1134,7 @@ def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = run_capture_check(
             args.bootstrap, paths, settings, float(args.timeout), None if settle is None else float(settle),
-            float(args.speed), rebase, renames, bool(args.keep_partitions), log=sys.stderr,
+            float(args.speed), rebase, renames, bool(args.keep_partitions), log=sys.stderr, security=security,
         )
     except (LookupError, KafkaError) as err:
         print(f"notifguard check: {err}", file=sys.stderr)

@@ -10,13 +10,13 @@ changed behind the operator's back.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.settings import Settings
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, admin_client
 
 DAY_MS = 86_400_000
 
@@ -104,29 +104,33 @@ def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifgua
     ]
 
 
-def _admin(bootstrap: str, **kw: Any) -> Any:
-    from kafka import KafkaAdminClient
-
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="notifguard-admin", **kw)
+def _admin(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **kw: Any) -> Any:
+    return admin_client(bootstrap, security, **kw)
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> bool:
+def wait_for_broker(bootstrap: str, timeout: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> bool:
     """True once a broker at `bootstrap` answers a metadata request, False after `timeout` seconds."""
+    # A broker that answers but refuses this client (TLS, SASL) is no reason to wait:
+    # streams.kafka_access.KafkaAccessError, naming the cause, at once.
     from kafka.errors import KafkaError
 
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    from streams.kafka_access import KafkaAccessError, check_connection
+
     deadline = time.monotonic() + timeout
     while True:
         admin = None
         left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
         try:
-            # A cheap TCP probe first: the admin client waits its full bootstrap timeout otherwise.
-            with socket.create_connection((host, int(port)), timeout=min(2.0, left_ms / 1000)):
-                pass
-            admin = _admin(bootstrap, request_timeout_ms=min(left_ms, 10_000),
+            # Connect, handshake and log in first: the admin client would retry a refusal
+            # until its bootstrap timeout and not say why.
+            check_connection(bootstrap, security, timeout=min(2.0, left_ms / 1000))
+            admin = _admin(bootstrap, security, request_timeout_ms=min(left_ms, 10_000),
                            bootstrap_timeout_ms=min(left_ms, 10_000))
             if admin.describe_cluster().get("brokers"):
                 return True
+        except KafkaAccessError as err:
+            if not err.retryable:
+                raise
         except (KafkaError, OSError, ValueError):
             pass
         finally:
@@ -160,7 +164,7 @@ def _configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
 
 def ensure_topics(
     bootstrap: str, settings: Settings, partitions: int = 6, app_id: str = "notifguard",
-    timeout: float = 30.0, specs: list[TopicSpec] | None = None,
+    timeout: float = 30.0, specs: list[TopicSpec] | None = None, security: KafkaSecurity = PLAINTEXT,
 ) -> TopicsReport:
     """Create what is missing, check what exists; raise TopicLayoutError when co-partitioning would break.
 
@@ -173,7 +177,7 @@ def ensure_topics(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"topic names must be distinct: {names}")
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         existing = _existing(admin, names)
         co = {s.name: existing[s.name] for s in specs if s.co_partitioned and s.name in existing}
@@ -230,10 +234,11 @@ def ensure_topics(
     return TopicsReport(bootstrap, states)
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> list[str]:
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0,
+                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Delete those of `names` that exist and wait until they are gone; returns the ones deleted."""
     names = list(names)
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         present = sorted(_existing(admin, names))
         if present:

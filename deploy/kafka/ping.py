@@ -3,12 +3,15 @@
 
 Standard library only, so start.sh can use it before any venv exists.
 Exit 0 when the broker lists at least one live broker in its metadata, else 1.
-Usage: ping.py HOST:PORT [timeout_seconds]
+Usage: ping.py HOST:PORT [timeout_seconds [CA_FILE CERT_FILE KEY_FILE]]
+With the three files it speaks TLS with a client certificate (the secured
+broker's mTLS listener), verifying the broker's certificate and host name.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import sys
 
@@ -36,9 +39,10 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def ping(host: str, port: int, timeout: float) -> int:
+def ping(host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None) -> int:
     """Returns the number of brokers in the cluster metadata."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
         sock.settimeout(timeout)
         # ApiVersions v0 (every broker answers it), to pick a Metadata version.
         data = _request(sock, 18, 0, 1, b"")
@@ -67,8 +71,12 @@ def ping(host: str, port: int, timeout: float) -> int:
 def main() -> int:
     host, _, port = sys.argv[1].rpartition(":")
     timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
+    tls = None
+    if len(sys.argv) > 3:
+        tls = ssl.create_default_context(cafile=sys.argv[3])
+        tls.load_cert_chain(sys.argv[4], sys.argv[5])
     try:
-        return 0 if ping(host, int(port), timeout) > 0 else 1
+        return 0 if ping(host, int(port), timeout, tls) > 0 else 1
     except (OSError, RuntimeError, KeyError, struct.error):
         return 1
 

@@ -8,13 +8,27 @@
 # Environment (defaults in common.sh): KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093),
 # NOTIFGUARD_KAFKA_DATA (data dir), NOTIFGUARD_CACHE, KAFKA_VERSION, KAFKA_HEAP_OPTS,
 # KAFKA_START_TIMEOUT (60 s). Logs: <data>/logs/server.log. Stop with stop.sh.
+#
+#   NOTIFGUARD_KAFKA_SECURE=1 deploy/kafka/start.sh   -> the secured broker (secure.sh): SASL_SSL
+#       on 19094 (KAFKA_SECURE_PORT), mTLS on 19096 (KAFKA_MTLS_PORT), controller 19095
+#       (KAFKA_SECURE_CONTROLLER_PORT), data <cache>/kafka-data-secure (NOTIFGUARD_KAFKA_SECURE_DATA);
+#       CA, certificates and SCRAM passwords in <data>/secrets. stop.sh and status.sh take it too.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
 PYTHON="${PYTHON:-python3}"
 t0=$SECONDS
 
-ping_broker() { "$PYTHON" "$KAFKA_DEPLOY_DIR/ping.py" "$KAFKA_BOOTSTRAP" 2; }
+if [[ "$KAFKA_SECURE" == 1 ]]; then
+    source "$KAFKA_DEPLOY_DIR/secure.sh"
+    # Readiness over the mTLS listener, with the ping client's certificate.
+    ping_broker() {
+        "$PYTHON" "$KAFKA_DEPLOY_DIR/ping.py" "$KAFKA_HOST:$KAFKA_MTLS_PORT" 2 "$KAFKA_SECRETS_DIR/ca.pem" \
+            "$KAFKA_SECRETS_DIR/notifguard-ping.crt" "$KAFKA_SECRETS_DIR/notifguard-ping.key"
+    }
+else
+    ping_broker() { "$PYTHON" "$KAFKA_DEPLOY_DIR/ping.py" "$KAFKA_BOOTSTRAP" 2; }
+fi
 
 die() { echo "start.sh: $*" >&2; exit 1; }
 
@@ -51,7 +65,7 @@ if pid="$(kafka_running_pid)"; then
 fi
 rm -f "$KAFKA_PID_FILE"
 
-for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ${KAFKA_MTLS_PORT:+"$KAFKA_MTLS_PORT"}; do
     if (exec 3<>"/dev/tcp/$KAFKA_HOST/$port") 2>/dev/null; then
         die "port $KAFKA_HOST:$port is already in use by a process not started by this script"
     fi
@@ -64,17 +78,34 @@ fetch_out="$("$KAFKA_DEPLOY_DIR/fetch.sh" 2>&1)" || { echo "$fetch_out" >&2; exi
 
 mkdir -p "$KAFKA_LOG_DIR" "$KAFKA_STORAGE_DIR"
 
-# 3. Broker config, rewritten on every start so port/env changes apply.
-cat >"$KAFKA_CONFIG" <<PROPS
-# Written by deploy/kafka/start.sh; edits are overwritten on the next start.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listener_properties() {
+    if [[ "$KAFKA_SECURE" == 1 ]]; then
+        secure_properties
+        return
+    fi
+    cat <<PROPS
 listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+PROPS
+}
+format_args=()
+if [[ "$KAFKA_SECURE" == 1 ]]; then
+    secure_make_secrets
+    mapfile -t format_args < <(secure_format_args)
+fi
+
+# 3. Broker config, rewritten on every start so port/env changes apply (secured: it holds
+# the admin's password, so only its owner reads it).
+(umask 077 && : >"$KAFKA_CONFIG")
+cat >"$KAFKA_CONFIG" <<PROPS
+# Written by deploy/kafka/start.sh; edits are overwritten on the next start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+$(listener_properties)
 log.dirs=$KAFKA_STORAGE_DIR
 num.partitions=6
 default.replication.factor=1
@@ -118,7 +149,7 @@ if [[ ! -f "$KAFKA_STORAGE_DIR/meta.properties" ]]; then
 while (u := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
     pass
 print(u)')"
-    java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONFIG" \
+    java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONFIG" "${format_args[@]}" \
         >"$KAFKA_LOG_DIR/format.log" 2>&1 \
         || { cat "$KAFKA_LOG_DIR/format.log" >&2; fail "StorageTool format failed"; }
     echo "$KAFKA_VERSION" >"$KAFKA_DATA/formatted-by-kafka-version"

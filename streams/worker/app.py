@@ -17,6 +17,7 @@ import faust
 
 from streams import seams
 from streams.config import WorkerConfig
+from streams.kafka_security import faust_settings
 from streams.liveness import ShutdownWatchdog, describe_stacks
 from streams.worker.exactly_once import TransactionManager
 from streams.worker.offsets import TP
@@ -127,6 +128,7 @@ def create_app(config: WorkerConfig) -> faust.App:
         # (Faust's default) would cut a flush of state into a hundred produce requests.
         producer_max_batch_size=256 * 1024,
         broker_max_poll_records=config.batch_max,
+        **faust_settings(config.kafka),  # TLS and SASL (streams.kafka_security)
     )
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
     links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes,

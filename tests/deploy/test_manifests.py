@@ -274,7 +274,7 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     c = worker_container()
     env = {e["name"]: e for e in c["env"]}
     assert env["NOTIFGUARD_WORKER_WEB_HOST"]["value"] == "0.0.0.0"
-    secret = obj("Secret")
+    secret = obj("Secret", "notifguard-secrets")
     key_ref = env["NOTIFGUARD_PSEUDONYMISATION_KEY"]["valueFrom"]["secretKeyRef"]
     assert key_ref["name"] == secret["metadata"]["name"]
     assert key_ref["key"] in secret["stringData"]
@@ -302,7 +302,8 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     cfg_path.write_text(cm["data"][cfg_item["key"]], encoding="utf-8")
     assert tomllib.loads(cfg_path.read_text(encoding="utf-8"))["worker"]
     pod_env = {n: e["value"] for n, e in env.items() if "value" in e and n != "NOTIFGUARD_CONFIG"}
-    pod_env |= {"NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"], "NOTIFGUARD_PSEUDONYMISATION_KEY": "k"}
+    pod_env |= {"NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"], "NOTIFGUARD_PSEUDONYMISATION_KEY": "k",
+                "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(_file(tmp_path / "password", "pw"))}
     wc = load_worker_config(cfg_path, env=pod_env)
     assert (wc.web_host, wc.web_port, wc.datadir) == ("0.0.0.0", WEB_PORT, datadir)
     assert wc.bootstrap == cm["data"]["bootstrap"]
@@ -311,6 +312,46 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= wc.shutdown_timeout_s + 10
     # Kubernetes restarts a stalled worker: the probe's 2 minutes come on top of stall_after_s.
     assert wc.stall_after_s <= 300
+
+
+def _file(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_k8s_kafka_credentials_are_files_of_the_mounted_secret_where_the_settings_point(tmp_path: Path) -> None:
+    from streams.kafka_security import security_from
+
+    c = worker_container()
+    cm = obj("ConfigMap")
+    kafka = tomllib.loads(cm["data"]["notifguard.toml"])["kafka"]
+    volumes = {v["name"]: v for v in obj("StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    secret = obj("Secret", volumes["kafka-client"]["secret"]["secretName"])
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "kafka-client"]
+    assert mount["readOnly"] is True
+    files = {f"{mount['mountPath']}/{key}" for key in secret["stringData"]}
+    assert {kafka["sasl_password_file"], kafka["ssl_cafile"]} <= files
+    # no credential in the environment (it would show in `kubectl describe` and crash dumps)
+    assert not [e for e in c["env"] if e["name"].startswith("NOTIFGUARD_KAFKA_")]
+    # the table is one the worker accepts: the files as the pod gets them
+    local = {k: str(_file(tmp_path / Path(v).name, "x")) if k.endswith("file") else v for k, v in kafka.items()}
+    sec = security_from(local, {})
+    assert (sec.security_protocol, sec.ssl_check_hostname, sec.sasl_password.reveal()) == ("SASL_SSL", True, "x")
+
+
+def test_k8s_network_policy_admits_only_prometheus_to_the_web_port_and_lets_out_kafka_and_dns() -> None:
+    pol = obj("NetworkPolicy")
+    pod_labels = obj("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert selects(pol["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert set(pol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = pol["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert peer["namespaceSelector"]  # Prometheus' namespace, not every namespace
+    kafka_port = int(obj("ConfigMap")["data"]["bootstrap"].rpartition(":")[2])
+    ports = {(p["port"], p["protocol"]) for r in pol["spec"]["egress"] for p in r["ports"]}
+    assert ports == {(kafka_port, "TCP"), (53, "UDP"), (53, "TCP")}
 
 
 def test_k8s_security_context_and_resources() -> None:
@@ -345,7 +386,7 @@ def test_prometheusrule_is_freshly_rendered() -> None:
 # --- Kubernetes: schemas (optional) -----------------------------------------
 
 
-CORE_API_GROUPS = ("v1", "apps/v1", "policy/v1")
+CORE_API_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 from detectors.capture import Envelope
 from detectors.settings import Settings, Topics
 from streams.config import worker_env
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
@@ -47,8 +48,10 @@ def free_port() -> int:
 class KafkaRun:
     """One isolated deployment: its own topic names, consumer group and state."""
 
-    def __init__(self, bootstrap: str, tmp: Path, partitions: int = 6, **rules: Any) -> None:
+    def __init__(self, bootstrap: str, tmp: Path, partitions: int = 6, security: KafkaSecurity = PLAINTEXT,
+                 **rules: Any) -> None:
         self.bootstrap = bootstrap
+        self.security = security  # the harness's own clients (topics, produce, read): an admin's
         self.tmp = tmp
         self.partitions = partitions
         tag = uuid.uuid4().hex[:8]
@@ -62,7 +65,8 @@ class KafkaRun:
         self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
         from streams.topics import ensure_topics
 
-        ensure_topics(bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id)
+        ensure_topics(bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id,
+                      security=security)
         self._producer: Any = None
 
     @property
@@ -81,14 +85,15 @@ class KafkaRun:
         return env
 
     def start_worker(self, store: str = "rocksdb://", name: str = "w1", wait: bool = True,
-                     module: str = "streams.cli", env: dict[str, str] | None = None) -> int:
+                     module: str = "streams.cli", env: dict[str, str] | None = None,
+                     log_level: str = "WARNING") -> int:
         """`notifguard worker` (or `module`, taking the same arguments) with this run's environment
         and `env` on top; returns its web port."""
         port = free_port()
         datadir = self.tmp / f"data-{name}"
         log = self.tmp / f"{name}-{len(self.workers)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--log-level", "WARNING", "worker", "--store", store,
+            [sys.executable, "-m", module, "--log-level", log_level, "worker", "--store", store,
              "--datadir", str(datadir), "--web-port", str(port)],
             cwd=ROOT, env={**self.env(port), **(env or {})}, stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
@@ -127,7 +132,8 @@ class KafkaRun:
         from kafka import KafkaProducer
 
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all",
+                                           **client_kwargs(self.security))
         n = 0
         for env in envelopes:
             topic = self.rename.get(env.topic, env.topic)
@@ -149,7 +155,7 @@ class KafkaRun:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                  value_deserializer=json.loads, consumer_timeout_ms=1000,
-                                 isolation_level=isolation_level)
+                                 isolation_level=isolation_level, **client_kwargs(self.security))
         tps = [TopicPartition(topic, p) for p in range(self.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -190,7 +196,7 @@ class KafkaRun:
             delete_topics(self.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts, t.deadletter,
                                            f"{self.app_id}-numbers-changelog",
                                            f"{self.app_id}-address-index-changelog",
-                                           f"{self.app_id}-__assignor-__leader"])
+                                           f"{self.app_id}-__assignor-__leader"], security=self.security)
         except Exception:
             pass
 

@@ -29,7 +29,7 @@ def no_kafka(monkeypatch):
         monkeypatch.delenv(name)
     asked: list[str] = []
 
-    def no_broker(bootstrap: str, timeout: float = 0) -> bool:
+    def no_broker(bootstrap: str, timeout: float = 0, security: object = None) -> bool:
         asked.append(bootstrap)
         return False
 

@@ -95,7 +95,7 @@ def test_cli_exits_2_without_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     from streams.cli import main
 
     seen: list[str] = []
-    monkeypatch.setattr(streams.topics, "wait_for_broker", lambda b, timeout=30: seen.append(b) and False)
+    monkeypatch.setattr(streams.topics, "wait_for_broker", lambda b, timeout=30, **_: seen.append(b) and False)
     assert main(["forward-alerts", "--bootstrap", "127.0.0.1:1"]) == 2
     assert seen == ["127.0.0.1:1"]
 
