@@ -348,4 +348,6 @@ def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
     assert agg.incidents() == reference.incidents()
     assert _final(agg, published) == {i.incident_id: i for i in reference.incidents()}
     closed = [i for i in reference.incidents() if i.closed_by == "operator"]
-    assert len(closed) == 1 and (closed[0].last_event_time or "") < "2026-06-10T12"
+    assert len(closed) <= 1 and all((c.last_event_time or "") < "2026-06-10T12" for c in closed)
+    if not retract:  # (retractions may take every alert before the cut away, and the closed incident with them)
+        assert len(closed) == 1
