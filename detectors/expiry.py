@@ -133,8 +133,8 @@ SENT_BYTES: Final = 16 * 1024
 MARKS_BYTES: Final = 6 * 1024  # bounces, and ports, each
 CHANGES_BYTES: Final = 18 * 1024
 # Encoded bytes of an entry, less its strings' UTF-8 (at most): msgpack array and
-# integer headers (Mark, Sent, detectors.state's _HOT_ENCODER), and the change
-# log's header, time, string headers and address hash (detectors.state, v3).
+# integer headers (Mark, Sent, as detectors.codec's msgpack writes them), and the change
+# log's header, time, string headers and address hash (detectors.codec, v3).
 _MARK_FIXED: Final = 13
 _SENT_FIXED: Final = 21
 _CHANGE_FIXED: Final = 48

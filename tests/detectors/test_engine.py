@@ -5,9 +5,9 @@ import hashlib
 
 import msgspec
 
+from detectors.codec import decode_number, encode_number
 from detectors.engine import dead_letter
 from detectors.settings import Settings
-from detectors.state import decode_number, encode_number
 from detectors.timefmt import parse_rfc3339
 from tests.factories import (
     FILLER_START,
