@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import msgspec
 
 from detectors import kinds
-from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.alerts import Alert
 from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
 from detectors.deadletters import DeadLetter, dead_letter
 from detectors.expiry import PARTS, Horizons, cap, expire
@@ -25,7 +25,6 @@ from detectors.holdings import (
     PORTS,
     STARTED,
     STARTS,
-    TYPE_NAMES,
     UNCHANGED,
     Change,
     Holding,
@@ -33,7 +32,7 @@ from detectors.holdings import (
     fold,
 )
 from detectors.patterns import count_in_window, re_port
-from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
+from detectors.privacy import Pseudonymiser
 from detectors.records import (
     UNKNOWN_TOPIC,
     BadRecord,
@@ -46,9 +45,9 @@ from detectors.records import (
 )
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
-from detectors.text import cap_name, shown_id, shown_name, shown_smtp_status
 from detectors.timefmt import rfc3339
-from detectors.verdicts import Verdict, judge
+from detectors.verdicts import judge
+from detectors.wording import Wording
 
 __all__ = [
     "TOPIC_KINDS",
@@ -66,7 +65,6 @@ __all__ = [
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
-_DAY_US: Final = 86_400_000_000
 _NO_LINKS: Final[list[Link]] = []
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
 
@@ -166,6 +164,8 @@ class Engine:
         self.arrival = Arrival(
             self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
         )
+        # How the alerts read (detectors.wording).
+        self.wording = Wording(settings, self._pseudo, new_id)
         self._future_skew = us(settings.max_future_skew_s)
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
@@ -528,7 +528,7 @@ class Engine:
             started = next((h for h in after_holdings if h.start_event_id == rec.event_id), None)
             prev = re_port(after_holdings, started, self._re_port) if started is not None else None
             if started is not None and prev is not None:
-                self._re_port_alert(t, rec, ref, started, prev, late)
+                self._emit(self.wording.re_port(t, self._now, rec, ref, started, prev, late))
         if code in PORTS:
             fires, state.port_hot, window = count_in_window(
                 state.ports,
@@ -538,7 +538,7 @@ class Engine:
                 state.port_hot,
             )
             if fires:
-                self._port_flapping_alert(t, rec, ref, window, late)
+                self._emit(self.wording.port_flapping(t, self._now, rec, ref, window, late))
         self._cap(ref, state, changes=True)
 
     def _cap(self, ref: str, state: NumberState, changes: bool = False) -> None:
@@ -597,7 +597,7 @@ class Engine:
                 sent[:] = [s for s in sent if s.t >= horizon]
             sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
         if not ok:
-            self._recipient_alert(t, rec, ref, addr, verdict, late)
+            self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late))
         self._cap(ref, state)
 
     # --------------------------------------------------------------- deliveries
@@ -613,7 +613,7 @@ class Engine:
             state.bounce_hot,
         )
         if fires:
-            self._bounce_burst_alert(t, rec, ref, window, late)
+            self._emit(self.wording.bounce_burst(t, self._now, rec, ref, window, late))
         if rec.bounce_type == "hard":
             for sent in state.sent:
                 if sent.message_id == rec.message_id:
@@ -621,215 +621,15 @@ class Engine:
                     # has dropped the older mails yet (detectors.expiry)
                     if sent.to_current and not sent.alerted and t - sent.t <= self._correlation:
                         sent.alerted = True
-                        self._bouncing_alert(t, rec, ref, sent, late)
+                        self._emit(self.wording.bouncing(t, self._now, rec, ref, sent, late))
                     break
         self._cap(ref, state)
 
-    # ------------------------------------------------------------------ alerts
+    # ---------------------------------------------------------------- outputs
 
-    def _emit(
-        self,
-        kind: str,
-        t: int,
-        rec: InputRecord,
-        ref: str,
-        event_ids: list[str | None],
-        summary: str,
-        evidence: dict[str, Any],
-        late: bool,
-        brand: str | None,
-        template: str | None = None,
-        sender: str | None = None,
-    ) -> None:
-        self._stats.alerts[kind] += 1
-        self.alerts.append(
-            Alert(
-                alert_id=self._new_id(),
-                dedup_key=dedup_key(kind, rec.event_id),
-                kind=kind,
-                severity=kinds.SEVERITY[kind],
-                event_time=rfc3339(t),
-                detected_at=rfc3339(self._now),
-                trigger_event_id=rec.event_id,
-                event_ids=unique([rec.event_id, *event_ids]),
-                subject=Subject(mask_msisdn(rec.msisdn), ref),
-                brand=brand,
-                template=template,
-                sender=sender,
-                summary=summary,
-                evidence=evidence,
-                late=late,
-                runbook_url=f"{self.settings.runbook_base_url}{kind}.md",
-            )
-        )
-
-    def _recipient_alert(
-        self, t: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool
-    ) -> None:
-        masked_number = mask_msisdn(rec.msisdn)
-        masked_to = _masked_recipient(rec.recipient, rec.channel)
-        brand, template = shown_name(rec.brand, "brand"), shown_name(rec.template, "template")
-        what = f"{brand} {template} {rec.channel} for {masked_number}"
-        active = v.active
-        evidence: dict[str, Any] = {
-            "channel": rec.channel,
-            "message_id": rec.message_id,
-            "recipient_masked": masked_to,
-            "recipient_ref": addr.hex() if addr is not None else self._pseudo.msisdn_ref(rec.recipient),
-            "notification_contract_id": rec.contract_id,
-            "notification_customer_id": rec.customer_id,
-            "active": active.describe() if active is not None else None,
-        }
-        ids: list[str | None] = []
-        if active is not None:
-            ids.append(active.start_event_id)
-        linked: dict[str, Any] | None = None
-        owner = ""
-        if v.holding is not None:
-            h = v.holding
-            linked = {"via": "this_number", "msisdn_ref": ref, **h.describe()}
-            ids += [h.start_event_id, v.since_event_id, h.end_event_id]
-            owner = _contract_words(h.customer_id, h.brand, h.contract_id) + (
-                f" (ended {rfc3339(h.end)[:10]})" if h.end is not None else ""
-            )
-        elif v.link is not None:
-            k = v.link
-            linked = {
-                "via": "other_number",
-                "msisdn_ref": k.msisdn_ref,
-                "contract_id": k.contract_id,
-                "customer_id": k.customer_id,
-                "brand": k.brand,
-                "start": rfc3339(k.start),
-                "start_event_id": k.start_event_id,
-                "end": None if k.end is None else rfc3339(k.end),
-                "end_event_id": k.end_event_id,
-            }
-            ids += [k.start_event_id, v.since_event_id, k.end_event_id]
-            owner = f"{_contract_words(k.customer_id, k.brand, k.contract_id)} on another number"
-        if linked is not None and v.since is not None:
-            linked["linked_since"] = rfc3339(v.since)
-            linked["linked_since_event_id"] = v.since_event_id
-        evidence["linked"] = linked
-        holder = (
-            _contract_words(active.customer_id, active.brand, active.contract_id) if active is not None else ""
-        )
-        if v.kind == kinds.NOTIFICATION_WITHOUT_CONTRACT:
-            if v.holding is not None:
-                h = v.holding
-                end_type = TYPE_NAMES[h.end_type] if h.end_type is not None else "?"
-                end_date = rfc3339(h.end)[:10] if h.end is not None else "?"
-                summary = (
-                    f"{what} sent while the number has no active contract: "
-                    f"last contract {shown_id(h.contract_id)} ({shown_name(h.brand, 'brand')}) "
-                    f"ended {end_date} by {end_type}"
-                )
-            else:
-                summary = f"{what} sent to a number notifguard knows no contract of"
-            evidence["linked"] = None
-            evidence["previous_contract"] = v.holding.describe() if v.holding is not None else None
-        elif v.kind == kinds.RECIPIENT_PREVIOUS_HOLDER:
-            summary = (
-                f"{what} went to {masked_to}, an address of the number's previous holder: {owner}; "
-                f"the number is now {holder}"
-            )
-        elif v.kind == kinds.RECIPIENT_OTHER_CUSTOMER:
-            summary = f"{what} went to {masked_to}, an address of another customer: {owner}; the number is {holder}"
-        elif v.kind == kinds.RECIPIENT_STALE_CONTRACT:
-            summary = (
-                f"{what} went to {masked_to}, an old address of the holder from {owner}, "
-                f"not the current address of {holder}"
-            )
-        else:
-            summary = f"{what} went to {masked_to}, an address linked to no customer; the number is {holder}"
-        self._emit(
-            v.kind, t, rec, ref, ids, summary, evidence, late, rec.brand, rec.template, rec.sender
-        )
-
-    def _re_port_alert(
-        self, t: int, rec: ContractChange, ref: str, started: Holding, prev: Holding, late: bool
-    ) -> None:
-        days = (t - (prev.end or t)) // _DAY_US
-        end_type = TYPE_NAMES[prev.end_type] if prev.end_type is not None else "?"
-        summary = (
-            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {shown_name(started.brand, 'brand')} "
-            f"for customer {shown_id(started.customer_id)} {days} days after "
-            f"{_contract_words(prev.customer_id, prev.brand, prev.contract_id)} ended by {end_type}: "
-            "contact data of the previous holder may linger"
-        )
-        evidence = {"started": started.describe(), "previous": prev.describe(), "gap_days": days}
-        self._emit(
-            kinds.RE_PORT, t, rec, ref, [prev.end_event_id], summary, evidence, late, started.brand
-        )
-
-    def _port_flapping_alert(
-        self, t: int, rec: ContractChange, ref: str, window: list[Mark], late: bool
-    ) -> None:
-        days = self.settings.port_flapping_window_s / 86_400
-        summary = f"{len(window)} port events within {days:g} days on {mask_msisdn(rec.msisdn)}"
-        evidence = {"count": len(window), "window_days": days, "events": [rfc3339(m.t) for m in window]}
-        self._emit(
-            kinds.PORT_FLAPPING,
-            t,
-            rec,
-            ref,
-            [m.event_id for m in window],
-            summary,
-            evidence,
-            late,
-            getattr(rec, "brand", None),
-        )
-
-    def _bounce_burst_alert(
-        self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
-    ) -> None:
-        hours = self.settings.bounce_burst_window_s / 3600
-        who = f"{mask_msisdn(rec.msisdn)} ({shown_name(rec.brand, 'brand')}, {shown_name(rec.sender, 'sender')})"
-        summary = f"{len(window)} bounces within {hours:g} h for {who}"
-        evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
-        self._emit(
-            kinds.BOUNCE_BURST,
-            t,
-            rec,
-            ref,
-            [m.event_id for m in window],
-            summary,
-            evidence,
-            late,
-            rec.brand,
-            None,
-            rec.sender,
-        )
-
-    def _bouncing_alert(self, t: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> None:
-        masked_to = _masked_recipient(rec.recipient, "email")
-        summary = (
-            f"{shown_name(rec.brand, 'brand')} {shown_name(sent.template, 'template')} mail to the current address "
-            f"{masked_to} of {mask_msisdn(rec.msisdn)} hard-bounced ({shown_smtp_status(rec.smtp_status)}): "
-            "the customer misses reminders and confirmations"
-        )
-        evidence = {
-            "message_id": rec.message_id,
-            "recipient_masked": masked_to,
-            "recipient_ref": self._pseudo.address_ref(rec.recipient).hex(),
-            "smtp_status": rec.smtp_status,
-            "notification_event_id": sent.event_id,
-            "notification_time": rfc3339(sent.t),
-            "bounce_event_id": rec.event_id,
-        }
-        self._emit(
-            kinds.CURRENT_ADDRESS_BOUNCING,
-            t,
-            rec,
-            ref,
-            [sent.event_id],
-            summary,
-            evidence,
-            late,
-            rec.brand,
-            sent.template,
-            rec.sender,
-        )
+    def _emit(self, alert: Alert) -> None:
+        self._stats.alerts[alert.kind] += 1
+        self.alerts.append(alert)
 
     # ------------------------------------------------------------ dead letters
 
@@ -847,16 +647,6 @@ class Engine:
         self.deadletters.append(
             dead_letter(topic, partition, offset, timestamp_ms, key, value, bad.reason, bad.code, rfc3339(self._now))
         )
-
-
-def _masked_recipient(recipient: str, channel: str) -> str:
-    """The masked form of a recipient (its domain, for e-mail, is kept: capped like a name)."""
-    return cap_name(mask_address(recipient) if channel == "email" else mask_msisdn(recipient))
-
-
-def _contract_words(customer_id: str, brand: str | None, contract_id: str) -> str:
-    """`customer C-1's o2 contract K-1`, for a summary (what is no id or name is not shown)."""
-    return f"customer {shown_id(customer_id)}'s {shown_name(brand, 'brand')} contract {shown_id(contract_id)}"
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:
