@@ -1,8 +1,16 @@
-"""The detection engine: decoding, arrival (detectors.arrival), dedup of applied records, verdicts.
+"""The detection engine: the orchestration of one record's way through detectors.
 
 It is fed raw records (topic, partition, key, value) and an injected wall
 clock, and collects alerts, dead letters and verdicts for its caller to drain.
 The offline replay and the Kafka worker drive this same class.
+
+A record is decoded (detectors.records; a refused one becomes a dead letter,
+detectors.deadletters), goes through arrival (detectors.arrival: watermarks,
+grace, release order), and is applied once (the number's seen event ids) to its
+number's state (detectors.state; the holdings derived from its change log and
+the address index kept here, the sizes capped by detectors.expiry). The rules
+(detectors.rules) say what it means; the wording (detectors.wording) makes
+their alerts. The stored form of state is detectors.codec's.
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ from detectors.holdings import (
     derive,
     fold,
 )
-from detectors.patterns import count_in_window, re_port
 from detectors.privacy import Pseudonymiser
 from detectors.records import (
     UNKNOWN_TOPIC,
@@ -43,10 +50,10 @@ from detectors.records import (
     decode,
     future_bound,
 )
+from detectors.rules import Rules
 from detectors.settings import Settings
-from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
+from detectors.state import AddressIndex, Link, Mark, NumberState
 from detectors.timefmt import rfc3339
-from detectors.verdicts import judge
 from detectors.wording import Wording
 
 __all__ = [
@@ -65,7 +72,6 @@ __all__ = [
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
-_NO_LINKS: Final[list[Link]] = []
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
 
 
@@ -156,16 +162,13 @@ class Engine:
         us = settings.us
         self._grace = us(settings.grace_s)
         self._dedup = us(settings.dedup_retention_s)
-        self._re_port = us(settings.re_port_window_s)
-        self._port_window = us(settings.port_flapping_window_s)
-        self._bounce_window = us(settings.bounce_burst_window_s)
-        self._correlation = us(settings.delivery_correlation_s)
-        self._history = us(settings.history_retention_s)
         self.arrival = Arrival(
             self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
         )
-        # How the alerts read (detectors.wording).
+        # What each record means (detectors.rules) and how its alerts read (detectors.wording).
+        self.rules = Rules(settings)
         self.wording = Wording(settings, self._pseudo, new_id)
+        self._notified = self.rules.notification  # (bound once: once per notification)
         self._future_skew = us(settings.max_future_skew_s)
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
@@ -525,19 +528,12 @@ class Engine:
         after_holdings = entry.holdings
 
         if code in STARTS:
-            started = next((h for h in after_holdings if h.start_event_id == rec.event_id), None)
-            prev = re_port(after_holdings, started, self._re_port) if started is not None else None
-            if started is not None and prev is not None:
-                self._emit(self.wording.re_port(t, self._now, rec, ref, started, prev, late))
+            re_port = self.rules.re_port(after_holdings, rec.event_id)
+            if re_port is not None:
+                self._emit(self.wording.re_port(t, self._now, rec, ref, *re_port, late))
         if code in PORTS:
-            fires, state.port_hot, window = count_in_window(
-                state.ports,
-                Mark(t, rec.event_id),
-                self._port_window,
-                self.settings.port_flapping_threshold,
-                state.port_hot,
-            )
-            if fires:
+            window = self.rules.port(state, t, rec.event_id)
+            if window is not None:
                 self._emit(self.wording.port_flapping(t, self._now, rec, ref, window, late))
         self._cap(ref, state, changes=True)
 
@@ -552,9 +548,8 @@ class Engine:
     # ----------------------------------------------------------- notifications
 
     def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
-        channel = rec.channel
         addr: bytes | None = None
-        if channel == "email":
+        if rec.channel == "email":
             recipient = rec.recipient
             addr = self._addresses.get(recipient)
             if addr is None:
@@ -565,38 +560,11 @@ class Engine:
             holdings = cached.holdings
         else:
             holdings = self._derived(ref, state).holdings
-        # The common verdict, OK, decided here (judge's first rows, inlined);
-        # anything else goes through judge.
-        ok = False
-        h = holdings[-1] if holdings else None
-        if h is not None and h.end is None and h.start <= t:
-            # the last holding, open and started: the one active at t (the common case)
-            if addr is None:
-                ok = True
-            else:
-                addresses = h.addresses  # its latest address is current (the common case), else h.current_address
-                ok = (addresses[-1].addr if addresses and addresses[-1].t <= t else h.current_address(t)) == addr
-        else:
-            for h in reversed(holdings):  # the holding active at t
-                if h.start <= t and (h.end is None or h.end > t):
-                    ok = addr is None or h.current_address(t) == addr
-                    break
-        if ok:
-            kind = kinds.OK
-        else:
-            links = self.index.get(addr) if addr is not None else _NO_LINKS
-            verdict = judge(holdings, t, channel, addr, links, ref, self._history)
-            kind = verdict.kind
-            ok = kind == kinds.OK
+        verdict = self._notified(state, holdings, t, rec, addr, self.index, ref)
         if self.collect_metrics:
-            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, channel, kind, late, t))
-        if addr is not None:
-            sent = state.sent
-            if sent and sent[0].t < state.max_t - self._correlation:
-                horizon = state.max_t - self._correlation
-                sent[:] = [s for s in sent if s.t >= horizon]
-            sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
-        if not ok:
+            kind = kinds.OK if verdict is None else verdict.kind
+            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
+        if verdict is not None:
             self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late))
         self._cap(ref, state)
 
@@ -605,24 +573,11 @@ class Engine:
     def _delivery(self, t: int, rec: Delivery, ref: str, state: NumberState, late: bool) -> None:
         if rec.status != "bounced":
             return
-        fires, state.bounce_hot, window = count_in_window(
-            state.bounces,
-            Mark(t, rec.event_id),
-            self._bounce_window,
-            self.settings.bounce_burst_threshold,
-            state.bounce_hot,
-        )
-        if fires:
-            self._emit(self.wording.bounce_burst(t, self._now, rec, ref, window, late))
-        if rec.bounce_type == "hard":
-            for sent in state.sent:
-                if sent.message_id == rec.message_id:
-                    # within the correlation span only, whether or not a sweep
-                    # has dropped the older mails yet (detectors.expiry)
-                    if sent.to_current and not sent.alerted and t - sent.t <= self._correlation:
-                        sent.alerted = True
-                        self._emit(self.wording.bouncing(t, self._now, rec, ref, sent, late))
-                    break
+        burst, bounced = self.rules.bounce(state, t, rec)
+        if burst is not None:
+            self._emit(self.wording.bounce_burst(t, self._now, rec, ref, burst, late))
+        if bounced is not None:
+            self._emit(self.wording.bouncing(t, self._now, rec, ref, bounced, late))
         self._cap(ref, state)
 
     # ---------------------------------------------------------------- outputs

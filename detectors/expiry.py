@@ -7,7 +7,7 @@ history. A sweep, driven by the watermark, drops:
 
 - seen event ids older than `dedup_retention_s`;
 - sent mails older than `delivery_correlation_s` (a bounce matches a mail only
-  within that span, see Engine._delivery, so the sweep changes no verdict);
+  within that span, see Rules.bounce in detectors.rules, so the sweep changes no verdict);
 - bounce and port marks that no later window can hold;
 - the oldest holdings of the change log, once they and everything before them
   ended longer than `history_retention_s` ago (data minimisation).
