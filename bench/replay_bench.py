@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from detectors.codec import encode_links, encode_number, number_key
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import encode_links, encode_number, number_key
 from streams.replay_offline import replay
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from detectors.codec import number_key
 from detectors.engine import Engine
-from detectors.state import number_key
 from streams import seams
 from streams.tablestore import TableNumbers
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from detectors.state import Link, NumberCodec, NumberState, decode_links, decode_number, encode_links, number_key
+from detectors.codec import NumberCodec, decode_links, encode_links, number_key
+from detectors.state import Link, NumberState
 from streams import seams
 
 
@@ -81,8 +82,8 @@ def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
 
 
 class TableNumbers:
-    """ref -> NumberState over a Faust table (key: detectors.state.number_key, value: the
-    stored form of detectors.state); dirty states flushed in batches.
+    """ref -> NumberState over a Faust table (key: detectors.codec.number_key, value: the
+    stored form of detectors.codec); dirty states flushed in batches.
 
     A number's state lives in the changelog partition of its input records (the inputs are
     co-partitioned). The engine reads and writes a number for a record with that record's
@@ -132,7 +133,7 @@ class TableNumbers:
                         self.absent.clear()
                     self.absent.add(ref)
                 return None
-            state = self.cache[ref] = decode_number(raw)
+            state = self.cache[ref] = self.codec.decode(raw)
         return state
 
     def __setitem__(self, ref: str, state: NumberState) -> None:
@@ -185,7 +186,7 @@ class TableNumbers:
 
     def values(self) -> Iterator[NumberState]:
         for raw in self.table.data.values():
-            yield decode_number(raw)
+            yield self.codec.decode(raw)
 
 
 class TableLinks:

@@ -5,9 +5,9 @@ import hashlib
 
 import msgspec
 
+from detectors.codec import decode_number, encode_number
 from detectors.engine import dead_letter
 from detectors.settings import Settings
-from detectors.state import decode_number, encode_number
 from detectors.timefmt import parse_rfc3339
 from tests.factories import (
     FILLER_START,
@@ -248,3 +248,9 @@ def test_delivery_outcomes_are_reported_for_metrics_and_cleared_by_drain():
     assert engine.deliveries == [("blau", "x", "bounced", "hard"), ("o2", "crm-mailer", "delivered", "none")]
     engine.drain()
     assert engine.deliveries == []
+
+
+def test_the_engine_keeps_its_attributes_in_slots():
+    """Past 30 instance-dict attributes CPython 3.11 no longer specialises `self.x` (Engine.__slots__)."""
+    engine = new_engine()
+    assert vars(engine) == {}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from detectors import kinds
 from detectors.arrival import DELIVERY, NOTIFICATION, Arrival
+from detectors.codec import encode_number
 from detectors.engine import Engine, _links
 from detectors.expiry import (
     CHANGES_BYTES,
@@ -26,7 +27,7 @@ from detectors.expiry import (
 )
 from detectors.holdings import TYPE_CODES, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent, encode_number
+from detectors.state import Mark, NumberState, Sent
 from detectors.timefmt import parse_rfc3339, rfc3339
 from tests.detectors.test_properties import histories
 from tests.factories import T0, Rec, change, comparable, delivery, feed, kinds_of, mail, new_engine

@@ -7,7 +7,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.state import decode_number, encode_number
+from detectors.codec import decode_number, encode_number
 from tests.factories import Rec, change, comparable, delivery, feed, mail, new_engine
 
 GRACE = 30.0

@@ -6,9 +6,9 @@ import msgspec
 import pytest
 
 from bench.generate import main as generate
+from detectors.codec import decode_number, encode_number
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import decode_number, encode_number
 from streams.replay_offline import replay
 
 

@@ -199,8 +199,8 @@ def test_the_worst_inputs_give_no_output_record_or_state_value_over_64_kib(tmp_p
     # 1 MB request size, on which the worker stopped, restarted and read the record again.
     import streams.replay_offline as replay_offline
     from detectors.capture import Envelope
+    from detectors.codec import encode_links, encode_number
     from detectors.engine import Engine
-    from detectors.state import encode_links, encode_number
     from tests.factories import MSISDN, change, mail
 
     limit = 64 * 1024

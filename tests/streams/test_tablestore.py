@@ -6,7 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from detectors.state import Mark, NumberState, decode_number, encode_number, number_key
+from detectors.codec import decode_number, encode_number, number_key
+from detectors.state import Mark, NumberState
 from streams.tablestore import TableNumbers, store_get, store_put_many
 
 
