@@ -31,9 +31,23 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "bench.generate", "--records", str(records), "--numbers", str(numbers),
-             "--days", "365", "--seed", str(seed), "--out", str(out)],
-            check=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "bench.generate",
+                "--records",
+                str(records),
+                "--numbers",
+                str(numbers),
+                "--days",
+                "365",
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            cwd=ROOT,
         )
     return out
 

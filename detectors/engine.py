@@ -403,9 +403,7 @@ class Engine:
         for t, category, _, _, _, ref, record, token, source in items:
             self._apply_one(category, t, record, ref, False, token, source.partition)
 
-    def _apply_one(
-        self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int
-    ) -> None:
+    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int) -> None:
         if token is None:
             self._apply(category, t, record, ref, late, partition)
             return

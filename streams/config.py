@@ -242,8 +242,10 @@ class WorkerConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
-            raise ValueError(f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
-                             f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}")
+            raise ValueError(
+                f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
+                f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}"
+            )
         if self.session_timeout_s < 6:
             raise ValueError(f"session_timeout_s must be >= 6 (the broker's minimum), not {self.session_timeout_s}")
         if self.crash_quarantine_after < 0:
@@ -253,8 +255,9 @@ class WorkerConfig:
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
         if self.processing_guarantee not in GUARANTEES:
-            raise ValueError(f"processing_guarantee must be at_least_once or exactly_once, "
-                             f"not {self.processing_guarantee!r}")
+            raise ValueError(
+                f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
+            )
 
 
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:

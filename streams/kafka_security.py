@@ -48,20 +48,25 @@ class KafkaSecurity:
 
     def __post_init__(self) -> None:
         if self.security_protocol not in PROTOCOLS:
-            raise ValueError(f"kafka security_protocol must be one of {', '.join(PROTOCOLS)}, "
-                             f"not {self.security_protocol!r}")
+            raise ValueError(
+                f"kafka security_protocol must be one of {', '.join(PROTOCOLS)}, not {self.security_protocol!r}"
+            )
         if self.uses_sasl:
             if self.sasl_mechanism not in MECHANISMS:
-                raise ValueError(f"kafka sasl_mechanism must be one of {', '.join(MECHANISMS)}, "
-                                 f"not {self.sasl_mechanism!r}")
+                raise ValueError(
+                    f"kafka sasl_mechanism must be one of {', '.join(MECHANISMS)}, not {self.sasl_mechanism!r}"
+                )
             if not self.sasl_username or not self.sasl_password.reveal():
-                raise ValueError(f"kafka security_protocol {self.security_protocol} needs sasl_username and "
-                                 "sasl_password (or sasl_password_file)")
+                raise ValueError(
+                    f"kafka security_protocol {self.security_protocol} needs sasl_username and "
+                    "sasl_password (or sasl_password_file)"
+                )
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("kafka ssl_certfile and ssl_keyfile go together (mutual TLS)")
         if not self.uses_tls and (self.ssl_cafile or self.ssl_certfile):
-            raise ValueError(f"kafka ssl_* files are set but security_protocol is {self.security_protocol}: "
-                             "use SSL or SASL_SSL")
+            raise ValueError(
+                f"kafka ssl_* files are set but security_protocol is {self.security_protocol}: use SSL or SASL_SSL"
+            )
 
     @property
     def uses_tls(self) -> bool:
@@ -171,8 +176,11 @@ def client_kwargs(sec: KafkaSecurity) -> dict[str, Any]:
     if sec.uses_tls:
         kwargs["ssl_context"] = ssl_context(sec)
     if sec.uses_sasl:
-        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                      sasl_plain_password=sec.sasl_password.reveal())
+        kwargs.update(
+            sasl_mechanism=sec.sasl_mechanism,
+            sasl_plain_username=sec.sasl_username,
+            sasl_plain_password=sec.sasl_password.reveal(),
+        )
     return kwargs
 
 
@@ -181,9 +189,14 @@ def faust_settings(sec: KafkaSecurity) -> dict[str, Any]:
     import faust
 
     if sec.uses_sasl:
-        return {"broker_credentials": faust.SASLCredentials(
-            username=sec.sasl_username, password=sec.sasl_password.reveal(),
-            mechanism=sec.sasl_mechanism, ssl_context=ssl_context(sec))}
+        return {
+            "broker_credentials": faust.SASLCredentials(
+                username=sec.sasl_username,
+                password=sec.sasl_password.reveal(),
+                mechanism=sec.sasl_mechanism,
+                ssl_context=ssl_context(sec),
+            )
+        }
     if sec.uses_tls:
         return {"broker_credentials": faust.SSLCredentials(ssl_context(sec))}
     return {}

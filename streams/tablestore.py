@@ -155,7 +155,8 @@ class TableNumbers:
         """Write dirty states to the local store; returns the changelog records to send."""
         encode, cache, partition_of = self.codec.encode, self.cache, self.partition_of
         out: list[tuple[int, bytes, bytes | None]] = [
-            (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty]
+            (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty
+        ]
         store_put_many(self.table, out)
         if not seams.has_partition_dbs(self.table.data):
             self.memory_partitions.update((key, partition) for partition, key, _ in out)
@@ -248,7 +249,8 @@ class TableLinks:
         n = self.partitions
         out: list[tuple[int, bytes, bytes | None]] = [
             (int.from_bytes(addr[:4], "big") % n, addr, encode_links(links) if links else None)
-            for addr, links in self.touched.items()]
+            for addr, links in self.touched.items()
+        ]
         store_put_many(self.table, out)
         self.touched.clear()
         return out

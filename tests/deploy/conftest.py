@@ -102,12 +102,16 @@ class Service:
 
 def prometheus_service(config: Path, tmp: Path, port: int) -> Service:
     """A real Prometheus (Debian's) with this config, its TSDB and log in tmp, listening on loopback."""
-    return Service("prometheus", [
-        tool("prometheus"),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp / 'prom-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ], tmp / "prometheus.log")
+    return Service(
+        "prometheus",
+        [
+            tool("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp / "prometheus.log",
+    )
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_dockerfile() -> None:
     assert any("--require-hashes --no-deps -r requirements/stream.lock.txt" in r for r in runs)
     assert any("pip install --no-deps --no-build-isolation ." in r for r in runs)
     assert not any(re.search(r"pip install (?!--)", r) for r in runs), "every pip install is locked or --no-deps"
-    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
     users = [rest for word, rest in final if word == "USER"]
     assert users and not users[-1].startswith(("root", "0")), "the runtime stage must not run as root"
     assert ("EXPOSE", str(WEB_PORT)) in final
@@ -207,8 +207,16 @@ def test_compose_alertmanager_and_grafana_mounts() -> None:
 def test_k8s_objects_have_identity() -> None:
     objects = k8s_objects()
     kinds = {o["kind"] for o in objects}
-    assert kinds >= {"Namespace", "Secret", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget",
-                     "PrometheusRule", "ServiceMonitor"}
+    assert kinds >= {
+        "Namespace",
+        "Secret",
+        "ConfigMap",
+        "StatefulSet",
+        "Service",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "ServiceMonitor",
+    }
     for o in objects:
         assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
         if o["kind"] != "Namespace":
@@ -302,8 +310,11 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     cfg_path.write_text(cm["data"][cfg_item["key"]], encoding="utf-8")
     assert tomllib.loads(cfg_path.read_text(encoding="utf-8"))["worker"]
     pod_env = {n: e["value"] for n, e in env.items() if "value" in e and n != "NOTIFGUARD_CONFIG"}
-    pod_env |= {"NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"], "NOTIFGUARD_PSEUDONYMISATION_KEY": "k",
-                "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(_file(tmp_path / "password", "pw"))}
+    pod_env |= {
+        "NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"],
+        "NOTIFGUARD_PSEUDONYMISATION_KEY": "k",
+        "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(_file(tmp_path / "password", "pw")),
+    }
     wc = load_worker_config(cfg_path, env=pod_env)
     assert (wc.web_host, wc.web_port, wc.datadir) == ("0.0.0.0", WEB_PORT, datadir)
     assert wc.bootstrap == cm["data"]["bootstrap"]
