@@ -12,7 +12,7 @@ from typing import Any
 
 from detectors.incidents import IncidentSettings
 from detectors.settings import DEV_PSEUDONYMISATION_KEY, Secret, Settings, Topics
-from streams.kafka_security import KafkaSecurity, security_from
+from streams.kafka_security import KafkaSecurity, parse_boolean, security_from
 
 log = logging.getLogger("notifguard.config")
 
@@ -282,23 +282,11 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
         if raw is None:
             continue
         default = getattr(defaults, name)
-        kwargs[name] = _boolean(name, raw) if isinstance(default, bool) else type(default)(raw)
+        kwargs[name] = parse_boolean(name, raw) if isinstance(default, bool) else type(default)(raw)
     unknown = set(section) - names
     if unknown:
         raise ValueError(f"unknown worker settings: {', '.join(sorted(unknown))}")
     return WorkerConfig(rules=rules, **kwargs)
-
-
-def _boolean(name: str, raw: Any) -> bool:
-    """A TOML boolean, or an environment variable's true/false, 1/0, yes/no, on/off."""
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, not {raw!r}")
 
 
 def worker_env(topics: Topics, app_id: str, bootstrap: str, web_port: int, partitions: int) -> dict[str, str]:

@@ -111,7 +111,7 @@ def security_from(section: Mapping[str, Any], env: Mapping[str, str]) -> KafkaSe
             kwargs[name] = Secret(str(values.pop(name)))
     for name, raw in values.items():
         if name == "ssl_check_hostname":
-            kwargs[name] = _boolean(raw)
+            kwargs[name] = parse_boolean(f"kafka {name}", raw)
         else:
             kwargs[name] = str(raw).strip().upper() if name in ("security_protocol", "sasl_mechanism") else str(raw)
     return KafkaSecurity(**kwargs)
@@ -140,7 +140,8 @@ def _read_secret(path: str, name: str) -> str:
     return value
 
 
-def _boolean(raw: Any) -> bool:
+def parse_boolean(name: str, raw: Any) -> bool:
+    """A TOML boolean, or an environment variable's true/false, 1/0, yes/no, on/off (every setting's)."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -148,7 +149,7 @@ def _boolean(raw: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"kafka ssl_check_hostname must be true or false, not {raw!r}")
+    raise ValueError(f"{name} must be true or false, not {raw!r}")
 
 
 def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:

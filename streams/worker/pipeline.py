@@ -234,27 +234,27 @@ class Pipeline:
             crashes,
         )
         self.metrics.quarantined.labels(rec.topic).inc()
-        letter = dead_letter(
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            None,
-            rec.key,
-            rec.value,
+        self._set_aside(
+            rec,
             f"the worker died {crashes} times while working on this record (crash_quarantine_after "
             f"= {self.journal.limit}): set aside so that the worker can go on",
             QUARANTINED,
-            rfc3339(now),
+            now,
         )
+
+    def _set_aside(self, msg: Any, reason: str, code: str, now: int) -> None:
+        """Dead-letter an input record as itself (the worker's own reasons: PROCESSING_ERROR, QUARANTINED)
+        and count it done: acked once the dead letter is delivered."""
+        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value, reason, code, rfc3339(now))
         self.out.append(
             Output(
                 self.topics.deadletter,
                 (letter.key or "").encode(),
                 _json.encode(letter),
-                self.metrics.deadletters.labels(rec.topic, QUARANTINED),
+                self.metrics.deadletters.labels(msg.topic, code),
             )
         )
-        self.done.append(rec)
+        self.done.append(msg)
 
     def tick(self) -> None:
         """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
@@ -302,26 +302,9 @@ class Pipeline:
         itself with the traceback's last line (`processing_error`), and done, so the worker goes on."""
         self.metrics.errors.labels(msg.topic).inc()
         log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
-        letter = dead_letter(
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            None,
-            msg.key,
-            msg.value,
-            f"internal error (a bug, reported): {trace.splitlines()[-1]}",
-            PROCESSING_ERROR,
-            rfc3339(self.clock()),
+        self._set_aside(
+            msg, f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR, self.clock()
         )
-        self.out.append(
-            Output(
-                self.topics.deadletter,
-                (letter.key or "").encode(),
-                _json.encode(letter),
-                self.metrics.deadletters.labels(msg.topic, PROCESSING_ERROR),
-            )
-        )
-        self.done.append(msg)
 
     def _emit(self) -> None:
         engine = self.engine
