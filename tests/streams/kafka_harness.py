@@ -84,8 +84,6 @@ class KafkaRun:
         env.update(worker_env(self.topics, self.app_id, self.bootstrap, web_port, self.partitions))
         for k, v in self.rules.items():
             env[f"NOTIFGUARD_{k.upper()}"] = v
-        # a killed worker's partitions go to the others after 10 s, not Faust's 60 (the restart tests)
-        env.setdefault("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S", "10")
         return env
 
     def start_worker(
