@@ -398,9 +398,11 @@ def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False,
         c.close()
 
 
-def member_keys(bootstrap: str, app_id: str, incident: Incident, security: KafkaSecurity = PLAINTEXT) -> set[str]:
-    """The dedup_keys of the incident's alerts, from the process's members topic: the signature's members
-    between its first and last event time (an incident is a contiguous run of its signature's members)."""
+def member_keys(bootstrap: str, app_id: str, incident: Incident,
+                security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:
+    """The dedup_keys of the incident's alerts with each one's msisdn_ref, from the process's members topic:
+    the signature's members between its first and last event time (an incident is a contiguous run of its
+    signature's members). The record lists only the first numbers; the members topic has them all."""
     if incident.first_event_time is None or incident.last_event_time is None:
         raise ValueError(f"incident {incident.incident_id} is {incident.status}: it has no alerts")
     lo, hi = parse_rfc3339(incident.first_event_time), parse_rfc3339(incident.last_event_time)
@@ -410,7 +412,7 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident, security: Kafka
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
-    return {k for k, m in latest_member.items()
+    return {k: m.entry.number for k, m in latest_member.items()
             if m.status != "retracted" and m.signature.key() == sig and lo <= m.entry.t <= hi}
 
 
@@ -428,7 +430,6 @@ def resolve_command(args: argparse.Namespace) -> int:
     inc = view.incident
     security = load_kafka_security(args.config)
     keys = member_keys(args.bootstrap, args.app_id, inc, security)
-    numbers = set(inc.numbers)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     # owner-only from the start (no window with the umask's mode), and never over an existing file
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -443,7 +444,7 @@ def resolve_command(args: argparse.Namespace) -> int:
                 key = dedup_key(inc.kind, v["event_id"])
             except (ValueError, TypeError, KeyError):
                 continue
-            if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) not in numbers:
+            if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) != keys[key]:
                 continue
             found.add(key)
             w.writerow([v.get("msisdn"), v.get("recipient"), v.get("event_time"), v.get("event_id"),
