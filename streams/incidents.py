@@ -254,7 +254,9 @@ class IncidentsProcess:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from streams.acls import incidents_acls, topic_needs
     from streams.config import load_incident_settings, load_settings
+    from streams.kafka_access import check_topics
     from streams.topics import ensure_topics, wait_for_broker
 
     settings = load_settings(args.config)
@@ -263,6 +265,13 @@ def run_command(args: argparse.Namespace) -> int:
     if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard incidents: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    # a wrong password, an untrusted CA or a missing ACL: named at once (KafkaAccessError, exit 2), not a
+    # client retrying; the incidents topic may be missing still (created below), the alerts topic not
+    acls = topic_needs(incidents_acls(settings.topics, args.app_id))
+    check_topics(args.bootstrap, security, {settings.topics.alerts: acls[settings.topics.alerts]},
+                 groups=[args.app_id])
+    check_topics(args.bootstrap, security, {settings.topics.incidents: acls[settings.topics.incidents]},
+                 existing=False)
     ensure_topics(args.bootstrap, settings, app_id=args.app_id, specs=incident_topic_specs(settings, args.app_id),
                   security=security)
     metrics = None
