@@ -50,6 +50,7 @@ from detectors.alerts import decode_alert
 from detectors.incidents import (
     CLOSED,
     OPEN,
+    SUPERSEDED,
     Action,
     Incident,
     Incidents,
@@ -62,7 +63,7 @@ from detectors.incidents import (
 )
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
-from streams.incident_report import View, export, find, list_lines, show_lines, views
+from streams.incident_report import View, export, find, incident_line, list_lines, show_lines, views
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
 
 log = logging.getLogger("notifguard.incidents")
@@ -159,6 +160,7 @@ class IncidentsProcess:
                                       auto_offset_reset="earliest", isolation_level="read_committed",
                                       client_id=f"{app_id}-consumer", **client_kwargs(security))
         self.skipped = 0
+        self.last_published: list[Incident] = []  # the incident records of the last poll (or the rebuild)
         self._alert_tps: list[Any] = []
         self._incident_tps: list[Any] = []
 
@@ -204,7 +206,7 @@ class IncidentsProcess:
             self.consumer.seek(tp, end[tp])  # actions before it were read by the rebuild
 
     def _publish(self) -> int:
-        changed = self.agg.changes()
+        changed = self.last_published = self.agg.changes()
         for inc in changed:
             self.producer.send(self.topics.incidents, key=inc.incident_id.encode(), value=encode_record(inc))
         return len(changed)
@@ -297,6 +299,10 @@ def run_command(args: argparse.Namespace) -> int:
             n = proc.step()
             if n:
                 log.info("published %d incident record(s)", n)
+            if args.print_incidents:
+                for inc in proc.last_published:
+                    if inc.status != SUPERSEDED:
+                        print(incident_line(inc), flush=True)
     finally:
         proc.close()
     return 0
@@ -488,6 +494,8 @@ def add_parser(sub: Any) -> None:
                    help="what closes quiet incidents: the wall clock (default) or only the alerts' event time "
                         "(as the offline replay)")
     r.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (default: off)")
+    r.add_argument("--print-incidents", action="store_true",
+                   help="print one line per incident record published (the demo)")
     r.set_defaults(func=run_command)
 
     ls = isub.add_parser("list", help="the incidents, open first")
