@@ -97,21 +97,119 @@ _DOMAINS = ("gmx.de", "web.de", "gmail.com", "t-online.de", "outlook.de", "yahoo
 _DOMAIN_W = (0.30, 0.28, 0.20, 0.14, 0.05, 0.03)
 _TYPO_DOMAINS = ("gmx.net", "web.com", "gmail.de", "t-online.com", "gmial.com", "wbe.de")
 _FIRST = (
-    "anna", "lena", "laura", "julia", "sarah", "lisa", "marie", "sophie", "hannah", "lea",
-    "katharina", "johanna", "clara", "emma", "mia", "nina", "sabine", "petra", "monika",
-    "claudia", "andrea", "ursula", "lukas", "leon", "jonas", "felix", "paul", "max", "tim",
-    "jan", "niklas", "david", "thomas", "michael", "andreas", "stefan", "markus", "peter",
-    "juergen", "klaus", "frank", "tobias", "florian", "sebastian", "christian", "ali",
-    "mehmet", "elif", "fatma", "olga", "igor", "marco", "giulia", "pawel", "agnieszka",
+    "anna",
+    "lena",
+    "laura",
+    "julia",
+    "sarah",
+    "lisa",
+    "marie",
+    "sophie",
+    "hannah",
+    "lea",
+    "katharina",
+    "johanna",
+    "clara",
+    "emma",
+    "mia",
+    "nina",
+    "sabine",
+    "petra",
+    "monika",
+    "claudia",
+    "andrea",
+    "ursula",
+    "lukas",
+    "leon",
+    "jonas",
+    "felix",
+    "paul",
+    "max",
+    "tim",
+    "jan",
+    "niklas",
+    "david",
+    "thomas",
+    "michael",
+    "andreas",
+    "stefan",
+    "markus",
+    "peter",
+    "juergen",
+    "klaus",
+    "frank",
+    "tobias",
+    "florian",
+    "sebastian",
+    "christian",
+    "ali",
+    "mehmet",
+    "elif",
+    "fatma",
+    "olga",
+    "igor",
+    "marco",
+    "giulia",
+    "pawel",
+    "agnieszka",
 )
 _LAST = (
-    "mueller", "schmidt", "schneider", "fischer", "weber", "meyer", "wagner", "becker",
-    "schulz", "hoffmann", "schaefer", "koch", "bauer", "richter", "klein", "wolf",
-    "schroeder", "neumann", "schwarz", "zimmermann", "braun", "krueger", "hofmann",
-    "hartmann", "lange", "schmitt", "werner", "schmitz", "krause", "meier", "lehmann",
-    "schmid", "schulze", "maier", "koehler", "herrmann", "koenig", "walter", "mayer",
-    "huber", "kaiser", "fuchs", "peters", "lang", "scholz", "moeller", "weiss", "jung",
-    "hahn", "yilmaz", "kaya", "demir", "nowak", "kowalski", "rossi", "ivanov",
+    "mueller",
+    "schmidt",
+    "schneider",
+    "fischer",
+    "weber",
+    "meyer",
+    "wagner",
+    "becker",
+    "schulz",
+    "hoffmann",
+    "schaefer",
+    "koch",
+    "bauer",
+    "richter",
+    "klein",
+    "wolf",
+    "schroeder",
+    "neumann",
+    "schwarz",
+    "zimmermann",
+    "braun",
+    "krueger",
+    "hofmann",
+    "hartmann",
+    "lange",
+    "schmitt",
+    "werner",
+    "schmitz",
+    "krause",
+    "meier",
+    "lehmann",
+    "schmid",
+    "schulze",
+    "maier",
+    "koehler",
+    "herrmann",
+    "koenig",
+    "walter",
+    "mayer",
+    "huber",
+    "kaiser",
+    "fuchs",
+    "peters",
+    "lang",
+    "scholz",
+    "moeller",
+    "weiss",
+    "jung",
+    "hahn",
+    "yilmaz",
+    "kaya",
+    "demir",
+    "nowak",
+    "kowalski",
+    "rossi",
+    "ivanov",
 )
 _TEMPLATES_POSTPAID = (("invoice", 0.45), ("contract_info", 0.45), ("topup_reminder", 0.10))
 _TEMPLATES_PREPAID = (("topup_reminder", 0.50), ("contract_info", 0.40), ("invoice", 0.10))
@@ -191,7 +289,13 @@ class _Holding:
 
 class _Number:
     __slots__ = (
-        "anom_t", "change_t", "deliveries", "holdings", "last_hard_end", "msisdn", "part",
+        "anom_t",
+        "change_t",
+        "deliveries",
+        "holdings",
+        "last_hard_end",
+        "msisdn",
+        "part",
     )
 
     def __init__(self, msisdn: str, part: int) -> None:
@@ -242,14 +346,20 @@ class _Generator:
             raise ValueError("records, numbers, days and partitions must be positive")
         if not 0 <= jitter_s < GRACE_S:
             raise ValueError(f"jitter_s must be in [0, {GRACE_S:g}) (below the detector's grace)")
-        for name, v in (("anomaly_rate", anomaly_rate), ("dup_rate", dup_rate),
-                        ("bad_rate", bad_rate)):
+        for name, v in (("anomaly_rate", anomaly_rate), ("dup_rate", dup_rate), ("bad_rate", bad_rate)):
             if not 0 <= v < 0.5:
                 raise ValueError(f"{name} must be in [0, 0.5)")
         self.params = {
-            "records": records, "numbers": numbers, "days": days, "partitions": partitions,
-            "seed": seed, "anomaly_rate": anomaly_rate, "dup_rate": dup_rate,
-            "bad_rate": bad_rate, "jitter_s": jitter_s, "start": start,
+            "records": records,
+            "numbers": numbers,
+            "days": days,
+            "partitions": partitions,
+            "seed": seed,
+            "anomaly_rate": anomaly_rate,
+            "dup_rate": dup_rate,
+            "bad_rate": bad_rate,
+            "jitter_s": jitter_s,
+            "start": start,
         }
         self.rng = random.Random(seed)
         self.records = records
@@ -279,8 +389,11 @@ class _Generator:
         self.planned: list[tuple[_Number, int, str]] = []
         self.stats: dict[str, Any] = {
             "lifecycle": {
-                "re_ports_expected": 0, "brand_switches": 0, "holder_changes": 0,
-                "recycled_or_reported_numbers": 0, "multi_number_customers": 0,
+                "re_ports_expected": 0,
+                "brand_switches": 0,
+                "holder_changes": 0,
+                "recycled_or_reported_numbers": 0,
+                "multi_number_customers": 0,
             },
             "anomalies": {k: 0 for k, _ in ANOMALY_KINDS},
             "anomaly_attempts_failed": {},
@@ -356,15 +469,17 @@ class _Generator:
                 r = rng.random()
                 if r < 0.4 and len(local) > 3:
                     i = rng.randrange(1, len(local) - 1)
-                    local = local[:i] + local[i + 1:]
+                    local = local[:i] + local[i + 1 :]
                 elif r < 0.7:
                     domain = rng.choice(_TYPO_DOMAINS)
                 else:
                     local = local + rng.choice(("x", "1", "_", "de"))
                 addr = f"{local}@{domain}"
             else:
-                addr = (f"{rng.choice(('info', 'kontakt', 'mail', 'noreply', 'test'))}"
-                        f"{rng.randint(1, 9999)}@{rng.choice(_DOMAINS)}")
+                addr = (
+                    f"{rng.choice(('info', 'kontakt', 'mail', 'noreply', 'test'))}"
+                    f"{rng.randint(1, 9999)}@{rng.choice(_DOMAINS)}"
+                )
             if addr not in self.used_addrs:
                 self.used_addrs.add(addr)
                 return addr
@@ -402,9 +517,17 @@ class _Generator:
         return addr
 
     # ------------------------------------------------------------------ phase 1: lives
-    def _start(self, num: _Number, t: int, kind: str, cust: _Customer, brand: str,
-               email: str | None, operator: str | None = None,
-               contract: str | None = None) -> _Holding:
+    def _start(
+        self,
+        num: _Number,
+        t: int,
+        kind: str,
+        cust: _Customer,
+        brand: str,
+        email: str | None,
+        operator: str | None = None,
+        contract: str | None = None,
+    ) -> _Holding:
         h = _Holding(t, kind, cust, contract or self._new_contract(), brand)
         # re_port expectation: last holding ended by ported_out/contract_ended, other customer
         lhe = num.last_hard_end
@@ -412,7 +535,10 @@ class _Generator:
             self.stats["lifecycle"]["re_ports_expected"] += 1
         num.holdings.append(h)
         fields: dict[str, Any] = {
-            "type": kind, "contract_id": h.contract, "customer_id": cust.id, "brand": brand,
+            "type": kind,
+            "contract_id": h.contract,
+            "customer_id": cust.id,
+            "brand": brand,
         }
         if operator is not None:
             fields["operator"] = operator
@@ -438,16 +564,16 @@ class _Generator:
         """email_changed (+ usually email_verified); returns the time of the last event."""
         rng = self.rng
         h.cust.primary = addr
-        self._change(num, t, {"type": "email_changed", "contract_id": h.contract,
-                              "email": self._email_field(addr)})
+        self._change(num, t, {"type": "email_changed", "contract_id": h.contract, "email": self._email_field(addr)})
         self._link(h, t, addr)
         if rng.random() < 0.5:
             self.planned.append((num, t + rng.randint(3 * SEC, 60 * SEC), "contract_info"))
         if rng.random() < 0.75:
             tv = t + rng.randint(MIN, 2 * DAY)
             if tv < self.w1:
-                self._change(num, tv, {"type": "email_verified", "contract_id": h.contract,
-                                       "email": self._email_field(addr)})
+                self._change(
+                    num, tv, {"type": "email_verified", "contract_id": h.contract, "email": self._email_field(addr)}
+                )
                 self._link(h, tv, addr)
                 return tv
         return t
@@ -471,11 +597,11 @@ class _Generator:
         email = None if rng.random() < 0.06 else cust.primary
         self.stats["lifecycle"]["recycled_or_reported_numbers"] += 1
         if by_port:
-            h = self._start(num, tr, "ported_in", cust, _BRANDS[self._widx(_BRAND_W)], email,
-                            operator=rng.choice(_OPERATORS))
+            h = self._start(
+                num, tr, "ported_in", cust, _BRANDS[self._widx(_BRAND_W)], email, operator=rng.choice(_OPERATORS)
+            )
         else:
-            h = self._start(num, tr, "contract_started", cust, _BRANDS[self._widx(_BRAND_W)],
-                            email)
+            h = self._start(num, tr, "contract_started", cust, _BRANDS[self._widx(_BRAND_W)], email)
         return h, tr
 
     def _flap(self, num: _Number, h: _Holding, t: int) -> tuple[_Holding | None, int, int]:
@@ -489,8 +615,7 @@ class _Generator:
         t2 = t + rng.randint(DAY, 6 * DAY)
         h2 = self._start(num, t2, "ported_in", cust, brand, addr, operator=op1)
         t3 = t2 + rng.randint(2 * DAY, 8 * DAY)
-        self._change(num, t3, {"type": "ported_out", "contract_id": h2.contract,
-                               "operator": op2})
+        self._change(num, t3, {"type": "ported_out", "contract_id": h2.contract, "operator": op2})
         self._end(num, h2, t3, "ported_out")
         n = 4
         if rng.random() < 0.5:
@@ -515,10 +640,16 @@ class _Generator:
         kind = "ported_in" if rng.random() < 0.15 else "contract_started"
         email = None if rng.random() < 0.06 else cust.primary
         h: _Holding | None = self._start(
-            num, t, kind, cust, _BRANDS[self._widx(_BRAND_W)], email,
-            operator=rng.choice(_OPERATORS) if kind == "ported_in" else None)
+            num,
+            t,
+            kind,
+            cust,
+            _BRANDS[self._widx(_BRAND_W)],
+            email,
+            operator=rng.choice(_OPERATORS) if kind == "ported_in" else None,
+        )
         used = 1
-        last_port = t if kind == "ported_in" else -10**15
+        last_port = t if kind == "ported_in" else -(10**15)
         assert h is not None
         if email is None:
             te = t + rng.randint(HOUR, 3 * DAY)
@@ -527,8 +658,9 @@ class _Generator:
                 used += 2
         elif rng.random() < 0.7:
             tv = t + rng.randint(2 * MIN, 2 * DAY)
-            self._change(num, tv, {"type": "email_verified", "contract_id": h.contract,
-                                   "email": self._email_field(email)})
+            self._change(
+                num, tv, {"type": "email_verified", "contract_id": h.contract, "email": self._email_field(email)}
+            )
             self._link(h, tv, email)
             t = tv
             used += 1
@@ -541,8 +673,7 @@ class _Generator:
             remaining = max(1, budget - used)
             mean = max(HOUR, (w1 - t) / (remaining + 1))
             t_next = t + 10 * MIN + int(rng.expovariate(1.0 / mean))
-            if flap_pending and flap_at is not None and (
-                    t_next >= flap_at or used >= budget or t_next >= w1 - HOUR):
+            if flap_pending and flap_at is not None and (t_next >= flap_at or used >= budget or t_next >= w1 - HOUR):
                 tf = max(t + DAY, flap_at, last_port + 31 * DAY)
                 flap_pending = False
                 if tf + 30 * DAY < w1:
@@ -559,8 +690,7 @@ class _Generator:
             if t_next >= w1 - HOUR:
                 break
             t = t_next
-            ops = [("email_change", 42.0), ("reverify", 6.0), ("brand_switch", 12.0),
-                   ("holder_change", 10.0)]
+            ops = [("email_change", 42.0), ("reverify", 6.0), ("brand_switch", 12.0), ("holder_change", 10.0)]
             if not flap_pending:
                 ops += [("port_out", 12.0), ("end", 10.0)]
             op = _wchoice(rng, ops)
@@ -573,8 +703,9 @@ class _Generator:
                 used += 2
             elif op == "reverify":
                 addr = self._current(h) or ""
-                self._change(num, t, {"type": "email_verified", "contract_id": h.contract,
-                                      "email": self._email_field(addr)})
+                self._change(
+                    num, t, {"type": "email_verified", "contract_id": h.contract, "email": self._email_field(addr)}
+                )
                 self._link(h, t, addr)
                 used += 1
             elif op == "brand_switch":
@@ -594,8 +725,7 @@ class _Generator:
             elif op == "holder_change":
                 old = h
                 new = self._new_customer()
-                self._change(num, t, {"type": "holder_changed", "contract_id": old.contract,
-                                      "customer_id": new.id})
+                self._change(num, t, {"type": "holder_changed", "contract_id": old.contract, "customer_id": new.id})
                 self._end(num, old, t, "holder_changed")
                 h = _Holding(t, "holder_changed", new, old.contract, old.brand)
                 num.holdings.append(h)
@@ -607,8 +737,9 @@ class _Generator:
                     used += 2
             elif op == "port_out":
                 self._cancel_notice(num, h, t)
-                self._change(num, t, {"type": "ported_out", "contract_id": h.contract,
-                                      "operator": rng.choice(_OPERATORS)})
+                self._change(
+                    num, t, {"type": "ported_out", "contract_id": h.contract, "operator": rng.choice(_OPERATORS)}
+                )
                 self._end(num, h, t, "ported_out")
                 last_port = t
                 used += 1
@@ -690,8 +821,17 @@ class _Generator:
     def _template(self, brand: str) -> str:
         return _wchoice(self.rng, _TEMPLATES_PREPAID if brand == "blau" else _TEMPLATES_POSTPAID)
 
-    def _notify(self, num: _Number, t: int, channel: str, recipient: str, brand: str,
-                template: str, h: _Holding | None, delivery: str) -> None:
+    def _notify(
+        self,
+        num: _Number,
+        t: int,
+        channel: str,
+        recipient: str,
+        brand: str,
+        template: str,
+        h: _Holding | None,
+        delivery: str,
+    ) -> None:
         rng = self.rng
         sender = _wchoice(rng, _EMAIL_SENDERS if channel == "email" else _SMS_SENDERS)
         mid = self._new_message_id()
@@ -701,16 +841,21 @@ class _Generator:
         else:
             contract_id = customer_id = None
         fields = {
-            "message_id": mid, "brand": brand, "channel": channel, "recipient": recipient,
-            "template": template, "contract_id": contract_id, "customer_id": customer_id,
+            "message_id": mid,
+            "brand": brand,
+            "channel": channel,
+            "recipient": recipient,
+            "template": template,
+            "contract_id": contract_id,
+            "customer_id": customer_id,
             "sender": sender,
         }
         self._emit(t, TOPIC_OUTBOUND, num, fields)
-        self._plan_delivery(num, t, mid, recipient.strip().lower(), brand, sender, channel,
-                            delivery)
+        self._plan_delivery(num, t, mid, recipient.strip().lower(), brand, sender, channel, delivery)
 
-    def _plan_delivery(self, num: _Number, t: int, mid: str, rcpt: str, brand: str,
-                       sender: str, channel: str, mode: str) -> None:
+    def _plan_delivery(
+        self, num: _Number, t: int, mid: str, rcpt: str, brand: str, sender: str, channel: str, mode: str
+    ) -> None:
         rng = self.rng
         dl = num.deliveries
         d = t + int(SEC * min(240.0, 1.5 + rng.expovariate(1 / 25.0)))
@@ -720,8 +865,7 @@ class _Generator:
             ds = t + rng.randint(SEC, 20 * SEC)
             if r < 0.05:
                 dl.append([ds, mid, rcpt, "deferred", None, None, brand, sender, False])
-                dl.append([ds + rng.randint(MIN, 30 * MIN), mid, rcpt, "delivered", None, None,
-                           brand, sender, False])
+                dl.append([ds + rng.randint(MIN, 30 * MIN), mid, rcpt, "delivered", None, None, brand, sender, False])
             elif r < 0.58:
                 dl.append([ds, mid, rcpt, "delivered", None, None, brand, sender, False])
             return
@@ -730,23 +874,20 @@ class _Generator:
             if r < 0.815:
                 dl.append([d, mid, rcpt, "delivered", None, "2.0.0", brand, sender, False])
             elif r < 0.855:
-                dl.append([d, mid, rcpt, "deferred", None, rng.choice(("4.4.1", "4.7.0")),
-                           brand, sender, False])
-                dl.append([d + rng.randint(5 * MIN, 60 * MIN), mid, rcpt, "delivered", None,
-                           "2.0.0", brand, sender, False])
+                dl.append([d, mid, rcpt, "deferred", None, rng.choice(("4.4.1", "4.7.0")), brand, sender, False])
+                dl.append(
+                    [d + rng.randint(5 * MIN, 60 * MIN), mid, rcpt, "delivered", None, "2.0.0", brand, sender, False]
+                )
             elif r < 0.88:
-                dl.append([d, mid, rcpt, "bounced", "soft", rng.choice(("4.2.2", "4.4.7")),
-                           brand, sender, True])
+                dl.append([d, mid, rcpt, "bounced", "soft", rng.choice(("4.2.2", "4.4.7")), brand, sender, True])
             elif r < 0.885:
                 dl.append([d, mid, rcpt, "delivered", None, "2.0.0", brand, sender, False])
-                dl.append([d + rng.randint(HOUR, 48 * HOUR), mid, rcpt, "complained", None,
-                           None, brand, sender, False])
+                dl.append([d + rng.randint(HOUR, 48 * HOUR), mid, rcpt, "complained", None, None, brand, sender, False])
             # else: the provider reports nothing
         elif mode == "delivered":
             dl.append([d, mid, rcpt, "delivered", None, "2.0.0", brand, sender, False])
         elif mode == "hard":
-            dl.append([d, mid, rcpt, "bounced", "hard", rng.choice(("5.1.1", "5.1.1", "5.2.1")),
-                       brand, sender, False])
+            dl.append([d, mid, rcpt, "bounced", "hard", rng.choice(("5.1.1", "5.1.1", "5.2.1")), brand, sender, False])
         elif mode == "soft":
             dl.append([d, mid, rcpt, "bounced", "soft", "4.2.2", brand, sender, False])
 
@@ -762,8 +903,7 @@ class _Generator:
             if rng.random() < 0.02:
                 recipient = self._variant(addr)
                 self.stats["recipient_variants"] += 1
-        self._notify(num, t, channel, recipient, h.brand, template or self._template(h.brand),
-                     h, "normal")
+        self._notify(num, t, channel, recipient, h.brand, template or self._template(h.brand), h, "normal")
         return True
 
     def _pick_time(self, lo: int, hi: int) -> int | None:
@@ -783,12 +923,19 @@ class _Generator:
                 t = self._daytime(t, self.w0 + HOUR, self.w1 - HOUR)
                 brand = _BRANDS[self._widx(_BRAND_W)]
                 if rng.random() < 0.5:
-                    self._notify(num, t, "sms", num.msisdn, brand, self._template(brand), None,
-                                 "normal")
+                    self._notify(num, t, "sms", num.msisdn, brand, self._template(brand), None, "normal")
                 else:
                     addr = self._fresh_unlinked_address(None)
-                    self._notify(num, t, "email", addr, brand, self._template(brand), None,
-                                 "delivered" if rng.random() < 0.7 else "hard")
+                    self._notify(
+                        num,
+                        t,
+                        "email",
+                        addr,
+                        brand,
+                        self._template(brand),
+                        None,
+                        "delivered" if rng.random() < 0.7 else "hard",
+                    )
                 num.anom_t.append(t)
                 return 1
             num = rng.choice(self.numbers)
@@ -805,11 +952,18 @@ class _Generator:
                 brand = last.brand if last else _BRANDS[self._widx(_BRAND_W)]
                 last_addr = self._current(last) if last else None
                 if last_addr is not None and rng.random() < 0.6:
-                    self._notify(num, t2, "email", last_addr, brand, self._template(brand), last,
-                                 "delivered" if rng.random() < 0.8 else "hard")
+                    self._notify(
+                        num,
+                        t2,
+                        "email",
+                        last_addr,
+                        brand,
+                        self._template(brand),
+                        last,
+                        "delivered" if rng.random() < 0.8 else "hard",
+                    )
                 else:
-                    self._notify(num, t2, "sms", num.msisdn, brand, self._template(brand), last,
-                                 "normal")
+                    self._notify(num, t2, "sms", num.msisdn, brand, self._template(brand), last, "normal")
                 num.anom_t.append(t2)
                 return 1
             act = self._active_intervals(num)
@@ -834,8 +988,16 @@ class _Generator:
                 if hh is not h or addr == cur or self.addr_owner[addr] is h.cust:
                     continue
                 believed = p if rng.random() < 0.5 else h
-                self._notify(num, t3, "email", addr, h.brand, self._template(h.brand), believed,
-                             "delivered" if rng.random() < 0.9 else "hard")
+                self._notify(
+                    num,
+                    t3,
+                    "email",
+                    addr,
+                    h.brand,
+                    self._template(h.brand),
+                    believed,
+                    "delivered" if rng.random() < 0.9 else "hard",
+                )
                 num.anom_t.append(t3)
                 return 1
             lo, hi, h = rng.choice(act)
@@ -860,22 +1022,45 @@ class _Generator:
                         break
                 if other is None or not self._free(num, (t,)):
                     continue
-                self._notify(num, t, "email", other, h.brand, self._template(h.brand), h,
-                             "delivered" if rng.random() < 0.95 else "hard")
+                self._notify(
+                    num,
+                    t,
+                    "email",
+                    other,
+                    h.brand,
+                    self._template(h.brand),
+                    h,
+                    "delivered" if rng.random() < 0.95 else "hard",
+                )
             elif kind == "recipient_stale_contract":
                 stale = [a for a, at in h.cust.addrs.items() if a != cur and at <= t - MIN]
                 if not stale or not self._free(num, (t,)):
                     continue
                 r = rng.random()
-                self._notify(num, t, "email", rng.choice(stale), h.brand,
-                             self._template(h.brand), h,
-                             "delivered" if r < 0.7 else "hard")
+                self._notify(
+                    num,
+                    t,
+                    "email",
+                    rng.choice(stale),
+                    h.brand,
+                    self._template(h.brand),
+                    h,
+                    "delivered" if r < 0.7 else "hard",
+                )
             elif kind == "recipient_unlinked":
                 if not self._free(num, (t,)):
                     continue
                 addr = self._fresh_unlinked_address(cur or h.cust.primary)
-                self._notify(num, t, "email", addr, h.brand, self._template(h.brand), h,
-                             "hard" if rng.random() < 0.55 else "delivered")
+                self._notify(
+                    num,
+                    t,
+                    "email",
+                    addr,
+                    h.brand,
+                    self._template(h.brand),
+                    h,
+                    "hard" if rng.random() < 0.55 else "delivered",
+                )
             elif kind == "current_address_bouncing":
                 if cur is None or not self._free(num, (t,)):
                     continue
@@ -892,8 +1077,7 @@ class _Generator:
                 if self._state_at(num, times[-1]) != (h, cur):
                     continue
                 for ti in times:
-                    self._notify(num, ti, "email", cur, h.brand, self._template(h.brand), h,
-                                 "soft")
+                    self._notify(num, ti, "email", cur, h.brand, self._template(h.brand), h, "soft")
                 num.anom_t.extend((times[0], times[-1]))
                 return n
             else:
@@ -932,26 +1116,53 @@ class _Generator:
         else:
             topic = rng.choice(TOPICS)
         self.eid += 1
-        v: dict[str, Any] = {"schema_version": 1, "event_id": "e" + _b36(self.eid),
-                             "event_time": self.clock.fmt(t), "msisdn": num.msisdn}
+        v: dict[str, Any] = {
+            "schema_version": 1,
+            "event_id": "e" + _b36(self.eid),
+            "event_time": self.clock.fmt(t),
+            "msisdn": num.msisdn,
+        }
         addr = self._fresh_unlinked_address(None)
         if topic == TOPIC_CHANGES:
-            v.update({"type": "email_changed", "contract_id": self._new_contract(),
-                      "email": addr})
-            required = ["event_id", "event_time", "msisdn", "type", "contract_id", "email",
-                        "schema_version"]
+            v.update({"type": "email_changed", "contract_id": self._new_contract(), "email": addr})
+            required = ["event_id", "event_time", "msisdn", "type", "contract_id", "email", "schema_version"]
         elif topic == TOPIC_OUTBOUND:
-            v.update({"message_id": self._new_message_id(), "brand": "o2", "channel": "email",
-                      "recipient": addr, "template": "invoice", "contract_id": None,
-                      "customer_id": None, "sender": "crm-mailer"})
-            required = ["event_id", "event_time", "msisdn", "message_id", "channel",
-                        "recipient", "brand", "template", "sender"]
+            v.update(
+                {
+                    "message_id": self._new_message_id(),
+                    "brand": "o2",
+                    "channel": "email",
+                    "recipient": addr,
+                    "template": "invoice",
+                    "contract_id": None,
+                    "customer_id": None,
+                    "sender": "crm-mailer",
+                }
+            )
+            required = [
+                "event_id",
+                "event_time",
+                "msisdn",
+                "message_id",
+                "channel",
+                "recipient",
+                "brand",
+                "template",
+                "sender",
+            ]
         else:
-            v.update({"message_id": self._new_message_id(), "recipient": addr,
-                      "status": "delivered", "bounce_type": None, "smtp_status": "2.0.0",
-                      "brand": "o2", "sender": "crm-mailer"})
-            required = ["event_id", "event_time", "msisdn", "message_id", "recipient",
-                        "status", "brand", "sender"]
+            v.update(
+                {
+                    "message_id": self._new_message_id(),
+                    "recipient": addr,
+                    "status": "delivered",
+                    "bounce_type": None,
+                    "smtp_status": "2.0.0",
+                    "brand": "o2",
+                    "sender": "crm-mailer",
+                }
+            )
+            required = ["event_id", "event_time", "msisdn", "message_id", "recipient", "status", "brand", "sender"]
         if reason == "not_json":
             text = json.dumps(v, separators=(",", ":"))
             r = rng.random()
@@ -965,8 +1176,15 @@ class _Generator:
         if reason == "missing_field":
             del v[rng.choice(required)]
         elif reason == "wrong_type":
-            f = rng.choice(("event_id", "msisdn", "schema_version", "event_time",
-                            "contract_id" if topic == TOPIC_CHANGES else "message_id"))
+            f = rng.choice(
+                (
+                    "event_id",
+                    "msisdn",
+                    "schema_version",
+                    "event_time",
+                    "contract_id" if topic == TOPIC_CHANGES else "message_id",
+                )
+            )
             if f == "msisdn":
                 v[f] = int(num.msisdn[1:])
             elif f == "schema_version":
@@ -983,8 +1201,7 @@ class _Generator:
             v["status"] = rng.choice(("opened", "clicked", "dropped", "DELIVERED"))
         elif reason == "non_e164_msisdn":
             national = "0" + num.msisdn[3:]
-            bad = rng.choice((national, num.msisdn[1:], num.msisdn[:6] + " " + num.msisdn[6:],
-                              "+0" + num.msisdn[3:]))
+            bad = rng.choice((national, num.msisdn[1:], num.msisdn[:6] + " " + num.msisdn[6:], "+0" + num.msisdn[3:]))
             v["msisdn"] = bad
             key = bad
         elif reason == "key_msisdn_mismatch":
@@ -993,11 +1210,16 @@ class _Generator:
                 other = self._new_number()
             key = other.msisdn
         elif reason == "bad_event_time":
-            v["event_time"] = rng.choice((
-                "2026-02-30T10:00:00.000Z", self.clock.fmt(t)[:-1],
-                self.clock.fmt(t).replace("T", " "), "2026-03-01T24:00:00.000Z",
-                "yesterday", "",
-            ))
+            v["event_time"] = rng.choice(
+                (
+                    "2026-02-30T10:00:00.000Z",
+                    self.clock.fmt(t)[:-1],
+                    self.clock.fmt(t).replace("T", " "),
+                    "2026-03-01T24:00:00.000Z",
+                    "yesterday",
+                    "",
+                )
+            )
         return topic, key, json.dumps(v, separators=(",", ":"))
 
     # ------------------------------------------------------------------ main
@@ -1012,8 +1234,7 @@ class _Generator:
 
         # phase 1: lives
         self.numbers = [self._new_number() for _ in range(self.n_numbers)]
-        flappers = set(rng.sample(range(self.n_numbers),
-                                  min(self.n_numbers, alloc["port_flapping"])))
+        flappers = set(rng.sample(range(self.n_numbers), min(self.n_numbers, alloc["port_flapping"])))
         span = self.w1 - self.w0
         for i, num in enumerate(self.numbers):
             budget = max(1, int(change_budget * rng.uniform(0.3, 1.7) + 0.5))
@@ -1075,11 +1296,24 @@ class _Generator:
             for e in num.deliveries:
                 t, mid, rcpt, status, btype, smtp, brand, sender, _m = e
                 self.seq += 1
-                self.raw.append((t, 2, self.seq, TOPIC_DELIVERY, num.msisdn, {
-                    "message_id": mid, "recipient": rcpt, "status": status,
-                    "bounce_type": btype, "smtp_status": smtp, "brand": brand,
-                    "sender": sender,
-                }))
+                self.raw.append(
+                    (
+                        t,
+                        2,
+                        self.seq,
+                        TOPIC_DELIVERY,
+                        num.msisdn,
+                        {
+                            "message_id": mid,
+                            "recipient": rcpt,
+                            "status": status,
+                            "bounce_type": btype,
+                            "smtp_status": smtp,
+                            "brand": brand,
+                            "sender": sender,
+                        },
+                    )
+                )
         return self._finish()
 
     def _finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -1097,8 +1331,12 @@ class _Generator:
         statuses: dict[str, int] = {}
         for t, rank, seq, topic, m, fields in self.raw:
             self.eid += 1
-            v: dict[str, Any] = {"schema_version": 1, "event_id": "e" + _b36(self.eid),
-                                 "event_time": fmt(t), "msisdn": m}
+            v: dict[str, Any] = {
+                "schema_version": 1,
+                "event_id": "e" + _b36(self.eid),
+                "event_time": fmt(t),
+                "msisdn": m,
+            }
             v.update(fields)
             if rng.random() < 0.01:
                 v["trace_id"] = f"{rng.getrandbits(64):016x}"  # unknown field: ignored
@@ -1124,8 +1362,7 @@ class _Generator:
             num = by_msisdn.get(base[6]) or rng.choice(self.numbers)
             topic, key, payload = self._bad_record(num, base[1], reason)
             bad_seq += 1
-            entries.append((base[0], base[1], 3, bad_seq, 2, topic, key, payload,
-                            partition_for(key, self.partitions)))
+            entries.append((base[0], base[1], 3, bad_seq, 2, topic, key, payload, partition_for(key, self.partitions)))
         entries.sort(key=itemgetter(0, 1, 2, 3, 4))
 
         offsets: dict[tuple[str, int], int] = {}
@@ -1135,8 +1372,18 @@ class _Generator:
             off = offsets.get((topic, part), 0)
             offsets[(topic, part)] = off + 1
             by_topic[topic] += 1
-            out.append({"topic": topic, "partition": part, "offset": off, "tstype": "create",
-                        "ts": t, "broker": 1, "key": key, "payload": payload})
+            out.append(
+                {
+                    "topic": topic,
+                    "partition": part,
+                    "offset": off,
+                    "tstype": "create",
+                    "ts": t,
+                    "broker": 1,
+                    "key": key,
+                    "payload": payload,
+                }
+            )
 
         lc = self.stats["lifecycle"]
         change_types: dict[str, int] = {}
@@ -1201,8 +1448,7 @@ def generate(
     Everything is computed up front (the stream must be sorted by arrival); if
     ``manifest`` is given it is filled in before the first envelope is yielded.
     """
-    gen = _Generator(records, numbers, days, partitions, seed, anomaly_rate, dup_rate,
-                     bad_rate, jitter_s, start)
+    gen = _Generator(records, numbers, days, partitions, seed, anomaly_rate, dup_rate, bad_rate, jitter_s, start)
     envelopes, man = gen.build()
     if manifest is not None:
         manifest.update(man)
@@ -1210,20 +1456,26 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.generate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--records", type=int, default=150_000, help="about this many lines")
     p.add_argument("--numbers", type=int, default=2000, help="MSISDNs with a contract life")
     p.add_argument("--days", type=float, default=365, help="length of the time window")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="capture file (JSON Lines); '-' for stdout")
-    p.add_argument("--anomaly-rate", type=float, default=0.03,
-                   help="injected anomalies per outbound notification")
+    p.add_argument("--anomaly-rate", type=float, default=0.03, help="injected anomalies per outbound notification")
     p.add_argument("--dup-rate", type=float, default=0.005, help="fraction of records resent")
     p.add_argument("--bad-rate", type=float, default=0.002, help="fraction of invalid records")
-    p.add_argument("--jitter-s", type=float, default=10.0,
-                   help=f"max arrival lateness in seconds (< {GRACE_S:g}, the detector's grace)")
+    p.add_argument(
+        "--jitter-s",
+        type=float,
+        default=10.0,
+        help=f"max arrival lateness in seconds (< {GRACE_S:g}, the detector's grace)",
+    )
     p.add_argument("--start", default="2025-06-01", help="first day of the window (UTC)")
     a = p.parse_args(argv)
     if not 0 <= a.jitter_s < GRACE_S:
@@ -1231,9 +1483,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     manifest: dict[str, Any] = {}
     try:
-        it = generate(a.records, a.numbers, a.days, a.partitions, a.seed,
-                      anomaly_rate=a.anomaly_rate, dup_rate=a.dup_rate, bad_rate=a.bad_rate,
-                      jitter_s=a.jitter_s, start=a.start, manifest=manifest)
+        it = generate(
+            a.records,
+            a.numbers,
+            a.days,
+            a.partitions,
+            a.seed,
+            anomaly_rate=a.anomaly_rate,
+            dup_rate=a.dup_rate,
+            bad_rate=a.bad_rate,
+            jitter_s=a.jitter_s,
+            start=a.start,
+            manifest=manifest,
+        )
         lines = [_ENCODE(env) for env in it]
     except ValueError as e:
         p.error(str(e))
@@ -1246,8 +1508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(text, encoding="utf-8", newline="\n")
         mpath = out.with_name(out.name + ".manifest.json")
         mpath.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8", newline="\n")
-        print(f"wrote {len(lines)} records to {out} and {mpath.name} "
-              f"in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+        print(
+            f"wrote {len(lines)} records to {out} and {mpath.name} in {time.perf_counter() - t0:.2f} s", file=sys.stderr
+        )
     return 0
 
 

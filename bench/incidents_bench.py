@@ -27,17 +27,26 @@ START = parse_rfc3339("2026-06-01T00:00:00Z")
 def alert(i: int, numbers: int, t_us: int) -> Alert:
     n = i % numbers
     return Alert(
-        alert_id=f"a{i}", dedup_key=dedup_key(kinds.RECIPIENT_PREVIOUS_HOLDER, f"e{i}"),
-        kind=kinds.RECIPIENT_PREVIOUS_HOLDER, severity="critical", event_time=rfc3339(t_us),
-        detected_at=rfc3339(t_us + 60_000_000), trigger_event_id=f"e{i}", event_ids=[f"e{i}"],
+        alert_id=f"a{i}",
+        dedup_key=dedup_key(kinds.RECIPIENT_PREVIOUS_HOLDER, f"e{i}"),
+        kind=kinds.RECIPIENT_PREVIOUS_HOLDER,
+        severity="critical",
+        event_time=rfc3339(t_us),
+        detected_at=rfc3339(t_us + 60_000_000),
+        trigger_event_id=f"e{i}",
+        event_ids=[f"e{i}"],
         subject=Subject(msisdn_ref=f"{n:024x}", msisdn_masked="+49176******78"),
-        brand="o2", template="contract_info", sender="crm-mailer", summary="",
+        brand="o2",
+        template="contract_info",
+        sender="crm-mailer",
+        summary="",
         evidence={
             "recipient_ref": f"r{n:023x}",
             "linked": {"via": "this_number", "brand": "blau", "end_type": "ported_out"},
             "active": {"brand": "o2", "start_type": "ported_in"},
         },
-        late=False, runbook_url="",
+        late=False,
+        runbook_url="",
     )
 
 
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for lo in range(0, len(alerts), a.batch):
         t0 = time.perf_counter()
-        for x in alerts[lo:lo + a.batch]:
+        for x in alerts[lo : lo + a.batch]:
             agg.add(x)
         for inc in agg.changes():
             biggest = max(biggest, len(encode_record(inc)))
@@ -68,9 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     late = time.perf_counter() - t0
     (inc,) = agg.incidents()
     out = {
-        "mails": a.mails, "numbers": a.numbers, "batch": a.batch, "batches": -(-a.mails // a.batch),
-        "total_s": round(total, 3), "last_batch_ms": round(last_batch * 1e3, 2), "late_alert_ms": round(late * 1e3, 2),
-        "largest_record_bytes": biggest, "counts": [inc.mails, inc.affected_numbers, inc.affected_recipients],
+        "mails": a.mails,
+        "numbers": a.numbers,
+        "batch": a.batch,
+        "batches": -(-a.mails // a.batch),
+        "total_s": round(total, 3),
+        "last_batch_ms": round(last_batch * 1e3, 2),
+        "late_alert_ms": round(late * 1e3, 2),
+        "largest_record_bytes": biggest,
+        "counts": [inc.mails, inc.affected_numbers, inc.affected_recipients],
     }
     print(json.dumps(out) if a.json else "\n".join(f"{k:>22}: {v}" for k, v in out.items()))
 

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from detectors.codec import encode_links, encode_number, number_key
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import encode_links, encode_number, number_key
 from streams.replay_offline import replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +31,23 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "bench.generate", "--records", str(records), "--numbers", str(numbers),
-             "--days", "365", "--seed", str(seed), "--out", str(out)],
-            check=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "bench.generate",
+                "--records",
+                str(records),
+                "--numbers",
+                str(numbers),
+                "--days",
+                "365",
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            cwd=ROOT,
         )
     return out
 

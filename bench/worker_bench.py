@@ -77,8 +77,9 @@ def kafka_version() -> str:
     if os.environ.get("KAFKA_VERSION"):
         return os.environ["KAFKA_VERSION"]
     with contextlib.suppress(OSError):
-        m = re.search(r'KAFKA_VERSION="\$\{KAFKA_VERSION:-([^}]+)\}"',
-                      (ROOT / "deploy" / "kafka" / "common.sh").read_text())
+        m = re.search(
+            r'KAFKA_VERSION="\$\{KAFKA_VERSION:-([^}]+)\}"', (ROOT / "deploy" / "kafka" / "common.sh").read_text()
+        )
         if m:
             return m.group(1)
     return "unknown"
@@ -123,9 +124,11 @@ def code_facts() -> dict[str, Any]:
         for path in sorted((ROOT / "streams" / "worker").glob("*.py")):
             h.update(path.read_bytes())
         digest = h.hexdigest()[:16]
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
-            "streams_worker_sha256": digest}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
+        "streams_worker_sha256": digest,
+    }
 
 
 def load_average() -> float | None:
@@ -148,7 +151,8 @@ def require_broker(bootstrap: str) -> None:
             return
     except OSError:
         raise SystemExit(
-            f"worker_bench: no Kafka broker at {bootstrap} (start one with deploy/kafka/start.sh)") from None
+            f"worker_bench: no Kafka broker at {bootstrap} (start one with deploy/kafka/start.sh)"
+        ) from None
 
 
 # ------------------------------------------------------------------ capture
@@ -185,9 +189,13 @@ class Deployment:
         self.tmp = tmp
         self.app_id = f"{PREFIX}{tag}-{name}"
         a = self.app_id
-        self.topics = Topics(outbound=f"{a}.notifications.outbound", changes=f"{a}.contracts.changes",
-                             delivery=f"{a}.notifications.delivery", alerts=f"{a}.notifguard.alerts",
-                             deadletter=f"{a}.notifguard.deadletter")
+        self.topics = Topics(
+            outbound=f"{a}.notifications.outbound",
+            changes=f"{a}.contracts.changes",
+            delivery=f"{a}.notifications.delivery",
+            alerts=f"{a}.notifguard.alerts",
+            deadletter=f"{a}.notifguard.deadletter",
+        )
         d, t = Topics(), self.topics
         self.rename = {d.outbound: t.outbound, d.changes: t.changes, d.delivery: t.delivery}
         self.inputs = [t.changes, t.outbound, t.delivery]
@@ -206,10 +214,25 @@ class Deployment:
         logfile = self.tmp / f"{self.app_id}-{name}.log"
         with open(logfile, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "--log-level", "WARNING", "worker", "--store", "rocksdb://",
-                 "--datadir", str(self.tmp / f"data-{self.app_id}-{name}"), "--web-port", str(port),
-                 "--no-create-topics"],
-                cwd=ROOT, env=self.env(port, rules), stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "--log-level",
+                    "WARNING",
+                    "worker",
+                    "--store",
+                    "rocksdb://",
+                    "--datadir",
+                    str(self.tmp / f"data-{self.app_id}-{name}"),
+                    "--web-port",
+                    str(port),
+                    "--no-create-topics",
+                ],
+                cwd=ROOT,
+                env=self.env(port, rules),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         w = (proc, port, logfile)
         self.workers.append(w)
@@ -299,16 +322,20 @@ def produce_backlog(bootstrap: str, envelopes: Sequence[dict[str, Any]], rename:
     """Produce the capture as it is (original timestamps), keyed (default partitioner); returns seconds."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024,
-                             client_id="wbench-producer")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024, client_id="wbench-producer"
+    )
     errors: list[BaseException] = []
     t0 = time.monotonic()
     try:
         for env in envelopes:
             key, payload = env.get("key"), env.get("payload")
-            producer.send(rename[env["topic"]], key=key.encode() if key is not None else None,
-                          value=payload.encode() if payload is not None else None,
-                          timestamp_ms=env.get("ts")).add_errback(errors.append)
+            producer.send(
+                rename[env["topic"]],
+                key=key.encode() if key is not None else None,
+                value=payload.encode() if payload is not None else None,
+                timestamp_ms=env.get("ts"),
+            ).add_errback(errors.append)
         producer.flush(timeout=120)
     finally:
         producer.close(timeout=10)
@@ -323,8 +350,13 @@ def produce_backlog(bootstrap: str, envelopes: Sequence[dict[str, Any]], rename:
 async def _raw_once(bootstrap: str, topics: Sequence[str], partitions: int, timeout: float) -> dict[str, float]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id="wbench-raw")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="wbench-raw",
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -355,8 +387,12 @@ def bench_raw(bootstrap: str, dep: Deployment, runs: int, timeout: float) -> dic
         log(f"raw run {i + 1}: {r['records']} records in {r['seconds']:.2f} s = {r['records_per_s']:,.0f}/s")
         results.append(r)
     best = max(results, key=lambda r: r["records_per_s"])
-    return {"records": best["records"], "records_per_s": round(best["records_per_s"]),
-            "records_per_s_all": [round(r["records_per_s"]) for r in results], "seconds": round(best["seconds"], 3)}
+    return {
+        "records": best["records"],
+        "records_per_s": round(best["records_per_s"]),
+        "records_per_s_all": [round(r["records_per_s"]) for r in results],
+        "seconds": round(best["seconds"], 3),
+    }
 
 
 # -------------------------------------------------------------- 2. backlog
@@ -367,8 +403,12 @@ def metrics_call_stats(calls: Sequence[tuple[float, int]]) -> dict[str, Any]:
     if not calls:
         return {"calls": 0}
     secs = [c[0] * 1000 for c in calls]
-    return {"calls": len(calls), "p50_ms": round(_percentile(secs, 0.5), 1), "max_ms": round(max(secs), 1),
-            "body_bytes_last": calls[-1][1]}
+    return {
+        "calls": len(calls),
+        "p50_ms": round(_percentile(secs, 0.5), 1),
+        "max_ms": round(max(secs), 1),
+        "body_bytes_last": calls[-1][1],
+    }
 
 
 def bench_worker(dep: Deployment, total: int, timeout: float, rules: dict[str, str]) -> dict[str, Any]:
@@ -382,8 +422,10 @@ def bench_worker(dep: Deployment, total: int, timeout: float, rules: dict[str, s
     while True:
         now = time.monotonic()
         if now - started > timeout:
-            raise RuntimeError(f"worker consumed {samples[-1][1] if samples else 0} of {total} records "
-                               f"after {timeout:.0f} s:\n{tail(logfile)}")
+            raise RuntimeError(
+                f"worker consumed {samples[-1][1] if samples else 0} of {total} records "
+                f"after {timeout:.0f} s:\n{tail(logfile)}"
+            )
         check_alive(worker)
         count = dep.consumed(port)
         t = time.monotonic()
@@ -417,8 +459,10 @@ def bench_worker(dep: Deployment, total: int, timeout: float, rules: dict[str, s
         "rules": rules,
         "health_polls": metrics_call_stats(dep.metrics_calls),
     }
-    log(f"worker: {result['measured_records']} records in {span:.2f} s = {rate:,.0f}/s, "
-        f"cpu {result['worker_cpu_utilisation']}")
+    log(
+        f"worker: {result['measured_records']} records in {span:.2f} s = {rate:,.0f}/s, "
+        f"cpu {result['worker_cpu_utilisation']}"
+    )
     return result
 
 
@@ -433,9 +477,14 @@ def _alert_listener(bootstrap: str, topic: str, partitions: int, ready: Any, sto
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=10, client_id="wbench-alerts",
-                             isolation_level="read_committed")  # as every alert reader: no aborted sends
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        client_id="wbench-alerts",
+        isolation_level="read_committed",
+    )  # as every alert reader: no aborted sends
     seen: list[tuple[float, bytes]] = []
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -489,7 +538,7 @@ def _prepare_live(
         if payload is not None:
             m = _EVENT_TIME.search(payload)
             if m:
-                head, tail_ = payload[:m.start()], payload[m.end():]
+                head, tail_ = payload[: m.start()], payload[m.end() :]
             else:
                 raw = payload.encode()
             mid = _EVENT_ID.search(payload)
@@ -515,8 +564,15 @@ def _machine_cpu() -> tuple[float, float]:
 class _Sampler(threading.Thread):
     """Once a second: records produced vs consumed by the worker; CPU marks at the measured window's edges."""
 
-    def __init__(self, dep: Deployment, worker: tuple[subprocess.Popen[bytes], int, Path], progress: list[int],
-                 t0: float, warmup_s: float, measure_s: float) -> None:
+    def __init__(
+        self,
+        dep: Deployment,
+        worker: tuple[subprocess.Popen[bytes], int, Path],
+        progress: list[int],
+        t0: float,
+        warmup_s: float,
+        measure_s: float,
+    ) -> None:
         super().__init__(name="wbench-sampler", daemon=True)
         self.dep, self.pid, self.port = dep, worker[0].pid, worker[1]
         self.progress = progress
@@ -587,9 +643,16 @@ class _Pacer:
         return now, due
 
 
-async def _live_produce(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: float, total_s: float,
-                        sent: dict[str, float], progress: list[int], started: Any,
-                        topics: Sequence[str]) -> tuple[float, int, float, int]:
+async def _live_produce(
+    bootstrap: str,
+    recs: Sequence[tuple[Any, ...]],
+    rate: float,
+    total_s: float,
+    sent: dict[str, float],
+    progress: list[int],
+    started: Any,
+    topics: Sequence[str],
+) -> tuple[float, int, float, int]:
     """Produce `recs` at `rate`/s for `total_s`, stamping each with the wall time it is sent.
 
     aiokafka batches (create_batch / send_batch, one per topic-partition per
@@ -599,8 +662,9 @@ async def _live_produce(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: f
     """
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, client_id="wbench-live",
-                                max_batch_size=1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=0, client_id="wbench-live", max_batch_size=1024 * 1024
+    )
     await producer.start()
     try:
         for topic in topics:  # metadata now, not on the first send
@@ -654,9 +718,17 @@ _KCAT_KEY_DELIM = b"\x1f"  # ASCII unit separator: key | value
 _KCAT_RECORD_DELIM = b"\x1e"  # ASCII record separator: between records
 
 
-def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: float, total_s: float,
-                       sent: dict[str, float], progress: list[int], started: Any,
-                       topics: Sequence[str], log_dir: Path) -> tuple[float, int, float, int]:
+def _live_produce_kcat(
+    bootstrap: str,
+    recs: Sequence[tuple[Any, ...]],
+    rate: float,
+    total_s: float,
+    sent: dict[str, float],
+    progress: list[int],
+    started: Any,
+    topics: Sequence[str],
+    log_dir: Path,
+) -> tuple[float, int, float, int]:
     """As _live_produce, with Debian's kcat (librdkafka, C) doing the producing: one per input topic.
 
     This loop only pastes the wall time into each record and writes it down a
@@ -673,11 +745,31 @@ def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: fl
         for topic in topics:
             errs[topic] = open(log_dir / f"kcat-{topic}.log", "wb")  # noqa: SIM115 (closed below)
             procs[topic] = subprocess.Popen(
-                ["kcat", "-P", "-q", "-b", bootstrap, "-t", topic, "-K", "\\x1f", "-D", "\\x1e",
-                 "-X", "partitioner=murmur2_random",
-                 "-X", "linger.ms=5", "-X", "acks=all",
-                 "-X", "client.id=wbench-live-kcat"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[topic])
+                [
+                    "kcat",
+                    "-P",
+                    "-q",
+                    "-b",
+                    bootstrap,
+                    "-t",
+                    topic,
+                    "-K",
+                    "\\x1f",
+                    "-D",
+                    "\\x1e",
+                    "-X",
+                    "partitioner=murmur2_random",
+                    "-X",
+                    "linger.ms=5",
+                    "-X",
+                    "acks=all",
+                    "-X",
+                    "client.id=wbench-live-kcat",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errs[topic],
+            )
         fds = {topic: proc.stdin.fileno() for topic, proc in procs.items()}  # type: ignore[union-attr]
         clock = _Clock()
         n = len(recs)
@@ -706,15 +798,17 @@ def _live_produce_kcat(bootstrap: str, recs: Sequence[tuple[Any, ...]], rate: fl
                 data = b"".join(chunk)
                 fd = fds[topic]
                 while data:
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
             progress[0] = i
         produced_s = time.time() - pacer.t0
         for proc in procs.values():
             proc.stdin.close()  # type: ignore[union-attr]  # kcat flushes and exits at end of input
         for topic, proc in procs.items():
             if proc.wait(timeout=60) != 0:
-                raise RuntimeError(f"kcat producing to {topic} exited {proc.returncode}: "
-                                   f"{(log_dir / f'kcat-{topic}.log').read_text()[-500:]}")
+                raise RuntimeError(
+                    f"kcat producing to {topic} exited {proc.returncode}: "
+                    f"{(log_dir / f'kcat-{topic}.log').read_text()[-500:]}"
+                )
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -733,9 +827,23 @@ def _check_kcat_records(recs: Sequence[tuple[Any, ...]]) -> None:
             raise ValueError(f"a record for {topic} has no key or a delimiter byte: use --live-producer aiokafka")
 
 
-def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: float, measure_s: float,
-                  tail_s: float, grace_s: float, idle_flush_s: float, numbers: int, records_ref: int,
-                  seed: int, settle_s: float, producer: str, extra_rules: dict[str, str]) -> dict[str, Any]:
+def bench_latency(
+    bootstrap: str,
+    dep: Deployment,
+    rate: float,
+    *,
+    warmup_s: float,
+    measure_s: float,
+    tail_s: float,
+    grace_s: float,
+    idle_flush_s: float,
+    numbers: int,
+    records_ref: int,
+    seed: int,
+    settle_s: float,
+    producer: str,
+    extra_rules: dict[str, str],
+) -> dict[str, Any]:
     rules = {"grace_s": f"{grace_s:g}", "idle_flush_s": f"{idle_flush_s:g}", **extra_rules}
     worker = dep.start_worker(rules)
     ready_s = dep.wait_ready(worker, timeout=120)
@@ -749,13 +857,16 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
     del envs
     if producer == "kcat":
         _check_kcat_records(recs)
-    log(f"latency: live capture of {len(recs)} records ({live_numbers} numbers, seed {seed}); "
-        f"producing at {rate:,.0f}/s for {total_s:.0f} s")
+    log(
+        f"latency: live capture of {len(recs)} records ({live_numbers} numbers, seed {seed}); "
+        f"producing at {rate:,.0f}/s for {total_s:.0f} s"
+    )
 
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    listener = ctx.Process(target=_alert_listener, daemon=True,
-                           args=(bootstrap, dep.topics.alerts, dep.partitions, ready, stop, out))
+    listener = ctx.Process(
+        target=_alert_listener, daemon=True, args=(bootstrap, dep.topics.alerts, dep.partitions, ready, stop, out)
+    )
     listener.start()
     sampler: _Sampler | None = None
     alerts_raw: list[tuple[float, bytes]] = []
@@ -776,10 +887,12 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         if producer == "kcat":
             t0, i, produced_s, max_behind = _live_produce_kcat(
-                bootstrap, recs, rate, total_s, sent, progress, started, dep.inputs, dep.tmp)
+                bootstrap, recs, rate, total_s, sent, progress, started, dep.inputs, dep.tmp
+            )
         else:
             t0, i, produced_s, max_behind = asyncio.run(
-                _live_produce(bootstrap, recs, rate, total_s, sent, progress, started, dep.inputs))
+                _live_produce(bootstrap, recs, rate, total_s, sent, progress, started, dep.inputs)
+            )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         # kcat's processes are the only children reaped by now (the worker and the listener still run)
         kcat_cpu = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / produced_s
@@ -787,8 +900,10 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
         sampler.stop()
         check_alive(worker)
         achieved = i / produced_s
-        log(f"latency: produced {i} records in {produced_s:.1f} s = {achieved:,.0f}/s "
-            f"(at most {max_behind} records behind schedule)")
+        log(
+            f"latency: produced {i} records in {produced_s:.1f} s = {achieved:,.0f}/s "
+            f"(at most {max_behind} records behind schedule)"
+        )
         time.sleep(settle_s)
         check_alive(worker)
     finally:
@@ -810,8 +925,11 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
     window = (t0 + warmup_s, t0 + warmup_s + measure_s)
     assert sampler is not None
     behind = [p_ - c for t, p_, c in sampler.samples if window[0] - t0 <= t < window[1] - t0]
-    cpu: dict[str, float | None] = {"worker_cpu_utilisation": None, "bench_process_cpu_utilisation": None,
-                                    "machine_cpu_busy_fraction": None}
+    cpu: dict[str, float | None] = {
+        "worker_cpu_utilisation": None,
+        "bench_process_cpu_utilisation": None,
+        "machine_cpu_busy_fraction": None,
+    }
     marks = sampler.cpu_marks
     if "start" in marks and "end" in marks:
         (w0, b0, s0), (w1, b1, s1) = marks["start"], marks["end"]
@@ -854,8 +972,12 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
     def stats(v: list[float]) -> dict[str, float | None]:
         if not v:
             return {"p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
-        return {"p50_ms": round(_percentile(v, 0.5), 1), "p99_ms": round(_percentile(v, 0.99), 1),
-                "max_ms": round(max(v), 1), "mean_ms": round(statistics.fmean(v), 1)}
+        return {
+            "p50_ms": round(_percentile(v, 0.5), 1),
+            "p99_ms": round(_percentile(v, 0.99), 1),
+            "max_ms": round(max(v), 1),
+            "mean_ms": round(statistics.fmean(v), 1),
+        }
 
     return {
         "producer": producer,
@@ -864,10 +986,16 @@ def bench_latency(bootstrap: str, dep: Deployment, rate: float, *, warmup_s: flo
         "achieved_records_per_s": round(achieved),
         "produced_records": i,
         "producer_max_behind_schedule_records": max_behind,
-        "warmup_s": warmup_s, "measured_s": measure_s, "tail_s": tail_s, "settle_s": settle_s,
-        "grace_s": grace_s, "idle_flush_s": idle_flush_s,
+        "warmup_s": warmup_s,
+        "measured_s": measure_s,
+        "tail_s": tail_s,
+        "settle_s": settle_s,
+        "grace_s": grace_s,
+        "idle_flush_s": idle_flush_s,
         "worker_backlog_records": {  # produced (sent) minus consumed by the worker, sampled each second
-            "mean": round(statistics.fmean(behind)) if behind else None, "max": max(behind) if behind else None},
+            "mean": round(statistics.fmean(behind)) if behind else None,
+            "max": max(behind) if behind else None,
+        },
         **cpu,
         "health_polls": metrics_call_stats(dep.metrics_calls),
         "worker_backlog_samples": [[t, p_ - c] for t, p_, c in sampler.samples],  # [s since start, records]
@@ -954,15 +1082,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace", type=float, default=2.0, help="NOTIFGUARD_GRACE_S of the latency worker")
     p.add_argument("--idle-flush", type=float, default=1.0, help="NOTIFGUARD_IDLE_FLUSH_S of the latency worker")
     p.add_argument("--skip-latency", action="store_true")
-    p.add_argument("--live-rate", type=float, default=None,
-                   help="records/s of the live stream (default: half the worker's sustained backlog rate)")
-    p.add_argument("--live-producer", choices=("kcat", "aiokafka"),
-                   default="kcat" if shutil.which("kcat") else "aiokafka",
-                   help="what produces the live stream: kcat (C, default when installed) or aiokafka (Python)")
-    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"), default="at_least_once",
-                   help="the workers' processing guarantee (NOTIFGUARD_WORKER_PROCESSING_GUARANTEE)")
-    p.add_argument("--flush-interval", type=float, default=None,
-                   help="the workers' flush_interval_s (NOTIFGUARD_WORKER_FLUSH_INTERVAL_S; default: the worker's own)")
+    p.add_argument(
+        "--live-rate",
+        type=float,
+        default=None,
+        help="records/s of the live stream (default: half the worker's sustained backlog rate)",
+    )
+    p.add_argument(
+        "--live-producer",
+        choices=("kcat", "aiokafka"),
+        default="kcat" if shutil.which("kcat") else "aiokafka",
+        help="what produces the live stream: kcat (C, default when installed) or aiokafka (Python)",
+    )
+    p.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once"),
+        default="at_least_once",
+        help="the workers' processing guarantee (NOTIFGUARD_WORKER_PROCESSING_GUARANTEE)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=None,
+        help="the workers' flush_interval_s (NOTIFGUARD_WORKER_FLUSH_INTERVAL_S; default: the worker's own)",
+    )
     p.add_argument("--keep-topics", action="store_true", help="do not delete the wbench-<tag>-* topics")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
@@ -980,18 +1123,28 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    result: dict[str, Any] = {"machine": machine_facts(), "bootstrap": args.bootstrap, "run_tag": tag,
-                              "partitions": args.partitions, "guarantee": args.guarantee,
-                              "flush_interval_s": args.flush_interval, "code": code_facts(),
-                              "load_average_1m_at_start": load_average()}
+    result: dict[str, Any] = {
+        "machine": machine_facts(),
+        "bootstrap": args.bootstrap,
+        "run_tag": tag,
+        "partitions": args.partitions,
+        "guarantee": args.guarantee,
+        "flush_interval_s": args.flush_interval,
+        "code": code_facts(),
+        "load_average_1m_at_start": load_average(),
+    }
     rc = 0
     try:
         log(f"run {tag}: generating the capture ({args.records} records, {args.numbers} numbers, seed {args.seed})")
         capture = make_capture(args.records, args.numbers, args.seed, args.partitions)
         total = len(capture)
-        result["capture"] = {"records": total, "numbers": args.numbers, "seed": args.seed,
-                             "generator": f"bench.generate --records {args.records} --numbers {args.numbers} "
-                                          f"--seed {args.seed} --partitions {args.partitions}"}
+        result["capture"] = {
+            "records": total,
+            "numbers": args.numbers,
+            "seed": args.seed,
+            "generator": f"bench.generate --records {args.records} --numbers {args.numbers} "
+            f"--seed {args.seed} --partitions {args.partitions}",
+        }
 
         # 1. raw
         raw_dep = Deployment(args.bootstrap, tag, "raw", args.partitions, tmp)
@@ -1006,8 +1159,9 @@ def main(argv: list[str] | None = None) -> int:
         secs = produce_backlog(args.bootstrap, capture, wdep.rename)
         log(f"worker: produced {total} records in {secs:.1f} s; starting the worker")
         del capture
-        result["worker"] = bench_worker(wdep, total, timeout=max(180.0, total / 500),
-                                        rules={"idle_flush_s": "2", **worker_rules})
+        result["worker"] = bench_worker(
+            wdep, total, timeout=max(180.0, total / 500), rules={"idle_flush_s": "2", **worker_rules}
+        )
         wdep.stop_workers()
         result["worker_to_raw_ratio"] = round(result["worker"]["records_per_s"] / result["raw"]["records_per_s"], 4)
 
@@ -1017,11 +1171,21 @@ def main(argv: list[str] | None = None) -> int:
             deployments.append(ldep)
             tail_s = args.grace + args.idle_flush + 2.0
             result["latency"] = bench_latency(
-                args.bootstrap, ldep, args.live_rate or result["worker"]["records_per_s"] / 2,
+                args.bootstrap,
+                ldep,
+                args.live_rate or result["worker"]["records_per_s"] / 2,
                 warmup_s=args.warmup_seconds,
-                measure_s=args.live_seconds, tail_s=tail_s, grace_s=args.grace, idle_flush_s=args.idle_flush,
-                numbers=args.numbers, records_ref=total, seed=args.seed + 1000, settle_s=args.grace + 3.0,
-                producer=args.live_producer, extra_rules=worker_rules)
+                measure_s=args.live_seconds,
+                tail_s=tail_s,
+                grace_s=args.grace,
+                idle_flush_s=args.idle_flush,
+                numbers=args.numbers,
+                records_ref=total,
+                seed=args.seed + 1000,
+                settle_s=args.grace + 3.0,
+                producer=args.live_producer,
+                extra_rules=worker_rules,
+            )
             ldep.stop_workers()
     except (Exception, KeyboardInterrupt) as err:
         log(f"FAILED: {err!r}")

@@ -1,4 +1,4 @@
-"""Alert records of the contract, their stable dedup keys and readable one-line summaries."""
+"""Alert records of the contract and their stable dedup keys (their words: detectors.wording)."""
 
 from __future__ import annotations
 

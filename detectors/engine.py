@@ -1,14 +1,20 @@
-"""The detection engine: decoding, arrival (detectors.arrival), dedup of applied records, verdicts.
+"""The detection engine: the orchestration of one record's way through detectors.
 
 It is fed raw records (topic, partition, key, value) and an injected wall
 clock, and collects alerts, dead letters and verdicts for its caller to drain.
 The offline replay and the Kafka worker drive this same class.
+
+A record is decoded (detectors.records; a refused one becomes a dead letter,
+detectors.deadletters), goes through arrival (detectors.arrival: watermarks,
+grace, release order), and is applied once (the number's seen event ids) to its
+number's state (detectors.state; the holdings derived from its change log and
+the address index kept here, the sizes capped by detectors.expiry). The rules
+(detectors.rules) say what it means; the wording (detectors.wording) makes
+their alerts. The stored form of state is detectors.codec's.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
@@ -16,8 +22,9 @@ from typing import Any, Final, Protocol, runtime_checkable
 import msgspec
 
 from detectors import kinds
-from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.alerts import Alert
 from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
+from detectors.deadletters import DeadLetter, dead_letter
 from detectors.expiry import PARTS, Horizons, cap, expire
 from detectors.holdings import (
     ADDRESS,
@@ -26,15 +33,13 @@ from detectors.holdings import (
     PORTS,
     STARTED,
     STARTS,
-    TYPE_NAMES,
     UNCHANGED,
     Change,
     Holding,
     derive,
     fold,
 )
-from detectors.patterns import count_in_window, re_port
-from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
+from detectors.privacy import Pseudonymiser
 from detectors.records import (
     UNKNOWN_TOPIC,
     BadRecord,
@@ -45,60 +50,29 @@ from detectors.records import (
     decode,
     future_bound,
 )
+from detectors.rules import Rules
 from detectors.settings import Settings
-from detectors.state import AddressIndex, Link, Mark, NumberState, Sent
-from detectors.text import cap_name, cap_text, shown_id, shown_name, shown_smtp_status
+from detectors.state import AddressIndex, Link, Mark, NumberState
 from detectors.timefmt import rfc3339
-from detectors.verdicts import Verdict, judge
+from detectors.wording import Wording
+
+__all__ = [
+    "TOPIC_KINDS",
+    "DeadLetter",
+    "Engine",
+    "NumberStore",
+    "PartitionedStore",
+    "Remembered",
+    "Stats",
+    "VerdictRecord",
+    "dead_letter",
+]
 
 # The input topics by category (detectors.arrival: CHANGE, NOTIFICATION, DELIVERY).
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
-_DAY_US: Final = 86_400_000_000
-_NO_LINKS: Final[list[Link]] = []
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """One record on notifguard.deadletter: the input as received and why it was refused.
-
-    A key or value too large to quote whole (see `dead_letter`) is a prefix, and
-    `*_length` and `*_sha256` describe the whole; they are absent otherwise.
-    """
-
-    source_topic: str
-    partition: int | None
-    offset: int | None
-    timestamp_ms: int | None
-    key: str | None
-    key_encoding: str
-    value: str | None
-    value_encoding: str
-    reason: str
-    reason_code: str
-    detected_at: str
-    schema_version: int = 1
-    key_length: int | msgspec.UnsetType = msgspec.UNSET  # bytes of the whole key
-    key_sha256: str | msgspec.UnsetType = msgspec.UNSET  # hex, of the whole key's bytes
-    value_length: int | msgspec.UnsetType = msgspec.UNSET
-    value_sha256: str | msgspec.UnsetType = msgspec.UNSET
-
-
-# What a dead letter quotes of a record, in characters of its JSON form (escapes
-# counted): the contract's records are well under 1 KiB, so 32 KiB shows all of
-# any real one and what went wrong with a broken one, and with the key (1 KiB:
-# keys are MSISDNs), the reason and the topic a dead letter stays under the
-# 64 KiB every output record is held to (a 900 KB binary value made a 1.2 MB
-# dead letter, over the producer's 1 MB request size: the worker looped on it).
-DEADLETTER_VALUE_MAX: Final = 32 * 1024
-DEADLETTER_KEY_MAX: Final = 1024
-# A reason quotes decoder messages (and a bad event_time); a topic name is at most
-# 249 characters in Kafka, a capture's "path:line" about as long.
-DEADLETTER_REASON_MAX: Final = 1000
-DEADLETTER_TOPIC_MAX: Final = 512
-_JSON_CHAR_MAX: Final = 6  # the longest JSON form of one character: \u00XX
-_json_encode: Final = msgspec.json.Encoder().encode
 
 
 class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="remembered", tag_field="type"):
@@ -157,80 +131,47 @@ class Stats:
     capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
 
 
-def _encode_bytes(data: bytes | str | None) -> tuple[str | None, str]:
-    if data is None or isinstance(data, str):
-        return data, "utf-8"
-    try:
-        return data.decode(), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode(), "base64"
-
-
-def _json_length(text: str) -> int:
-    """Bytes of `text` as a JSON string, quotes excluded."""
-    return len(_json_encode(text)) - 2
-
-
-def _quoted(data: bytes | str | None, limit: int) -> tuple[str | None, str, int | None, str | None]:
-    """(text, encoding, length, sha256) of a key or value for a dead letter.
-
-    Whole when its JSON form fits `limit`; else its longest prefix that fits
-    (whole characters; for base64, whole groups of 3 bytes), with the length in
-    bytes and the SHA-256 (hex) of the whole. length and sha256 are None when whole.
-    """
-    text, encoding = _encode_bytes(data)
-    if text is None or len(text) * _JSON_CHAR_MAX <= limit or _json_length(text) <= limit:
-        return text, encoding, None, None
-    raw = data.encode() if isinstance(data, str) else data
-    assert raw is not None
-    if encoding == "base64":
-        return base64.b64encode(raw[: limit // 4 * 3]).decode(), encoding, len(raw), hashlib.sha256(raw).hexdigest()
-    fits, over = 0, min(len(text), limit + 1)  # text[:fits] fits, text[:over] does not
-    while over - fits > 1:
-        mid = (fits + over) // 2
-        if _json_length(text[:mid]) <= limit:
-            fits = mid
-        else:
-            over = mid
-    return text[:fits], encoding, len(raw), hashlib.sha256(raw).hexdigest()
-
-
-def dead_letter(
-    topic: str,
-    partition: int | None,
-    offset: int | None,
-    timestamp_ms: int | None,
-    key: bytes | str | None,
-    value: bytes | str | None,
-    reason: str,
-    reason_code: str,
-    detected_at: str,
-) -> DeadLetter:
-    """The dead letter of a record as received, within the limits above (DEADLETTER_*)."""
-    k, k_enc, k_len, k_sha = _quoted(key, DEADLETTER_KEY_MAX)
-    v, v_enc, v_len, v_sha = _quoted(value, DEADLETTER_VALUE_MAX)
-    unset = msgspec.UNSET
-    return DeadLetter(
-        cap_text(topic, DEADLETTER_TOPIC_MAX),
-        partition,
-        offset,
-        timestamp_ms,
-        k,
-        k_enc,
-        v,
-        v_enc,
-        cap_text(reason, DEADLETTER_REASON_MAX),
-        reason_code,
-        detected_at,
-        key_length=unset if k_len is None else k_len,
-        key_sha256=unset if k_sha is None else k_sha,
-        value_length=unset if v_len is None else v_len,
-        value_sha256=unset if v_sha is None else v_sha,
-    )
-
-
 class Engine:
     """Judge a stream of input records; collect outputs in `alerts`, `deadletters`, `verdicts`."""
+
+    # Every attribute in a slot: an instance dict shares its keys (and `self.x` stays a
+    # specialised lookup) only up to 30 attributes in CPython 3.11, and the engine has 30;
+    # past that each `self.x` on the hot path costs more (measured: +2k instructions a
+    # record of the offline replay, ~2 %). `__dict__` is kept for tests that patch methods
+    # on an instance; tests/detectors/test_engine.py holds the engine's own attributes in slots.
+    __slots__ = (
+        "__dict__",
+        "_addresses",
+        "_applied_dups",
+        "_dedup",
+        "_future_skew",
+        "_grace",
+        "_holdings",
+        "_late_dups",
+        "_new_id",
+        "_notified",
+        "_now",
+        "_partitioned",
+        "_pseudo",
+        "_refs",
+        "_stats",
+        "_topic_kind",
+        "alerts",
+        "applying",
+        "arrival",
+        "collect_metrics",
+        "deadletters",
+        "deliveries",
+        "done",
+        "failed",
+        "index",
+        "live",
+        "numbers",
+        "rules",
+        "settings",
+        "verdicts",
+        "wording",
+    )
 
     def __init__(
         self,
@@ -260,14 +201,13 @@ class Engine:
         us = settings.us
         self._grace = us(settings.grace_s)
         self._dedup = us(settings.dedup_retention_s)
-        self._re_port = us(settings.re_port_window_s)
-        self._port_window = us(settings.port_flapping_window_s)
-        self._bounce_window = us(settings.bounce_burst_window_s)
-        self._correlation = us(settings.delivery_correlation_s)
-        self._history = us(settings.history_retention_s)
         self.arrival = Arrival(
             self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
         )
+        # What each record means (detectors.rules) and how its alerts read (detectors.wording).
+        self.rules = Rules(settings)
+        self.wording = Wording(settings, self._pseudo, new_id)
+        self._notified = self.rules.notification  # (bound once: once per notification)
         self._future_skew = us(settings.max_future_skew_s)
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
@@ -463,9 +403,7 @@ class Engine:
         for t, category, _, _, _, ref, record, token, source in items:
             self._apply_one(category, t, record, ref, False, token, source.partition)
 
-    def _apply_one(
-        self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int
-    ) -> None:
+    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int) -> None:
         if token is None:
             self._apply(category, t, record, ref, late, partition)
             return
@@ -627,20 +565,13 @@ class Engine:
         after_holdings = entry.holdings
 
         if code in STARTS:
-            started = next((h for h in after_holdings if h.start_event_id == rec.event_id), None)
-            prev = re_port(after_holdings, started, self._re_port) if started is not None else None
-            if started is not None and prev is not None:
-                self._re_port_alert(t, rec, ref, started, prev, late)
+            re_port = self.rules.re_port(after_holdings, rec.event_id)
+            if re_port is not None:
+                self._emit(self.wording.re_port(t, self._now, rec, ref, *re_port, late))
         if code in PORTS:
-            fires, state.port_hot, window = count_in_window(
-                state.ports,
-                Mark(t, rec.event_id),
-                self._port_window,
-                self.settings.port_flapping_threshold,
-                state.port_hot,
-            )
-            if fires:
-                self._port_flapping_alert(t, rec, ref, window, late)
+            window = self.rules.port(state, t, rec.event_id)
+            if window is not None:
+                self._emit(self.wording.port_flapping(t, self._now, rec, ref, window, late))
         self._cap(ref, state, changes=True)
 
     def _cap(self, ref: str, state: NumberState, changes: bool = False) -> None:
@@ -654,9 +585,8 @@ class Engine:
     # ----------------------------------------------------------- notifications
 
     def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
-        channel = rec.channel
         addr: bytes | None = None
-        if channel == "email":
+        if rec.channel == "email":
             recipient = rec.recipient
             addr = self._addresses.get(recipient)
             if addr is None:
@@ -667,39 +597,12 @@ class Engine:
             holdings = cached.holdings
         else:
             holdings = self._derived(ref, state).holdings
-        # The common verdict, OK, decided here (judge's first rows, inlined);
-        # anything else goes through judge.
-        ok = False
-        h = holdings[-1] if holdings else None
-        if h is not None and h.end is None and h.start <= t:
-            # the last holding, open and started: the one active at t (the common case)
-            if addr is None:
-                ok = True
-            else:
-                addresses = h.addresses  # its latest address is current (the common case), else h.current_address
-                ok = (addresses[-1].addr if addresses and addresses[-1].t <= t else h.current_address(t)) == addr
-        else:
-            for h in reversed(holdings):  # the holding active at t
-                if h.start <= t and (h.end is None or h.end > t):
-                    ok = addr is None or h.current_address(t) == addr
-                    break
-        if ok:
-            kind = kinds.OK
-        else:
-            links = self.index.get(addr) if addr is not None else _NO_LINKS
-            verdict = judge(holdings, t, channel, addr, links, ref, self._history)
-            kind = verdict.kind
-            ok = kind == kinds.OK
+        verdict = self._notified(state, holdings, t, rec, addr, self.index, ref)
         if self.collect_metrics:
-            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, channel, kind, late, t))
-        if addr is not None:
-            sent = state.sent
-            if sent and sent[0].t < state.max_t - self._correlation:
-                horizon = state.max_t - self._correlation
-                sent[:] = [s for s in sent if s.t >= horizon]
-            sent.append(Sent(t, rec.message_id, rec.event_id, ok, rec.template))
-        if not ok:
-            self._recipient_alert(t, rec, ref, addr, verdict, late)
+            kind = kinds.OK if verdict is None else verdict.kind
+            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
+        if verdict is not None:
+            self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late))
         self._cap(ref, state)
 
     # --------------------------------------------------------------- deliveries
@@ -707,231 +610,18 @@ class Engine:
     def _delivery(self, t: int, rec: Delivery, ref: str, state: NumberState, late: bool) -> None:
         if rec.status != "bounced":
             return
-        fires, state.bounce_hot, window = count_in_window(
-            state.bounces,
-            Mark(t, rec.event_id),
-            self._bounce_window,
-            self.settings.bounce_burst_threshold,
-            state.bounce_hot,
-        )
-        if fires:
-            self._bounce_burst_alert(t, rec, ref, window, late)
-        if rec.bounce_type == "hard":
-            for sent in state.sent:
-                if sent.message_id == rec.message_id:
-                    # within the correlation span only, whether or not a sweep
-                    # has dropped the older mails yet (detectors.expiry)
-                    if sent.to_current and not sent.alerted and t - sent.t <= self._correlation:
-                        sent.alerted = True
-                        self._bouncing_alert(t, rec, ref, sent, late)
-                    break
+        burst, bounced = self.rules.bounce(state, t, rec)
+        if burst is not None:
+            self._emit(self.wording.bounce_burst(t, self._now, rec, ref, burst, late))
+        if bounced is not None:
+            self._emit(self.wording.bouncing(t, self._now, rec, ref, bounced, late))
         self._cap(ref, state)
 
-    # ------------------------------------------------------------------ alerts
+    # ---------------------------------------------------------------- outputs
 
-    def _emit(
-        self,
-        kind: str,
-        t: int,
-        rec: InputRecord,
-        ref: str,
-        event_ids: list[str | None],
-        summary: str,
-        evidence: dict[str, Any],
-        late: bool,
-        brand: str | None,
-        template: str | None = None,
-        sender: str | None = None,
-    ) -> None:
-        self._stats.alerts[kind] += 1
-        self.alerts.append(
-            Alert(
-                alert_id=self._new_id(),
-                dedup_key=dedup_key(kind, rec.event_id),
-                kind=kind,
-                severity=kinds.SEVERITY[kind],
-                event_time=rfc3339(t),
-                detected_at=rfc3339(self._now),
-                trigger_event_id=rec.event_id,
-                event_ids=unique([rec.event_id, *event_ids]),
-                subject=Subject(mask_msisdn(rec.msisdn), ref),
-                brand=brand,
-                template=template,
-                sender=sender,
-                summary=summary,
-                evidence=evidence,
-                late=late,
-                runbook_url=f"{self.settings.runbook_base_url}{kind}.md",
-            )
-        )
-
-    def _recipient_alert(
-        self, t: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool
-    ) -> None:
-        masked_number = mask_msisdn(rec.msisdn)
-        masked_to = _masked_recipient(rec.recipient, rec.channel)
-        brand, template = shown_name(rec.brand, "brand"), shown_name(rec.template, "template")
-        what = f"{brand} {template} {rec.channel} for {masked_number}"
-        active = v.active
-        evidence: dict[str, Any] = {
-            "channel": rec.channel,
-            "message_id": rec.message_id,
-            "recipient_masked": masked_to,
-            "recipient_ref": addr.hex() if addr is not None else self._pseudo.msisdn_ref(rec.recipient),
-            "notification_contract_id": rec.contract_id,
-            "notification_customer_id": rec.customer_id,
-            "active": active.describe() if active is not None else None,
-        }
-        ids: list[str | None] = []
-        if active is not None:
-            ids.append(active.start_event_id)
-        linked: dict[str, Any] | None = None
-        owner = ""
-        if v.holding is not None:
-            h = v.holding
-            linked = {"via": "this_number", "msisdn_ref": ref, **h.describe()}
-            ids += [h.start_event_id, v.since_event_id, h.end_event_id]
-            owner = _contract_words(h.customer_id, h.brand, h.contract_id) + (
-                f" (ended {rfc3339(h.end)[:10]})" if h.end is not None else ""
-            )
-        elif v.link is not None:
-            k = v.link
-            linked = {
-                "via": "other_number",
-                "msisdn_ref": k.msisdn_ref,
-                "contract_id": k.contract_id,
-                "customer_id": k.customer_id,
-                "brand": k.brand,
-                "start": rfc3339(k.start),
-                "start_event_id": k.start_event_id,
-                "end": None if k.end is None else rfc3339(k.end),
-                "end_event_id": k.end_event_id,
-            }
-            ids += [k.start_event_id, v.since_event_id, k.end_event_id]
-            owner = f"{_contract_words(k.customer_id, k.brand, k.contract_id)} on another number"
-        if linked is not None and v.since is not None:
-            linked["linked_since"] = rfc3339(v.since)
-            linked["linked_since_event_id"] = v.since_event_id
-        evidence["linked"] = linked
-        holder = (
-            _contract_words(active.customer_id, active.brand, active.contract_id) if active is not None else ""
-        )
-        if v.kind == kinds.NOTIFICATION_WITHOUT_CONTRACT:
-            if v.holding is not None:
-                h = v.holding
-                end_type = TYPE_NAMES[h.end_type] if h.end_type is not None else "?"
-                end_date = rfc3339(h.end)[:10] if h.end is not None else "?"
-                summary = (
-                    f"{what} sent while the number has no active contract: "
-                    f"last contract {shown_id(h.contract_id)} ({shown_name(h.brand, 'brand')}) "
-                    f"ended {end_date} by {end_type}"
-                )
-            else:
-                summary = f"{what} sent to a number notifguard knows no contract of"
-            evidence["linked"] = None
-            evidence["previous_contract"] = v.holding.describe() if v.holding is not None else None
-        elif v.kind == kinds.RECIPIENT_PREVIOUS_HOLDER:
-            summary = (
-                f"{what} went to {masked_to}, an address of the number's previous holder: {owner}; "
-                f"the number is now {holder}"
-            )
-        elif v.kind == kinds.RECIPIENT_OTHER_CUSTOMER:
-            summary = f"{what} went to {masked_to}, an address of another customer: {owner}; the number is {holder}"
-        elif v.kind == kinds.RECIPIENT_STALE_CONTRACT:
-            summary = (
-                f"{what} went to {masked_to}, an old address of the holder from {owner}, "
-                f"not the current address of {holder}"
-            )
-        else:
-            summary = f"{what} went to {masked_to}, an address linked to no customer; the number is {holder}"
-        self._emit(
-            v.kind, t, rec, ref, ids, summary, evidence, late, rec.brand, rec.template, rec.sender
-        )
-
-    def _re_port_alert(
-        self, t: int, rec: ContractChange, ref: str, started: Holding, prev: Holding, late: bool
-    ) -> None:
-        days = (t - (prev.end or t)) // _DAY_US
-        end_type = TYPE_NAMES[prev.end_type] if prev.end_type is not None else "?"
-        summary = (
-            f"{mask_msisdn(rec.msisdn)} {TYPE_NAMES[started.start_type]} at {shown_name(started.brand, 'brand')} "
-            f"for customer {shown_id(started.customer_id)} {days} days after "
-            f"{_contract_words(prev.customer_id, prev.brand, prev.contract_id)} ended by {end_type}: "
-            "contact data of the previous holder may linger"
-        )
-        evidence = {"started": started.describe(), "previous": prev.describe(), "gap_days": days}
-        self._emit(
-            kinds.RE_PORT, t, rec, ref, [prev.end_event_id], summary, evidence, late, started.brand
-        )
-
-    def _port_flapping_alert(
-        self, t: int, rec: ContractChange, ref: str, window: list[Mark], late: bool
-    ) -> None:
-        days = self.settings.port_flapping_window_s / 86_400
-        summary = f"{len(window)} port events within {days:g} days on {mask_msisdn(rec.msisdn)}"
-        evidence = {"count": len(window), "window_days": days, "events": [rfc3339(m.t) for m in window]}
-        self._emit(
-            kinds.PORT_FLAPPING,
-            t,
-            rec,
-            ref,
-            [m.event_id for m in window],
-            summary,
-            evidence,
-            late,
-            getattr(rec, "brand", None),
-        )
-
-    def _bounce_burst_alert(
-        self, t: int, rec: Delivery, ref: str, window: list[Mark], late: bool
-    ) -> None:
-        hours = self.settings.bounce_burst_window_s / 3600
-        who = f"{mask_msisdn(rec.msisdn)} ({shown_name(rec.brand, 'brand')}, {shown_name(rec.sender, 'sender')})"
-        summary = f"{len(window)} bounces within {hours:g} h for {who}"
-        evidence = {"count": len(window), "window_hours": hours, "events": [rfc3339(m.t) for m in window]}
-        self._emit(
-            kinds.BOUNCE_BURST,
-            t,
-            rec,
-            ref,
-            [m.event_id for m in window],
-            summary,
-            evidence,
-            late,
-            rec.brand,
-            None,
-            rec.sender,
-        )
-
-    def _bouncing_alert(self, t: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> None:
-        masked_to = _masked_recipient(rec.recipient, "email")
-        summary = (
-            f"{shown_name(rec.brand, 'brand')} {shown_name(sent.template, 'template')} mail to the current address "
-            f"{masked_to} of {mask_msisdn(rec.msisdn)} hard-bounced ({shown_smtp_status(rec.smtp_status)}): "
-            "the customer misses reminders and confirmations"
-        )
-        evidence = {
-            "message_id": rec.message_id,
-            "recipient_masked": masked_to,
-            "recipient_ref": self._pseudo.address_ref(rec.recipient).hex(),
-            "smtp_status": rec.smtp_status,
-            "notification_event_id": sent.event_id,
-            "notification_time": rfc3339(sent.t),
-            "bounce_event_id": rec.event_id,
-        }
-        self._emit(
-            kinds.CURRENT_ADDRESS_BOUNCING,
-            t,
-            rec,
-            ref,
-            [sent.event_id],
-            summary,
-            evidence,
-            late,
-            rec.brand,
-            sent.template,
-            rec.sender,
-        )
+    def _emit(self, alert: Alert) -> None:
+        self._stats.alerts[alert.kind] += 1
+        self.alerts.append(alert)
 
     # ------------------------------------------------------------ dead letters
 
@@ -949,16 +639,6 @@ class Engine:
         self.deadletters.append(
             dead_letter(topic, partition, offset, timestamp_ms, key, value, bad.reason, bad.code, rfc3339(self._now))
         )
-
-
-def _masked_recipient(recipient: str, channel: str) -> str:
-    """The masked form of a recipient (its domain, for e-mail, is kept: capped like a name)."""
-    return cap_name(mask_address(recipient) if channel == "email" else mask_msisdn(recipient))
-
-
-def _contract_words(customer_id: str, brand: str | None, contract_id: str) -> str:
-    """`customer C-1's o2 contract K-1`, for a summary (what is no id or name is not shown)."""
-    return f"customer {shown_id(customer_id)}'s {shown_name(brand, 'brand')} contract {shown_id(contract_id)}"
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

@@ -7,7 +7,7 @@ history. A sweep, driven by the watermark, drops:
 
 - seen event ids older than `dedup_retention_s`;
 - sent mails older than `delivery_correlation_s` (a bounce matches a mail only
-  within that span, see Engine._delivery, so the sweep changes no verdict);
+  within that span, see Rules.bounce in detectors.rules, so the sweep changes no verdict);
 - bounce and port marks that no later window can hold;
 - the oldest holdings of the change log, once they and everything before them
   ended longer than `history_retention_s` ago (data minimisation).
@@ -133,8 +133,8 @@ SENT_BYTES: Final = 16 * 1024
 MARKS_BYTES: Final = 6 * 1024  # bounces, and ports, each
 CHANGES_BYTES: Final = 18 * 1024
 # Encoded bytes of an entry, less its strings' UTF-8 (at most): msgpack array and
-# integer headers (Mark, Sent, detectors.state's _HOT_ENCODER), and the change
-# log's header, time, string headers and address hash (detectors.state, v3).
+# integer headers (Mark, Sent, as detectors.codec's msgpack writes them), and the change
+# log's header, time, string headers and address hash (detectors.codec, v3).
 _MARK_FIXED: Final = 13
 _SENT_FIXED: Final = 21
 _CHANGE_FIXED: Final = 48

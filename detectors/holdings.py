@@ -197,8 +197,16 @@ def derive_next(holdings: list[Holding], ch: Change) -> list[Holding]:
 
 def _copy(h: Holding) -> Holding:
     return Holding(
-        h.contract_id, h.customer_id, h.brand, h.start, h.start_type, h.start_event_id,
-        h.end, h.end_type, h.end_event_id, list(h.addresses),
+        h.contract_id,
+        h.customer_id,
+        h.brand,
+        h.start,
+        h.start_type,
+        h.start_event_id,
+        h.end,
+        h.end_type,
+        h.end_event_id,
+        list(h.addresses),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Final
 
 import idna
@@ -114,6 +115,9 @@ class Pseudonymiser:
         return ref
 
 
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
+
+
 def mask_msisdn(msisdn: str) -> str:
     """`+4917612345678` -> `+49176******78`, `+491761234` -> `+4******34`, `+12345678` -> `+******78`.
 
@@ -129,9 +133,16 @@ def mask_msisdn(msisdn: str) -> str:
 
 
 def mask_address(address: str) -> str:
-    """`Jane.Doe@GMX.de` -> `j***@gmx.de`: first character of the local part and the domain."""
+    """`Jane.Doe@GMX.de` -> `j***@gmx.de`: first character of the local part and the domain.
+
+    The domain is shown only when it is a host name (letters, digits, hyphens and
+    dots; IDNA-encoded, see normalise_address): whatever else a recipient field
+    carries after its `@` (a name, a phone number) is free text, and masked whole.
+    """
     norm = normalise_address(address)
     local, at, domain = norm.rpartition("@")
     if not at:
         return (norm[:1] + "***") if norm else "***"
+    if not _HOST.fullmatch(domain):
+        return (local[:1] or "") + "***@***"
     return (local[:1] or "") + "***@" + domain

@@ -114,12 +114,16 @@ class PortedOut(_Change, frozen=True, tag="ported_out"):
     operator: NonEmpty
 
 
-ContractChange = (
-    ContractStarted | ContractEnded | EmailChanged | EmailVerified | HolderChanged | PortedIn | PortedOut
-)
+ContractChange = ContractStarted | ContractEnded | EmailChanged | EmailVerified | HolderChanged | PortedIn | PortedOut
 InputRecord = Outbound | Delivery | ContractChange
 CHANGE_CLASSES: Final = (
-    ContractStarted, ContractEnded, EmailChanged, EmailVerified, HolderChanged, PortedIn, PortedOut
+    ContractStarted,
+    ContractEnded,
+    EmailChanged,
+    EmailVerified,
+    HolderChanged,
+    PortedIn,
+    PortedOut,
 )
 
 
@@ -128,6 +132,7 @@ def change_type(record: _Change) -> str:
     tag = type(record).__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
 
 # Reason codes: a bounded vocabulary, safe as a metrics label.
 INVALID_JSON: Final = "invalid_json"

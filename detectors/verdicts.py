@@ -61,9 +61,7 @@ def judge(
             continue
         hit = h.linked_since(addr, t)
         if hit is not None:
-            return Verdict(
-                kinds.RECIPIENT_PREVIOUS_HOLDER, active, h, None, hit.event_id, hit.t
-            )
+            return Verdict(kinds.RECIPIENT_PREVIOUS_HOLDER, active, h, None, hit.event_id, hit.t)
 
     # Other numbers: another customer first, then the active holder's own.
     own_link: Link | None = None
@@ -77,9 +75,7 @@ def judge(
         elif own_link is None or link.since > own_link.since:
             own_link = link
     if other is not None:
-        return Verdict(
-            kinds.RECIPIENT_OTHER_CUSTOMER, active, None, other, other.since_event_id, other.since
-        )
+        return Verdict(kinds.RECIPIENT_OTHER_CUSTOMER, active, None, other, other.since_event_id, other.since)
 
     for h in reversed(holdings):
         if h.start > t or h.customer_id != customer or _forgotten(h.end, oldest):

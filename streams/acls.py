@@ -41,9 +41,13 @@ def forwarder_acls(topics: Topics, group: str = "notifguard-forwarder") -> list[
 
 def incidents_acls(topics: Topics, app_id: str = "notifguard-incidents") -> list[Acl]:
     """`incidents run`: read the alerts in its group, write the incidents, keep its members topic."""
-    return [Acl("TOPIC", topics.alerts, "READ"), Acl("GROUP", app_id, "READ"),
-            Acl("TOPIC", topics.incidents, "READ"), Acl("TOPIC", topics.incidents, "WRITE"),
-            *(Acl("TOPIC", f"{app_id}-", op, prefixed=True) for op in ("CREATE", "READ", "WRITE"))]
+    return [
+        Acl("TOPIC", topics.alerts, "READ"),
+        Acl("GROUP", app_id, "READ"),
+        Acl("TOPIC", topics.incidents, "READ"),
+        Acl("TOPIC", topics.incidents, "WRITE"),
+        *(Acl("TOPIC", f"{app_id}-", op, prefixed=True) for op in ("CREATE", "READ", "WRITE")),
+    ]
 
 
 def capture_acls(names: Iterable[str]) -> list[Acl]:
@@ -76,14 +80,23 @@ def grant(bootstrap: str, admin: KafkaSecurity, principal: str, acls: Sequence[A
 
     client = admin_client(bootstrap, admin)
     try:
-        result = client.create_acls([
-            ACL(principal, "*", ACLOperation[a.operation], ACLPermissionType.ALLOW,
-                ResourcePattern(ResourceType[a.resource], a.name,
-                                ACLResourcePatternType.PREFIXED if a.prefixed else ACLResourcePatternType.LITERAL))
-            for a in acls
-        ])
+        result = client.create_acls(
+            [
+                ACL(
+                    principal,
+                    "*",
+                    ACLOperation[a.operation],
+                    ACLPermissionType.ALLOW,
+                    ResourcePattern(
+                        ResourceType[a.resource],
+                        a.name,
+                        ACLResourcePatternType.PREFIXED if a.prefixed else ACLResourcePatternType.LITERAL,
+                    ),
+                )
+                for a in acls
+            ]
+        )
     finally:
         client.close()
     if result["failed"]:
         raise RuntimeError(f"creating ACLs for {principal} failed: {result['failed']}")
-

@@ -20,8 +20,10 @@ def _replay(args: argparse.Namespace) -> int:
     warn_if_dev_key(settings)
     if not args.offline:
         if args.incidents_out:
-            print("notifguard replay: --incidents-out needs --offline (live, `notifguard incidents run` "
-                  "publishes them)", file=sys.stderr)
+            print(
+                "notifguard replay: --incidents-out needs --offline (live, `notifguard incidents run` publishes them)",
+                file=sys.stderr,
+            )
             return 2
         if not args.bootstrap:
             print("notifguard replay: give --offline, or --bootstrap to produce to Kafka", file=sys.stderr)
@@ -31,9 +33,7 @@ def _replay(args: argparse.Namespace) -> int:
         return int(replay_to_kafka_command(args, settings))
     with ExitStack() as stack:
         alerts_out = stack.enter_context(open(args.alerts_out, "wb")) if args.alerts_out else None
-        dead_out = (
-            stack.enter_context(open(args.deadletter_out, "wb")) if args.deadletter_out else None
-        )
+        dead_out = stack.enter_context(open(args.deadletter_out, "wb")) if args.deadletter_out else None
         incidents_out = stack.enter_context(open(args.incidents_out, "wb")) if args.incidents_out else None
         incidents = None
         if incidents_out is not None:
@@ -74,9 +74,16 @@ def _worker(args: argparse.Namespace) -> int:
     from streams.config import load_worker_config
 
     config = load_worker_config(args.config)
-    overrides = {k: v for k, v in {
-        "bootstrap": args.bootstrap, "store": args.store, "datadir": args.datadir, "web_port": args.web_port,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "bootstrap": args.bootstrap,
+            "store": args.store,
+            "datadir": args.datadir,
+            "web_port": args.web_port,
+        }.items()
+        if v is not None
+    }
     config = dataclasses.replace(config, **overrides)
     problem = key_problem(config.rules)
     if problem is not None:
@@ -104,8 +111,13 @@ def _worker(args: argparse.Namespace) -> int:
         from kafka.errors import KafkaError
 
         try:
-            ensure_topics(config.bootstrap, config.rules, partitions=config.partitions, app_id=config.app_id,
-                          security=config.kafka)
+            ensure_topics(
+                config.bootstrap,
+                config.rules,
+                partitions=config.partitions,
+                app_id=config.app_id,
+                security=config.kafka,
+            )
         except KafkaError:
             check_topics(config.bootstrap, config.kafka, needs)  # a missing ACL: named
             raise
@@ -119,8 +131,9 @@ def _worker(args: argparse.Namespace) -> int:
 
         app.notifguard.pipeline.echo = lambda a: print(alert_line(a), flush=True)
     # stops within config.shutdown_timeout_s of SIGTERM or a crash, or exits 70 (streams.liveness)
-    worker = Worker(app, shutdown_timeout_s=config.shutdown_timeout_s, loglevel=args.log_level, quiet=True,
-                    override_logging=False)
+    worker = Worker(
+        app, shutdown_timeout_s=config.shutdown_timeout_s, loglevel=args.log_level, quiet=True, override_logging=False
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -163,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", action="store_true", help="run the engine in-process, no Kafka")
     r.add_argument("--alerts-out", metavar="FILE", help="write alerts as JSON Lines")
     r.add_argument("--deadletter-out", metavar="FILE", help="write dead letters as JSON Lines")
-    r.add_argument("--incidents-out", metavar="FILE",
-                   help="with --offline: write incident records as JSON Lines (docs/incidents.md)")
+    r.add_argument(
+        "--incidents-out",
+        metavar="FILE",
+        help="with --offline: write incident records as JSON Lines (docs/incidents.md)",
+    )
     r.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     r.add_argument("--print-alerts", action="store_true", help="print one line per alert")
     r.add_argument(
@@ -175,14 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 2 for 4 MiB of input or more on a machine with two cores)",
     )
     r.add_argument("--bootstrap", metavar="HOST:PORT", help="produce the captures to this Kafka cluster")
-    r.add_argument("--speed", type=float, default=0.0,
-                   help="with --bootstrap: 1 = original pacing, 0 = as fast as possible (default)")
-    r.add_argument("--rebase-time", metavar="now|RFC3339",
-                   help="with --bootstrap: shift event times so the first record is at this time")
-    r.add_argument("--rename", metavar="OLD=NEW", action="append", default=[],
-                   help="with --bootstrap: produce records of topic OLD to NEW (repeatable)")
-    r.add_argument("--keep-partitions", action="store_true",
-                   help="with --bootstrap: produce to the capture's partition numbers, not by key")
+    r.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="with --bootstrap: 1 = original pacing, 0 = as fast as possible (default)",
+    )
+    r.add_argument(
+        "--rebase-time",
+        metavar="now|RFC3339",
+        help="with --bootstrap: shift event times so the first record is at this time",
+    )
+    r.add_argument(
+        "--rename",
+        metavar="OLD=NEW",
+        action="append",
+        default=[],
+        help="with --bootstrap: produce records of topic OLD to NEW (repeatable)",
+    )
+    r.add_argument(
+        "--keep-partitions",
+        action="store_true",
+        help="with --bootstrap: produce to the capture's partition numbers, not by key",
+    )
     r.set_defaults(func=_replay)
 
     c = sub.add_parser("capture", help="capture Kafka topics to a kcat -J capture file")
@@ -191,37 +222,66 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="FILE")
     c.add_argument("--config", metavar="FILE", help="settings file (TOML), for the [kafka] connection")
     c.add_argument("--from-beginning", action="store_true", default=True)
-    c.add_argument("--idle-timeout", type=float, default=5.0,
-                   help="stop after this many seconds without a new record (default 5)")
+    c.add_argument(
+        "--idle-timeout", type=float, default=5.0, help="stop after this many seconds without a new record (default 5)"
+    )
     c.add_argument("--max-records", type=int, default=0)
     c.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).capture_command(a))
 
     k = sub.add_parser(
-        "check", help="replay a scenario or captures into a running system and await exactly their alerts",
+        "check",
+        help="replay a scenario or captures into a running system and await exactly their alerts",
         usage="notifguard check (SCENARIO | CAPTURE [CAPTURE ...]) --bootstrap HOST:PORT [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, description=_CHECK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_CHECK_HELP,
     )
-    k.add_argument("targets", nargs="+", metavar="SCENARIO|CAPTURE",
-                   help="a scenario (name in scenarios/ or a .toml file), or existing capture files (kcat -J)")
+    k.add_argument(
+        "targets",
+        nargs="+",
+        metavar="SCENARIO|CAPTURE",
+        help="a scenario (name in scenarios/ or a .toml file), or existing capture files (kcat -J)",
+    )
     k.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
-    k.add_argument("--config", metavar="FILE",
-                   help="settings file (TOML): the worker's, for topic names and (CAPTURE) the rules")
-    k.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds to wait for the expected alerts (default 60; CAPTURE: once it is produced)")
-    k.add_argument("--settle", type=float, metavar="SECONDS",
-                   help="quiet seconds after the last expected alert before passing (default max(grace, "
-                        "idle_flush) + 5, or NOTIFGUARD_CHECK_SETTLE_S)")
-    k.add_argument("--no-isolate", dest="isolate", action="store_false",
-                   help="SCENARIO: replay ids, numbers and addresses as written (default: rewrite them per run)")
-    k.add_argument("--speed", type=float, default=0.0,
-                   help="CAPTURE: 1 = original pacing, 0 = as fast as possible (default)")
-    k.add_argument("--rebase-time", metavar="now|RFC3339",
-                   help="CAPTURE: shift event times as replay --bootstrap does (last record at the time; "
-                        "with --speed, the first)")
-    k.add_argument("--rename", metavar="OLD=NEW", action="append", default=[],
-                   help="CAPTURE: produce records of topic OLD to NEW (repeatable)")
-    k.add_argument("--keep-partitions", action="store_true",
-                   help="CAPTURE: produce to the capture's partition numbers, not by key")
+    k.add_argument(
+        "--config", metavar="FILE", help="settings file (TOML): the worker's, for topic names and (CAPTURE) the rules"
+    )
+    k.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the expected alerts (default 60; CAPTURE: once it is produced)",
+    )
+    k.add_argument(
+        "--settle",
+        type=float,
+        metavar="SECONDS",
+        help="quiet seconds after the last expected alert before passing (default max(grace, "
+        "idle_flush) + 5, or NOTIFGUARD_CHECK_SETTLE_S)",
+    )
+    k.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="SCENARIO: replay ids, numbers and addresses as written (default: rewrite them per run)",
+    )
+    k.add_argument(
+        "--speed", type=float, default=0.0, help="CAPTURE: 1 = original pacing, 0 = as fast as possible (default)"
+    )
+    k.add_argument(
+        "--rebase-time",
+        metavar="now|RFC3339",
+        help="CAPTURE: shift event times as replay --bootstrap does (last record at the time; with --speed, the first)",
+    )
+    k.add_argument(
+        "--rename",
+        metavar="OLD=NEW",
+        action="append",
+        default=[],
+        help="CAPTURE: produce records of topic OLD to NEW (repeatable)",
+    )
+    k.add_argument(
+        "--keep-partitions", action="store_true", help="CAPTURE: produce to the capture's partition numbers, not by key"
+    )
     k.set_defaults(func=lambda a: __import__("streams.staging", fromlist=["x"]).check_command(a))
 
     f = sub.add_parser("forward-alerts", help="post notifguard.alerts records to Alertmanager (v2 API)")
@@ -229,16 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--alertmanager", default="http://127.0.0.1:9093", metavar="URL")
     f.add_argument("--config", metavar="FILE", help="settings file (TOML), for topic names")
     f.add_argument("--group", default="notifguard-forwarder", help="consumer group (default notifguard-forwarder)")
-    f.add_argument("--resend-interval", type=float, default=60.0,
-                   help="re-post active alerts every this many seconds (default 60)")
-    f.add_argument("--resolve-after", type=float, default=3600.0,
-                   help="let an alert resolve this many seconds after it was first seen (default 3600)")
+    f.add_argument(
+        "--resend-interval", type=float, default=60.0, help="re-post active alerts every this many seconds (default 60)"
+    )
+    f.add_argument(
+        "--resolve-after",
+        type=float,
+        default=3600.0,
+        help="let an alert resolve this many seconds after it was first seen (default 3600)",
+    )
     f.add_argument("--alertmanager-ca", metavar="FILE", help="CA bundle of an https:// Alertmanager")
     f.add_argument("--alertmanager-cert", metavar="FILE", help="client certificate for Alertmanager (mutual TLS)")
     f.add_argument("--alertmanager-key", metavar="FILE", help="its key")
     f.add_argument("--alertmanager-bearer-file", metavar="FILE", help="send this file's token as a bearer token")
-    f.add_argument("--alertmanager-basic-auth-file", metavar="FILE",
-                   help="send this file's user:password as HTTP basic auth")
+    f.add_argument(
+        "--alertmanager-basic-auth-file", metavar="FILE", help="send this file's user:password as HTTP basic auth"
+    )
     f.set_defaults(func=lambda a: __import__("streams.forward", fromlist=["x"]).forward_command(a))
 
     w = sub.add_parser("worker", help="run the streaming detector (Faust) against Kafka")
@@ -248,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--datadir", help="where RocksDB keeps the tables")
     w.add_argument("--web-port", type=int, help="port of /health and /metrics (default 6066)")
     w.add_argument("--print-alerts", action="store_true", help="print one readable line per alert")
-    w.add_argument("--no-create-topics", dest="create_topics", action="store_false",
-                   help="do not create missing topics at start")
+    w.add_argument(
+        "--no-create-topics", dest="create_topics", action="store_false", help="do not create missing topics at start"
+    )
     w.set_defaults(func=_worker)
 
     from streams.incidents import add_parser as add_incidents_parser

@@ -12,7 +12,7 @@ from typing import Any
 
 from detectors.incidents import IncidentSettings
 from detectors.settings import DEV_PSEUDONYMISATION_KEY, Secret, Settings, Topics
-from streams.kafka_security import KafkaSecurity, security_from
+from streams.kafka_security import KafkaSecurity, parse_boolean, security_from
 
 log = logging.getLogger("notifguard.config")
 
@@ -242,8 +242,10 @@ class WorkerConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:
-            raise ValueError(f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
-                             f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}")
+            raise ValueError(
+                f"fetch_min_bytes must be >= 1 and fetch_max_wait_ms >= 0, not "
+                f"{self.fetch_min_bytes} and {self.fetch_max_wait_ms}"
+            )
         if self.session_timeout_s < 6:
             raise ValueError(f"session_timeout_s must be >= 6 (the broker's minimum), not {self.session_timeout_s}")
         if self.crash_quarantine_after < 0:
@@ -253,8 +255,9 @@ class WorkerConfig:
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
         if self.processing_guarantee not in GUARANTEES:
-            raise ValueError(f"processing_guarantee must be at_least_once or exactly_once, "
-                             f"not {self.processing_guarantee!r}")
+            raise ValueError(
+                f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
+            )
 
 
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -279,23 +282,11 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
         if raw is None:
             continue
         default = getattr(defaults, name)
-        kwargs[name] = _boolean(name, raw) if isinstance(default, bool) else type(default)(raw)
+        kwargs[name] = parse_boolean(name, raw) if isinstance(default, bool) else type(default)(raw)
     unknown = set(section) - names
     if unknown:
         raise ValueError(f"unknown worker settings: {', '.join(sorted(unknown))}")
     return WorkerConfig(rules=rules, **kwargs)
-
-
-def _boolean(name: str, raw: Any) -> bool:
-    """A TOML boolean, or an environment variable's true/false, 1/0, yes/no, on/off."""
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, not {raw!r}")
 
 
 def worker_env(topics: Topics, app_id: str, bootstrap: str, web_port: int, partitions: int) -> dict[str, str]:

@@ -59,23 +59,37 @@ class FaustMetrics:
         self.sweeper = _Sweeper()
         r.register(self.sweeper)
         self.commits = Counter("notifguard_offset_commits", "Offset commit rounds of the consumer", registry=r)
-        self.commit_seconds = Histogram("notifguard_offset_commit_seconds",
-                                        "Duration of an offset commit round (producer flush included)",
-                                        buckets=_COMMIT_BUCKETS, registry=r)
-        self.produced = Counter("notifguard_records_produced", "Records acknowledged by the broker", ["topic"],
-                                registry=r)
-        self.produce_errors = Counter("notifguard_produce_errors", "Records the producer failed to deliver",
-                                      ["topic"], registry=r)
-        self.produce_seconds = Histogram("notifguard_produce_seconds",
-                                         f"Handing a record to the producer to the broker's ack (1 in "
-                                         f"{LATENCY_SAMPLE} records)",
-                                         buckets=_PRODUCE_BUCKETS, registry=r)
-        self.rebalance_seconds = Histogram("notifguard_rebalance_seconds",
-                                           "Rebalance start to the consumer rejoined / to recovered",
-                                           ["phase"], buckets=_REBALANCE_BUCKETS, registry=r)
-        self.assignments = Counter("notifguard_partition_assignments",
-                                   "Partition assignments computed by this worker as group leader", ["result"],
-                                   registry=r)
+        self.commit_seconds = Histogram(
+            "notifguard_offset_commit_seconds",
+            "Duration of an offset commit round (producer flush included)",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.produced = Counter(
+            "notifguard_records_produced", "Records acknowledged by the broker", ["topic"], registry=r
+        )
+        self.produce_errors = Counter(
+            "notifguard_produce_errors", "Records the producer failed to deliver", ["topic"], registry=r
+        )
+        self.produce_seconds = Histogram(
+            "notifguard_produce_seconds",
+            f"Handing a record to the producer to the broker's ack (1 in {LATENCY_SAMPLE} records)",
+            buckets=_PRODUCE_BUCKETS,
+            registry=r,
+        )
+        self.rebalance_seconds = Histogram(
+            "notifguard_rebalance_seconds",
+            "Rebalance start to the consumer rejoined / to recovered",
+            ["phase"],
+            buckets=_REBALANCE_BUCKETS,
+            registry=r,
+        )
+        self.assignments = Counter(
+            "notifguard_partition_assignments",
+            "Partition assignments computed by this worker as group leader",
+            ["result"],
+            registry=r,
+        )
         for topic in output_topics:
             self.produced.labels(topic)
             self.produce_errors.labels(topic)
@@ -92,8 +106,11 @@ class _RecoveryCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("notifguard_table_recovery_remaining_records",
-                                   "Changelog records table recovery has still to read", labels=["role"])
+        family = GaugeMetricFamily(
+            "notifguard_table_recovery_remaining_records",
+            "Changelog records table recovery has still to read",
+            labels=["role"],
+        )
         remaining = {role: 0 for role in RECOVERY_ROLES}
         recovery = seams.table_recovery(self.app)
         if recovery is not None:
@@ -205,18 +222,29 @@ class _InstrumentedProducer(_aiokafka_driver.Producer):
 
     _sensor: NotifguardSensor | None = None
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-                   timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
         sensor = self._sensor
         if sensor is None:
             found = [s for s in self.app.sensors if isinstance(s, NotifguardSensor)]
             sensor = self._sensor = found[0] if found else None
             if sensor is None:  # pragma: no cover - install() adds both
-                return await super().send(topic, key, value, partition, timestamp, headers,
-                                          transactional_id=transactional_id)
+                return await super().send(
+                    topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+                )
         try:
-            fut = await super().send(topic, key, value, partition, timestamp, headers,
-                                     transactional_id=transactional_id)
+            fut = await super().send(
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+            )
         except BaseException:
             sensor.produce_failed(topic)
             raise

@@ -93,14 +93,19 @@ class _Active:
 class Forwarder:
     """The active-alert map and the HTTP POST; no Kafka, so it is testable on its own."""
 
-    def __init__(self, alertmanager: str, resend_interval: float = 60.0, resolve_after: float = 3600.0,
-                 timeout: float = 10.0, tls: ssl.SSLContext | None = None,
-                 authorization: Secret | None = None) -> None:
+    def __init__(
+        self,
+        alertmanager: str,
+        resend_interval: float = 60.0,
+        resolve_after: float = 3600.0,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        authorization: Secret | None = None,
+    ) -> None:
         if resend_interval <= 0 or resolve_after <= 0:
             raise ValueError("resend_interval and resolve_after must be > 0")
         if authorization is not None and not alertmanager.startswith("https://"):
-            raise ValueError("Alertmanager credentials go over https:// only, not in clear text to "
-                             f"{alertmanager}")
+            raise ValueError(f"Alertmanager credentials go over https:// only, not in clear text to {alertmanager}")
         self.url = alertmanager.rstrip("/") + "/api/v2/alerts"
         self.tls = tls
         self.authorization = authorization
@@ -137,8 +142,12 @@ class Forwarder:
         """POST the batch; raises OSError (URLError/HTTPError) on failure."""
         if not batch:
             return
-        req = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **self._auth()})
+        req = urllib.request.Request(
+            self.url,
+            data=json.dumps(batch).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **self._auth()},
+        )
         with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
             resp.read()
 
@@ -146,8 +155,7 @@ class Forwarder:
         return {} if self.authorization is None else {"Authorization": self.authorization.reveal()}
 
     def ready(self) -> bool:
-        req = urllib.request.Request(self.url.removesuffix("/api/v2/alerts") + "/api/v2/status",
-                                     headers=self._auth())
+        req = urllib.request.Request(self.url.removesuffix("/api/v2/alerts") + "/api/v2/status", headers=self._auth())
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
                 return bool(resp.status == 200)
@@ -198,8 +206,7 @@ def _decode(value: bytes | None) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event,
-        poll_ms: int = 1000) -> None:
+def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event, poll_ms: int = 1000) -> None:
     """Consume, POST, commit, re-send; until ``stop`` is set."""
     from kafka.errors import CommitFailedError
 
@@ -218,14 +225,14 @@ def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event,
                             raise ValueError("not a JSON object")
                         pending.extend(forwarder.handle(alert, time.time()))
                     except ValueError as err:
-                        log.warning("skipping record %s[%s]@%s: %s", record.topic, record.partition,
-                                    record.offset, err)
+                        log.warning("skipping record %s[%s]@%s: %s", record.topic, record.partition, record.offset, err)
         if pending:
             try:
                 forwarder.post(pending)
             except OSError as err:
-                log.warning("POST of %d alert(s) to %s failed: %s; retrying in %.0fs",
-                            len(pending), forwarder.url, err, backoff)
+                log.warning(
+                    "POST of %d alert(s) to %s failed: %s; retrying in %.0fs", len(pending), forwarder.url, err, backoff
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
@@ -259,15 +266,18 @@ def forward_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     security = load_kafka_security(args.config)
     forwarder = Forwarder(
-        args.alertmanager, args.resend_interval, args.resolve_after,
+        args.alertmanager,
+        args.resend_interval,
+        args.resolve_after,
         tls=alertmanager_tls(args.alertmanager_ca, args.alertmanager_cert, args.alertmanager_key),
         authorization=alertmanager_authorization(args.alertmanager_bearer_file, args.alertmanager_basic_auth_file),
     )
     if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard forward-alerts: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
-    check_topics(args.bootstrap, security, topic_needs(forwarder_acls(settings.topics, args.group)),
-                 groups=[args.group])
+    check_topics(
+        args.bootstrap, security, topic_needs(forwarder_acls(settings.topics, args.group)), groups=[args.group]
+    )
     if not forwarder.ready():
         print(f"notifguard forward-alerts: no Alertmanager answers at {args.alertmanager}", file=sys.stderr)
         return 2
@@ -280,8 +290,12 @@ def forward_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     consumer = KafkaConsumer(
-        settings.topics.alerts, bootstrap_servers=args.bootstrap, group_id=args.group,
-        enable_auto_commit=False, auto_offset_reset="earliest", client_id="notifguard-forwarder",
+        settings.topics.alerts,
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="notifguard-forwarder",
         isolation_level="read_committed",  # an exactly-once worker's aborted sends are not alerts
         **client_kwargs(security),
     )

@@ -263,7 +263,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     isettings = load_incident_settings(args.config)
-    security = load_kafka_security(args.config)
+    security = load_kafka_security(getattr(args, "config", None))
     if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard incidents: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
@@ -317,7 +317,7 @@ def read_records(args: argparse.Namespace, settings: Settings) -> list[TopicReco
         with open(args.file, "rb") as f:
             return [decode_record(line) for line in f if line.strip()]
     return [decode_record(r.value) for r in _consume_all(args.bootstrap, settings.topics.incidents,
-                                                         security=load_kafka_security(args.config))
+                                                         security=load_kafka_security(getattr(args, "config", None)))
             if r.value is not None]
 
 
@@ -368,7 +368,7 @@ def record_action(args: argparse.Namespace, action: Action) -> None:
     from streams.config import load_settings
 
     p = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", client_id="notifguard-incidents-tool",
-                      **client_kwargs(load_kafka_security(args.config)))
+                      **client_kwargs(load_kafka_security(getattr(args, "config", None))))
     try:
         p.send(load_settings(args.config).topics.incidents, key=f"action/{action.incident_id}/{action.action_id}"
                .encode(), value=encode_record(action)).get(timeout=30)
@@ -443,7 +443,7 @@ def resolve_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     view = find(_views(args), args.id)
     inc = view.incident
-    security = load_kafka_security(args.config)
+    security = load_kafka_security(getattr(args, "config", None))
     keys = member_keys(args.bootstrap, args.app_id, inc, security)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     # owner-only from the start (no window with the umask's mode), and never over an existing file

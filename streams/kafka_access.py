@@ -73,13 +73,14 @@ def _check_one(addr: str, sec: KafkaSecurity, timeout: float) -> None:
                 _request(sock, 18, 0, 1, b"")  # ApiVersions: the broker speaks Kafka to us
         except ssl.SSLError as err:
             hint = "" if sec.ssl_certfile else "; does it want a client certificate (ssl_certfile, ssl_keyfile)?"
-            raise KafkaAccessError(f"TLS: the Kafka broker at {addr} ended the connection "
-                                   f"({err.reason or type(err).__name__}){hint}") from None
+            raise KafkaAccessError(
+                f"TLS: the Kafka broker at {addr} ended the connection ({err.reason or type(err).__name__}){hint}"
+            ) from None
         except (OSError, struct.error) as err:
-            hint = ("; is the listener TLS? security_protocol is " + sec.security_protocol
-                    if not sec.uses_tls else "")
-            raise KafkaAccessError(f"the Kafka broker at {addr} dropped the connection "
-                                   f"({type(err).__name__}){hint}") from None
+            hint = "; is the listener TLS? security_protocol is " + sec.security_protocol if not sec.uses_tls else ""
+            raise KafkaAccessError(
+                f"the Kafka broker at {addr} dropped the connection ({type(err).__name__}){hint}"
+            ) from None
 
 
 def _tls(raw: socket.socket, host: str, addr: str, sec: KafkaSecurity) -> socket.socket:
@@ -91,7 +92,8 @@ def _tls(raw: socket.socket, host: str, addr: str, sec: KafkaSecurity) -> socket
         if err.verify_code in _HOSTNAME_MISMATCH:
             raise KafkaAccessError(
                 f"TLS to {addr}: hostname mismatch: the broker's certificate does not name {host} "
-                f"({err.verify_message}); connect by a name the certificate carries") from None
+                f"({err.verify_message}); connect by a name the certificate carries"
+            ) from None
         raise KafkaAccessError(
             f"TLS to {addr}: the broker's certificate is not trusted ({err.verify_message}): "
             f"ssl_cafile ({sec.ssl_cafile or 'the system trust store'}) does not hold the CA that signed it"
@@ -99,8 +101,9 @@ def _tls(raw: socket.socket, host: str, addr: str, sec: KafkaSecurity) -> socket
     except ssl.SSLError as err:
         raise KafkaAccessError(f"TLS handshake with {addr} failed: {err.reason or err}") from None
     except OSError as err:
-        raise KafkaAccessError(f"TLS handshake with {addr} failed: {err.strerror or type(err).__name__}",
-                               retryable=True) from None
+        raise KafkaAccessError(
+            f"TLS handshake with {addr} failed: {err.strerror or type(err).__name__}", retryable=True
+        ) from None
 
 
 def _sasl(sock: socket.socket, addr: str, sec: KafkaSecurity) -> None:
@@ -109,12 +112,14 @@ def _sasl(sock: socket.socket, addr: str, sec: KafkaSecurity) -> None:
     err, n = struct.unpack(">hi", data[:6])
     offered, pos = [], 6
     for _ in range(max(n, 0)):
-        (size,) = struct.unpack(">h", data[pos:pos + 2])
-        offered.append(data[pos + 2:pos + 2 + size].decode())
+        (size,) = struct.unpack(">h", data[pos : pos + 2])
+        offered.append(data[pos + 2 : pos + 2 + size].decode())
         pos += 2 + size
     if err:
-        raise KafkaAccessError(f"the Kafka broker at {addr} does not offer SASL {mech} "
-                               f"(it offers {', '.join(offered) or 'none'}; error {err})")
+        raise KafkaAccessError(
+            f"the Kafka broker at {addr} does not offer SASL {mech} "
+            f"(it offers {', '.join(offered) or 'none'}; error {err})"
+        )
     user, password = sec.sasl_username, sec.sasl_password.reveal()
     if mech == "PLAIN":
         _authenticate(sock, addr, sec, b"\0" + user.encode() + b"\0" + password.encode(), 2)
@@ -146,14 +151,15 @@ def _authenticate(sock: socket.socket, addr: str, sec: KafkaSecurity, token: byt
     data = _request(sock, 36, 1, corr, struct.pack(">i", len(token)) + token)
     (err,) = struct.unpack(">h", data[:2])
     (size,) = struct.unpack(">h", data[2:4])
-    message = data[4:4 + size].decode(errors="replace") if size >= 0 else ""
+    message = data[4 : 4 + size].decode(errors="replace") if size >= 0 else ""
     pos = 4 + max(size, 0)
-    (length,) = struct.unpack(">i", data[pos:pos + 4])
+    (length,) = struct.unpack(">i", data[pos : pos + 4])
     if err:
         raise KafkaAccessError(
             f"SASL {sec.sasl_mechanism} authentication as {sec.sasl_username} failed at {addr}: "
-            f"{message or f'error {err}'} (wrong user or password?)")
-    return data[pos + 4:pos + 4 + max(length, 0)]
+            f"{message or f'error {err}'} (wrong user or password?)"
+        )
+    return data[pos + 4 : pos + 4 + max(length, 0)]
 
 
 def _string(text: str) -> bytes:
@@ -182,8 +188,14 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequence[str]],
-                 groups: Sequence[str] = (), timeout: float = 10.0, existing: bool = True) -> None:
+def check_topics(
+    bootstrap: str,
+    sec: KafkaSecurity,
+    needs: Mapping[str, Sequence[str]],
+    groups: Sequence[str] = (),
+    timeout: float = 10.0,
+    existing: bool = True,
+) -> None:
     """Raise KafkaAccessError naming each topic and group this principal may not use (or missing topic)."""
     from kafka.errors import KafkaError
 
@@ -193,8 +205,11 @@ def check_topics(bootstrap: str, sec: KafkaSecurity, needs: Mapping[str, Sequenc
     try:
         admin = admin_client(bootstrap, sec, request_timeout_ms=int(timeout * 1000))
         described = {t["name"]: t for t in admin.describe_topics(sorted(needs))}
-        problems += [f"consumer group {g}: no READ permission (missing ACL)" for g in groups
-                     if not _may_use_group(admin, g, time.monotonic() + timeout)]
+        problems += [
+            f"consumer group {g}: no READ permission (missing ACL)"
+            for g in groups
+            if not _may_use_group(admin, g, time.monotonic() + timeout)
+        ]
     except KafkaError as err:
         raise KafkaAccessError(f"cannot describe the topics at {bootstrap}: {type(err).__name__}") from None
     finally:

@@ -48,20 +48,25 @@ class KafkaSecurity:
 
     def __post_init__(self) -> None:
         if self.security_protocol not in PROTOCOLS:
-            raise ValueError(f"kafka security_protocol must be one of {', '.join(PROTOCOLS)}, "
-                             f"not {self.security_protocol!r}")
+            raise ValueError(
+                f"kafka security_protocol must be one of {', '.join(PROTOCOLS)}, not {self.security_protocol!r}"
+            )
         if self.uses_sasl:
             if self.sasl_mechanism not in MECHANISMS:
-                raise ValueError(f"kafka sasl_mechanism must be one of {', '.join(MECHANISMS)}, "
-                                 f"not {self.sasl_mechanism!r}")
+                raise ValueError(
+                    f"kafka sasl_mechanism must be one of {', '.join(MECHANISMS)}, not {self.sasl_mechanism!r}"
+                )
             if not self.sasl_username or not self.sasl_password.reveal():
-                raise ValueError(f"kafka security_protocol {self.security_protocol} needs sasl_username and "
-                                 "sasl_password (or sasl_password_file)")
+                raise ValueError(
+                    f"kafka security_protocol {self.security_protocol} needs sasl_username and "
+                    "sasl_password (or sasl_password_file)"
+                )
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("kafka ssl_certfile and ssl_keyfile go together (mutual TLS)")
         if not self.uses_tls and (self.ssl_cafile or self.ssl_certfile):
-            raise ValueError(f"kafka ssl_* files are set but security_protocol is {self.security_protocol}: "
-                             "use SSL or SASL_SSL")
+            raise ValueError(
+                f"kafka ssl_* files are set but security_protocol is {self.security_protocol}: use SSL or SASL_SSL"
+            )
 
     @property
     def uses_tls(self) -> bool:
@@ -106,7 +111,7 @@ def security_from(section: Mapping[str, Any], env: Mapping[str, str]) -> KafkaSe
             kwargs[name] = Secret(str(values.pop(name)))
     for name, raw in values.items():
         if name == "ssl_check_hostname":
-            kwargs[name] = _boolean(raw)
+            kwargs[name] = parse_boolean(f"kafka {name}", raw)
         else:
             kwargs[name] = str(raw).strip().upper() if name in ("security_protocol", "sasl_mechanism") else str(raw)
     return KafkaSecurity(**kwargs)
@@ -135,7 +140,8 @@ def _read_secret(path: str, name: str) -> str:
     return value
 
 
-def _boolean(raw: Any) -> bool:
+def parse_boolean(name: str, raw: Any) -> bool:
+    """A TOML boolean, or an environment variable's true/false, 1/0, yes/no, on/off (every setting's)."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -143,7 +149,7 @@ def _boolean(raw: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"kafka ssl_check_hostname must be true or false, not {raw!r}")
+    raise ValueError(f"{name} must be true or false, not {raw!r}")
 
 
 def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
@@ -171,8 +177,11 @@ def client_kwargs(sec: KafkaSecurity) -> dict[str, Any]:
     if sec.uses_tls:
         kwargs["ssl_context"] = ssl_context(sec)
     if sec.uses_sasl:
-        kwargs.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                      sasl_plain_password=sec.sasl_password.reveal())
+        kwargs.update(
+            sasl_mechanism=sec.sasl_mechanism,
+            sasl_plain_username=sec.sasl_username,
+            sasl_plain_password=sec.sasl_password.reveal(),
+        )
     return kwargs
 
 
@@ -181,9 +190,14 @@ def faust_settings(sec: KafkaSecurity) -> dict[str, Any]:
     import faust
 
     if sec.uses_sasl:
-        return {"broker_credentials": faust.SASLCredentials(
-            username=sec.sasl_username, password=sec.sasl_password.reveal(),
-            mechanism=sec.sasl_mechanism, ssl_context=ssl_context(sec))}
+        return {
+            "broker_credentials": faust.SASLCredentials(
+                username=sec.sasl_username,
+                password=sec.sasl_password.reveal(),
+                mechanism=sec.sasl_mechanism,
+                ssl_context=ssl_context(sec),
+            )
+        }
     if sec.uses_tls:
         return {"broker_credentials": faust.SSLCredentials(ssl_context(sec))}
     return {}

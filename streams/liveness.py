@@ -104,8 +104,11 @@ class Liveness:
         now = self._clock()
         waiting = ", ".join(
             f"{n} {what}"
-            for n, what in ((unread, "records unread on the broker"), (pending, "records in the grace buffer"),
-                            (uncommitted, "records acked but not committed"))
+            for n, what in (
+                (unread, "records unread on the broker"),
+                (pending, "records in the grace buffer"),
+                (uncommitted, "records acked but not committed"),
+            )
             if n > 0
         )
         reason = ""
@@ -265,7 +268,10 @@ class ShutdownWatchdog:
             log.critical(
                 "the worker did not stop within %.0f s of %s (shutdown_timeout_s); exiting with status %d. "
                 "Records not acknowledged are read again on restart. It was waiting for:\n%s",
-                waited, self._reason, EXIT_STOP_TIMEOUT, self._describe(),
+                waited,
+                self._reason,
+                EXIT_STOP_TIMEOUT,
+                self._describe(),
             )
             for handler in logging.getLogger().handlers:
                 handler.flush()

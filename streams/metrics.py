@@ -64,49 +64,83 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.topics = {"changes": topics.changes, "outbound": topics.outbound, "delivery": topics.delivery}
-        self.build_info = Gauge("notifguard_build_info", "Build information", ["version", "python", "faust"],
-                                registry=r)
+        self.build_info = Gauge(
+            "notifguard_build_info", "Build information", ["version", "python", "faust"], registry=r
+        )
         self.consumed = Counter("notifguard_records_consumed", "Input records read", ["topic"], registry=r)
-        self.verdicts = Counter("notifguard_verdicts", "Verdicts on notifications",
-                                ["brand", "template", "sender", "channel", "verdict"], registry=r)
-        self.deliveries = Counter("notifguard_deliveries", "Delivery events by outcome",
-                                  ["brand", "sender", "status", "bounce_type"], registry=r)
-        self.alerts = Counter("notifguard_alerts", "Alerts delivered to the alerts topic", ["kind", "severity"],
-                              registry=r)
-        self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"],
-                                   registry=r)
+        self.verdicts = Counter(
+            "notifguard_verdicts",
+            "Verdicts on notifications",
+            ["brand", "template", "sender", "channel", "verdict"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "notifguard_deliveries",
+            "Delivery events by outcome",
+            ["brand", "sender", "status", "bounce_type"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "notifguard_alerts", "Alerts delivered to the alerts topic", ["kind", "severity"], registry=r
+        )
+        self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"], registry=r)
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
         self.late = Counter("notifguard_late_records", "Records later than grace", ["topic"], registry=r)
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)
-        self.released_early = Counter("notifguard_released_early", "Records released before their time: "
-                                      "the grace buffer was at its bound (max_buffered)", registry=r)
-        self.watermark_lag = Gauge("notifguard_watermark_lag_seconds", "Wall clock minus watermark",
-                                   ["partition"], registry=r)
-        self.processing = Histogram("notifguard_processing_seconds", "Engine time per input record (1 in 64 timed)",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.verdict_delay = Histogram("notifguard_verdict_delay_seconds",
-                                       "Arrival to verdict of a notification", buckets=_DELAY_BUCKETS, registry=r)
+        self.released_early = Counter(
+            "notifguard_released_early",
+            "Records released before their time: the grace buffer was at its bound (max_buffered)",
+            registry=r,
+        )
+        self.watermark_lag = Gauge(
+            "notifguard_watermark_lag_seconds", "Wall clock minus watermark", ["partition"], registry=r
+        )
+        self.processing = Histogram(
+            "notifguard_processing_seconds",
+            "Engine time per input record (1 in 64 timed)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.verdict_delay = Histogram(
+            "notifguard_verdict_delay_seconds",
+            "Arrival to verdict of a notification",
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
         self.tracked = Gauge("notifguard_tracked_numbers", "Numbers with state on this worker", registry=r)
-        self.consumer_lag = Gauge("notifguard_consumer_lag_records", "Highwater minus position", ["topic"],
-                                  registry=r)
+        self.consumer_lag = Gauge("notifguard_consumer_lag_records", "Highwater minus position", ["topic"], registry=r)
         self.rebalances = Counter("notifguard_rebalances", "Consumer group rebalances", registry=r)
-        self.expired = Counter("notifguard_states_expired",
-                               "Number states an expiry sweep shrank (detectors/expiry.py)", registry=r)
-        self.capped = Counter("notifguard_state_capped",
-                              "Entries dropped from number states over their size budgets (detectors/expiry.py)",
-                              ["part"], registry=r)
+        self.expired = Counter(
+            "notifguard_states_expired", "Number states an expiry sweep shrank (detectors/expiry.py)", registry=r
+        )
+        self.capped = Counter(
+            "notifguard_state_capped",
+            "Entries dropped from number states over their size budgets (detectors/expiry.py)",
+            ["part"],
+            registry=r,
+        )
         self.ready = Gauge("notifguard_worker_ready", "1 when recovered and not rebalancing", registry=r)
-        self.stalled = Gauge("notifguard_worker_stalled",
-                             "1 when input waits and nothing was read, acked, delivered or committed for "
-                             "stall_after_s, or the timer stopped (streams/liveness.py)", registry=r)
-        self.last_progress = Gauge("notifguard_last_progress_timestamp_seconds",
-                                   "Unix time of the last progress: records read, acked, delivered or committed "
-                                   "(of the start before any)", registry=r)
-        self.quarantined = Counter("notifguard_quarantined_records",
-                                   "Input records set aside after the worker died on them crash_quarantine_after "
-                                   "times (dead-lettered as quarantined)", ["topic"], registry=r)
-        self.errors = Counter("notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"],
-                              registry=r)
+        self.stalled = Gauge(
+            "notifguard_worker_stalled",
+            "1 when input waits and nothing was read, acked, delivered or committed for "
+            "stall_after_s, or the timer stopped (streams/liveness.py)",
+            registry=r,
+        )
+        self.last_progress = Gauge(
+            "notifguard_last_progress_timestamp_seconds",
+            "Unix time of the last progress: records read, acked, delivered or committed (of the start before any)",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "notifguard_quarantined_records",
+            "Input records set aside after the worker died on them crash_quarantine_after "
+            "times (dead-lettered as quarantined)",
+            ["topic"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "notifguard_processing_errors", "Bugs: exceptions other than bad input", ["topic"], registry=r
+        )
         try:
             from importlib.metadata import version
 
@@ -190,9 +224,15 @@ class Metrics:
         for part, n in stats.capped.items():
             self.capped.labels(part).inc(n - last.capped.get(part, 0))
         self._last = Stats(
-            records=dict(stats.records), late=dict(stats.late), duplicates=dict(stats.duplicates),
-            deadletters=dict(stats.deadletters), alerts=dict(stats.alerts), released=stats.released,
-            released_early=stats.released_early, expired=stats.expired, capped=dict(stats.capped),
+            records=dict(stats.records),
+            late=dict(stats.late),
+            duplicates=dict(stats.duplicates),
+            deadletters=dict(stats.deadletters),
+            alerts=dict(stats.alerts),
+            released=stats.released,
+            released_early=stats.released_early,
+            expired=stats.expired,
+            capped=dict(stats.capped),
         )
 
     def exposition(self) -> bytes:

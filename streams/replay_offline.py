@@ -142,8 +142,14 @@ def _wire_type(cls: type, tag: str) -> Any:
     names: tuple[str, ...] = getattr(cls, "__struct_fields__")  # noqa: B009
     fields = [(n, get_args(hints[n])[0]) for n in names if get_origin(hints[n]) is Annotated]
     return msgspec.defstruct(
-        f"_{cls.__name__}Wire", fields, bases=(cls,), array_like=True, frozen=True, gc=False,
-        tag_field="type", tag=tag,
+        f"_{cls.__name__}Wire",
+        fields,
+        bases=(cls,),
+        array_like=True,
+        frozen=True,
+        gc=False,
+        tag_field="type",
+        tag=tag,
     )
 
 
@@ -264,7 +270,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
             start = 0
             while start < len(chunk):
                 room = _SEND - n % _SEND
-                segment = chunk[start:start + room] if start or room < len(chunk) else chunk
+                segment = chunk[start : start + room] if start or room < len(chunk) else chunk
                 start += len(segment)
                 n += len(segment)
                 for env in segment:
@@ -351,9 +357,7 @@ def _parallel(paths: list[str], settings: Settings, engine: Engine, end: list[An
     """The child's messages; its arrival state (an Arrival snapshot) is appended to `end` after the last."""
     ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(
-        target=_decode_into, args=(paths, settings, sender, engine.arrival.snapshot()), daemon=True
-    )
+    child = ctx.Process(target=_decode_into, args=(paths, settings, sender, engine.arrival.snapshot()), daemon=True)
     child.start()
     sender.close()
     try:
@@ -454,7 +458,12 @@ def replay(
 
     def bad_envelope(path: str, lineno: int, line: bytes, err: str) -> None:
         engine._dead_letter(  # noqa: SLF001 - the engine's own dead-letter path (first-party)
-            f"{path}:{lineno}", None, None, None, None, line,
+            f"{path}:{lineno}",
+            None,
+            None,
+            None,
+            None,
+            line,
             BadRecord(BAD_ENVELOPE, f"line is not a kcat -J envelope: {err}"),
         )
 
@@ -507,7 +516,7 @@ def replay(
                         process(topic, partition, offset, key, payload, now, ts)
                 done = 0
                 for before, at in sweeps:  # where the one-process replay's drains sweep
-                    apply_released(items[done:before * 4], now)
+                    apply_released(items[done : before * 4], now)
                     done = before * 4
                     sweep(list(numbers_of.items()), at)
                 apply_released(items[done:] if done else items, now)

@@ -109,7 +109,6 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
                 return await self._ensure_consumer().end_offsets(partitions)
             return await super()._highwaters(partitions)
 
-
     class BatchConsumer(aiokafka_driver.Consumer):
         """Faust's consumer, delivering the app's `batch_topics` a whole fetch at a time.
 

@@ -65,8 +65,14 @@ def _opt(data: bytes | str | None) -> bytes:
 
 
 def kcat_line(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-    ts: int | None = None, tstype: str = "create", broker: int = -1,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    ts: int | None = None,
+    tstype: str = "create",
+    broker: int = -1,
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> bytes:
     """One capture line, as `kcat -C -J` prints it (newline included).
@@ -88,10 +94,14 @@ def kcat_line(
 def envelope_line(env: Envelope) -> bytes:
     """A detectors.capture.Envelope in kcat's layout."""
     return kcat_line(
-        env.topic, env.partition, env.offset,
+        env.topic,
+        env.partition,
+        env.offset,
         None if env.key is None else _to_bytes(env.key),
         None if env.payload is None else _to_bytes(env.payload),
-        env.ts, env.tstype or "create", -1 if env.broker is None else env.broker,
+        env.ts,
+        env.tstype or "create",
+        -1 if env.broker is None else env.broker,
     )
 
 
@@ -148,10 +158,13 @@ def parse_capture_line(line: bytes) -> CaptureRecord:
     elif isinstance(raw_headers, dict):
         headers += [(str(k), None if v is None else _to_bytes(str(v))) for k, v in raw_headers.items()]
     return CaptureRecord(
-        topic, partition, offset,
+        topic,
+        partition,
+        offset,
         None if key is None else _to_bytes(key),
         None if payload is None else _to_bytes(payload),
-        ts, tuple(headers),
+        ts,
+        tuple(headers),
     )
 
 
@@ -269,7 +282,11 @@ class _Merge:
 
 
 def capture(
-    bootstrap: str, topics: Sequence[str], out: IO[bytes], idle_timeout: float = 5.0, max_records: int = 0,
+    bootstrap: str,
+    topics: Sequence[str],
+    out: IO[bytes],
+    idle_timeout: float = 5.0,
+    max_records: int = 0,
     security: KafkaSecurity = PLAINTEXT,
 ) -> CaptureSummary:
     """Read `topics` from the beginning up to their end offsets as of now; no consumer group."""
@@ -291,8 +308,12 @@ def capture(
         for p in t["partitions"]:
             leaders[TopicPartition(t["name"], p["partition_index"])] = p.get("leader_id", -1)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", client_id="notifguard-capture", **client_kwargs(security),
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="notifguard-capture",
+        **client_kwargs(security),
         isolation_level="read_committed",  # as kcat (librdkafka's default): no aborted transactions
     )
     try:
@@ -323,10 +344,21 @@ def capture(
                         continue
                     tstype = {0: "create", 1: "logappend"}.get(r.timestamp_type, "unknown")
                     ts = r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None
-                    merge.add(tp, ts if ts is not None else -1, kcat_line(
-                        tp.topic, tp.partition, r.offset, r.key, r.value, ts, tstype,
-                        leaders.get(tp, -1), list(r.headers or ()),
-                    ))
+                    merge.add(
+                        tp,
+                        ts if ts is not None else -1,
+                        kcat_line(
+                            tp.topic,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            ts,
+                            tstype,
+                            leaders.get(tp, -1),
+                            list(r.headers or ()),
+                        ),
+                    )
                     summary.records += 1
                     summary.by_topic[tp.topic] += 1
                     last = time.monotonic()
@@ -356,8 +388,9 @@ def capture_command(args: argparse.Namespace) -> int:
     try:
         with ExitStack() as stack:
             sink = sys.stdout.buffer if args.out == "-" else stack.enter_context(open(args.out, "wb"))
-            summary = capture(args.bootstrap, args.topics, sink, float(args.idle_timeout), int(args.max_records),
-                              security)
+            summary = capture(
+                args.bootstrap, args.topics, sink, float(args.idle_timeout), int(args.max_records), security
+            )
             sink.flush()
     except (LookupError, KafkaError) as err:
         print(f"notifguard capture: {err}", file=sys.stderr)
@@ -397,8 +430,10 @@ class ReplaySummary:
         lines = [f"replayed {total} records in {self.seconds:.1f} s"]
         lines += [f"  {t:<40}{n:>8}" for t, n in sorted(self.produced.items())]
         if self.delta_us is not None:
-            lines.append(f"  event times shifted by {self.delta_us / 1e6:+.3f} s "
-                         f"({self.rebased} rebased, {self.unchanged} produced unchanged: no JSON event_time)")
+            lines.append(
+                f"  event times shifted by {self.delta_us / 1e6:+.3f} s "
+                f"({self.rebased} rebased, {self.unchanged} produced unchanged: no JSON event_time)"
+            )
         for t, n in sorted(self.failed.items()):
             lines.append(f"  FAILED {t}: {n} records ({self.first_error})")
         for path, n in sorted(self.bad_lines.items()):
@@ -434,9 +469,14 @@ class Produced:
 
 
 def replay_to_kafka(
-    bootstrap: str, paths: Sequence[str | Path], speed: float = 0.0, rebase_to_us: int | None = None,
-    renames: dict[str, str] | None = None, keep_partitions: bool = False,
-    sleep: Callable[[float], None] = time.sleep, sent: list[Produced] | None = None,
+    bootstrap: str,
+    paths: Sequence[str | Path],
+    speed: float = 0.0,
+    rebase_to_us: int | None = None,
+    renames: dict[str, str] | None = None,
+    keep_partitions: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+    sent: list[Produced] | None = None,
     security: KafkaSecurity = PLAINTEXT,
 ) -> ReplaySummary:
     """Produce capture records, keyed, in time order across files (each file's own order kept).
@@ -472,19 +512,26 @@ def replay_to_kafka(
             with lock:
                 summary.failed[topic] += 1
                 summary.first_error = summary.first_error or repr(err)
+
         return errback
 
     def acked(
-        out: list[Produced], seq: int, key: bytes | None, value: bytes | None, ts: int | None,
+        out: list[Produced],
+        seq: int,
+        key: bytes | None,
+        value: bytes | None,
+        ts: int | None,
     ) -> Callable[[Any], None]:
         def callback(meta: Any) -> None:
             stamp = ts if ts is not None or meta.timestamp is None or meta.timestamp < 0 else meta.timestamp
             with lock:
                 out.append(Produced(seq, meta.topic, meta.partition, meta.offset, key, value, stamp))
+
         return callback
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay",
-                             **client_kwargs(security))
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, client_id="notifguard-replay", **client_kwargs(security)
+    )
     try:
         first_t: int | None = None
         merged = heapq.merge(*(_timed(p, summary.bad_lines) for p in paths), key=lambda x: x[0])
@@ -505,7 +552,10 @@ def replay_to_kafka(
                     ts = None if ts is None else (ts * 1000 + summary.delta_us) // 1000
             topic = renames.get(rec.topic, rec.topic)
             future = producer.send(
-                topic, key=rec.key, value=value, timestamp_ms=ts,
+                topic,
+                key=rec.key,
+                value=value,
+                timestamp_ms=ts,
                 partition=rec.partition if keep_partitions else None,
                 headers=[(k, v if v is not None else b"") for k, v in rec.headers] or None,
             )
@@ -550,22 +600,33 @@ def replay_to_kafka_command(args: argparse.Namespace, settings: Settings) -> int
     topics = {renames.get(r.topic, r.topic) for p in args.captures for r in read_capture(p)}
     missing = _missing_topics(args.bootstrap, topics, security)
     if missing:
-        print(f"notifguard replay: topics missing on {args.bootstrap}: {', '.join(missing)} "
-              "(auto-creation is off; create them, or map them with --rename OLD=NEW)", file=sys.stderr)
+        print(
+            f"notifguard replay: topics missing on {args.bootstrap}: {', '.join(missing)} "
+            "(auto-creation is off; create them, or map them with --rename OLD=NEW)",
+            file=sys.stderr,
+        )
         return 2
     check_topics(args.bootstrap, security, topic_needs(replay_acls(topics)))
     try:
         summary = replay_to_kafka(
-            args.bootstrap, args.captures, float(args.speed), rebase, renames,
-            keep_partitions=bool(getattr(args, "keep_partitions", False)), security=security,
+            args.bootstrap,
+            args.captures,
+            float(args.speed),
+            rebase,
+            renames,
+            keep_partitions=bool(getattr(args, "keep_partitions", False)),
+            security=security,
         )
     except KafkaError as err:
         print(f"notifguard replay: {err}", file=sys.stderr)
         return 2
     print(summary.render(), file=sys.stderr)
     if summary.failed:
-        print("notifguard replay: some records were rejected (a record timestamp more than "
-              "message.timestamp.after.max.ms, 1 h by default in Kafka 4, in the future?)", file=sys.stderr)
+        print(
+            "notifguard replay: some records were rejected (a record timestamp more than "
+            "message.timestamp.after.max.ms, 1 h by default in Kafka 4, in the future?)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -654,8 +715,9 @@ class Isolation:
 
     def envelope(self, env: Envelope) -> Envelope:
         key = None if env.key is None else self.msisdn(env.key)
-        return Envelope(env.topic, env.partition, env.offset, self.value(env.payload), key,
-                        env.ts, env.tstype, env.broker)
+        return Envelope(
+            env.topic, env.partition, env.offset, self.value(env.payload), key, env.ts, env.tstype, env.broker
+        )
 
 
 def rebase_envelopes(envs: Sequence[Envelope], target_us: int, anchor: str = "last") -> list[Envelope]:
@@ -673,14 +735,26 @@ def rebase_envelopes(envs: Sequence[Envelope], target_us: int, anchor: str = "la
     for e in envs:
         value, new = shift_event_time(None if e.payload is None else _to_bytes(e.payload), delta)
         ts = new // 1000 if new is not None else (None if e.ts is None else (e.ts * 1000 + delta) // 1000)
-        out.append(Envelope(e.topic, e.partition, e.offset,
-                            None if value is None else value.decode("utf-8", "surrogateescape"),
-                            e.key, ts, e.tstype, e.broker))
+        out.append(
+            Envelope(
+                e.topic,
+                e.partition,
+                e.offset,
+                None if value is None else value.decode("utf-8", "surrogateescape"),
+                e.key,
+                ts,
+                e.tstype,
+                e.broker,
+            )
+        )
     return out
 
 
 def staged_envelopes(
-    scenario: Any, settings: Settings, isolation: Isolation | None, now_us: int,
+    scenario: Any,
+    settings: Settings,
+    isolation: Isolation | None,
+    now_us: int,
 ) -> list[Envelope]:
     """A scenario as it is produced by `check`: isolated (optional), rebased so its last event is now."""
     envs = list(scenario.envelopes(settings.topics))
@@ -714,10 +788,15 @@ def _alerts_consumer(bootstrap: str, alerts_topic: str, security: KafkaSecurity 
     opens it before producing, so it sees exactly the alerts that come after."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="notifguard-check", **client_kwargs(security),
-                             # an exactly-once worker's aborted sends are not alerts
-                             isolation_level="read_committed")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="notifguard-check",
+        **client_kwargs(security),
+        # an exactly-once worker's aborted sends are not alerts
+        isolation_level="read_committed",
+    )
     try:
         parts = consumer.partitions_for_topic(alerts_topic)
         if not parts:
@@ -733,8 +812,13 @@ def _alerts_consumer(bootstrap: str, alerts_topic: str, security: KafkaSecurity 
 
 
 def _await_alerts(
-    consumer: Any, take: Callable[[bytes | None], _T | None], judge: Callable[[list[_T]], tuple[bool, bool]],
-    deadline: float, settle: float, since: float, on_alert: Callable[[_T], None] | None = None,
+    consumer: Any,
+    take: Callable[[bytes | None], _T | None],
+    judge: Callable[[list[_T]], tuple[bool, bool]],
+    deadline: float,
+    settle: float,
+    since: float,
+    on_alert: Callable[[_T], None] | None = None,
 ) -> tuple[list[_T], bool]:
     """Read the alerts topic, keeping what `take` makes of a record (None: not this run's).
 
@@ -776,8 +860,9 @@ def default_settle_s(settings: Settings) -> float:
     return max(settings.grace_s, settings.idle_flush_s) + 5.0
 
 
-def _check_preflight(bootstrap: str, topics: Iterable[str], timeout: float,
-                     security: KafkaSecurity = PLAINTEXT) -> str | None:
+def _check_preflight(
+    bootstrap: str, topics: Iterable[str], timeout: float, security: KafkaSecurity = PLAINTEXT
+) -> str | None:
     """Why a check cannot run on this cluster (no broker, topics missing), or None."""
     from streams.topics import wait_for_broker
 
@@ -818,8 +903,9 @@ class Comparison:
     def render(self) -> str:
         lines = [f"  missing    {k:<32} trigger {t}" for k, t in self.missing]
         lines += [f"  unexpected {k:<32} trigger {t}" for k, t in self.unexpected]
-        lines += [f"  late flag  {k:<32} trigger {t}: expected late={w}, got late={g}"
-                  for k, t, w, g in self.late_mismatch]
+        lines += [
+            f"  late flag  {k:<32} trigger {t}: expected late={w}, got late={g}" for k, t, w, g in self.late_mismatch
+        ]
         return "\n".join(lines)
 
 
@@ -832,8 +918,11 @@ def compare_alerts(expected: Iterable[Any], seen: Iterable[SeenAlert]) -> Compar
         if (a.kind, a.trigger) in got:
             repeats += 1
         got.setdefault((a.kind, a.trigger), a.late)
-    late = [(k, t, want[(k, t)], got[(k, t)]) for (k, t) in sorted(want.keys() & got.keys())
-            if want[(k, t)] is not None and want[(k, t)] != got[(k, t)]]
+    late = [
+        (k, t, want[(k, t)], got[(k, t)])
+        for (k, t) in sorted(want.keys() & got.keys())
+        if want[(k, t)] is not None and want[(k, t)] != got[(k, t)]
+    ]
     return Comparison(sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys()), late, repeats)
 
 
@@ -866,9 +955,15 @@ class CheckResult:
 
 
 def run_check(
-    bootstrap: str, scenario: Any, settings: Settings, timeout: float = 60.0,
-    isolation: Isolation | None = None, settle_s: float | None = None, now_us: int | None = None,
-    log: IO[str] | None = None, security: KafkaSecurity = PLAINTEXT,
+    bootstrap: str,
+    scenario: Any,
+    settings: Settings,
+    timeout: float = 60.0,
+    isolation: Isolation | None = None,
+    settle_s: float | None = None,
+    now_us: int | None = None,
+    log: IO[str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> CheckResult:
     """Produce the (isolated, rebased) scenario, then watch the alerts topic from the offsets before it."""
     from kafka import KafkaProducer
@@ -880,20 +975,27 @@ def run_check(
     run_ids = _event_ids(e.payload for e in envs)
     consumer = _alerts_consumer(bootstrap, settings.topics.alerts, security)
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check",
-                                 **client_kwargs(security))
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", client_id="notifguard-check", **client_kwargs(security)
+        )
         try:
             for e in envs:
-                producer.send(e.topic, key=None if e.key is None else _to_bytes(e.key),
-                              value=None if e.payload is None else _to_bytes(e.payload), timestamp_ms=e.ts)
+                producer.send(
+                    e.topic,
+                    key=None if e.key is None else _to_bytes(e.key),
+                    value=None if e.payload is None else _to_bytes(e.payload),
+                    timestamp_ms=e.ts,
+                )
             producer.flush(timeout=max(1.0, timeout))
         finally:
             producer.close(timeout=10)
         produced_at = time.monotonic()
         if log is not None:
             tag = f" (run tag {isolation.tag})" if isolation else ""
-            log.write(f"check {scenario.name}: produced {len(envs)} records{tag}, waiting for "
-                      f"{len(scenario.expect)} alerts on {settings.topics.alerts}\n")
+            log.write(
+                f"check {scenario.name}: produced {len(envs)} records{tag}, waiting for "
+                f"{len(scenario.expect)} alerts on {settings.topics.alerts}\n"
+            )
 
         def judge(seen: list[SeenAlert]) -> tuple[bool, bool]:
             comp = compare_alerts(scenario.expect, seen)
@@ -903,12 +1005,24 @@ def run_check(
             if log is not None:
                 log.write(f"  alert {a.kind} trigger {a.trigger}{' late' if a.late else ''}\n")
 
-        seen, timed_out = _await_alerts(consumer, lambda v: alert_for_run(v, isolation, run_ids), judge,
-                                        started + timeout, settle, produced_at, show)
+        seen, timed_out = _await_alerts(
+            consumer,
+            lambda v: alert_for_run(v, isolation, run_ids),
+            judge,
+            started + timeout,
+            settle,
+            produced_at,
+            show,
+        )
     finally:
         consumer.close()
-    return CheckResult(compare_alerts(scenario.expect, seen), len(envs), time.monotonic() - started,
-                       timed_out, isolation.tag if isolation else None)
+    return CheckResult(
+        compare_alerts(scenario.expect, seen),
+        len(envs),
+        time.monotonic() - started,
+        timed_out,
+        isolation.tag if isolation else None,
+    )
 
 
 def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
@@ -919,16 +1033,23 @@ def _check_scenario(args: argparse.Namespace, settings: Settings) -> int:
     scenario = load(args.targets[0])
     t = settings.topics
     security = load_kafka_security(args.config)
-    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout),
-                           security)
+    why = _check_preflight(args.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts], float(args.timeout), security)
     if why:
         print(f"notifguard check: {why}", file=sys.stderr)
         return 2
     isolation = Isolation.new() if getattr(args, "isolate", True) else None
     settle = getattr(args, "settle", None)
     try:
-        result = run_check(args.bootstrap, scenario, settings, float(args.timeout), isolation,
-                           None if settle is None else float(settle), log=sys.stderr, security=security)
+        result = run_check(
+            args.bootstrap,
+            scenario,
+            settings,
+            float(args.timeout),
+            isolation,
+            None if settle is None else float(settle),
+            log=sys.stderr,
+            security=security,
+        )
     except (LookupError, KafkaError) as err:
         print(f"notifguard check: {err}", file=sys.stderr)
         return 2
@@ -960,8 +1081,14 @@ class CheckedAlert:
 
     @classmethod
     def of(cls, alert: Alert) -> CheckedAlert:
-        return cls(alert.dedup_key, alert.kind, alert.trigger_event_id, alert.event_time,
-                   mask_msisdn(alert.subject.msisdn_masked), getattr(alert, "status", "firing") == "retracted")
+        return cls(
+            alert.dedup_key,
+            alert.kind,
+            alert.trigger_event_id,
+            alert.event_time,
+            mask_msisdn(alert.subject.msisdn_masked),
+            getattr(alert, "status", "firing") == "retracted",
+        )
 
     def render(self) -> str:
         return f"{self.kind:<30} {self.dedup_key:<52} {self.event_time:<27} {self.subject:<16} trigger {self.trigger}"
@@ -989,9 +1116,14 @@ def capture_alert(value: bytes | None, ids: set[str]) -> CheckedAlert | None:
     subject = doc.get("subject")
     masked = subject.get("msisdn_masked") if isinstance(subject, dict) else None
     event_time = doc.get("event_time")
-    return CheckedAlert(key, kind, trigger, event_time if isinstance(event_time, str) else "?",
-                        mask_msisdn(masked) if isinstance(masked, str) else "?",  # masked again, to be sure
-                        doc.get("status") == "retracted")
+    return CheckedAlert(
+        key,
+        kind,
+        trigger,
+        event_time if isinstance(event_time, str) else "?",
+        mask_msisdn(masked) if isinstance(masked, str) else "?",  # masked again, to be sure
+        doc.get("status") == "retracted",
+    )
 
 
 def standing_alerts(alerts: Iterable[CheckedAlert]) -> dict[str, CheckedAlert]:
@@ -1025,8 +1157,11 @@ def compare_capture_alerts(expected: Iterable[CheckedAlert], seen: Iterable[Chec
     """Expected against arrived, by dedup_key, each side as it stands after retractions; repeats are no error."""
     want, got = standing_alerts(expected), standing_alerts(seen)
     order = lambda a: (a.kind, a.event_time, a.dedup_key)  # noqa: E731
-    return CaptureComparison(sorted((want[k] for k in want.keys() - got.keys()), key=order),
-                             sorted((got[k] for k in got.keys() - want.keys()), key=order), len(want))
+    return CaptureComparison(
+        sorted((want[k] for k in want.keys() - got.keys()), key=order),
+        sorted((got[k] for k in got.keys() - want.keys()), key=order),
+        len(want),
+    )
 
 
 def expected_alerts(produced: Sequence[Produced], settings: Settings) -> list[CheckedAlert]:
@@ -1054,9 +1189,16 @@ class CaptureCheckResult:
 
 
 def run_capture_check(
-    bootstrap: str, paths: Sequence[str | Path], settings: Settings, timeout: float = 60.0,
-    settle_s: float | None = None, speed: float = 0.0, rebase_to_us: int | None = None,
-    renames: dict[str, str] | None = None, keep_partitions: bool = False, log: IO[str] | None = None,
+    bootstrap: str,
+    paths: Sequence[str | Path],
+    settings: Settings,
+    timeout: float = 60.0,
+    settle_s: float | None = None,
+    speed: float = 0.0,
+    rebase_to_us: int | None = None,
+    renames: dict[str, str] | None = None,
+    keep_partitions: bool = False,
+    log: IO[str] | None = None,
     security: KafkaSecurity = PLAINTEXT,
 ) -> CaptureCheckResult:
     """Produce captures as `replay --bootstrap` does, compute their alerts offline from what the broker
@@ -1070,8 +1212,9 @@ def run_capture_check(
     consumer = _alerts_consumer(bootstrap, settings.topics.alerts, security)
     try:
         sent: list[Produced] = []
-        summary = replay_to_kafka(bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent,
-                                  security=security)
+        summary = replay_to_kafka(
+            bootstrap, paths, speed, rebase_to_us, renames, keep_partitions, sent=sent, security=security
+        )
         produced_at = time.monotonic()
         if log is not None:
             log.write(summary.render() + "\n")
@@ -1081,15 +1224,19 @@ def run_capture_check(
         ids = _event_ids(p.value for p in sent)
         shared = [k for k, n in Counter(a.dedup_key for a in expected if not a.retracted).items() if n > 1]
         if log is not None and shared:
-            log.write(f"warning: {len(shared)} dedup key(s) stand for alerts of different records: the capture "
-                      "reuses event ids on different numbers (the contract wants them unique); each such key "
-                      "is compared once\n")
+            log.write(
+                f"warning: {len(shared)} dedup key(s) stand for alerts of different records: the capture "
+                "reuses event ids on different numbers (the contract wants them unique); each such key "
+                "is compared once\n"
+            )
         if log is not None:
             kinds = Counter(a.kind for a in standing_alerts(expected).values())
-            log.write(f"expected offline: {sum(kinds.values())} alert(s)"
-                      f"{' (' + ', '.join(f'{k} {n}' for k, n in sorted(kinds.items())) + ')' if kinds else ''}; "
-                      f"waiting on {settings.topics.alerts} for alerts triggered by the {len(ids)} produced "
-                      f"event ids (timeout {timeout:g} s, then quiet {settle:g} s)\n")
+            log.write(
+                f"expected offline: {sum(kinds.values())} alert(s)"
+                f"{' (' + ', '.join(f'{k} {n}' for k, n in sorted(kinds.items())) + ')' if kinds else ''}; "
+                f"waiting on {settings.topics.alerts} for alerts triggered by the {len(ids)} produced "
+                f"event ids (timeout {timeout:g} s, then quiet {settle:g} s)\n"
+            )
 
         def judge(seen: list[CheckedAlert]) -> tuple[bool, bool]:
             comp = compare_capture_alerts(expected, seen)
@@ -1099,12 +1246,12 @@ def run_capture_check(
             if log is not None:
                 log.write(f"  {'retracted' if a.retracted else 'alert':<9} {a.render()}\n")
 
-        seen, timed_out = _await_alerts(consumer, lambda v: capture_alert(v, ids), judge,
-                                        time.monotonic() + timeout, settle, produced_at, show)
+        seen, timed_out = _await_alerts(
+            consumer, lambda v: capture_alert(v, ids), judge, time.monotonic() + timeout, settle, produced_at, show
+        )
     finally:
         consumer.close()
-    return CaptureCheckResult(compare_capture_alerts(expected, seen), summary, time.monotonic() - started,
-                              timed_out)
+    return CaptureCheckResult(compare_capture_alerts(expected, seen), summary, time.monotonic() - started, timed_out)
 
 
 def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
@@ -1121,9 +1268,12 @@ def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     foreign = sorted(topics - inputs)
     if foreign:
-        print(f"notifguard check: the capture would be produced to {', '.join(foreign)}, not an input topic "
-              f"of the configuration ({', '.join(sorted(inputs))}); map it with --rename OLD=NEW, or give the "
-              "worker's --config", file=sys.stderr)
+        print(
+            f"notifguard check: the capture would be produced to {', '.join(foreign)}, not an input topic "
+            f"of the configuration ({', '.join(sorted(inputs))}); map it with --rename OLD=NEW, or give the "
+            "worker's --config",
+            file=sys.stderr,
+        )
         return 2
     security = load_kafka_security(args.config)
     why = _check_preflight(args.bootstrap, [*topics, t.alerts], float(args.timeout), security)
@@ -1133,24 +1283,38 @@ def _check_captures(args: argparse.Namespace, settings: Settings) -> int:
     settle = getattr(args, "settle", None)
     try:
         result = run_capture_check(
-            args.bootstrap, paths, settings, float(args.timeout), None if settle is None else float(settle),
-            float(args.speed), rebase, renames, bool(args.keep_partitions), log=sys.stderr, security=security,
+            args.bootstrap,
+            paths,
+            settings,
+            float(args.timeout),
+            None if settle is None else float(settle),
+            float(args.speed),
+            rebase,
+            renames,
+            bool(args.keep_partitions),
+            log=sys.stderr,
+            security=security,
         )
     except (LookupError, KafkaError) as err:
         print(f"notifguard check: {err}", file=sys.stderr)
         return 2
     name = ", ".join(Path(p).name for p in paths)
     if result.replay.failed:
-        print(f"notifguard check: the broker rejected some records of {name}; nothing checked "
-              "(a record timestamp more than message.timestamp.after.max.ms in the future?)", file=sys.stderr)
+        print(
+            f"notifguard check: the broker rejected some records of {name}; nothing checked "
+            "(a record timestamp more than message.timestamp.after.max.ms in the future?)",
+            file=sys.stderr,
+        )
         return 2
     comp = result.comparison
     if comp.ok:
         print(f"check {name}: OK, {comp.expected} expected alert(s), nothing else ({result.seconds:.1f} s)")
         return 0
     why = "timed out" if result.timed_out and comp.missing else "mismatch"
-    print(f"check {name}: FAIL ({why} after {result.seconds:.1f} s): {len(comp.missing)} of {comp.expected} "
-          f"expected alert(s) missing, {len(comp.unexpected)} unexpected\n{comp.render()}")
+    print(
+        f"check {name}: FAIL ({why} after {result.seconds:.1f} s): {len(comp.missing)} of {comp.expected} "
+        f"expected alert(s) missing, {len(comp.unexpected)} unexpected\n{comp.render()}"
+    )
     return 1
 
 
@@ -1179,12 +1343,16 @@ def check_command(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
     kinds = [check_target(t) for t in args.targets]
-    capture_only = [opt for opt, used in (
-        ("--speed", float(getattr(args, "speed", 0.0) or 0.0) != 0.0),
-        ("--rebase-time", bool(getattr(args, "rebase_time", None))),
-        ("--rename", bool(getattr(args, "rename", None))),
-        ("--keep-partitions", bool(getattr(args, "keep_partitions", False))),
-    ) if used]
+    capture_only = [
+        opt
+        for opt, used in (
+            ("--speed", float(getattr(args, "speed", 0.0) or 0.0) != 0.0),
+            ("--rebase-time", bool(getattr(args, "rebase_time", None))),
+            ("--rename", bool(getattr(args, "rename", None))),
+            ("--keep-partitions", bool(getattr(args, "keep_partitions", False))),
+        )
+        if used
+    ]
     settings = load_settings(args.config)
     if kinds == ["scenario"]:
         if capture_only:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from detectors.codec import number_key
 from detectors.engine import Engine
-from detectors.state import number_key
 from streams import seams
 from streams.tablestore import TableNumbers
 
@@ -89,7 +89,8 @@ def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limi
         # the one this worker last wrote it in (or is about to)
         part, written = numbers.partition_of.get, numbers.memory_partitions.get
         keys = sorted(
-            k for k in store.data
+            k
+            for k in store.data
             if len(k) == _KEY_BYTES and (after is None or k > after) and part(k.hex(), written(k)) == partition
         )
         return keys[:limit]

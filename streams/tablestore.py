@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from detectors.state import Link, NumberCodec, NumberState, decode_links, decode_number, encode_links, number_key
+from detectors.codec import NumberCodec, decode_links, encode_links, number_key
+from detectors.state import Link, NumberState
 from streams import seams
 
 
@@ -81,8 +82,8 @@ def store_get(table: Any, partition: int, key: bytes) -> bytes | None:
 
 
 class TableNumbers:
-    """ref -> NumberState over a Faust table (key: detectors.state.number_key, value: the
-    stored form of detectors.state); dirty states flushed in batches.
+    """ref -> NumberState over a Faust table (key: detectors.codec.number_key, value: the
+    stored form of detectors.codec); dirty states flushed in batches.
 
     A number's state lives in the changelog partition of its input records (the inputs are
     co-partitioned). The engine reads and writes a number for a record with that record's
@@ -132,7 +133,7 @@ class TableNumbers:
                         self.absent.clear()
                     self.absent.add(ref)
                 return None
-            state = self.cache[ref] = decode_number(raw)
+            state = self.cache[ref] = self.codec.decode(raw)
         return state
 
     def __setitem__(self, ref: str, state: NumberState) -> None:
@@ -154,7 +155,8 @@ class TableNumbers:
         """Write dirty states to the local store; returns the changelog records to send."""
         encode, cache, partition_of = self.codec.encode, self.cache, self.partition_of
         out: list[tuple[int, bytes, bytes | None]] = [
-            (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty]
+            (partition_of[ref], number_key(ref), encode(ref, cache[ref])) for ref in self.dirty
+        ]
         store_put_many(self.table, out)
         if not seams.has_partition_dbs(self.table.data):
             self.memory_partitions.update((key, partition) for partition, key, _ in out)
@@ -185,7 +187,7 @@ class TableNumbers:
 
     def values(self) -> Iterator[NumberState]:
         for raw in self.table.data.values():
-            yield decode_number(raw)
+            yield self.codec.decode(raw)
 
 
 class TableLinks:
@@ -247,7 +249,8 @@ class TableLinks:
         n = self.partitions
         out: list[tuple[int, bytes, bytes | None]] = [
             (int.from_bytes(addr[:4], "big") % n, addr, encode_links(links) if links else None)
-            for addr, links in self.touched.items()]
+            for addr, links in self.touched.items()
+        ]
         store_put_many(self.table, out)
         self.touched.clear()
         return out

@@ -91,10 +91,16 @@ def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifgua
         TopicSpec(t.changes, "input", partitions, dict(delete), True),
         TopicSpec(t.delivery, "input", partitions, dict(delete), True),
         # Keyed by dedup_key: compaction keeps the newest record per alert, delete bounds the age.
-        TopicSpec(t.alerts, "output", partitions,
-                  {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)}, False),
-        TopicSpec(t.deadletter, "output", partitions,
-                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(
+            t.alerts,
+            "output",
+            partitions,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)},
+            False,
+        ),
+        TopicSpec(
+            t.deadletter, "output", partitions, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, False
+        ),
         # The tables' changelogs, made before the worker starts: Faust declares them itself, but
         # its partition assignor can run before their metadata has spread, ignore them as
         # missing ("not found in cluster metadata"), and leave the worker never ready.
@@ -124,8 +130,9 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0, security: KafkaSecuri
             # Connect, handshake and log in first: the admin client would retry a refusal
             # until its bootstrap timeout and not say why.
             check_connection(bootstrap, security, timeout=min(2.0, left_ms / 1000))
-            admin = _admin(bootstrap, security, request_timeout_ms=min(left_ms, 10_000),
-                           bootstrap_timeout_ms=min(left_ms, 10_000))
+            admin = _admin(
+                bootstrap, security, request_timeout_ms=min(left_ms, 10_000), bootstrap_timeout_ms=min(left_ms, 10_000)
+            )
             if admin.describe_cluster().get("brokers"):
                 return True
         except KafkaAccessError as err:
@@ -156,15 +163,20 @@ def _configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
     names = list(names)
     if not names:
         return {}
-    got = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, n) for n in names], config_filter="all"
-    ).get("topic", {})
+    got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names], config_filter="all").get(
+        "topic", {}
+    )
     return {n: {k: str(v.get("value")) for k, v in got.get(n, {}).items()} for n in names}
 
 
 def ensure_topics(
-    bootstrap: str, settings: Settings, partitions: int = 6, app_id: str = "notifguard",
-    timeout: float = 30.0, specs: list[TopicSpec] | None = None, security: KafkaSecurity = PLAINTEXT,
+    bootstrap: str,
+    settings: Settings,
+    partitions: int = 6,
+    app_id: str = "notifguard",
+    timeout: float = 30.0,
+    specs: list[TopicSpec] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> TopicsReport:
     """Create what is missing, check what exists; raise TopicLayoutError when co-partitioning would break.
 
@@ -201,8 +213,7 @@ def ensure_topics(
                 continue
             try:
                 admin.create_topics(
-                    {spec.name: {"num_partitions": spec.partitions, "replication_factor": -1,
-                                 "configs": spec.configs}},
+                    {spec.name: {"num_partitions": spec.partitions, "replication_factor": -1, "configs": spec.configs}},
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:
@@ -217,8 +228,9 @@ def ensure_topics(
     states = []
     for spec in specs:
         have = counts_now.get(spec.name, 0)
-        state = TopicState(spec, have, spec.name in created,
-                           {k: configs.get(spec.name, {}).get(k, "?") for k in spec.configs})
+        state = TopicState(
+            spec, have, spec.name in created, {k: configs.get(spec.name, {}).get(k, "?") for k in spec.configs}
+        )
         if spec.co_partitioned and have != spec.partitions:
             # Raced with another creator that used another count.
             raise TopicLayoutError(
@@ -234,8 +246,9 @@ def ensure_topics(
     return TopicsReport(bootstrap, states)
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0,
-                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
+def delete_topics(
+    bootstrap: str, names: Iterable[str], timeout: float = 30.0, security: KafkaSecurity = PLAINTEXT
+) -> list[str]:
     """Delete those of `names` that exist and wait until they are gone; returns the ones deleted."""
     names = list(names)
     admin = _admin(bootstrap, security)

@@ -76,10 +76,22 @@ def mail(recipient: str, t: float | str = 0, *, id: str | None = None, msisdn: s
     return _rec("outbound", t, id, msisdn, {**base, **fields})
 
 
-def delivery(message_id: str, status: str = "delivered", t: float | str = 0, *, id: str | None = None,
-             msisdn: str = MSISDN, **fields: Any) -> Rec:
-    base = {"message_id": message_id, "recipient": "x@example.com", "status": status, "brand": "o2",
-            "sender": "crm-mailer"}
+def delivery(
+    message_id: str,
+    status: str = "delivered",
+    t: float | str = 0,
+    *,
+    id: str | None = None,
+    msisdn: str = MSISDN,
+    **fields: Any,
+) -> Rec:
+    base = {
+        "message_id": message_id,
+        "recipient": "x@example.com",
+        "status": status,
+        "brand": "o2",
+        "sender": "crm-mailer",
+    }
     return _rec("delivery", t, id, msisdn, {**base, **fields})
 
 

@@ -18,9 +18,13 @@ from typing import Any
 # Loaded on first use (PEP 562): importing a Faust-free part (streams.worker.pipeline, ...) does not
 # load Faust through this package.
 _EXPORTS = {
-    "FAUST_TESTED": "streams.worker.app", "Worker": "streams.worker.app", "check_versions": "streams.worker.app",
-    "create_app": "streams.worker.app", "ProduceFailed": "streams.worker.committer",
-    "DeliveryTimeout": "streams.worker.runtime", "Runtime": "streams.worker.runtime",
+    "FAUST_TESTED": "streams.worker.app",
+    "Worker": "streams.worker.app",
+    "check_versions": "streams.worker.app",
+    "create_app": "streams.worker.app",
+    "ProduceFailed": "streams.worker.committer",
+    "DeliveryTimeout": "streams.worker.runtime",
+    "Runtime": "streams.worker.runtime",
     "TimerFailed": "streams.worker.runtime",
 }
 __all__ = sorted(_EXPORTS)

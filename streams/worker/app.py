@@ -131,8 +131,7 @@ def create_app(config: WorkerConfig) -> faust.App:
         **faust_settings(config.kafka),  # TLS and SASL (streams.kafka_security)
     )
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
-    links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes,
-                                  value_type=bytes)
+    links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes, value_type=bytes)
     rt = Runtime(app, config, numbers_table, links_table)
     app.notifguard = rt  # type: ignore[attr-defined]
     app.fetch_settings = (config.fetch_max_wait_ms, config.fetch_min_bytes)  # type: ignore[attr-defined]

@@ -139,9 +139,11 @@ class AtLeastOnce:
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            raise ProduceFailed(f"{len(failed)} of {len(futures)} producer sends failed (first: {failed[0]!r}); "
-                                "stopping without acknowledging their input records, which are read again "
-                                "on restart")
+            raise ProduceFailed(
+                f"{len(failed)} of {len(futures)} producer sends failed (first: {failed[0]!r}); "
+                "stopping without acknowledging their input records, which are read again "
+                "on restart"
+            )
 
     def reset(self, revoked: set[TP]) -> None:
         self.tracker.clear()

@@ -114,20 +114,24 @@ class ExactlyOnce:
             self.stage = "committing the exactly_once transaction of a flush"
             try:
                 if producer is None:
-                    raise RuntimeError("exactly_once: records to commit but no transactional producer "
-                                       "(no input partition assigned)")
+                    raise RuntimeError(
+                        "exactly_once: records to commit but no transactional producer (no input partition assigned)"
+                    )
                 await producer.begin_transaction()
                 send = producer.send
                 futures = [await send(o.topic, o.value, key=o.key) for o in out]
                 changelog = batch.links.changelog
-                futures += [await send(changelog, value, key=key, partition=partition)
-                            for partition, key, value in links]
+                futures += [
+                    await send(changelog, value, key=key, partition=partition) for partition, key, value in links
+                ]
                 changelog = batch.numbers.changelog
-                futures += [await send(changelog, value, key=key, partition=partition)
-                            for partition, key, value in numbers]
+                futures += [
+                    await send(changelog, value, key=key, partition=partition) for partition, key, value in numbers
+                ]
                 if offsets:
                     await producer.send_offsets_to_transaction(
-                        {TopicPartition(tp.topic, tp.partition): om for tp, om in offsets.items()}, self.group_id)
+                        {TopicPartition(tp.topic, tp.partition): om for tp, om in offsets.items()}, self.group_id
+                    )
                 await asyncio.gather(*futures)
                 await producer.commit_transaction()
             except BaseException as exc:
@@ -159,8 +163,7 @@ class ExactlyOnce:
             await self._close()
             if not parts:
                 return
-            producers = [seams.new_transactional_producer(self.app.producer, self.transactional_id(p))
-                         for p in parts]
+            producers = [seams.new_transactional_producer(self.app.producer, self.transactional_id(p)) for p in parts]
             try:
                 # InitProducerId for each id: bumps its epoch (the old holder is fenced)
                 # and aborts (waits for) a transaction it left open.
@@ -177,8 +180,11 @@ class ExactlyOnce:
             await self._load_committed([tp for tp in assigned if tp.topic in self.inputs])
             for p in producers[1:]:
                 await p.stop()
-            log.info("exactly_once: transactional id %s (fenced %s)", self.transactional_id(parts[0]),
-                     ", ".join(self.transactional_id(p) for p in parts))
+            log.info(
+                "exactly_once: transactional id %s (fenced %s)",
+                self.transactional_id(parts[0]),
+                ", ".join(self.transactional_id(p) for p in parts),
+            )
 
     async def _load_committed(self, tps: list[TP]) -> None:
         """The group's committed offsets and their done-past-the-offset lists (after the fencing)."""
@@ -188,7 +194,8 @@ class ExactlyOnce:
         await admin.start()
         try:
             committed = await admin.list_consumer_group_offsets(
-                self.group_id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+                self.group_id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+            )
         finally:
             await admin.close()
         for tp, meta in committed.items():
@@ -258,6 +265,15 @@ class TransactionManager(FaustTransactionManager):
             log.error("exactly_once: Faust tried to commit offsets outside a flush transaction: %s", offsets)
         return False
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-                   timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
         raise NotImplementedError("exactly_once: this worker produces only inside its flush transactions")

@@ -166,8 +166,10 @@ def encode_done(base: int, done: Iterable[int]) -> str:
     for a, b in runs:
         part = f"{a - base}" if a == b else f"{a - base}-{b - base}"
         if len(text) + len(part) + 1 > METADATA_MAX:
-            log.warning("exactly_once: too many done records past a held one to record; "
-                        "the rest may be processed again after a restart")
+            log.warning(
+                "exactly_once: too many done records past a held one to record; "
+                "the rest may be processed again after a restart"
+            )
             break
         text += part + ","
     return text.rstrip(",")

@@ -104,10 +104,20 @@ class Changelog:
 class Pipeline:
     """Everything between the fetched records and the flush batch, for one worker process."""
 
-    def __init__(self, config: WorkerConfig, numbers: TableNumbers, links: TableLinks, metrics: Metrics, *,
-                 numbers_changelog: str = "numbers-changelog", links_changelog: str = "address-index-changelog",
-                 clock: Callable[[], int] = wall_clock_us, monotonic: Callable[[], float] = time.monotonic,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, journal: CrashJournal | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        numbers: TableNumbers,
+        links: TableLinks,
+        metrics: Metrics,
+        *,
+        numbers_changelog: str = "numbers-changelog",
+        links_changelog: str = "address-index-changelog",
+        clock: Callable[[], int] = wall_clock_us,
+        monotonic: Callable[[], float] = time.monotonic,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        journal: CrashJournal | None = None,
+    ) -> None:
         rules = config.rules
         self.config = config
         self.topics = rules.topics
@@ -216,16 +226,35 @@ class Pipeline:
         """A record the worker died on `journal.limit` times: dead-lettered as `quarantined`, done."""
         assert self.journal is not None
         crashes = self.journal.crashes(rec.topic, rec.partition, rec.offset)
-        log.error("QUARANTINED %s[%s]@%s: the worker died %d times while working on it", rec.topic, rec.partition,
-                  rec.offset, crashes)
+        log.error(
+            "QUARANTINED %s[%s]@%s: the worker died %d times while working on it",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            crashes,
+        )
         self.metrics.quarantined.labels(rec.topic).inc()
-        letter = dead_letter(rec.topic, rec.partition, rec.offset, None, rec.key, rec.value,
-                             f"the worker died {crashes} times while working on this record (crash_quarantine_after "
-                             f"= {self.journal.limit}): set aside so that the worker can go on", QUARANTINED,
-                             rfc3339(now))
-        self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
-                               self.metrics.deadletters.labels(rec.topic, QUARANTINED)))
-        self.done.append(rec)
+        self._set_aside(
+            rec,
+            f"the worker died {crashes} times while working on this record (crash_quarantine_after "
+            f"= {self.journal.limit}): set aside so that the worker can go on",
+            QUARANTINED,
+            now,
+        )
+
+    def _set_aside(self, msg: Any, reason: str, code: str, now: int) -> None:
+        """Dead-letter an input record as itself (the worker's own reasons: PROCESSING_ERROR, QUARANTINED)
+        and count it done: acked once the dead letter is delivered."""
+        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value, reason, code, rfc3339(now))
+        self.out.append(
+            Output(
+                self.topics.deadletter,
+                (letter.key or "").encode(),
+                _json.encode(letter),
+                self.metrics.deadletters.labels(msg.topic, code),
+            )
+        )
+        self.done.append(msg)
 
     def tick(self) -> None:
         """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
@@ -273,12 +302,9 @@ class Pipeline:
         itself with the traceback's last line (`processing_error`), and done, so the worker goes on."""
         self.metrics.errors.labels(msg.topic).inc()
         log.error("BUG while processing %s[%s]@%s:\n%s", msg.topic, msg.partition, msg.offset, trace)
-        letter = dead_letter(msg.topic, msg.partition, msg.offset, None, msg.key, msg.value,
-                             f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR,
-                             rfc3339(self.clock()))
-        self.out.append(Output(self.topics.deadletter, (letter.key or "").encode(), _json.encode(letter),
-                               self.metrics.deadletters.labels(msg.topic, PROCESSING_ERROR)))
-        self.done.append(msg)
+        self._set_aside(
+            msg, f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR, self.clock()
+        )
 
     def _emit(self) -> None:
         engine = self.engine
@@ -288,13 +314,18 @@ class Pipeline:
         out = self.out
         metrics = self.metrics
         for a in alerts:
-            out.append(Output(self.topics.alerts, a.dedup_key.encode(), encode_alert(a),
-                              metrics.alert_counter(a.kind)))
+            out.append(Output(self.topics.alerts, a.dedup_key.encode(), encode_alert(a), metrics.alert_counter(a.kind)))
             if self.echo is not None:
                 self.echo(a)
         for d in dead:
-            out.append(Output(self.topics.deadletter, (d.key or "").encode(), _json.encode(d),
-                              metrics.deadletters.labels(d.source_topic, d.reason_code)))
+            out.append(
+                Output(
+                    self.topics.deadletter,
+                    (d.key or "").encode(),
+                    _json.encode(d),
+                    metrics.deadletters.labels(d.source_topic, d.reason_code),
+                )
+            )
         if verdicts:
             metrics.observe_verdicts(verdicts)
 

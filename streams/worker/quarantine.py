@@ -54,8 +54,12 @@ class CrashJournal:
             self.counts[found] = self.counts.get(found, 0) + 1
             self.counts = dict(list(self.counts.items())[-KEEP:])
             self._save_counts()
-            log.error("the worker died while working on %s[%s]@%s (crash %d of %d before it is quarantined)",
-                      *found, self.counts[found], limit)
+            log.error(
+                "the worker died while working on %s[%s]@%s (crash %d of %d before it is quarantined)",
+                *found,
+                self.counts[found],
+                limit,
+            )
         with marker.open("r+b" if marker.exists() else "w+b") as f:
             f.truncate(_SIZE)
             self._mm = mmap.mmap(f.fileno(), _SIZE)

@@ -174,8 +174,15 @@ class BrokerView:
 class Runtime:
     """Everything the batch handler, the timer and the rebalance callbacks share; one per worker process."""
 
-    def __init__(self, app: Any, config: WorkerConfig, numbers_table: Any, links_table: Any, *,
-                 clock: Callable[[], int] = wall_clock_us) -> None:
+    def __init__(
+        self,
+        app: Any,
+        config: WorkerConfig,
+        numbers_table: Any,
+        links_table: Any,
+        *,
+        clock: Callable[[], int] = wall_clock_us,
+    ) -> None:
         self.app = app
         self.config = config
         rules = config.rules
@@ -183,9 +190,15 @@ class Runtime:
         self.metrics = Metrics(rules.topics)
         self.numbers = TableNumbers(numbers_table)
         self.links = TableLinks(links_table, config.partitions)
-        self.pipeline = Pipeline(config, self.numbers, self.links, self.metrics, clock=clock,
-                                 numbers_changelog=numbers_table.changelog_topic.get_topic_name(),
-                                 links_changelog=links_table.changelog_topic.get_topic_name())
+        self.pipeline = Pipeline(
+            config,
+            self.numbers,
+            self.links,
+            self.metrics,
+            clock=clock,
+            numbers_changelog=numbers_table.changelog_topic.get_topic_name(),
+            links_changelog=links_table.changelog_topic.get_topic_name(),
+        )
         self.engine = self.pipeline.engine
         self.inputs = self.pipeline.inputs
         self.clock = clock
@@ -204,8 +217,14 @@ class Runtime:
         # are still waiting in the pipeline's output queue.
         self._lock = asyncio.Lock()
         # Liveness (streams/liveness.py): progress against the input waiting for the worker
-        self.liveness = Liveness(stall_bound(config.stall_after_s, rules.idle_flush_s, rules.grace_s,
-                                             config.tick_interval_s + config.flush_interval_s + 10.0))
+        self.liveness = Liveness(
+            stall_bound(
+                config.stall_after_s,
+                rules.idle_flush_s,
+                rules.grace_s,
+                config.tick_interval_s + config.flush_interval_s + 10.0,
+            )
+        )
         self._committed_seen: dict[TP, int] = {}  # the committed offsets the last liveness check saw
         self._stall_reported = False
         self._crashing: asyncio.Future[Any] | None = None
@@ -298,7 +317,8 @@ class Runtime:
             exc = DeliveryTimeout(
                 f"a flush waited {self.config.delivery_timeout_s:g} s (delivery_timeout_s) while "
                 f"{self.committer.stage or 'flushing'}: the broker does not take or acknowledge the worker's "
-                "sends; stopping without acknowledging their input records, which are read again on restart")
+                "sends; stopping without acknowledging their input records, which are read again on restart"
+            )
             fired.append(exc)
             self._undelivered = exc
             log.critical("%s", exc)
@@ -351,8 +371,10 @@ class Runtime:
         except BaseException as exc:
             if getattr(self.app, "should_stop", False):
                 raise  # stopping: Faust cancels its timers
-            failed = TimerFailed(f"the timer (Runtime.tick) ended with {exc!r} while the worker runs; stopping it "
-                                 "(records not acknowledged are read again on restart)")
+            failed = TimerFailed(
+                f"the timer (Runtime.tick) ended with {exc!r} while the worker runs; stopping it "
+                "(records not acknowledged are read again on restart)"
+            )
             log.critical("%s", failed, exc_info=exc)
             self.crash_soon(failed)
             raise failed from exc
@@ -380,15 +402,20 @@ class Runtime:
                 uncommitted += upto - c
         if moved:
             self.liveness.progress(COMMITTED)
-        status = self.liveness.check(ready=self.is_ready(), unread=unread, pending=self.engine.pending_count(),
-                                     uncommitted=uncommitted)
+        status = self.liveness.check(
+            ready=self.is_ready(), unread=unread, pending=self.engine.pending_count(), uncommitted=uncommitted
+        )
         self.metrics.stalled.set(1 if status.stalled else 0)
         self.metrics.last_progress.set(status.last_progress_unix)
         if status.stalled and not self._stall_reported:
             self._stall_reported = True
-            log.error("STALLED: %s; last progress: %s %.0f s ago. Where the worker waits:\n%s", status.reason,
-                      status.last_progress or "none since start", status.since_progress_s,
-                      describe_stacks(_running_loop()))
+            log.error(
+                "STALLED: %s; last progress: %s %.0f s ago. Where the worker waits:\n%s",
+                status.reason,
+                status.last_progress or "none since start",
+                status.since_progress_s,
+                describe_stacks(_running_loop()),
+            )
         elif not status.stalled and self._stall_reported:
             self._stall_reported = False
             log.warning("no longer stalled: %s", status.last_progress or "ready")
@@ -402,8 +429,14 @@ class Runtime:
         """/health (readiness): 200 when recovered, not rebalancing and not stalled, else 503."""
         ready = self.is_ready()
         status = self.liveness_status()
-        body = {"ready": ready, "rebalancing": bool(self.app.rebalancing), "pending": self.engine.pending_count(),
-                "consumed": self.consumed_total, "stalled": status.stalled, "liveness": status.as_dict()}
+        body = {
+            "ready": ready,
+            "rebalancing": bool(self.app.rebalancing),
+            "pending": self.engine.pending_count(),
+            "consumed": self.consumed_total,
+            "stalled": status.stalled,
+            "liveness": status.as_dict(),
+        }
         return (200 if ready and not status.stalled else 503), body
 
     def live(self) -> tuple[int, dict[str, Any]]:
@@ -428,7 +461,10 @@ class Runtime:
         if self.pipeline.journal is None and self.config.crash_quarantine_after > 0:
             # opened at the first assignment, before any record is read (not when the app is built:
             # that starts nothing and writes nothing); a death found in flight is charged now
-            journal = CrashJournal(Path(self.config.datadir) / f"{self.config.app_id}-quarantine",
-                                   input_topics(self.topics), self.config.crash_quarantine_after)
+            journal = CrashJournal(
+                Path(self.config.datadir) / f"{self.config.app_id}-quarantine",
+                input_topics(self.topics),
+                self.config.crash_quarantine_after,
+            )
             self.pipeline.use_journal(journal)
         self.pipeline.assign(assigned)

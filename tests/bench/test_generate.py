@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(seed: int = SEED, **kw: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     manifest: dict[str, Any] = {}
-    envs = list(gen.generate(RECORDS, NUMBERS, DAYS, PARTITIONS, seed, jitter_s=JITTER_S,
-                             manifest=manifest, **kw))
+    envs = list(gen.generate(RECORDS, NUMBERS, DAYS, PARTITIONS, seed, jitter_s=JITTER_S, manifest=manifest, **kw))
     return envs, manifest
 
 
@@ -54,16 +53,24 @@ def _good(env: dict[str, Any]) -> dict[str, Any] | None:
         return None
     topic = env["topic"]
     if topic == "contracts.changes":
-        ok = v.get("type") in {"contract_started", "contract_ended", "email_changed",
-                               "email_verified", "holder_changed", "ported_in", "ported_out"}
+        ok = v.get("type") in {
+            "contract_started",
+            "contract_ended",
+            "email_changed",
+            "email_verified",
+            "holder_changed",
+            "ported_in",
+            "ported_out",
+        }
         ok = ok and isinstance(v.get("contract_id"), str)
     elif topic == "notifications.outbound":
         ok = v.get("channel") in {"email", "sms"} and all(
-            isinstance(v.get(f), str)
-            for f in ("message_id", "recipient", "brand", "template", "sender"))
+            isinstance(v.get(f), str) for f in ("message_id", "recipient", "brand", "template", "sender")
+        )
     else:
         ok = v.get("status") in {"delivered", "bounced", "deferred", "complained"} and all(
-            isinstance(v.get(f), str) for f in ("message_id", "recipient", "brand", "sender"))
+            isinstance(v.get(f), str) for f in ("message_id", "recipient", "brand", "sender")
+        )
     return v if ok else None
 
 
@@ -85,8 +92,7 @@ def test_envelope_shape_and_offsets(run: tuple[list[dict[str, Any]], dict[str, A
     envs, _ = run
     next_offset: dict[tuple[str, int], int] = defaultdict(int)
     for e in envs:
-        assert list(e) == ["topic", "partition", "offset", "tstype", "ts", "broker", "key",
-                           "payload"]
+        assert list(e) == ["topic", "partition", "offset", "tstype", "ts", "broker", "key", "payload"]
         assert e["topic"] in TOPICS and e["tstype"] == "create" and e["broker"] == 1
         assert isinstance(e["ts"], int) and isinstance(e["payload"], str)
         assert 0 <= e["partition"] < PARTITIONS
@@ -155,7 +161,12 @@ def test_duplicates_repeat_event_and_content(
     for first, *rest in repeated:
         for d in rest:
             assert (d["topic"], d["partition"], d["key"], d["payload"], d["ts"]) == (
-                first["topic"], first["partition"], first["key"], first["payload"], first["ts"])
+                first["topic"],
+                first["partition"],
+                first["key"],
+                first["payload"],
+                first["ts"],
+            )
             assert d["offset"] > first["offset"]
 
 
@@ -205,8 +216,7 @@ def test_good_and_bad_records_against_project_schemas(
     paths = {t: ROOT / "docs" / "schemas" / f"{t}.json" for t in TOPICS}
     if not all(p.exists() for p in paths.values()):
         pytest.skip("docs/schemas not present")
-    validators = {t: jsonschema.Draft202012Validator(json.loads(p.read_text()))
-                  for t, p in paths.items()}
+    validators = {t: jsonschema.Draft202012Validator(json.loads(p.read_text())) for t, p in paths.items()}
     envs, _ = run
     for e in envs:
         by_contract = _good(e) is not None
@@ -214,23 +224,40 @@ def test_good_and_bad_records_against_project_schemas(
             v = json.loads(e["payload"])
         except ValueError:
             v = None
-        valid = isinstance(v, dict) and validators[e["topic"]].is_valid(v) and (
-            v.get("msisdn") == e["key"])
+        valid = isinstance(v, dict) and validators[e["topic"]].is_valid(v) and (v.get("msisdn") == e["key"])
         assert valid == by_contract, e
 
 
 def test_cli_writes_capture_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "data" / "capture.jsonl"
-    rc = gen.main(["--records", "600", "--numbers", "8", "--days", "90", "--partitions", "3",
-                   "--seed", "5", "--out", str(out), "--jitter-s", "5"])
+    rc = gen.main(
+        [
+            "--records",
+            "600",
+            "--numbers",
+            "8",
+            "--days",
+            "90",
+            "--partitions",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            "--jitter-s",
+            "5",
+        ]
+    )
     assert rc == 0
     lines = out.read_text().splitlines()
     manifest = json.loads((tmp_path / "data" / "capture.jsonl.manifest.json").read_text())
     assert len(lines) == manifest["records"]
-    assert [json.loads(x) for x in lines] == list(
-        gen.generate(600, 8, 90, 3, 5, jitter_s=5))
+    assert [json.loads(x) for x in lines] == list(gen.generate(600, 8, 90, 3, 5, jitter_s=5))
     assert manifest["params"]["seed"] == 5 and set(manifest["anomalies"]) >= {
-        "recipient_previous_holder", "port_flapping", "bounce_burst"}
+        "recipient_previous_holder",
+        "port_flapping",
+        "bounce_burst",
+    }
 
 
 @pytest.mark.parametrize("jitter", [30, 45.0, -1])

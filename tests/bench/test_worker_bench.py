@@ -47,7 +47,8 @@ def test_kcat_live_producer_partitions_like_java_and_stamps_event_time(tmp_path:
         sent: dict[str, float] = {}
         before = time.time()
         _t0, n, _secs, _behind = wb._live_produce_kcat(
-            bootstrap, recs, 2000.0, 5.0, sent, [0], lambda t: None, list(rename.values()), tmp_path)
+            bootstrap, recs, 2000.0, 5.0, sent, [0], lambda t: None, list(rename.values()), tmp_path
+        )
         assert n == len(recs)
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         tps = [TopicPartition(t, p) for t in rename.values() for p in range(6)]

@@ -80,8 +80,9 @@ class Service:
         self.args = args
         self.log = log
         self._log_fh = log.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=cwd)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
+        )
 
     def tail(self, n: int = 40) -> str:
         try:
@@ -103,12 +104,16 @@ class Service:
 
 def prometheus_service(config: Path, tmp: Path, port: int) -> Service:
     """A real Prometheus (Debian's) with this config, its TSDB and log in tmp, listening on loopback."""
-    return Service("prometheus", [
-        tool("prometheus"),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp / 'prom-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ], tmp / "prometheus.log")
+    return Service(
+        "prometheus",
+        [
+            tool("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp / "prometheus.log",
+    )
 
 
 @pytest.fixture

@@ -34,8 +34,7 @@ ROUTE_CASES = [
     (["severity=critical", "alertname=NotifguardRecipientBreach", "brand=o2"], "pager"),
     (["severity=critical", "alertname=NotifguardWorkerDown", "job=notifguard"], "pager"),
     (["severity=critical", "alertname=NotifguardIncidentOpen", "incident_id=inc-1"], "pager"),
-    (["severity=critical", "alertname=NotifguardIncidentDeadlineNear", "incident_id=inc-1", "deadline=gdpr"],
-     "pager"),
+    (["severity=critical", "alertname=NotifguardIncidentDeadlineNear", "incident_id=inc-1", "deadline=gdpr"], "pager"),
     (["severity=warning", "alertname=NotifguardHardBounceRateHigh", "brand=o2", "sender=crm-mailer"], "ticket"),
     (["severity=warning", "alertname=NotifguardProcessingErrors"], "ticket"),
     (["severity=info", "alertname=NotifguardFrequentRebalances"], "null"),
@@ -48,8 +47,17 @@ ROUTE_CASES = [
 @pytest.mark.prometheus
 @pytest.mark.parametrize(("labels", "receiver"), ROUTE_CASES, ids=lambda v: v if isinstance(v, str) else v[0])
 def test_amtool_routes(labels: list[str], receiver: str) -> None:
-    r = run([tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}",
-             f"--verify.receivers={receiver}", *labels])
+    r = run(
+        [
+            tool("amtool"),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={AM_CONFIG}",
+            f"--verify.receivers={receiver}",
+            *labels,
+        ]
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == receiver
 

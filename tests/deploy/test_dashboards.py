@@ -29,8 +29,9 @@ RANGE_FUNCS = re.compile(r"\b(rate|irate|increase|delta|idelta|deriv|\w+_over_ti
 
 def documented_metrics() -> set[str]:
     """The worker's metrics and the incidents process's (rows marked `(incidents)`)."""
-    return set(re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"),
-                          re.M))
+    return set(
+        re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"), re.M)
+    )
 
 
 def panels() -> list[tuple[str, dict[str, Any]]]:
@@ -155,9 +156,39 @@ def test_provisioning_matches_the_dashboards() -> None:
 
 # lint/rule_panel_units.go validUnits, the part a notifguard panel may use.
 VALID_UNITS = {
-    "none", "string", "short", "percent", "percentunit", "bytes", "decbytes", "bits", "Bps", "pps",
-    "ns", "µs", "ms", "s", "m", "h", "d", "dtdurationms", "dtdurations", "hertz",
-    "cps", "ops", "reqps", "rps", "wps", "iops", "cpm", "opm", "rpm", "wpm", "mps", "mpm", "bool",
+    "none",
+    "string",
+    "short",
+    "percent",
+    "percentunit",
+    "bytes",
+    "decbytes",
+    "bits",
+    "Bps",
+    "pps",
+    "ns",
+    "µs",
+    "ms",
+    "s",
+    "m",
+    "h",
+    "d",
+    "dtdurationms",
+    "dtdurations",
+    "hertz",
+    "cps",
+    "ops",
+    "reqps",
+    "rps",
+    "wps",
+    "iops",
+    "cpm",
+    "opm",
+    "rpm",
+    "wpm",
+    "mps",
+    "mpm",
+    "bool",
 }
 LINTED_PANEL_TYPES = {"stat", "singlestat", "graph", "table", "timeseries", "gauge"}
 COUNTER_IN_RANGE_FUNC = re.compile(r"\b(?:rate|irate|increase)\(\s*(\w+_total)(?:\{[^}]*\})?\[[^\]]+\]\s*\)")
@@ -225,8 +256,11 @@ def rule_template_label_promql(d: dict[str, Any]) -> list[str]:
 
 
 def rule_template_on_time_change_reload(d: dict[str, Any]) -> list[str]:
-    return [f"{v['name']}: refresh {v.get('refresh')}, not 2 (on time range change)"
-            for v in _variables(d) if v["type"] == "query" and v.get("refresh") != 2]
+    return [
+        f"{v['name']}: refresh {v.get('refresh')}, not 2 (on time range change)"
+        for v in _variables(d)
+        if v["type"] == "query" and v.get("refresh") != 2
+    ]
 
 
 def rule_uneditable_dashboard(d: dict[str, Any]) -> list[str]:
@@ -242,13 +276,19 @@ def _linted_panels(d: dict[str, Any]) -> list[dict[str, Any]]:
 def rule_panel_datasource(d: dict[str, Any]) -> list[str]:
     names = {f"${v['name']}" for v in _variables(d) if v["type"] == "datasource"}
     names |= {f"${{{n[1:]}}}" for n in names}
-    return [f"{p['title']}: data source {p.get('datasource')}" for p in _linted_panels(d)
-            if (p.get("datasource") or {}).get("uid") not in names]
+    return [
+        f"{p['title']}: data source {p.get('datasource')}"
+        for p in _linted_panels(d)
+        if (p.get("datasource") or {}).get("uid") not in names
+    ]
 
 
 def rule_panel_title_description(d: dict[str, Any]) -> list[str]:
-    return [f"panel {p['id']}: no title or description" for p in _linted_panels(d)
-            if not p.get("title", "").strip() or not p.get("description", "").strip()]
+    return [
+        f"panel {p['id']}: no title or description"
+        for p in _linted_panels(d)
+        if not p.get("title", "").strip() or not p.get("description", "").strip()
+    ]
 
 
 def rule_panel_units(d: dict[str, Any]) -> list[str]:
@@ -272,8 +312,12 @@ def _targets(d: dict[str, Any]) -> list[tuple[str, str]]:
 
 def rule_target_rate_interval(d: dict[str, Any]) -> list[str]:
     # Stricter than the linter (which checks rate/irate only): every range is $__rate_interval.
-    return [f"{where}: range [{r}]" for where, expr in _targets(d)
-            for r in re.findall(r"\[([^\]]*)\]", expr) if r != "$__rate_interval"]
+    return [
+        f"{where}: range [{r}]"
+        for where, expr in _targets(d)
+        for r in re.findall(r"\[([^\]]*)\]", expr)
+        if r != "$__rate_interval"
+    ]
 
 
 def _required_matcher(d: dict[str, Any], label: str) -> list[str]:
@@ -281,7 +325,7 @@ def _required_matcher(d: dict[str, Any], label: str) -> list[str]:
     for where, expr in _targets(d):
         for sel in selectors(expr):
             if (label, "=~", f"${label}") not in matchers(sel):
-                problems.append(f"{where}: {sel} has no {label}=~\"${label}\"")
+                problems.append(f'{where}: {sel} has no {label}=~"${label}"')
     return problems
 
 
@@ -318,13 +362,15 @@ def rule_target_promql(d: dict[str, Any]) -> list[str]:
         m = re.fullmatch(r"(?:label_values|query_result|metrics)\((.+?)(?:,\s*\w+)?\)", str(v.get("query", "")))
         if v["type"] == "query" and m:
             exprs.append((f"variable {v['name']}", substitute(m.group(1), values)))
-    rules = {"groups": [{"name": "lint", "rules": [{"record": f"lint:q{i}", "expr": e}
-                                                   for i, (_, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [{"name": "lint", "rules": [{"record": f"lint:q{i}", "expr": e} for i, (_, e) in enumerate(exprs)]}]
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
         yaml.safe_dump(rules, f)
         f.flush()
-        res = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60,
-                             check=False)
+        res = subprocess.run(
+            [promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60, check=False
+        )
     if res.returncode == 0:
         return []
     return [res.stdout + res.stderr, *(f"lint:q{i} = {where}: {e}" for i, (where, e) in enumerate(exprs))]
@@ -368,7 +414,8 @@ BAD = {
     "panel-units-rule": lambda d: iter_panels(d)[0]["fieldConfig"]["defaults"].update(unit="records"),
     "target-instance-rule": lambda d: iter_panels(d)[0]["targets"][0].update(expr='sum(up{job=~"$job"})'),
     "target-counter-agg-rule": lambda d: iter_panels(d)[0]["targets"][0].update(
-        expr='sum(notifguard_alerts_total{job=~"$job", instance=~"$instance"})'),
+        expr='sum(notifguard_alerts_total{job=~"$job", instance=~"$instance"})'
+    ),
     "target-promql-rule": lambda d: iter_panels(d)[0]["targets"][0].update(expr="sum(rate(x[$__rate_interval])"),
 }
 

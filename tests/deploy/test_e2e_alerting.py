@@ -180,13 +180,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     services: list[Service] = []
     try:
-        services.append(Service("alertmanager", [
-            alertmanager,
-            f"--config.file={tmp / 'alertmanager.yml'}",
-            f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-        ], tmp / "alertmanager.log"))
+        services.append(
+            Service(
+                "alertmanager",
+                [
+                    alertmanager,
+                    f"--config.file={tmp / 'alertmanager.yml'}",
+                    f"--storage.path={tmp / 'am-data'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",
+                ],
+                tmp / "alertmanager.log",
+            )
+        )
         services.append(prometheus_service(tmp / "prometheus.yml", tmp, prom_port))
         st = Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", webhooks, services, 0.0)
         try:
@@ -277,11 +283,25 @@ def test_worker_down_inhibits_its_symptoms(stack: Stack) -> None:
     alerts = [
         {"labels": {**base, "alertname": "NotifguardWorkerDown", "severity": "critical"}, "startsAt": now},
         {"labels": {**base, "alertname": "NotifguardPipelineStalled", "severity": "critical"}, "startsAt": now},
-        {"labels": {"job": "notifguard", "topic": "t", "alertname": "NotifguardConsumerLagGrowing",
-                    "severity": "warning"}, "startsAt": now},
+        {
+            "labels": {
+                "job": "notifguard",
+                "topic": "t",
+                "alertname": "NotifguardConsumerLagGrowing",
+                "severity": "warning",
+            },
+            "startsAt": now,
+        },
         # Another job's symptom is not muted.
-        {"labels": {"job": "other", "instance": "x", "alertname": "NotifguardPipelineStalled",
-                    "severity": "critical"}, "startsAt": now},
+        {
+            "labels": {
+                "job": "other",
+                "instance": "x",
+                "alertname": "NotifguardPipelineStalled",
+                "severity": "critical",
+            },
+            "startsAt": now,
+        },
     ]
     assert _post_json(f"{stack.alertmanager_url}/api/v2/alerts", alerts) == 200
 

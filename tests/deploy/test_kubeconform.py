@@ -52,9 +52,15 @@ def kubeconform() -> str:
 
 def _rewrite(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: (v.replace("/api/_definitions.json#", "_definitions.json#") if k == "$ref" and isinstance(v, str)
-                    else _rewrite(v))
-                for k, v in node.items() if not (k == "$id" and isinstance(v, str))}
+        return {
+            k: (
+                v.replace("/api/_definitions.json#", "_definitions.json#")
+                if k == "$ref" and isinstance(v, str)
+                else _rewrite(v)
+            )
+            for k, v in node.items()
+            if not (k == "$id" and isinstance(v, str))
+        }
     if isinstance(node, list):
         return [_rewrite(v) for v in node]
     return node
@@ -78,9 +84,24 @@ def schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_kubeconform(schemas: Path, *paths: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     res = subprocess.run(
-        [kubeconform(), "-strict", "-summary", "-output", "json", "-kubernetes-version", f"{KUBERNETES_VERSION}.0",
-         "-schema-location", str(schemas / TEMPLATE), "-skip", ",".join(CRD_KINDS), *map(str, paths)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            kubeconform(),
+            "-strict",
+            "-summary",
+            "-output",
+            "json",
+            "-kubernetes-version",
+            f"{KUBERNETES_VERSION}.0",
+            "-schema-location",
+            str(schemas / TEMPLATE),
+            "-skip",
+            ",".join(CRD_KINDS),
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     try:
         report = json.loads(res.stdout)
@@ -116,7 +137,12 @@ def test_kubeconform_rejects_a_bad_statefulset(schemas: Path, tmp_path: Path) ->
 
 def test_ensure_script_is_idempotent() -> None:
     kubeconform()  # skips without Go
-    res = subprocess.run(["bash", str(ROOT / "deploy" / "k8s" / "ensure-kubeconform.sh")], capture_output=True,
-                         text=True, timeout=600, check=False)
+    res = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "k8s" / "ensure-kubeconform.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("/kubeconform"), res.stdout

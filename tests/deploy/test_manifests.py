@@ -104,7 +104,7 @@ def test_dockerfile() -> None:
     assert any("--require-hashes --no-deps -r requirements/stream.lock.txt" in r for r in runs)
     assert any("pip install --no-deps --no-build-isolation ." in r for r in runs)
     assert not any(re.search(r"pip install (?!--)", r) for r in runs), "every pip install is locked or --no-deps"
-    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
     users = [rest for word, rest in final if word == "USER"]
     assert users and not users[-1].startswith(("root", "0")), "the runtime stage must not run as root"
     assert ("EXPOSE", str(WEB_PORT)) in final
@@ -207,8 +207,18 @@ def test_compose_alertmanager_and_grafana_mounts() -> None:
 def test_k8s_objects_have_identity() -> None:
     objects = k8s_objects()
     kinds = {o["kind"] for o in objects}
-    assert kinds >= {"Namespace", "Secret", "ConfigMap", "StatefulSet", "Deployment", "Service",
-                     "PodDisruptionBudget", "PrometheusRule", "ServiceMonitor", "NetworkPolicy"}
+    assert kinds >= {
+        "Namespace",
+        "Secret",
+        "ConfigMap",
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "ServiceMonitor",
+        "NetworkPolicy",
+    }
     for o in objects:
         assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
         if o["kind"] != "Namespace":
@@ -225,8 +235,11 @@ def test_k8s_labels_and_selectors_match() -> None:
     sts = obj("StatefulSet")
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert selects(sts["spec"]["selector"]["matchLabels"], pod_labels)
-    services = {s["metadata"]["name"]: s for s in k8s_objects()
-                if s["kind"] == "Service" and s["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"}
+    services = {
+        s["metadata"]["name"]: s
+        for s in k8s_objects()
+        if s["kind"] == "Service" and s["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    }
     for svc in services.values():
         assert selects(svc["spec"]["selector"], pod_labels), svc["metadata"]["name"]
     headless = services[sts["spec"]["serviceName"]]
@@ -236,8 +249,11 @@ def test_k8s_labels_and_selectors_match() -> None:
     sm = obj("ServiceMonitor", "notifguard")
     assert sm["spec"]["namespaceSelector"]["matchNames"] == [sts["metadata"]["namespace"]]
     every_service = [s for s in k8s_objects() if s["kind"] == "Service"]
-    picked = [s["metadata"]["name"] for s in every_service
-              if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    picked = [
+        s["metadata"]["name"]
+        for s in every_service
+        if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert picked == ["notifguard"]
     assert 'job="notifguard"' in RULES_FILE.read_text(encoding="utf-8")
     metrics_ports = {p["name"] for p in services["notifguard"]["spec"]["ports"]}
@@ -267,8 +283,11 @@ def test_k8s_probes_point_at_the_container_port() -> None:
     # a loop busy for seconds is no stall: at least 2 minutes of failures before a restart
     assert live["failureThreshold"] * live["periodSeconds"] >= 120
     assert live["timeoutSeconds"] < live["periodSeconds"]
-    for svc in (o for o in k8s_objects()
-                if o["kind"] == "Service" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"):
+    for svc in (
+        o
+        for o in k8s_objects()
+        if o["kind"] == "Service" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ):
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in (*ports, *ports.values())
 
@@ -306,8 +325,11 @@ def test_k8s_worker_env_and_settings(tmp_path: Path) -> None:
     cfg_path.write_text(cm["data"][cfg_item["key"]], encoding="utf-8")
     assert tomllib.loads(cfg_path.read_text(encoding="utf-8"))["worker"]
     pod_env = {n: e["value"] for n, e in env.items() if "value" in e and n != "NOTIFGUARD_CONFIG"}
-    pod_env |= {"NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"], "NOTIFGUARD_PSEUDONYMISATION_KEY": "k",
-                "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(_file(tmp_path / "password", "pw"))}
+    pod_env |= {
+        "NOTIFGUARD_WORKER_BOOTSTRAP": cm["data"]["bootstrap"],
+        "NOTIFGUARD_PSEUDONYMISATION_KEY": "k",
+        "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(_file(tmp_path / "password", "pw")),
+    }
     wc = load_worker_config(cfg_path, env=pod_env)
     assert (wc.web_host, wc.web_port, wc.datadir) == ("0.0.0.0", WEB_PORT, datadir)
     assert wc.bootstrap == cm["data"]["bootstrap"]
@@ -421,8 +443,11 @@ def test_k8s_incidents_is_one_replica_that_runs_the_process_with_its_settings(tm
     files = {f"{mounts['kafka-client']['mountPath']}/{key}" for key in secret["stringData"]}
     assert {kafka["sasl_password_file"], kafka["ssl_cafile"]} <= files
     assert not [e for e in c["env"] if e["name"].startswith("NOTIFGUARD_KAFKA_")]
-    local = dict(kafka, sasl_password_file=str(_file(tmp_path / "password", "x")),
-                 ssl_cafile=str(_file(tmp_path / "ca.crt", "x")))
+    local = dict(
+        kafka,
+        sasl_password_file=str(_file(tmp_path / "password", "x")),
+        ssl_cafile=str(_file(tmp_path / "ca.crt", "x")),
+    )
     (tmp_path / "local.toml").write_text("[kafka]\n" + "".join(f'{k} = "{v}"\n' for k, v in local.items()))
     assert load_kafka_security(tmp_path / "local.toml").sasl_password.reveal() == "x"
     sc = c["securityContext"]
@@ -449,8 +474,9 @@ def test_k8s_incidents_network_policy_admits_only_prometheus_and_lets_out_kafka_
     pol = obj("NetworkPolicy", "notifguard-incidents")
     pod_labels = obj("Deployment", "notifguard-incidents")["spec"]["template"]["metadata"]["labels"]
     assert selects(pol["spec"]["podSelector"]["matchLabels"], pod_labels)
-    assert not selects(pol["spec"]["podSelector"]["matchLabels"], obj("StatefulSet")["spec"]["template"]["metadata"][
-        "labels"])
+    assert not selects(
+        pol["spec"]["podSelector"]["matchLabels"], obj("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    )
     assert set(pol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     (rule,) = pol["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == ["metrics"]

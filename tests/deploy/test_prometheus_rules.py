@@ -28,8 +28,9 @@ SEVERITIES = {"critical", "warning", "info"}
 
 def documented_metrics() -> set[str]:
     """The worker's metrics and the incidents process's (rows marked `(incidents)`)."""
-    return set(re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"),
-                          re.M))
+    return set(
+        re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"), re.M)
+    )
 
 
 # --- promtool ---------------------------------------------------------------

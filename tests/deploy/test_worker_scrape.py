@@ -4,8 +4,8 @@ The worker (``notifguard worker`` on a real Kafka broker, memory store) judges
 every scenario of ``streams/scenarios`` (alerts of every kind), and the
 incidents process (``notifguard incidents run``) groups its breach alerts;
 Prometheus (the Debian binary, 1 s scrape and evaluation, jobs ``notifguard``
-and ``notifguard-incidents``, the committed rules file) scrapes both. Once the alerts have been scraped
-a few times, every dashboard panel query and every rule expression is run
+and ``notifguard-incidents``, the committed rules file) scrapes both. Once the
+alerts have been scraped a few times, every dashboard panel query and every rule expression is run
 through Prometheus's HTTP API: each must parse and return at least one
 series, except the allow-listed ones that legitimately stay empty in a short
 test (they fire on anomalies only, or need a day of history); for those,
@@ -123,18 +123,34 @@ class Scrape:
 
 def _prometheus_config(worker_port: int, incidents_port: int) -> dict[str, Any]:
     return {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s",
-                   "external_labels": {"service": "notifguard"}},
+        "global": {
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "evaluation_interval": "1s",
+            "external_labels": {"service": "notifguard"},
+        },
         "rule_files": [str(RULES_FILE)],
         "scrape_configs": [
-            {"job_name": JOB, "metrics_path": "/metrics",
-             "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
-             # KafkaRun's topics are "<tag>.notifications.outbound" etc.: back to the
-             # production names that the rules match on (topic="notifications.outbound").
-             "metric_relabel_configs": [{"source_labels": ["topic"], "regex": r"[0-9a-f]{8}\.(.+)",
-                                         "target_label": "topic", "replacement": "$1"}]},
-            {"job_name": INCIDENTS_JOB, "metrics_path": "/metrics",
-             "static_configs": [{"targets": [f"127.0.0.1:{incidents_port}"]}]},
+            {
+                "job_name": JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
+                # KafkaRun's topics are "<tag>.notifications.outbound" etc.: back to the
+                # production names that the rules match on (topic="notifications.outbound").
+                "metric_relabel_configs": [
+                    {
+                        "source_labels": ["topic"],
+                        "regex": r"[0-9a-f]{8}\.(.+)",
+                        "target_label": "topic",
+                        "replacement": "$1",
+                    }
+                ],
+            },
+            {
+                "job_name": INCIDENTS_JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{incidents_port}"]}],
+            },
         ],
     }
 
@@ -162,10 +178,32 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         incidents_port = free_port()
         topics = {**vars(kafka.topics), "incidents": f"{kafka.app_id}.notifguard.incidents"}
         (tmp / "incidents.toml").write_text("[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in topics.items()))
-        services.append(Service("incidents", [
-            sys.executable, "-m", "streams.cli", "--log-level", "INFO", "incidents", "run", "--bootstrap", bootstrap,
-            "--config", str(tmp / "incidents.toml"), "--app-id", f"{kafka.app_id}-incidents", "--clock", "event",
-            "--metrics-port", str(incidents_port)], tmp / "incidents.log", cwd=ROOT))
+        services.append(
+            Service(
+                "incidents",
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "--log-level",
+                    "INFO",
+                    "incidents",
+                    "run",
+                    "--bootstrap",
+                    bootstrap,
+                    "--config",
+                    str(tmp / "incidents.toml"),
+                    "--app-id",
+                    f"{kafka.app_id}-incidents",
+                    "--clock",
+                    "event",
+                    "--metrics-port",
+                    str(incidents_port),
+                ],
+                tmp / "incidents.log",
+                cwd=ROOT,
+            )
+        )
         prom_port = free_port()
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(worker_port, incidents_port)))
         services.append(prometheus_service(tmp / "prometheus.yml", tmp, prom_port))
@@ -180,14 +218,20 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
             time.sleep(PACE_S)
 
         def alerts_scraped() -> float | None:
-            got = {r["metric"]["kind"]: round(float(r["value"][1]))
-                   for r in sc.series(f'sum by (kind) (notifguard_alerts_total{{job="{JOB}"}}) > 0')}
+            got = {
+                r["metric"]["kind"]: round(float(r["value"][1]))
+                for r in sc.series(f'sum by (kind) (notifguard_alerts_total{{job="{JOB}"}}) > 0')
+            }
             return _last_scrape(sc) if got == dict(expected) else None
 
         try:
             seen_at = wait_for(alerts_scraped, 60, interval=0.5, what=f"the alerts {dict(expected)} in Prometheus")
-            wait_for(lambda: sc.series(f'notifguard_incident_affected_numbers{{job="{INCIDENTS_JOB}"}}'), 30,
-                     interval=0.5, what="the incidents process's incidents in Prometheus")
+            wait_for(
+                lambda: sc.series(f'notifguard_incident_affected_numbers{{job="{INCIDENTS_JOB}"}}'),
+                30,
+                interval=0.5,
+                what="the incidents process's incidents in Prometheus",
+            )
             seen_at = _last_scrape(sc)
             wait_for(lambda: _last_scrape(sc) >= seen_at + SCRAPES_AFTER_ALERTS, 15, what="more scrapes")
             time.sleep(1.5)  # one more evaluation of every rule group on the newest scrape
@@ -202,6 +246,7 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
 
 # --------------------------------------------------------------------- selectors
 
+
 def test_selectors_are_found() -> None:
     expr = (
         'sum by (job, topic) (rate(notifguard_x_total{job="notifguard", a=~"b|c"}[15m] offset 1h))\n'
@@ -209,7 +254,11 @@ def test_selectors_are_found() -> None:
         ' or 3 * {__name__="w"} + max without (a) (v)'
     )
     assert selectors(expr) == [
-        'notifguard_x_total{job="notifguard", a=~"b|c"}', "y:rec:rate5m", 'up{job="notifguard"}', '{__name__="w"}', "v",
+        'notifguard_x_total{job="notifguard", a=~"b|c"}',
+        "y:rec:rate5m",
+        'up{job="notifguard"}',
+        '{__name__="w"}',
+        "v",
     ]
 
 
@@ -226,8 +275,10 @@ def documented_metrics() -> list[tuple[str, str]]:
 def test_every_documented_metric_is_exported_and_scraped(scrape: Scrape) -> None:
     text = scrape.kafka.metrics(scrape.worker_port)
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
-    scraped = {r["metric"]["__name__"]
-               for r in scrape.series(f'count by (__name__) ({{job="{JOB}", __name__=~"notifguard_.*"}})')}
+    scraped = {
+        r["metric"]["__name__"]
+        for r in scrape.series(f'count by (__name__) ({{job="{JOB}", __name__=~"notifguard_.*"}})')
+    }
     missing = []
     for name, typ in documented_metrics():
         sample = f"{name}_bucket" if typ == "histogram" else name
@@ -240,8 +291,9 @@ def test_every_documented_metric_is_exported_and_scraped(scrape: Scrape) -> None
 
 def test_promtool_accepts_the_worker_exposition(scrape: Scrape) -> None:
     text = scrape.kafka.metrics(scrape.worker_port)
-    res = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -257,8 +309,11 @@ def test_every_rule_is_loaded_and_evaluates_cleanly(scrape: Scrape) -> None:
 def _expressions() -> list[tuple[str, str, str]]:
     """(allow-list key, description, PromQL) of every panel query and every rule."""
     out = [
-        (f"{q.dashboard_uid}/{q.panel_id}/{q.ref_id}", f"panel {q.dashboard_uid}/{q.panel_id} {q.panel_title!r} "
-         f"{q.ref_id}", q.expr)
+        (
+            f"{q.dashboard_uid}/{q.panel_id}/{q.ref_id}",
+            f"panel {q.dashboard_uid}/{q.panel_id} {q.panel_title!r} {q.ref_id}",
+            q.expr,
+        )
         for job in {JOB, *DASHBOARD_JOBS.values()}
         for q in panel_queries(job=job, rate_interval=RATE_INTERVAL)
         if DASHBOARD_JOBS.get(q.dashboard_uid, JOB) == job
@@ -307,8 +362,11 @@ def test_every_panel_query_and_rule_returns_data(scrape: Scrape) -> None:
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_faust_runtime_metrics_count_what_the_worker_did(scrape: Scrape) -> None:

@@ -18,8 +18,7 @@ class Ev:
 
 
 def ended(event_id: str) -> ContractEnded:
-    return ContractEnded(schema_version=1, event_id=event_id, event_time="", msisdn="+4917612345678",
-                         contract_id="K")
+    return ContractEnded(schema_version=1, event_id=event_id, event_time="", msisdn="+4917612345678", contract_id="K")
 
 
 def new() -> Arrival:
@@ -41,8 +40,13 @@ def test_the_watermark_is_the_minimum_over_the_three_topics():
 
 def test_release_order_does_not_depend_on_arrival_order():
     a, b = new(), new()
-    records = [(DELIVERY, 10, Ev("d")), (NOTIFICATION, 10, Ev("m")), (CHANGE, 10, ended("c")),
-               (CHANGE, 5, ended("c0")), (NOTIFICATION, 7, Ev("m0"))]
+    records = [
+        (DELIVERY, 10, Ev("d")),
+        (NOTIFICATION, 10, Ev("m")),
+        (CHANGE, 10, ended("c")),
+        (CHANGE, 5, ended("c0")),
+        (NOTIFICATION, 7, Ev("m0")),
+    ]
     for arrival, order in ((a, records), (b, records[::-1])):
         for category, t, ev in order:
             arrival.arrive(category, 0, t * S, ev, "n", clock=0)
@@ -123,11 +127,15 @@ def test_an_engine_judges_mails_after_the_changes_and_bounces_after_the_mails_of
     """The worker's failure on live pipelines, in the engine: the contract changes of days land
     first (one producer batch), then the deliveries, then the mails."""
     day = 86_400
-    changes = [change("contract_started", 0, id="s", email="me@x.de"),
-               change("email_changed", 2 * day, id="e", email="new@x.de")]
+    changes = [
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("email_changed", 2 * day, id="e", email="new@x.de"),
+    ]
     mails = [mail("me@x.de", day, id="n1", message_id="m1"), mail("new@x.de", 3 * day, id="n2", message_id="m2")]
-    bounces = [delivery("m1", "bounced", day + 60, id="b1", bounce_type="hard", recipient="me@x.de"),
-               delivery("m2", "bounced", 3 * day + 60, id="b2", bounce_type="hard", recipient="new@x.de")]
+    bounces = [
+        delivery("m1", "bounced", day + 60, id="b1", bounce_type="hard", recipient="me@x.de"),
+        delivery("m2", "bounced", 3 * day + 60, id="b2", bounce_type="hard", recipient="new@x.de"),
+    ]
     engine = new_engine()
     feed(engine, [FILLER_START, *changes, *bounces, *mails])
     advance(engine, 4 * day)

@@ -5,9 +5,9 @@ import hashlib
 
 import msgspec
 
+from detectors.codec import decode_number, encode_number
 from detectors.engine import dead_letter
 from detectors.settings import Settings
-from detectors.state import decode_number, encode_number
 from detectors.timefmt import parse_rfc3339
 from tests.factories import (
     FILLER_START,
@@ -56,8 +56,9 @@ def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
     engine = new_engine()
     feed(engine, [STARTED, FILLER_START, mail("new@x.de", DAY + 5, id="n1")])
     advance(engine, DAY + 100)
-    feed(engine, [change("email_changed", DAY, id="late-change", email="new@x.de"),
-                  mail("new@x.de", DAY + 200, id="n2")])
+    feed(
+        engine, [change("email_changed", DAY, id="late-change", email="new@x.de"), mail("new@x.de", DAY + 200, id="n2")]
+    )
     engine.flush(0)
     alerts = engine.drain()[0]
     assert kinds_of(alerts) == [("recipient_unlinked", "n1")]  # n2 sees the late change: silent
@@ -79,10 +80,15 @@ def test_a_late_notification_is_judged_at_once_and_marked():
 def test_same_event_time_applies_changes_then_notifications_then_deliveries():
     engine = new_engine()
     t = DAY
-    feed(engine, [STARTED,
-                  delivery("m1", "bounced", t, id="d", bounce_type="hard", recipient="new@x.de"),
-                  mail("new@x.de", t, id="n", message_id="m1"),
-                  change("email_changed", t, id="c", email="new@x.de")])
+    feed(
+        engine,
+        [
+            STARTED,
+            delivery("m1", "bounced", t, id="d", bounce_type="hard", recipient="new@x.de"),
+            mail("new@x.de", t, id="n", message_id="m1"),
+            change("email_changed", t, id="c", email="new@x.de"),
+        ],
+    )
     engine.flush(0)
     # the change makes new@ current for the mail, the mail is known to the bounce
     assert kinds_of(engine.drain()[0]) == [("current_address_bouncing", "d")]
@@ -126,26 +132,49 @@ def test_bad_records_are_dead_lettered_and_change_no_state():
     feed(engine, bad)
     _, dead, _ = engine.drain()
     assert [d.reason_code for d in dead] == [
-        "invalid_json", "invalid_json", "invalid_record", "key_mismatch", "unknown_topic", "invalid_json"]
+        "invalid_json",
+        "invalid_json",
+        "invalid_record",
+        "key_mismatch",
+        "unknown_topic",
+        "invalid_json",
+    ]
     assert dead[1].value_encoding == "base64"
     assert dead[2].source_topic == "contracts.changes" and dead[2].offset == 2
     assert {ref: encode_number(s) for ref, s in engine.numbers.items()} == before
     assert engine.arrival.snapshot() == arrival
-    assert engine.stats.deadletters == {"invalid_json": 3, "invalid_record": 1, "key_mismatch": 1,
-                                        "unknown_topic": 1}
+    assert engine.stats.deadletters == {"invalid_json": 3, "invalid_record": 1, "key_mismatch": 1, "unknown_topic": 1}
 
 
-OLD_DEAD_LETTER_FIELDS = {"schema_version", "source_topic", "partition", "offset", "timestamp_ms", "key",
-                          "key_encoding", "value", "value_encoding", "reason", "reason_code", "detected_at"}
+OLD_DEAD_LETTER_FIELDS = {
+    "schema_version",
+    "source_topic",
+    "partition",
+    "offset",
+    "timestamp_ms",
+    "key",
+    "key_encoding",
+    "value",
+    "value_encoding",
+    "reason",
+    "reason_code",
+    "detected_at",
+}
 
 
 def test_a_dead_letter_quotes_a_huge_value_as_a_prefix_with_its_length_and_hash():
     engine = new_engine()
     binary = b"\xff\xfe" * 450_000  # 900 KB, no UTF-8: it was a 1.2 MB base64 dead letter
-    text = ("{" + "\u0001" * 40_000 + "\"é\\" * 40_000).encode()  # JSON escapes: ~440 KB once quoted
+    text = ("{" + "\u0001" * 40_000 + '"é\\' * 40_000).encode()  # JSON escapes: ~440 KB once quoted
     long_key = "+49" + "1" * 200_000
-    feed(engine, [Rec("notifications.outbound", MSISDN, binary), Rec("notifications.outbound", MSISDN, text),
-                  Rec("contracts.changes", long_key, STARTED.value)])
+    feed(
+        engine,
+        [
+            Rec("notifications.outbound", MSISDN, binary),
+            Rec("notifications.outbound", MSISDN, text),
+            Rec("contracts.changes", long_key, STARTED.value),
+        ],
+    )
     dead = engine.drain()[1]
     assert [d.reason_code for d in dead] == ["invalid_json", "invalid_json", "key_mismatch"]
     for d in dead:
@@ -209,8 +238,15 @@ def test_flush_releases_everything_in_event_time_order():
 
 def test_number_state_survives_a_round_trip():
     engine = new_engine()
-    feed(engine, [STARTED, change("email_changed", 10, email="n@x.de"), mail("n@x.de", 20, id="n"),
-                  delivery("m-n", "bounced", 21, bounce_type="hard")])
+    feed(
+        engine,
+        [
+            STARTED,
+            change("email_changed", 10, email="n@x.de"),
+            mail("n@x.de", 20, id="n"),
+            delivery("m-n", "bounced", 21, bounce_type="hard"),
+        ],
+    )
     engine.flush(0)
     for state in engine.numbers.values():
         assert decode_number(encode_number(state)) == state
@@ -242,9 +278,21 @@ def test_stats_count_records_alerts_and_releases():
 
 def test_delivery_outcomes_are_reported_for_metrics_and_cleared_by_drain():
     engine = new_engine()
-    feed(engine, [STARTED, delivery("m1", "bounced", 1, bounce_type="hard", brand="blau", sender="x"),
-                  delivery("m2", "delivered", 2)])
+    feed(
+        engine,
+        [
+            STARTED,
+            delivery("m1", "bounced", 1, bounce_type="hard", brand="blau", sender="x"),
+            delivery("m2", "delivered", 2),
+        ],
+    )
     engine.flush(0)
     assert engine.deliveries == [("blau", "x", "bounced", "hard"), ("o2", "crm-mailer", "delivered", "none")]
     engine.drain()
     assert engine.deliveries == []
+
+
+def test_the_engine_keeps_its_attributes_in_slots():
+    """Past 30 instance-dict attributes CPython 3.11 no longer specialises `self.x` (Engine.__slots__)."""
+    engine = new_engine()
+    assert vars(engine) == {}

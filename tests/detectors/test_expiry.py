@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from detectors import kinds
 from detectors.arrival import DELIVERY, NOTIFICATION, Arrival
+from detectors.codec import encode_number
 from detectors.engine import Engine, _links
 from detectors.expiry import (
     CHANGES_BYTES,
@@ -26,7 +27,7 @@ from detectors.expiry import (
 )
 from detectors.holdings import TYPE_CODES, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent, encode_number
+from detectors.state import Mark, NumberState, Sent
 from detectors.timefmt import parse_rfc3339, rfc3339
 from tests.detectors.test_properties import histories
 from tests.factories import T0, Rec, change, comparable, delivery, feed, kinds_of, mail, new_engine
@@ -46,21 +47,44 @@ def _c(t: int, kind: str, contract: str = "K-1", customer: str | None = None) ->
         pytest.param([_c(1, "contract_started", customer="C-1"), _c(5, "contract_ended")], 5, 0, id="ended at horizon"),
         pytest.param([_c(1, "contract_started", customer="C-1")], 99, 0, id="open: nothing"),
         pytest.param(
-            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2"),
-             _c(5, "ported_out")], 9, 3, id="holder change then port out"),
+            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2"), _c(5, "ported_out")],
+            9,
+            3,
+            id="holder change then port out",
+        ),
         pytest.param(
-            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2")], 9, 0,
-            id="holder change keeps it open"),
+            [_c(1, "contract_started", customer="C-1"), _c(3, "holder_changed", customer="C-2")],
+            9,
+            0,
+            id="holder change keeps it open",
+        ),
         pytest.param(
-            [_c(1, "contract_started", customer="C-1"), _c(5, "contract_ended"),
-             _c(7, "contract_started", "K-2", "C-2"), _c(8, "email_changed", "K-2")], 9, 2,
-            id="up to the gap before an open one"),
+            [
+                _c(1, "contract_started", customer="C-1"),
+                _c(5, "contract_ended"),
+                _c(7, "contract_started", "K-2", "C-2"),
+                _c(8, "email_changed", "K-2"),
+            ],
+            9,
+            2,
+            id="up to the gap before an open one",
+        ),
         pytest.param(
-            [_c(1, "contract_started", customer="C-1"), _c(4, "contract_ended", "K-9"), _c(5, "ported_out")], 9, 3,
-            id="an end for another contract does not cut"),
+            [_c(1, "contract_started", customer="C-1"), _c(4, "contract_ended", "K-9"), _c(5, "ported_out")],
+            9,
+            3,
+            id="an end for another contract does not cut",
+        ),
         pytest.param(
-            [_c(1, "contract_started", customer="C-1"), _c(2, "contract_started", "K-2", "C-2"),
-             _c(6, "contract_ended", "K-2")], 9, 3, id="superseded, then ended"),
+            [
+                _c(1, "contract_started", customer="C-1"),
+                _c(2, "contract_started", "K-2", "C-2"),
+                _c(6, "contract_ended", "K-2"),
+            ],
+            9,
+            3,
+            id="superseded, then ended",
+        ),
     ],
 )
 def test_history_cut_only_at_a_gap_of_holdings_ended_before_the_horizon(log, horizon, cut):
@@ -94,7 +118,7 @@ def test_the_rest_of_a_cut_log_derives_the_same_later_holdings(log, horizon):
     cut = history_cut(log, horizon)
     whole, rest = derive(log), derive(log[cut:])
     dropped = whole[: len(whole) - len(rest)]
-    assert whole[len(dropped):] == rest
+    assert whole[len(dropped) :] == rest
     assert all(h.end is not None and h.end < horizon for h in dropped)
 
 
@@ -119,8 +143,13 @@ def test_expire_drops_each_part_at_its_own_horizon():
 def _short(**changes: float) -> Settings:
     """Windows of seconds, so that a history of minutes crosses all of them."""
     base = dict(
-        grace_s=30.0, dedup_retention_s=60.0, delivery_correlation_s=120.0, bounce_burst_window_s=90.0,
-        port_flapping_window_s=200.0, re_port_window_s=300.0, history_retention_s=400.0,
+        grace_s=30.0,
+        dedup_retention_s=60.0,
+        delivery_correlation_s=120.0,
+        bounce_burst_window_s=90.0,
+        port_flapping_window_s=200.0,
+        re_port_window_s=300.0,
+        history_retention_s=400.0,
     )
     return Settings(**(base | changes))  # type: ignore[arg-type]
 
@@ -169,8 +198,15 @@ def test_an_address_linked_through_a_holding_ended_before_the_retention_is_forgo
     records = [
         change("contract_started", 0, id="a1", customer_id="C-FRANK", email="frank@web.de"),
         change("contract_ended", 10 * DAY, id="a2"),
-        change("contract_started", 5 * DAY, id="b1", msisdn=other, contract_id="K-B", customer_id="C-GRETA",
-               email="greta@gmx.de"),
+        change(
+            "contract_started",
+            5 * DAY,
+            id="b1",
+            msisdn=other,
+            contract_id="K-B",
+            customer_id="C-GRETA",
+            email="greta@gmx.de",
+        ),
         mail("frank@web.de", 100 * DAY, id="n1", msisdn=other),  # linked 90 days ago: another customer's
         mail("frank@web.de", 1200 * DAY, id="n2", msisdn=other),  # ended 3.3 years ago: forgotten
     ]
@@ -235,8 +271,7 @@ def test_a_sweep_is_due_once_per_interval_of_the_watermark():
 def _change(event_id: str) -> object:
     from detectors.records import ContractEnded
 
-    return ContractEnded(schema_version=1, event_id=event_id, event_time="x", msisdn="+4917612345678",
-                         contract_id="K")
+    return ContractEnded(schema_version=1, event_id=event_id, event_time="x", msisdn="+4917612345678", contract_id="K")
 
 
 # ------------------------------------------------------------------ size caps
@@ -252,18 +287,25 @@ def test_a_flood_of_mails_to_one_number_keeps_its_state_within_budget_and_judges
     capped = engine.stats.capped
     assert capped["seen"] > 2000 and capped["sent"] > 2000 and capped["changes"] == 0
     assert state.seen[-1].event_id == "mail-02999" and state.sent[-1].message_id == "m-02999"
-    feed(engine, [flood[-1],  # a duplicate of a recent mail: still dropped
-                  delivery("m-02990", "bounced", 4000, id="b", bounce_type="hard", recipient="a@x.de"),
-                  mail("stranger@x.de", 4001, id="last")])
+    feed(
+        engine,
+        [
+            flood[-1],  # a duplicate of a recent mail: still dropped
+            delivery("m-02990", "bounced", 4000, id="b", bounce_type="hard", recipient="a@x.de"),
+            mail("stranger@x.de", 4001, id="last"),
+        ],
+    )
     engine.flush(0)
     assert engine.stats.duplicates["outbound"] == 1
     assert kinds_of(engine.drain()[0]) == [("current_address_bouncing", "b"), ("recipient_unlinked", "last")]
 
 
 def test_within_budget_nothing_is_capped():
-    records = [change("contract_started", 0, id="s", email="a@x.de"),
-               *(mail("a@x.de", 60 + i, id=f"m{i}") for i in range(100)),
-               *(delivery(f"m-m{i}", "bounced", 200 + i, bounce_type="soft") for i in range(50))]
+    records = [
+        change("contract_started", 0, id="s", email="a@x.de"),
+        *(mail("a@x.de", 60 + i, id=f"m{i}") for i in range(100)),
+        *(delivery(f"m-m{i}", "bounced", 200 + i, bounce_type="soft") for i in range(50)),
+    ]
     engine = new_engine()
     feed(engine, records)
     engine.flush(0)
@@ -294,8 +336,16 @@ def _last(log: list[Change]):
     if not holdings:
         return None
     h = holdings[-1]
-    return (h.contract_id, h.customer_id, h.brand, h.start, h.start_type, h.end, h.end_type,
-            h.addresses[-1].addr if h.addresses else None)
+    return (
+        h.contract_id,
+        h.customer_id,
+        h.brand,
+        h.start,
+        h.start_type,
+        h.end,
+        h.end_type,
+        h.addresses[-1].addr if h.addresses else None,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -316,13 +366,31 @@ def test_a_capped_change_log_derives_the_same_last_holding(log, budget):
 def test_a_flood_of_changes_keeps_the_log_and_the_index_within_budget():
     engine = new_engine()
     long = "x" * 200
-    flips = [change("email_changed", 10 + i, id=f"c{i}-{long}", contract_id="K-1", email=f"a{i % 2}@x.de")
-             for i in range(400)]
-    ports = [change("ported_in" if i % 2 == 0 else "ported_out", 1000 + i, id=f"p{i}-{long}",
-                    contract_id=f"K-{i // 2}-{long}", customer_id=f"C-{long}", email=f"p{i}@x.de")
-             for i in range(401)]
-    feed(engine, [change("contract_started", 0, id="s", contract_id="K-1", email="a@x.de"), *flips, *ports,
-                  mail("p400@x.de", 2000, id="ok"), mail("a1@x.de", 2001, id="old")])
+    flips = [
+        change("email_changed", 10 + i, id=f"c{i}-{long}", contract_id="K-1", email=f"a{i % 2}@x.de")
+        for i in range(400)
+    ]
+    ports = [
+        change(
+            "ported_in" if i % 2 == 0 else "ported_out",
+            1000 + i,
+            id=f"p{i}-{long}",
+            contract_id=f"K-{i // 2}-{long}",
+            customer_id=f"C-{long}",
+            email=f"p{i}@x.de",
+        )
+        for i in range(401)
+    ]
+    feed(
+        engine,
+        [
+            change("contract_started", 0, id="s", contract_id="K-1", email="a@x.de"),
+            *flips,
+            *ports,
+            mail("p400@x.de", 2000, id="ok"),
+            mail("a1@x.de", 2001, id="old"),
+        ],
+    )
     engine.flush(0)
     (ref, state) = next(iter(engine.numbers.items()))
     assert len(encode_number(state)) <= STATE_MAX_BYTES
@@ -334,13 +402,19 @@ def test_a_flood_of_changes_keeps_the_log_and_the_index_within_budget():
     assert [a.trigger_event_id[:3] for a in alerts if a.kind == "port_flapping"] == ["p2-"]
     # the open holding is whole; the first one's address was dropped with its changes: no longer linked
     assert [(a.kind, a.trigger_event_id) for a in alerts if a.kind.startswith("recipient")] == [
-        ("recipient_unlinked", "old")]
+        ("recipient_unlinked", "old")
+    ]
 
 
 def test_a_flood_of_deliveries_that_are_no_bounces_keeps_the_state_within_budget():
     engine = new_engine()
-    feed(engine, [change("contract_started", 0, id="s", email="a@x.de"),
-                  *(delivery("m-1", "deferred", 60 + i, id=f"d{i}-{'x' * 200}") for i in range(1000))])
+    feed(
+        engine,
+        [
+            change("contract_started", 0, id="s", email="a@x.de"),
+            *(delivery("m-1", "deferred", 60 + i, id=f"d{i}-{'x' * 200}") for i in range(1000)),
+        ],
+    )
     engine.flush(0)
     (state,) = engine.numbers.values()
     assert len(encode_number(state)) <= STATE_MAX_BYTES

@@ -360,9 +360,6 @@ def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
                 and i.first_event_time and i.first_event_time.startswith("2026-06"))
     # closed when its alerts had come up to June 10: the later ones are a new incident
     close = msgspec.structs.replace(_action(june, CLOSE, note="fixed"), last=parse_rfc3339("2026-06-10T12:00:00Z"))
-    # not the June incident's first trigger: retracting it moves the incident's start past the action's
-    # `first`, and the action then applies to no incident (in any order: a limit of the rule, see the docs)
-    retract = {i for i in retract if SAMPLE[i].dedup_key != june.first_trigger}
     gone = [msgspec.structs.replace(SAMPLE[i], status=RETRACTED) for i in sorted(retract)]
     reference = aggregate([*SAMPLE, *gone])
     reference.act(close)
@@ -381,7 +378,9 @@ def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
     assert agg.incidents() == reference.incidents()
     assert _final(agg, published) == {i.incident_id: i for i in reference.incidents()}
     closed = [i for i in reference.incidents() if i.closed_by == "operator"]
-    assert len(closed) == 1 and (closed[0].last_event_time or "") < "2026-06-10T12"
+    assert len(closed) <= 1 and all((c.last_event_time or "") < "2026-06-10T12" for c in closed)
+    if not retract:  # (retractions may take every alert before the cut away, and the closed incident with them)
+        assert len(closed) == 1
 
 
 IN_EVENT_TIME = sorted(range(len(SAMPLE)), key=lambda i: (parse_rfc3339(SAMPLE[i].event_time), SAMPLE[i].dedup_key))

@@ -81,8 +81,7 @@ def test_re_port_rule(end, gap_days, customer, fires):
         gap_start = DAY + 1
     else:
         gap_start = DAY
-    recs.append(change("ported_in", gap_start + gap_days * DAY, id="new", contract_id="K-2",
-                       customer_id=customer))
+    recs.append(change("ported_in", gap_start + gap_days * DAY, id="new", contract_id="K-2", customer_id=customer))
     alerts = [a for a in run(recs) if a.kind == "re_port"]
     if end == "holder_changed":
         # the last real end is by C-X (the new holder), not C-1: a re-port for C-2

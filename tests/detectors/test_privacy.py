@@ -95,3 +95,13 @@ def test_keyed_hashes_are_hmac_sha256_of_the_domain_and_value(key, value):
     assert p.msisdn_ref(value) == hmac.digest(key, b"msisdn\x00" + value.encode(), "sha256")[:REF_BYTES].hex()
     expected = hmac.digest(key, b"email\x00" + normalise_address(value).encode(), "sha256")[:REF_BYTES]
     assert p.address_ref(value) == expected
+
+
+def test_a_mask_shows_a_domain_only_when_it_is_a_host_name():
+    """Free text after the `@` of a recipient (a name, a phone number) never reaches a summary."""
+    from detectors.privacy import mask_address
+
+    assert mask_address("anna@gmx.de, call Anna Schmidt on +4917612345678") == "a***@***"
+    assert mask_address("Jane.Doe@GMX.de") == "j***@gmx.de"
+    assert mask_address("x@gmüx.de") == "x***@xn--gmx-ioa.de"
+    assert mask_address("x@[10.0.0.1]") == "x***@***"

@@ -7,7 +7,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.state import decode_number, encode_number
+from detectors.codec import decode_number, encode_number
 from tests.factories import Rec, change, comparable, delivery, feed, mail, new_engine
 
 GRACE = 30.0
@@ -22,20 +22,43 @@ def event(draw, i: int) -> Rec:
     t = draw(TIMES)
     msisdn = draw(st.sampled_from(NUMBERS))
     eid = f"e{i}"
-    kind = draw(st.sampled_from(
-        ["contract_started", "ported_in", "contract_ended", "ported_out", "holder_changed",
-         "email_changed", "email_verified", "mail", "mail", "mail", "sms", "delivery", "bounce"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "contract_started",
+                "ported_in",
+                "contract_ended",
+                "ported_out",
+                "holder_changed",
+                "email_changed",
+                "email_verified",
+                "mail",
+                "mail",
+                "mail",
+                "sms",
+                "delivery",
+                "bounce",
+            ]
+        )
+    )
     contract = draw(st.sampled_from(["K-1", "K-2", "K-3"]))
     if kind == "mail":
-        return mail(draw(st.sampled_from(ADDRESSES)), t, id=eid, msisdn=msisdn,
-                    message_id=f"m{draw(st.integers(0, 5))}")
+        return mail(
+            draw(st.sampled_from(ADDRESSES)), t, id=eid, msisdn=msisdn, message_id=f"m{draw(st.integers(0, 5))}"
+        )
     if kind == "sms":
         return mail(msisdn, t, id=eid, msisdn=msisdn, channel="sms")
     if kind == "delivery":
         return delivery(f"m{draw(st.integers(0, 5))}", "delivered", t, id=eid, msisdn=msisdn)
     if kind == "bounce":
-        return delivery(f"m{draw(st.integers(0, 5))}", "bounced", t, id=eid, msisdn=msisdn,
-                        bounce_type=draw(st.sampled_from(["hard", "soft"])))
+        return delivery(
+            f"m{draw(st.integers(0, 5))}",
+            "bounced",
+            t,
+            id=eid,
+            msisdn=msisdn,
+            bounce_type=draw(st.sampled_from(["hard", "soft"])),
+        )
     fields: dict = {"contract_id": contract}
     if kind in ("contract_started", "ported_in", "holder_changed"):
         fields["customer_id"] = draw(st.sampled_from(CUSTOMERS))
@@ -121,8 +144,23 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = ["schema_version", "event_id", "event_time", "msisdn", "type", "contract_id", "customer_id",
-          "brand", "email", "message_id", "channel", "recipient", "template", "sender", "status"]
+FIELDS = [
+    "schema_version",
+    "event_id",
+    "event_time",
+    "msisdn",
+    "type",
+    "contract_id",
+    "customer_id",
+    "brand",
+    "email",
+    "message_id",
+    "channel",
+    "recipient",
+    "template",
+    "sender",
+    "status",
+]
 
 
 @settings(max_examples=300, deadline=None)

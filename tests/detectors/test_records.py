@@ -11,16 +11,21 @@ from tests.factories import MSISDN, change, delivery, mail
 
 
 def _decode(rec):
-    kind = {"contracts.changes": "changes", "notifications.outbound": "outbound",
-            "notifications.delivery": "delivery"}[rec.topic]
+    kind = {"contracts.changes": "changes", "notifications.outbound": "outbound", "notifications.delivery": "delivery"}[
+        rec.topic
+    ]
     return decode(kind, rec.key, rec.value)
 
 
 def test_every_change_type_decodes_to_its_class():
     cases = {
-        "contract_started": r.ContractStarted, "contract_ended": r.ContractEnded,
-        "email_changed": r.EmailChanged, "email_verified": r.EmailVerified,
-        "holder_changed": r.HolderChanged, "ported_in": r.PortedIn, "ported_out": r.PortedOut,
+        "contract_started": r.ContractStarted,
+        "contract_ended": r.ContractEnded,
+        "email_changed": r.EmailChanged,
+        "email_verified": r.EmailVerified,
+        "holder_changed": r.HolderChanged,
+        "ported_in": r.PortedIn,
+        "ported_out": r.PortedOut,
     }
     for type_, cls in cases.items():
         extra = {"email": "a@b.c"} if type_.startswith("email") else {}
@@ -136,8 +141,14 @@ def _outcome(fn, kind, key, value):
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.sampled_from(["2026-03-01T08:15:02.120Z", "2024-02-29t23:59:59.999z", "2026-03-01T08:15:02Z",
-                     "2026-03-01T08:15:02.120+02:00"]),
+    st.sampled_from(
+        [
+            "2026-03-01T08:15:02.120Z",
+            "2024-02-29t23:59:59.999z",
+            "2026-03-01T08:15:02Z",
+            "2026-03-01T08:15:02.120+02:00",
+        ]
+    ),
     st.lists(st.tuples(st.integers(0, 30), st.sampled_from(_TIME_CHARS)), max_size=2),
     st.sampled_from([MSISDN, "+4915999478698", "+1234567"]),
     st.lists(st.tuples(st.integers(0, 16), st.sampled_from(_MSISDN_CHARS)), max_size=2),
@@ -158,8 +169,7 @@ def test_fast_path_agrees_with_the_strict_decoders(time_, time_edits, msisdn, ms
     rec = {"outbound": mail("a@b.c"), "delivery": delivery("m-1"), "changes": change("contract_ended")}[kind]
     value = json.loads(rec.value)
     value["event_time"], value["msisdn"] = event_time, number
-    key = {"same": number, "none": None, "bytes": number.encode(), "other": MSISDN + "9",
-           "bad-utf8": b"\xff"}[key_form]
+    key = {"same": number, "none": None, "bytes": number.encode(), "other": MSISDN + "9", "bad-utf8": b"\xff"}[key_form]
     data = json.dumps(value)
     assert _outcome(decode, kind, key, data) == _outcome(r._decode_strict, kind, key, data)
 
@@ -225,11 +235,19 @@ def test_e164_sms_recipients_and_any_email_recipient_are_accepted():
     for rec in (mail("+4915198765432", channel="sms"), mail("+12345678", channel="sms"), mail("+4915198765432")):
         record, _ = decode("outbound", rec.key, rec.value)
         assert record.recipient == rec.event["recipient"]
+
+
 # Free text over its cap (detectors.text) is cut when decoded, on both paths.
 
 _LONG = {
-    "event_id": ("ev-", 256), "message_id": ("msg-", 256), "contract_id": ("K-", 256), "customer_id": ("C-", 256),
-    "brand": ("brand-", 128), "template": ("tpl-", 128), "sender": ("mailer-", 128), "smtp_status": ("5.1.1 ", 128),
+    "event_id": ("ev-", 256),
+    "message_id": ("msg-", 256),
+    "contract_id": ("K-", 256),
+    "customer_id": ("C-", 256),
+    "brand": ("brand-", 128),
+    "template": ("tpl-", 128),
+    "sender": ("mailer-", 128),
+    "smtp_status": ("5.1.1 ", 128),
 }
 
 
@@ -242,7 +260,8 @@ _LONG = {
 )
 def test_free_text_over_its_cap_is_cut_when_decoded_and_never_within_it(kind, field, over, char):
     rec = {"outbound": mail("a@b.c", customer_id="C-1", contract_id="K-1"), "delivery": delivery("m-1")}.get(
-        kind) or change(kind, email="a@b.c")
+        kind
+    ) or change(kind, email="a@b.c")
     value = json.loads(rec.value)
     if field not in value:
         return

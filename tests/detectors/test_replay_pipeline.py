@@ -6,17 +6,31 @@ import msgspec
 import pytest
 
 from bench.generate import main as generate
+from detectors.codec import decode_number, encode_number
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import decode_number, encode_number
 from streams.replay_offline import replay
 
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory):
     path = tmp_path_factory.mktemp("capture") / "capture.jsonl"
-    generate(["--records", "6000", "--numbers", "120", "--days", "60", "--seed", "7",
-              "--bad-rate", "0.01", "--out", str(path)])
+    generate(
+        [
+            "--records",
+            "6000",
+            "--numbers",
+            "120",
+            "--days",
+            "60",
+            "--seed",
+            "7",
+            "--bad-rate",
+            "0.01",
+            "--out",
+            str(path),
+        ]
+    )
     with open(path, "ab") as f:  # a blank line, a line that is no envelope, an unknown topic
         f.write(b"\n   \nnot json\n")
         f.write(b'{"topic":"elsewhere","partition":0,"offset":1,"key":"+4917612345678","payload":"{}"}\n')
@@ -72,8 +86,7 @@ def test_a_second_replay_into_the_same_engine_dedups_the_same_in_both_modes(capt
         engine = Engine(Settings(), new_id=lambda: "x")
         replay([capture], Settings(), engine=engine, jobs=jobs)
         again, alerts = replay([capture], Settings(), engine=engine, jobs=jobs)
-        runs.append((again.duplicates, again.late, dict(again.alerts_by_kind),
-                     [(a.dedup_key, a.kind) for a in alerts]))
+        runs.append((again.duplicates, again.late, dict(again.alerts_by_kind), [(a.dedup_key, a.kind) for a in alerts]))
         assert engine.collect_metrics is True  # restored after each replay
     assert runs[0] == runs[1]
     assert runs[0][0] > 0
@@ -92,8 +105,22 @@ def _awkward(path, seed):
     are not one plain envelope each, and a last line without a newline."""
     import random
 
-    generate(["--records", "5000", "--numbers", "600", "--days", "20", "--seed", str(seed),
-              "--dup-rate", "0.02", "--out", str(path)])
+    generate(
+        [
+            "--records",
+            "5000",
+            "--numbers",
+            "600",
+            "--days",
+            "20",
+            "--seed",
+            str(seed),
+            "--dup-rate",
+            "0.02",
+            "--out",
+            str(path),
+        ]
+    )
     rng = random.Random(seed)
     lines = path.read_bytes().splitlines(keepends=True)
     out, delayed = [], []
@@ -155,9 +182,7 @@ def test_arrival_in_the_second_process_gives_the_same_results_and_state(tmp_path
     assert one[1] == two[1] and one[2] == two[2]
     e1, e2 = one[3], two[3]
     assert e1.stats == e2.stats and e1.stats.expired > 0
-    assert {r: encode_number(s) for r, s in e1.numbers.items()} == {
-        r: encode_number(s) for r, s in e2.numbers.items()
-    }
+    assert {r: encode_number(s) for r, s in e1.numbers.items()} == {r: encode_number(s) for r, s in e2.numbers.items()}
     assert e1.index.items() == e2.index.items()
     assert e1.arrival.snapshot() == e2.arrival.snapshot()  # watermarks, sources, clock, seq, sweeps, counts
 
@@ -182,9 +207,12 @@ def test_a_duplicate_of_an_id_dropped_by_the_size_caps_is_judged_the_same_in_bot
     from tests.factories import change, mail
 
     long = "x" * 200  # ~80 such ids fill the seen ids' budget (detectors.expiry.SEEN_BYTES)
-    records = [change("contract_started", 0, id="s", email="a@x.de"), mail("b@x.de", 30, id=f"early-{long}"),
-               *(mail("a@x.de", 60 + i, id=f"m{i}-{long}") for i in range(300)),
-               mail("b@x.de", 30, id=f"early-{long}")]  # resent: its id is no longer among the seen ids
+    records = [
+        change("contract_started", 0, id="s", email="a@x.de"),
+        mail("b@x.de", 30, id=f"early-{long}"),
+        *(mail("a@x.de", 60 + i, id=f"m{i}-{long}") for i in range(300)),
+        mail("b@x.de", 30, id=f"early-{long}"),
+    ]  # resent: its id is no longer among the seen ids
     path = tmp_path / "flood.jsonl"
     path.write_bytes(b"".join(encode_line(Envelope(r.topic, 0, o, r.value, r.key)) for o, r in enumerate(records)))
     one, two = _run(path, 1), _run(path, 2)

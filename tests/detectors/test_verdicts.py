@@ -26,61 +26,122 @@ CASES = [
     ("current address, other case and spaces", [started], mail(" HOLDER@X.DE ", DAY), "ok"),
     ("sms to an active number", [started], mail("+4917612345678", DAY, channel="sms"), "ok"),
     ("no contract ever", [], mail("holder@x.de", DAY), "notification_without_contract"),
-    ("before the contract started", [change("contract_started", 2 * DAY, email="h@x.de")],
-     mail("h@x.de", DAY), "notification_without_contract"),
-    ("at the instant the contract ended", [started, change("contract_ended", DAY)],
-     mail("holder@x.de", DAY), "notification_without_contract"),
-    ("sms after port-out", [started, change("ported_out", DAY)],
-     mail("+4917612345678", 2 * DAY, channel="sms"), "notification_without_contract"),
-    ("previous holder's address after a recycle",
-     [started, change("contract_ended", DAY), change("contract_started", 2 * DAY, contract_id="K-2",
-                                                     customer_id="C-2", email="new@x.de")],
-     mail("holder@x.de", 3 * DAY), "recipient_previous_holder"),
-    ("old holder's address after a holder change",
-     [started, change("holder_changed", DAY, customer_id="C-2")],
-     mail("holder@x.de", 2 * DAY), "recipient_previous_holder"),
-    ("new holder's own address set later is current",
-     [started, change("holder_changed", DAY, customer_id="C-2"),
-      change("email_changed", DAY + 1, email="new@x.de")],
-     mail("new@x.de", 2 * DAY), "ok"),
-    ("another customer's address on another number",
-     [started, change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
-     mail("nine@x.de", DAY), "recipient_other_customer"),
-    ("another customer's address linked only after the mail",
-     [started, change("contract_started", 2 * DAY, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
-     mail("nine@x.de", DAY), "recipient_unlinked"),
-    ("superseded address of the holder",
-     [started, change("email_changed", DAY, email="new@x.de")],
-     mail("holder@x.de", 2 * DAY), "recipient_stale_contract"),
-    ("mail before the change went to the then-current address (as-of)",
-     [started, change("email_changed", 2 * DAY, email="new@x.de")],
-     mail("holder@x.de", DAY), "ok"),
-    ("holder's address from her ended contract (brand switch)",
-     [started, change("contract_ended", DAY), change("contract_started", DAY, contract_id="K-2",
-                                                     email="second@x.de")],
-     mail("holder@x.de", 2 * DAY), "recipient_stale_contract"),
-    ("holder's address on her other number",
-     [started, change("contract_started", 0, msisdn=OTHER, contract_id="K-7", email="work@x.de")],
-     mail("work@x.de", DAY), "recipient_stale_contract"),
+    (
+        "before the contract started",
+        [change("contract_started", 2 * DAY, email="h@x.de")],
+        mail("h@x.de", DAY),
+        "notification_without_contract",
+    ),
+    (
+        "at the instant the contract ended",
+        [started, change("contract_ended", DAY)],
+        mail("holder@x.de", DAY),
+        "notification_without_contract",
+    ),
+    (
+        "sms after port-out",
+        [started, change("ported_out", DAY)],
+        mail("+4917612345678", 2 * DAY, channel="sms"),
+        "notification_without_contract",
+    ),
+    (
+        "previous holder's address after a recycle",
+        [
+            started,
+            change("contract_ended", DAY),
+            change("contract_started", 2 * DAY, contract_id="K-2", customer_id="C-2", email="new@x.de"),
+        ],
+        mail("holder@x.de", 3 * DAY),
+        "recipient_previous_holder",
+    ),
+    (
+        "old holder's address after a holder change",
+        [started, change("holder_changed", DAY, customer_id="C-2")],
+        mail("holder@x.de", 2 * DAY),
+        "recipient_previous_holder",
+    ),
+    (
+        "new holder's own address set later is current",
+        [started, change("holder_changed", DAY, customer_id="C-2"), change("email_changed", DAY + 1, email="new@x.de")],
+        mail("new@x.de", 2 * DAY),
+        "ok",
+    ),
+    (
+        "another customer's address on another number",
+        [started, change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
+        mail("nine@x.de", DAY),
+        "recipient_other_customer",
+    ),
+    (
+        "another customer's address linked only after the mail",
+        [started, change("contract_started", 2 * DAY, msisdn=OTHER, customer_id="C-9", email="nine@x.de")],
+        mail("nine@x.de", DAY),
+        "recipient_unlinked",
+    ),
+    (
+        "superseded address of the holder",
+        [started, change("email_changed", DAY, email="new@x.de")],
+        mail("holder@x.de", 2 * DAY),
+        "recipient_stale_contract",
+    ),
+    (
+        "mail before the change went to the then-current address (as-of)",
+        [started, change("email_changed", 2 * DAY, email="new@x.de")],
+        mail("holder@x.de", DAY),
+        "ok",
+    ),
+    (
+        "holder's address from her ended contract (brand switch)",
+        [
+            started,
+            change("contract_ended", DAY),
+            change("contract_started", DAY, contract_id="K-2", email="second@x.de"),
+        ],
+        mail("holder@x.de", 2 * DAY),
+        "recipient_stale_contract",
+    ),
+    (
+        "holder's address on her other number",
+        [started, change("contract_started", 0, msisdn=OTHER, contract_id="K-7", email="work@x.de")],
+        mail("work@x.de", DAY),
+        "recipient_stale_contract",
+    ),
     ("address nobody has", [started], mail("stranger@x.de", DAY), "recipient_unlinked"),
-    ("an address of the same number's previous holder beats another customer's link",
-     [started, change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de"),
-      change("contract_ended", DAY),
-      change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="new@x.de")],
-     mail("holder@x.de", 2 * DAY), "recipient_previous_holder"),
-    ("another customer beats the holder's own stale link",
-     [started, change("email_changed", DAY, email="new@x.de"),
-      change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de")],
-     mail("holder@x.de", 2 * DAY), "recipient_other_customer"),
-    ("the current address wins even if a previous holder also had it",
-     [started, change("contract_ended", DAY),
-      change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="holder@x.de")],
-     mail("holder@x.de", 2 * DAY), "ok"),
+    (
+        "an address of the same number's previous holder beats another customer's link",
+        [
+            started,
+            change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de"),
+            change("contract_ended", DAY),
+            change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="new@x.de"),
+        ],
+        mail("holder@x.de", 2 * DAY),
+        "recipient_previous_holder",
+    ),
+    (
+        "another customer beats the holder's own stale link",
+        [
+            started,
+            change("email_changed", DAY, email="new@x.de"),
+            change("contract_started", 0, msisdn=OTHER, customer_id="C-9", email="holder@x.de"),
+        ],
+        mail("holder@x.de", 2 * DAY),
+        "recipient_other_customer",
+    ),
+    (
+        "the current address wins even if a previous holder also had it",
+        [
+            started,
+            change("contract_ended", DAY),
+            change("contract_started", DAY, contract_id="K-2", customer_id="C-2", email="holder@x.de"),
+        ],
+        mail("holder@x.de", 2 * DAY),
+        "ok",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("history", "notification", "expected"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("history", "notification", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_recipient_rules(history, notification, expected):
     verdict, alerts = verdict_of(history, notification)
     assert verdict == expected
@@ -93,8 +154,11 @@ def test_recipient_rules(history, notification, expected):
 
 
 def test_breach_alert_carries_masked_evidence_and_no_clear_text():
-    history = [started, change("contract_ended", DAY, id="e"),
-               change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", email="n@x.de")]
+    history = [
+        started,
+        change("contract_ended", DAY, id="e"),
+        change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", email="n@x.de"),
+    ]
     _, alerts = verdict_of(history, mail("holder@x.de", 3 * DAY, id="n"))
     (alert,) = [a for a in alerts if a.kind == "recipient_previous_holder"]
     assert alert.severity == "critical"
@@ -113,11 +177,15 @@ ADDRESS = "anna.schmidt@gmx.de"
 
 
 def test_summaries_show_free_text_only_when_it_is_a_name_or_an_id():
-    history = [change("contract_started", 0, id="s", email="holder@x.de", customer_id=f"C {ADDRESS}"),
-               change("contract_ended", DAY, id="e"),
-               change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", brand=ADDRESS)]
-    _, alerts = verdict_of(history, mail("holder@x.de", 3 * DAY, id="n", sender=f"mailer {ADDRESS}",
-                                         template=f"Vertrag für {ADDRESS}", brand="o2"))
+    history = [
+        change("contract_started", 0, id="s", email="holder@x.de", customer_id=f"C {ADDRESS}"),
+        change("contract_ended", DAY, id="e"),
+        change("contract_started", 2 * DAY, id="s2", contract_id="K-2", customer_id="C-2", brand=ADDRESS),
+    ]
+    _, alerts = verdict_of(
+        history,
+        mail("holder@x.de", 3 * DAY, id="n", sender=f"mailer {ADDRESS}", template=f"Vertrag für {ADDRESS}", brand="o2"),
+    )
     (alert,) = [a for a in alerts if a.kind == "recipient_previous_holder"]
     assert ADDRESS not in alert.summary and "anna" not in alert.summary
     assert alert.summary.startswith("o2 (unrecognised template) email for +49176******78 went to h***@x.de")
@@ -129,10 +197,22 @@ def test_summaries_show_free_text_only_when_it_is_a_name_or_an_id():
 
 
 def test_pattern_summaries_show_no_free_text_either():
-    records = [change("contract_started", 0, id="s", email="holder@x.de"),
-               mail("holder@x.de", 10, id="n", message_id="m", template=f"t {ADDRESS}"),
-               *(delivery("m", "bounced", 20 + i, id=f"b{i}", bounce_type="hard", sender=f"mailer {ADDRESS}",
-                          smtp_status=f"550 5.1.1 <{ADDRESS}>: no such user") for i in range(3))]
+    records = [
+        change("contract_started", 0, id="s", email="holder@x.de"),
+        mail("holder@x.de", 10, id="n", message_id="m", template=f"t {ADDRESS}"),
+        *(
+            delivery(
+                "m",
+                "bounced",
+                20 + i,
+                id=f"b{i}",
+                bounce_type="hard",
+                sender=f"mailer {ADDRESS}",
+                smtp_status=f"550 5.1.1 <{ADDRESS}>: no such user",
+            )
+            for i in range(3)
+        ),
+    ]
     alerts = {a.kind: a for a in run(records)}
     assert set(alerts) == {"current_address_bouncing", "bounce_burst"}
     for a in alerts.values():

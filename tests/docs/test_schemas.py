@@ -37,16 +37,21 @@ INPUT = {
 
 def test_every_schema_is_valid_draft_2020_12():
     names = sorted(p.name for p in SCHEMAS.glob("*.json"))
-    assert names == ["capture-envelope.json", "contracts.changes.json", "notifguard.alerts.json",
-                     "notifguard.deadletter.json", "notifications.delivery.json", "notifications.outbound.json"]
+    assert names == [
+        "capture-envelope.json",
+        "contracts.changes.json",
+        "notifguard.alerts.json",
+        "notifguard.deadletter.json",
+        "notifications.delivery.json",
+        "notifications.outbound.json",
+    ]
     for name in names:
         validator(name)
 
 
 def accepts(kind: str, value: dict) -> bool:
     try:
-        decode(kind, value.get("msisdn") if isinstance(value.get("msisdn"), str) else MSISDN,
-               json.dumps(value))
+        decode(kind, value.get("msisdn") if isinstance(value.get("msisdn"), str) else MSISDN, json.dumps(value))
         return True
     except BadRecord:
         return False
@@ -55,23 +60,65 @@ def accepts(kind: str, value: dict) -> bool:
 BASE = {
     "outbound": mail("a@b.de", 0).event,
     "delivery": delivery("m1", "bounced", 0, bounce_type="hard", smtp_status="5.1.1").event,
-    **{f"changes:{t}": change(t, 0, email="a@b.de").event for t in (
-        "contract_started", "contract_ended", "email_changed", "email_verified", "holder_changed",
-        "ported_in", "ported_out")},
+    **{
+        f"changes:{t}": change(t, 0, email="a@b.de").event
+        for t in (
+            "contract_started",
+            "contract_ended",
+            "email_changed",
+            "email_verified",
+            "holder_changed",
+            "ported_in",
+            "ported_out",
+        )
+    },
 }
-MUTATIONS = st.sampled_from([
-    None, "", " ", "x", 0, 1, 2, -1, True, [], {}, "+4917612345678", "4917612345678", "+0123456789",
-    "2026-03-01T08:15:02.120Z", "2026-03-01t08:15:02z", "2026-03-01T08:15:02+01:00", "2026-03-01T08:15:02",
-    "2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z", "2028-02-29T23:59:59.999999Z", "2026-03-01 08:15:02Z",
-    "email", "sms", "fax", "delivered", "bounced", "lost", "hard", "soft", "contract_started", "ported_out",
-    "contract_paused", "+4917612345678\n",
-])
+MUTATIONS = st.sampled_from(
+    [
+        None,
+        "",
+        " ",
+        "x",
+        0,
+        1,
+        2,
+        -1,
+        True,
+        [],
+        {},
+        "+4917612345678",
+        "4917612345678",
+        "+0123456789",
+        "2026-03-01T08:15:02.120Z",
+        "2026-03-01t08:15:02z",
+        "2026-03-01T08:15:02+01:00",
+        "2026-03-01T08:15:02",
+        "2026-13-01T00:00:00Z",
+        "2026-02-29T00:00:00Z",
+        "2028-02-29T23:59:59.999999Z",
+        "2026-03-01 08:15:02Z",
+        "email",
+        "sms",
+        "fax",
+        "delivered",
+        "bounced",
+        "lost",
+        "hard",
+        "soft",
+        "contract_started",
+        "ported_out",
+        "contract_paused",
+        "+4917612345678\n",
+    ]
+)
 FIELDS = sorted({k for v in BASE.values() for k in v} | {"unknown_field"})
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.sampled_from(sorted(BASE)), st.lists(st.tuples(st.sampled_from(FIELDS), st.one_of(
-    MUTATIONS, st.just("__drop__"))), max_size=3))
+@given(
+    st.sampled_from(sorted(BASE)),
+    st.lists(st.tuples(st.sampled_from(FIELDS), st.one_of(MUTATIONS, st.just("__drop__"))), max_size=3),
+)
 def test_schema_valid_if_and_only_if_the_decoder_accepts(base, mutations):
     value = dict(BASE[base])
     for field, new in mutations:
@@ -134,6 +181,8 @@ def test_schema_and_decoder_agree_that_an_sms_goes_to_an_e164_number(recipient, 
     value = {**BASE["outbound"], "channel": "sms", "recipient": recipient}
     assert INPUT["outbound"].is_valid(value) is ok
     assert accepts("outbound", value) is ok
+
+
 def test_capped_alerts_and_dead_letters_fit_their_schemas():
     import msgspec
 
@@ -141,9 +190,14 @@ def test_capped_alerts_and_dead_letters_fit_their_schemas():
     from tests.factories import feed, new_engine
 
     engine = new_engine()
-    feed(engine, [change("contract_started", 0, id="s", email="a@b.de", customer_id="C" * 999, brand="b" * 999),
-                  mail("x@b.de", 60, id="n" * 999, template="t" * 999, sender="s" * 999, brand="o" * 999),
-                  Rec("notifications.outbound", "+49" * 9999, b"\xff" * 99_999)])
+    feed(
+        engine,
+        [
+            change("contract_started", 0, id="s", email="a@b.de", customer_id="C" * 999, brand="b" * 999),
+            mail("x@b.de", 60, id="n" * 999, template="t" * 999, sender="s" * 999, brand="o" * 999),
+            Rec("notifications.outbound", "+49" * 9999, b"\xff" * 99_999),
+        ],
+    )
     engine.flush(0)
     alerts, dead, _ = engine.drain()
     dead.append(dead_letter("t" * 999, 0, 1, None, None, "\u0001" * 99_999, "r" * 9999, "processing_error", "now"))

@@ -25,9 +25,12 @@ def _listed(section: str) -> set[str]:
 
 def test_the_documented_acls_are_the_granted_ones():
     topics = Topics()
-    for title, acls in [("Worker", worker_acls(topics, "notifguard", exactly_once=True)),
-                        ("Forwarder", forwarder_acls(topics)), ("Incidents", incidents_acls(topics)),
-                        ("Staging tools", check_acls(topics))]:
+    for title, acls in [
+        ("Worker", worker_acls(topics, "notifguard", exactly_once=True)),
+        ("Forwarder", forwarder_acls(topics)),
+        ("Incidents", incidents_acls(topics)),
+        ("Staging tools", check_acls(topics)),
+    ]:
         listed = _listed(_section(title))
         granted = {a.render() for a in acls}
         assert granted <= listed, (title, granted - listed)

@@ -84,8 +84,10 @@ def install(faults: set[str], after: int) -> None:
 
 
 if __name__ == "__main__":
-    install({f for f in os.environ.get("NOTIFGUARD_TEST_FAULTS", "").split(",") if f},
-            int(os.environ.get("NOTIFGUARD_TEST_FAULT_AFTER", "0")))
+    install(
+        {f for f in os.environ.get("NOTIFGUARD_TEST_FAULTS", "").split(",") if f},
+        int(os.environ.get("NOTIFGUARD_TEST_FAULT_AFTER", "0")),
+    )
     from streams.cli import main
 
     sys.exit(main())

@@ -48,8 +48,9 @@ def free_port() -> int:
 class KafkaRun:
     """One isolated deployment: its own topic names, consumer group and state."""
 
-    def __init__(self, bootstrap: str, tmp: Path, partitions: int = 6, security: KafkaSecurity = PLAINTEXT,
-                 **rules: Any) -> None:
+    def __init__(
+        self, bootstrap: str, tmp: Path, partitions: int = 6, security: KafkaSecurity = PLAINTEXT, **rules: Any
+    ) -> None:
         self.bootstrap = bootstrap
         self.security = security  # the harness's own clients (topics, produce, read): an admin's
         self.tmp = tmp
@@ -57,16 +58,19 @@ class KafkaRun:
         tag = uuid.uuid4().hex[:8]
         self.app_id = f"ngtest-{tag}"
         self.topics = Topics(
-            outbound=f"{tag}.notifications.outbound", changes=f"{tag}.contracts.changes",
-            delivery=f"{tag}.notifications.delivery", alerts=f"{tag}.notifguard.alerts",
+            outbound=f"{tag}.notifications.outbound",
+            changes=f"{tag}.contracts.changes",
+            delivery=f"{tag}.notifications.delivery",
+            alerts=f"{tag}.notifguard.alerts",
             deadletter=f"{tag}.notifguard.deadletter",
         )
         self.rules = {"idle_flush_s": "2", **{k: str(v) for k, v in rules.items()}}
         self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
         from streams.topics import ensure_topics
 
-        ensure_topics(bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id,
-                      security=security)
+        ensure_topics(
+            bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id, security=security
+        )
         self._producer: Any = None
 
     @property
@@ -84,18 +88,38 @@ class KafkaRun:
         env.setdefault("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S", "10")
         return env
 
-    def start_worker(self, store: str = "rocksdb://", name: str = "w1", wait: bool = True,
-                     module: str = "streams.cli", env: dict[str, str] | None = None,
-                     log_level: str = "WARNING") -> int:
+    def start_worker(
+        self,
+        store: str = "rocksdb://",
+        name: str = "w1",
+        wait: bool = True,
+        module: str = "streams.cli",
+        env: dict[str, str] | None = None,
+        log_level: str = "WARNING",
+    ) -> int:
         """`notifguard worker` (or `module`, taking the same arguments) with this run's environment
         and `env` on top; returns its web port."""
         port = free_port()
         datadir = self.tmp / f"data-{name}"
         log = self.tmp / f"{name}-{len(self.workers)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--log-level", log_level, "worker", "--store", store,
-             "--datadir", str(datadir), "--web-port", str(port)],
-            cwd=ROOT, env={**self.env(port), **(env or {})}, stdout=open(log, "wb"),  # noqa: SIM115
+            [
+                sys.executable,
+                "-m",
+                module,
+                "--log-level",
+                log_level,
+                "worker",
+                "--store",
+                store,
+                "--datadir",
+                str(datadir),
+                "--web-port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env={**self.env(port), **(env or {})},
+            stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
         self.workers.append((proc, port, log))
@@ -132,20 +156,29 @@ class KafkaRun:
         from kafka import KafkaProducer
 
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all",
-                                           **client_kwargs(self.security))
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap, linger_ms=5, acks="all", **client_kwargs(self.security)
+            )
         n = 0
         for env in envelopes:
             topic = self.rename.get(env.topic, env.topic)
-            self._producer.send(topic, key=env.key.encode() if env.key is not None else None,
-                                value=env.payload.encode() if env.payload is not None else None,
-                                timestamp_ms=env.ts)
+            self._producer.send(
+                topic,
+                key=env.key.encode() if env.key is not None else None,
+                value=env.payload.encode() if env.payload is not None else None,
+                timestamp_ms=env.ts,
+            )
             n += 1
         self._producer.flush()
         return n
 
-    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float,
-             isolation_level: str = "read_uncommitted") -> list[dict[str, Any]]:
+    def read(
+        self,
+        topic: str,
+        until: Callable[[list[dict[str, Any]]], bool],
+        timeout: float,
+        isolation_level: str = "read_uncommitted",
+    ) -> list[dict[str, Any]]:
         """Every record of a topic (JSON values), polling until `until(records)` or timeout.
 
         read_uncommitted by default: the tests see whatever a worker produced,
@@ -153,9 +186,14 @@ class KafkaRun:
         """
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 value_deserializer=json.loads, consumer_timeout_ms=1000,
-                                 isolation_level=isolation_level, **client_kwargs(self.security))
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            value_deserializer=json.loads,
+            consumer_timeout_ms=1000,
+            isolation_level=isolation_level,
+            **client_kwargs(self.security),
+        )
         tps = [TopicPartition(topic, p) for p in range(self.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -193,10 +231,20 @@ class KafkaRun:
 
         try:
             t = self.topics
-            delete_topics(self.bootstrap, [t.outbound, t.changes, t.delivery, t.alerts, t.deadletter,
-                                           f"{self.app_id}-numbers-changelog",
-                                           f"{self.app_id}-address-index-changelog",
-                                           f"{self.app_id}-__assignor-__leader"], security=self.security)
+            delete_topics(
+                self.bootstrap,
+                [
+                    t.outbound,
+                    t.changes,
+                    t.delivery,
+                    t.alerts,
+                    t.deadletter,
+                    f"{self.app_id}-numbers-changelog",
+                    f"{self.app_id}-address-index-changelog",
+                    f"{self.app_id}-__assignor-__leader",
+                ],
+                security=self.security,
+            )
         except Exception:
             pass
 

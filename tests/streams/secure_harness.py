@@ -37,8 +37,10 @@ def require_secure_broker() -> str:
             return SECURE_BOOTSTRAP
         msg = f"no secrets of the secured broker in {SECRETS} (NOTIFGUARD_SECURE_SECRETS)"
     except OSError:
-        msg = (f"no secured Kafka broker at {SECURE_BOOTSTRAP} "
-               "(start one with NOTIFGUARD_KAFKA_SECURE=1 deploy/kafka/start.sh)")
+        msg = (
+            f"no secured Kafka broker at {SECURE_BOOTSTRAP} "
+            "(start one with NOTIFGUARD_KAFKA_SECURE=1 deploy/kafka/start.sh)"
+        )
     if os.environ.get("NOTIFGUARD_KAFKA_REQUIRED") == "1":
         pytest.fail(msg)
     pytest.skip(msg)
@@ -49,45 +51,78 @@ def password(user: str) -> str:
 
 
 def security(user: str) -> KafkaSecurity:
-    return KafkaSecurity(security_protocol="SASL_SSL", sasl_username=user, sasl_password=Secret(password(user)),
-                         ssl_cafile=str(SECRETS / "ca.pem"))
+    return KafkaSecurity(
+        security_protocol="SASL_SSL",
+        sasl_username=user,
+        sasl_password=Secret(password(user)),
+        ssl_cafile=str(SECRETS / "ca.pem"),
+    )
 
 
 def kafka_env(user: str, **over: str) -> dict[str, str]:
     """NOTIFGUARD_KAFKA_* for `user` over SASL_SSL, the password from its file; `over` replaces settings."""
-    values = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": user,
-              "sasl_password_file": str(SECRETS / f"{user}.password"), "ssl_cafile": str(SECRETS / "ca.pem"),
-              **over}
+    values = {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": user,
+        "sasl_password_file": str(SECRETS / f"{user}.password"),
+        "ssl_cafile": str(SECRETS / "ca.pem"),
+        **over,
+    }
     return {f"NOTIFGUARD_KAFKA_{k.upper()}": v for k, v in values.items()}
 
 
 def config_file(path: Path, topics: Topics, kafka: dict[str, str]) -> Path:
     """A settings file with these topic names and this [kafka] table."""
-    lines = ["[topics]", *(f'{k} = "{v}"' for k, v in vars(topics).items()), "[kafka]",
-             *(f'{k} = "{v}"' for k, v in kafka.items())]
+    lines = [
+        "[topics]",
+        *(f'{k} = "{v}"' for k, v in vars(topics).items()),
+        "[kafka]",
+        *(f'{k} = "{v}"' for k, v in kafka.items()),
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def sasl_config(path: Path, topics: Topics, user: str) -> Path:
-    return config_file(path, topics, {"security_protocol": "SASL_SSL", "sasl_username": user,
-                                      "sasl_password_file": str(SECRETS / f"{user}.password"),
-                                      "ssl_cafile": str(SECRETS / "ca.pem")})
+    return config_file(
+        path,
+        topics,
+        {
+            "security_protocol": "SASL_SSL",
+            "sasl_username": user,
+            "sasl_password_file": str(SECRETS / f"{user}.password"),
+            "ssl_cafile": str(SECRETS / "ca.pem"),
+        },
+    )
 
 
 def mtls_config(path: Path, topics: Topics) -> Path:
     """Mutual TLS as User:notifguard-mtls (the client certificate's CN)."""
-    return config_file(path, topics, {"security_protocol": "SSL", "ssl_cafile": str(SECRETS / "ca.pem"),
-                                      "ssl_certfile": str(SECRETS / "notifguard-mtls.crt"),
-                                      "ssl_keyfile": str(SECRETS / "notifguard-mtls.key")})
+    return config_file(
+        path,
+        topics,
+        {
+            "security_protocol": "SSL",
+            "ssl_cafile": str(SECRETS / "ca.pem"),
+            "ssl_certfile": str(SECRETS / "notifguard-mtls.crt"),
+            "ssl_keyfile": str(SECRETS / "notifguard-mtls.key"),
+        },
+    )
 
 
 def notifguard(log: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run `notifguard ARGS` (log level INFO) to completion; its exit status and output (also in `log`)."""
     with open(log, "wb") as out:
-        done = subprocess.run([sys.executable, "-m", "streams.cli", "--log-level", "INFO", *args], cwd=ROOT,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                              env={**os.environ, **(env or {})}, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "--log-level", "INFO", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
     return done.returncode, log.read_text(errors="replace")
 
 

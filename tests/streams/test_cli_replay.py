@@ -63,7 +63,10 @@ def test_cannot_run_exits_non_zero_but_alerts_do_not(tmp_path):
     assert main(["replay", "--offline", str(tmp_path / "missing.jsonl")]) == 2
     proc = subprocess.run(
         [sys.executable, "-m", "streams.cli", "replay", "--offline", str(_capture(tmp_path)), "--print-alerts"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0
     assert "[critical] recipient_previous_holder" in proc.stdout
@@ -193,14 +196,16 @@ def test_an_sms_to_an_address_is_dead_lettered_and_no_mask_shows_the_address(tmp
     assert sms["subject"]["msisdn_masked"] == "+******78"
     text = json.dumps(alerts)
     assert "anna.s" not in text and "+12345" not in text and "2345678" not in text
+
+
 def test_the_worst_inputs_give_no_output_record_or_state_value_over_64_kib(tmp_path, monkeypatch, capsys):
     # Issue 10: a 600 KB template (a 1.2 MB alert), a 900 KB value that is no UTF-8 (a 1.5 MB
     # dead letter), 22,000 mails to one number (1.09 MB of state): each over the producer's
     # 1 MB request size, on which the worker stopped, restarted and read the record again.
     import streams.replay_offline as replay_offline
     from detectors.capture import Envelope
+    from detectors.codec import encode_links, encode_number
     from detectors.engine import Engine
-    from detectors.state import encode_links, encode_number
     from tests.factories import MSISDN, change, mail
 
     limit = 64 * 1024
@@ -215,8 +220,13 @@ def test_the_worst_inputs_give_no_output_record_or_state_value_over_64_kib(tmp_p
     with open(cap, "wb") as f:
         for offset, r in enumerate(records):
             f.write(encode_line(Envelope(r.topic, 0, offset, r.value, r.key)))
-        f.write(b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"' + MSISDN.encode()
-                + b'","payload":"' + b"\xff\xfe" * 450_000 + b'"}\n')
+        f.write(
+            b'{"topic":"notifications.outbound","partition":0,"offset":9,"key":"'
+            + MSISDN.encode()
+            + b'","payload":"'
+            + b"\xff\xfe" * 450_000
+            + b'"}\n'
+        )
     engines = []
 
     def replay(*args, **kwargs):
@@ -252,8 +262,13 @@ def test_a_far_future_event_time_is_dead_lettered_and_moves_no_watermark(tmp_pat
     envs = list(load("motivating_re_port_leak").envelopes())
     seed_ts = sorted(e.ts for e in envs if e.ts is not None)
     poison = {
-        "schema_version": 1, "event_id": "poison", "event_time": "9999-01-01T00:00:00.000Z",
-        "msisdn": "+4930999999999", "type": "contract_started", "contract_id": "K-X", "customer_id": "C-X",
+        "schema_version": 1,
+        "event_id": "poison",
+        "event_time": "9999-01-01T00:00:00.000Z",
+        "msisdn": "+4930999999999",
+        "type": "contract_started",
+        "contract_id": "K-X",
+        "customer_id": "C-X",
         "brand": "o2",
     }
     middle = seed_ts[len(seed_ts) // 2]  # its Kafka timestamp is the seed's: only its event_time lies
@@ -265,4 +280,6 @@ def test_a_far_future_event_time_is_dead_lettered_and_moves_no_watermark(tmp_pat
     assert [(d["reason_code"], d["offset"]) for d in deads] == [("bad_event_time", 999)]
     assert "max_future_skew" in deads[0]["reason"]
     assert sorted((a["kind"], a["severity"]) for a in alerts) == [
-        ("re_port", "info"), ("recipient_previous_holder", "critical")]
+        ("re_port", "info"),
+        ("recipient_previous_holder", "critical"),
+    ]

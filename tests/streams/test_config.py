@@ -6,8 +6,14 @@ from streams.config import load_settings
 def test_env_overrides_file_and_types_are_converted(tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text("grace_s = 10.0\nbounce_burst_threshold = 5\n[topics]\nalerts = 'x.alerts'\n")
-    s = load_settings(conf, env={"NOTIFGUARD_GRACE_S": "12.5", "NOTIFGUARD_TOPIC_OUTBOUND": "o",
-                                 "NOTIFGUARD_PSEUDONYMISATION_KEY": "s3cret"})
+    s = load_settings(
+        conf,
+        env={
+            "NOTIFGUARD_GRACE_S": "12.5",
+            "NOTIFGUARD_TOPIC_OUTBOUND": "o",
+            "NOTIFGUARD_PSEUDONYMISATION_KEY": "s3cret",
+        },
+    )
     assert s.grace_s == 12.5 and s.bounce_burst_threshold == 5
     assert s.topics.alerts == "x.alerts" and s.topics.outbound == "o"
     assert s.pseudonymisation_key.reveal() == "s3cret" and not s.uses_dev_key

@@ -97,8 +97,9 @@ def test_produce_outcomes_are_counted_at_the_next_send_or_scrape(
 
 
 def test_recovery_remaining_counts_only_what_is_left(reg: CollectorRegistry) -> None:
-    recovery = SimpleNamespace(active_remaining=lambda: Counter({"a": 5, "b": -3}),
-                               standby_remaining=lambda: Counter({"c": 2}))
+    recovery = SimpleNamespace(
+        active_remaining=lambda: Counter({"a": 5, "b": -3}), standby_remaining=lambda: Counter({"c": 2})
+    )
     app: Any = SimpleNamespace(tables=SimpleNamespace(_recovery=recovery))
     reg.register(_RecoveryCollector(app))
     assert sample(reg, "notifguard_table_recovery_remaining_records", role="active") == 5

@@ -23,12 +23,22 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 def alert(dedup_key: str = "recipient_previous_holder:0123456789abcdef0123", **over: Any) -> dict[str, Any]:
     kind = dedup_key.split(":")[0]
     rec: dict[str, Any] = {
-        "schema_version": 1, "alert_id": uuid.uuid4().hex, "dedup_key": dedup_key, "kind": kind,
-        "severity": "critical", "event_time": "2024-05-01T11:59:30.250Z", "detected_at": "2024-05-01T11:59:31Z",
-        "trigger_event_id": "ev-1", "event_ids": ["ev-0", "ev-1"],
+        "schema_version": 1,
+        "alert_id": uuid.uuid4().hex,
+        "dedup_key": dedup_key,
+        "kind": kind,
+        "severity": "critical",
+        "event_time": "2024-05-01T11:59:30.250Z",
+        "detected_at": "2024-05-01T11:59:31Z",
+        "trigger_event_id": "ev-1",
+        "event_ids": ["ev-0", "ev-1"],
         "subject": {"msisdn_masked": "+49176******78", "msisdn_ref": "0" * 24},
-        "brand": "o2", "template": "contract_info", "sender": "crm-mailer",
-        "summary": f"{kind}: contract info sent to previous holder", "evidence": {}, "late": False,
+        "brand": "o2",
+        "template": "contract_info",
+        "sender": "crm-mailer",
+        "summary": f"{kind}: contract info sent to previous holder",
+        "evidence": {},
+        "late": False,
         "runbook_url": f"https://runbooks.invalid/{kind}",
     }
     rec.update(over)
@@ -37,16 +47,21 @@ def alert(dedup_key: str = "recipient_previous_holder:0123456789abcdef0123", **o
 
 # --- pure -------------------------------------------------------------------------------------
 
+
 def test_mapping() -> None:
     am = to_alertmanager(alert(), NOW, 3600)
     assert am["labels"] == {
-        "alertname": "recipient_previous_holder", "severity": "critical", "brand": "o2",
-        "dedup_key": "recipient_previous_holder:0123456789abcdef0123", "service": "notifguard",
+        "alertname": "recipient_previous_holder",
+        "severity": "critical",
+        "brand": "o2",
+        "dedup_key": "recipient_previous_holder:0123456789abcdef0123",
+        "service": "notifguard",
     }
     assert am["annotations"] == {
         "summary": "recipient_previous_holder: contract info sent to previous holder",
         "runbook_url": "https://runbooks.invalid/recipient_previous_holder",
-        "event_time": "2024-05-01T11:59:30.250Z", "trigger_event_id": "ev-1",
+        "event_time": "2024-05-01T11:59:30.250Z",
+        "trigger_event_id": "ev-1",
     }
     assert am["startsAt"] == "2024-05-01T11:59:30.250Z"
     assert am["endsAt"] == "2024-05-01T13:00:00.000Z"
@@ -75,7 +90,9 @@ def test_dedup_resend_and_expiry() -> None:
     assert fw.due_resends(NOW + 30) == []
     resent = fw.due_resends(NOW + 60)
     assert [a["labels"]["dedup_key"] for a in resent] == [
-        "recipient_previous_holder:0123456789abcdef0123", "re_port:ffffffffffffffffffff"]
+        "recipient_previous_holder:0123456789abcdef0123",
+        "re_port:ffffffffffffffffffff",
+    ]
     assert resent[0] == first[0]  # same endsAt: the alert resolves resolve_after after first seen
     assert fw.due_resends(NOW + 61) == []
     assert len(fw.due_resends(NOW + 305)) == 1  # the first expired
@@ -87,7 +104,12 @@ def test_dedup_resend_and_expiry() -> None:
 def test_cli_parses_forward_alerts() -> None:
     a = build_parser().parse_args(["forward-alerts", "--bootstrap", "127.0.0.1:1"])
     assert (a.alertmanager, a.group, a.resend_interval, a.resolve_after, a.config) == (
-        "http://127.0.0.1:9093", "notifguard-forwarder", 60.0, 3600.0, None)
+        "http://127.0.0.1:9093",
+        "notifguard-forwarder",
+        60.0,
+        3600.0,
+        None,
+    )
 
 
 def test_cli_exits_2_without_broker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +124,7 @@ def test_cli_exits_2_without_broker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- a real Alertmanager ----------------------------------------------------------------------
 
+
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
@@ -112,10 +135,17 @@ def alertmanager(tmp_path: Path, services: list[Service]) -> str:  # noqa: F811
     binary = tool("alertmanager")
     port = free_port()
     (tmp_path / "am.yml").write_text("route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n")
-    svc = Service("alertmanager", [
-        binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am-data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-    ], tmp_path / "alertmanager.log")
+    svc = Service(
+        "alertmanager",
+        [
+            binary,
+            f"--config.file={tmp_path / 'am.yml'}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        tmp_path / "alertmanager.log",
+    )
     services.append(svc)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -138,16 +168,22 @@ def test_forwarder_against_real_alertmanager(alertmanager: str) -> None:
     # The raw records twice in one POST: Alertmanager itself merges equal label sets too.
     fw.post([to_alertmanager(alert(), now, 600)] * 2)
 
-    got = wait_for(lambda: (lambda a: a if len(a) >= 2 else None)(_get_json(f"{alertmanager}/api/v2/alerts")),
-                   10, what="alerts in alertmanager")
+    got = wait_for(
+        lambda: (lambda a: a if len(a) >= 2 else None)(_get_json(f"{alertmanager}/api/v2/alerts")),
+        10,
+        what="alerts in alertmanager",
+    )
     time.sleep(0.5)
     got = _get_json(f"{alertmanager}/api/v2/alerts")
     assert len(got) == 2, got
     by_key = {a["labels"]["dedup_key"]: a for a in got}
     prev = by_key["recipient_previous_holder:0123456789abcdef0123"]
     assert prev["labels"] == {
-        "alertname": "recipient_previous_holder", "severity": "critical", "brand": "o2",
-        "dedup_key": "recipient_previous_holder:0123456789abcdef0123", "service": "notifguard",
+        "alertname": "recipient_previous_holder",
+        "severity": "critical",
+        "brand": "o2",
+        "dedup_key": "recipient_previous_holder:0123456789abcdef0123",
+        "service": "notifguard",
     }
     assert prev["annotations"]["summary"] == "recipient_previous_holder: contract info sent to previous holder"
     assert prev["annotations"]["runbook_url"] == "https://runbooks.invalid/recipient_previous_holder"
@@ -170,6 +206,7 @@ def test_post_failure_raises_oserror() -> None:
 
 # --- a real broker ----------------------------------------------------------------------------
 
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_forward_loop_consumes_posts_and_commits(tmp_path: Path) -> None:
@@ -189,8 +226,13 @@ def test_forward_loop_consumes_posts_and_commits(tmp_path: Path) -> None:
             posted.append(batch)
 
     group = f"{krun.app_id}-forwarder"
-    consumer = KafkaConsumer(krun.topics.alerts, bootstrap_servers=krun.bootstrap, group_id=group,
-                             enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        krun.topics.alerts,
+        bootstrap_servers=krun.bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     stop = threading.Event()
     thread = threading.Thread(target=run, args=(consumer, Recording("http://unused", 3600, 600), stop, 200))
     try:

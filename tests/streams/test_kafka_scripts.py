@@ -47,9 +47,7 @@ def test_create_produce_consume_one_record(bootstrap: str) -> None:
             producer.close(timeout=5)
 
         tp = kafka.TopicPartition(topic, sent.partition)
-        consumer = kafka.KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
+        consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
         try:
             consumer.assign([tp])
             consumer.seek(tp, sent.offset)
@@ -60,9 +58,7 @@ def test_create_produce_consume_one_record(bootstrap: str) -> None:
         finally:
             consumer.close()
 
-        assert [(r.key, r.value, r.offset) for r in records[:1]] == [
-            (b"+15550001111", b'{"n": 1}', sent.offset)
-        ]
+        assert [(r.key, r.value, r.offset) for r in records[:1]] == [(b"+15550001111", b'{"n": 1}', sent.offset)]
     finally:
         admin.delete_topics([topic])
         admin.close()

@@ -29,7 +29,9 @@ def _config(tmp_path, body: str):
 def test_the_kafka_table_and_the_environment_give_one_configuration_for_tools_and_worker(tmp_path):
     secret = tmp_path / "password"
     secret.write_text(PASSWORD + "\n")  # as `openssl rand` or an editor writes it
-    path = _config(tmp_path, f"""
+    path = _config(
+        tmp_path,
+        f"""
 grace_s = 10
 [kafka]
 security_protocol = "sasl_ssl"
@@ -39,7 +41,8 @@ sasl_password_file = "{secret}"
 ssl_cafile = "/etc/ca.pem"
 [worker]
 bootstrap = "kafka:9093"
-""")
+""",
+    )
     env = {"NOTIFGUARD_KAFKA_SASL_USERNAME": "worker"}
     tool = load_kafka_security(path, env)
     worker = load_worker_config(path, env)
@@ -51,11 +54,23 @@ bootstrap = "kafka:9093"
 
 
 def test_a_secret_shows_in_no_repr_describe_or_error(tmp_path, caplog):
-    sec = security_from({"security_protocol": "SASL_SSL", "sasl_username": "worker", "sasl_password": PASSWORD,
-                         "ssl_key_password": PASSWORD}, {})
-    config = load_worker_config(None, {"NOTIFGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                                       "NOTIFGUARD_KAFKA_SASL_USERNAME": "w",
-                                       "NOTIFGUARD_KAFKA_SASL_PASSWORD": PASSWORD})
+    sec = security_from(
+        {
+            "security_protocol": "SASL_SSL",
+            "sasl_username": "worker",
+            "sasl_password": PASSWORD,
+            "ssl_key_password": PASSWORD,
+        },
+        {},
+    )
+    config = load_worker_config(
+        None,
+        {
+            "NOTIFGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "NOTIFGUARD_KAFKA_SASL_USERNAME": "w",
+            "NOTIFGUARD_KAFKA_SASL_PASSWORD": PASSWORD,
+        },
+    )
     creds = faust_settings(sec)["broker_credentials"]
     shown = [repr(sec), str(sec), sec.describe(), repr(config), repr(creds)]
     with caplog.at_level(logging.DEBUG):
@@ -68,14 +83,30 @@ def test_secret_files_and_bad_settings_are_errors_that_name_the_setting_not_the_
     secret = tmp_path / "pw"
     secret.write_text(PASSWORD)
     bad = [
-        ({"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password": PASSWORD,
-          "sasl_password_file": str(secret)}, "both set"),
-        ({"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password_file": str(tmp_path / "no")},
-         "cannot read"),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_username": "u",
+                "sasl_password": PASSWORD,
+                "sasl_password_file": str(secret),
+            },
+            "both set",
+        ),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password_file": str(tmp_path / "no")},
+            "cannot read",
+        ),
         ({"security_protocol": "SASL_SSL", "sasl_username": "u"}, "needs sasl_username and sasl_password"),
         ({"security_protocol": "TLS"}, "security_protocol must be one of"),
-        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI", "sasl_username": "u",
-          "sasl_password": PASSWORD}, "sasl_mechanism must be one of"),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "GSSAPI",
+                "sasl_username": "u",
+                "sasl_password": PASSWORD,
+            },
+            "sasl_mechanism must be one of",
+        ),
         ({"ssl_cafile": "/ca.pem"}, "security_protocol is PLAINTEXT"),
         ({"security_protocol": "SSL", "ssl_certfile": "/c.pem"}, "go together"),
         ({"security_protocol": "SSL", "ssl_check_hostname": "maybe"}, "true or false"),
@@ -85,8 +116,14 @@ def test_secret_files_and_bad_settings_are_errors_that_name_the_setting_not_the_
         with pytest.raises(ValueError, match=message) as err:
             security_from(section, {})
         assert PASSWORD not in str(err.value)
-    sec = security_from({}, {"NOTIFGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "NOTIFGUARD_KAFKA_SASL_USERNAME": "u",
-                             "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(secret)})
+    sec = security_from(
+        {},
+        {
+            "NOTIFGUARD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "NOTIFGUARD_KAFKA_SASL_USERNAME": "u",
+            "NOTIFGUARD_KAFKA_SASL_PASSWORD_FILE": str(secret),
+        },
+    )
     assert sec.sasl_password == Secret(PASSWORD)
 
 
@@ -98,14 +135,20 @@ def test_one_function_turns_the_settings_into_client_arguments(tmp_path):
     sasl = KafkaSecurity(security_protocol="SASL_SSL", sasl_username="u", sasl_password=Secret(PASSWORD))
     kw = client_kwargs(sasl)
     assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == (
-        "SCRAM-SHA-512", "u", PASSWORD)
+        "SCRAM-SHA-512",
+        "u",
+        PASSWORD,
+    )
     assert isinstance(kw["ssl_context"], ssl.SSLContext) and kw["ssl_context"].check_hostname
     assert kw["ssl_context"].verify_mode == ssl.CERT_REQUIRED
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     auth = credentials_to_aiokafka_auth(faust_settings(sasl)["broker_credentials"])
     assert (auth["security_protocol"], auth["sasl_mechanism"], auth["sasl_plain_password"]) == (
-        "SASL_SSL", "SCRAM-SHA-512", PASSWORD)
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        PASSWORD,
+    )
     off = KafkaSecurity(security_protocol="SSL", ssl_check_hostname=False)
     assert client_kwargs(off)["ssl_context"].check_hostname is False
     assert client_kwargs(off)["ssl_context"].verify_mode == ssl.CERT_REQUIRED  # the chain is still checked
@@ -133,7 +176,7 @@ def test_the_readmes_production_configurations_are_accepted(tmp_path):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    production = readme[readme.index("## Production"):readme.index("## Design")]
+    production = readme[readme.index("## Production") : readme.index("## Design")]
     blocks = re.findall(r"```toml\n(.*?)```", production, re.S)
     assert len(blocks) == 2
     protocols = set()

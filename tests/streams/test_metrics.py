@@ -42,8 +42,11 @@ def test_verdict_delays_and_verdicts_count_each_event() -> None:
     assert got['notifguard_verdict_delay_seconds_bucket{le="30.0"}'] == 4
     assert got["notifguard_verdict_delay_seconds_count"] == 4
     assert abs(got["notifguard_verdict_delay_seconds_sum"] - 34.5) < 1e-9
-    v = [VerdictRecord("b", "t", "s", "email", "ok", False, 1), VerdictRecord("b", "t", "s", "email", "ok", False, 1),
-         VerdictRecord("b", "t", "s", "email", "unverified_recipient", False, 1)]
+    v = [
+        VerdictRecord("b", "t", "s", "email", "ok", False, 1),
+        VerdictRecord("b", "t", "s", "email", "ok", False, 1),
+        VerdictRecord("b", "t", "s", "email", "unverified_recipient", False, 1),
+    ]
     m.observe_verdicts(v)
     m.observe_verdicts(v[:1])
     got = samples(m.registry)
@@ -53,13 +56,19 @@ def test_verdict_delays_and_verdicts_count_each_event() -> None:
 
 def test_free_text_labels_are_names_or_other() -> None:
     m = Metrics(Topics())
-    m.observe_verdicts([
-        VerdictRecord("o2", "contract_info", "mailer anna.schmidt@gmx.de", "email", "ok", False, 1),
-        VerdictRecord("o2", "Vertrag für anna.schmidt@gmx.de", "crm-mailer", "email", "ok", False, 1),
-        VerdictRecord("o2", "x" * 65, "crm-mailer", "email", "ok", False, 1),
-    ])
-    m.observe_deliveries([("anna.schmidt@gmx.de", "crm-mailer", "bounced", "hard"),
-                          ("o2", "mailer anna.schmidt@gmx.de", "delivered", "none")])
+    m.observe_verdicts(
+        [
+            VerdictRecord("o2", "contract_info", "mailer anna.schmidt@gmx.de", "email", "ok", False, 1),
+            VerdictRecord("o2", "Vertrag für anna.schmidt@gmx.de", "crm-mailer", "email", "ok", False, 1),
+            VerdictRecord("o2", "x" * 65, "crm-mailer", "email", "ok", False, 1),
+        ]
+    )
+    m.observe_deliveries(
+        [
+            ("anna.schmidt@gmx.de", "crm-mailer", "bounced", "hard"),
+            ("o2", "mailer anna.schmidt@gmx.de", "delivered", "none"),
+        ]
+    )
     text = m.exposition().decode()
     assert "anna" not in text and "x" * 65 not in text
     got = samples(m.registry)
@@ -76,8 +85,11 @@ def test_each_free_text_label_has_at_most_fifty_values_per_process() -> None:
         m.observe_verdicts([VerdictRecord("o2", f"template-{i}", "crm-mailer", "email", "ok", False, 1)])
     m.observe_verdicts([VerdictRecord("o2", "template-3", "crm-mailer", "email", "ok", False, 1)])
     got = samples(m.registry)
-    templates = {k.split('template="')[1].split('"')[0]: v for k, v in got.items()
-                 if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k}
+    templates = {
+        k.split('template="')[1].split('"')[0]: v
+        for k, v in got.items()
+        if k.startswith("notifguard_verdicts_total") and 'verdict="ok"' in k
+    }
     assert len(templates) == LABEL_VALUES_MAX + 1 == 51
     assert templates["other"] == 10 and templates["template-3"] == 2 and "template-50" not in templates
 

@@ -30,8 +30,10 @@ from streams.worker import create_app
 OVERRIDDEN: dict[tuple[str, str], tuple[type, list[str]]] = {
     ("faust Consumer", "_new_consumer_thread"): (aiokafka_driver.Consumer, ["self"]),
     ("faust Consumer", "_drain_messages"): (aiokafka_driver.Consumer, ["self", "fetcher"]),
-    ("faust ConsumerThread", "_create_worker_consumer"): (aiokafka_driver.AIOKafkaConsumerThread,
-                                                          ["self", "transport"]),
+    ("faust ConsumerThread", "_create_worker_consumer"): (
+        aiokafka_driver.AIOKafkaConsumerThread,
+        ["self", "transport"],
+    ),
     ("faust ConsumerThread", "_highwaters"): (aiokafka_driver.AIOKafkaConsumerThread, ["self", "partitions"]),
     ("faust App", "_new_transport"): (faust.App, ["self"]),
 }
@@ -59,8 +61,11 @@ def _aiokafka_objects() -> dict[str, Any]:
         consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
         consumer.assign([TopicPartition("t", 0)])
         producer = aiokafka.AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
-        got = {"consumer": consumer, "producer": producer,
-               "state": consumer._subscription.subscription.assignment.state_value(TopicPartition("t", 0))}
+        got = {
+            "consumer": consumer,
+            "producer": producer,
+            "state": consumer._subscription.subscription.assignment.state_value(TopicPartition("t", 0)),
+        }
         await consumer.stop()
         await producer.stop()
         return got
@@ -91,7 +96,7 @@ def test_private_name_is_there(app: Any, owner: str, name: str) -> None:
         cls, params = {**OVERRIDDEN, **CALLED}[(owner, name)]
         assert callable(getattr(cls, name, None)), f"{owner}.{name} is gone ({seams.PRIVATE_NAMES[(owner, name)]})"
         got = list(inspect.signature(getattr(cls, name)).parameters)
-        assert got[:len(params)] == params, f"{owner}.{name} takes {got} now, not {params}"
+        assert got[: len(params)] == params, f"{owner}.{name} takes {got} now, not {params}"
         return
     obj = _instances(app)[owner]()
     assert hasattr(obj, name), f"{owner} has no {name} any more ({seams.PRIVATE_NAMES[(owner, name)]})"
@@ -130,11 +135,14 @@ def test_the_worker_s_faust_free_parts_import_no_faust() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import streams.worker.pipeline, streams.worker.committer, streams.worker.offsets, "
-            "streams.seams, streams.metrics, streams.tablestore; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'faust', 'aiokafka', 'mode'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": "."}).stdout
+    code = (
+        "import sys; import streams.worker.pipeline, streams.worker.committer, streams.worker.offsets, "
+        "streams.seams, streams.metrics, streams.tablestore; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'faust', 'aiokafka', 'mode'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": "."}
+    ).stdout
     assert out.strip() == "[]"
 
 

@@ -43,8 +43,7 @@ def broker() -> str:
     return require_secure_broker()
 
 
-def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_with_its_own_principal(
-        broker, tmp_path):
+def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_with_its_own_principal(broker, tmp_path):
     admin = security("admin")
     run = KafkaRun(broker, tmp_path, security=admin)
     logs: list[Path] = []
@@ -52,18 +51,30 @@ def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_w
         t = run.topics
         inputs = (t.outbound, t.changes, t.delivery)
         group = f"{run.app_id}-forwarder"
-        for principal, acls in [("User:worker", worker_acls(t, run.app_id)), ("User:replay", replay_acls(inputs)),
-                                ("User:capture", capture_acls([t.alerts])), ("User:check", check_acls(t)),
-                                ("User:forwarder", forwarder_acls(t, group)),
-                                ("User:notifguard-mtls", capture_acls([t.alerts]))]:
+        for principal, acls in [
+            ("User:worker", worker_acls(t, run.app_id)),
+            ("User:replay", replay_acls(inputs)),
+            ("User:capture", capture_acls([t.alerts])),
+            ("User:check", check_acls(t)),
+            ("User:forwarder", forwarder_acls(t, group)),
+            ("User:notifguard-mtls", capture_acls([t.alerts])),
+        ]:
             grant(broker, admin, principal, acls)
         envs = scenario_stream()
         expected = keys(offline(envs, tmp_path))  # writes tmp_path/capture.jsonl
         renames = [a for old, new in run.rename.items() for a in ("--rename", f"{old}={new}")]
 
         logs.append(tmp_path / "replay.log")
-        code, out = notifguard(logs[-1], "replay", str(tmp_path / "capture.jsonl"), "--bootstrap", broker,
-                               "--config", str(sasl_config(tmp_path / "replay.toml", t, "replay")), *renames)
+        code, out = notifguard(
+            logs[-1],
+            "replay",
+            str(tmp_path / "capture.jsonl"),
+            "--bootstrap",
+            broker,
+            "--config",
+            str(sasl_config(tmp_path / "replay.toml", t, "replay")),
+            *renames,
+        )
         assert code == 0, out
         port = run.start_worker(env=kafka_env("worker"), log_level="INFO")  # every scenario, one worker run
         logs.append(run.workers[-1][2])
@@ -78,14 +89,33 @@ def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_w
             ("capture-mtls", MTLS_BOOTSTRAP, mtls_config(tmp_path / "mtls.toml", t)),
         ]:
             logs.append(tmp_path / f"{name}.log")
-            code, out = notifguard(logs[-1], "capture", "--bootstrap", bootstrap, "--topics", t.alerts,
-                                   "--out", str(tmp_path / f"{name}.jsonl"), "--config", str(config))
+            code, out = notifguard(
+                logs[-1],
+                "capture",
+                "--bootstrap",
+                bootstrap,
+                "--topics",
+                t.alerts,
+                "--out",
+                str(tmp_path / f"{name}.jsonl"),
+                "--config",
+                str(config),
+            )
             assert code == 0, out
             assert len((tmp_path / f"{name}.jsonl").read_bytes().splitlines()) == len(got)
 
         logs.append(tmp_path / "check.log")
-        code, out = notifguard(logs[-1], "check", "motivating_re_port_leak", "--bootstrap", broker, "--config",
-                               str(sasl_config(tmp_path / "check.toml", t, "check")), "--settle", "2")
+        code, out = notifguard(
+            logs[-1],
+            "check",
+            "motivating_re_port_leak",
+            "--bootstrap",
+            broker,
+            "--config",
+            str(sasl_config(tmp_path / "check.toml", t, "check")),
+            "--settle",
+            "2",
+        )
         assert code == 0 and "OK" in out, out
 
         token = "bearer-" + password("forwarder")[::-1]
@@ -94,16 +124,37 @@ def test_over_sasl_ssl_the_worker_gives_the_offline_alerts_and_each_tool_works_w
             logs.append(tmp_path / "forward.log")
             with open(logs[-1], "wb") as out_f:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "streams.cli", "--log-level", "INFO", "forward-alerts",
-                     "--bootstrap", broker, "--group", group, "--alertmanager", am.url,
-                     "--alertmanager-ca", str(SECRETS / "ca.pem"), "--alertmanager-bearer-file",
-                     str(tmp_path / "token"), "--config",
-                     str(sasl_config(tmp_path / "forwarder.toml", t, "forwarder"))],
-                    cwd=ROOT, stdout=out_f, stderr=subprocess.STDOUT)
+                    [
+                        sys.executable,
+                        "-m",
+                        "streams.cli",
+                        "--log-level",
+                        "INFO",
+                        "forward-alerts",
+                        "--bootstrap",
+                        broker,
+                        "--group",
+                        group,
+                        "--alertmanager",
+                        am.url,
+                        "--alertmanager-ca",
+                        str(SECRETS / "ca.pem"),
+                        "--alertmanager-bearer-file",
+                        str(tmp_path / "token"),
+                        "--config",
+                        str(sasl_config(tmp_path / "forwarder.toml", t, "forwarder")),
+                    ],
+                    cwd=ROOT,
+                    stdout=out_f,
+                    stderr=subprocess.STDOUT,
+                )
                 try:
                     dedup = {a["dedup_key"] for a in run.read(t.alerts, lambda a: False, timeout=1)}
-                    wait_for(lambda: {a["labels"]["dedup_key"] for a in am.alerts} >= dedup, 60,
-                             "forward-alerts to post every alert")
+                    wait_for(
+                        lambda: {a["labels"]["dedup_key"] for a in am.alerts} >= dedup,
+                        60,
+                        "forward-alerts to post every alert",
+                    )
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=30)
@@ -148,11 +199,14 @@ def _refused_start(run: KafkaRun, env: dict[str, str], bootstrap: str | None = N
     return proc.returncode, log.read_text(errors="replace"), elapsed
 
 
-@pytest.mark.parametrize(("case", "over", "cause"), [
-    ("wrong password", {"sasl_password_file": "WRONG"}, "SASL SCRAM-SHA-512 authentication as worker failed"),
-    ("untrusted CA", {"ssl_cafile": str(SECRETS / "untrusted-ca.pem")}, "the broker's certificate is not trusted"),
-    ("hostname mismatch", {}, "hostname mismatch: the broker's certificate does not name localhost"),
-])
+@pytest.mark.parametrize(
+    ("case", "over", "cause"),
+    [
+        ("wrong password", {"sasl_password_file": "WRONG"}, "SASL SCRAM-SHA-512 authentication as worker failed"),
+        ("untrusted CA", {"ssl_cafile": str(SECRETS / "untrusted-ca.pem")}, "the broker's certificate is not trusted"),
+        ("hostname mismatch", {}, "hostname mismatch: the broker's certificate does not name localhost"),
+    ],
+)
 def test_a_refused_connection_stops_the_worker_at_start_naming_the_cause(refused, tmp_path, case, over, cause):
     if over.get("sasl_password_file") == "WRONG":
         (tmp_path / "wrong").write_text(password("worker")[::-1])
@@ -163,11 +217,14 @@ def test_a_refused_connection_stops_the_worker_at_start_naming_the_cause(refused
     assert elapsed < 20
 
 
-@pytest.mark.parametrize(("case", "drop"), [
-    ("no read on one input", ("TOPIC", "delivery", "READ")),
-    ("no write on the alerts", ("TOPIC", "alerts", "WRITE")),
-    ("no consumer group", ("GROUP", "app_id", "READ")),
-])
+@pytest.mark.parametrize(
+    ("case", "drop"),
+    [
+        ("no read on one input", ("TOPIC", "delivery", "READ")),
+        ("no write on the alerts", ("TOPIC", "alerts", "WRITE")),
+        ("no consumer group", ("GROUP", "app_id", "READ")),
+    ],
+)
 def test_a_missing_acl_stops_the_worker_at_start_naming_what_and_the_permission(broker, tmp_path, case, drop):
     run = KafkaRun(broker, tmp_path, security=security("admin"))
     try:
@@ -189,8 +246,9 @@ def test_exactly_once_without_its_transactional_id_acl_crashes_before_it_is_read
     try:
         grant(broker, security("admin"), "User:worker", worker_acls(run.topics, run.app_id, exactly_once=False))
         run.produce(scenario_stream()[:50])
-        code, out, elapsed = _refused_start(run, {**kafka_env("worker"),
-                                                  "NOTIFGUARD_WORKER_PROCESSING_GUARANTEE": "exactly_once"})
+        code, out, elapsed = _refused_start(
+            run, {**kafka_env("worker"), "NOTIFGUARD_WORKER_PROCESSING_GUARANTEE": "exactly_once"}
+        )
         assert code != 0 and "TransactionalIdAuthorizationFailed" in out, out
         assert elapsed < 25
     finally:
@@ -204,12 +262,33 @@ def test_a_tool_without_its_acl_exits_at_once_naming_topic_and_permission(broker
         grant(broker, security("admin"), "User:forwarder", forwarder_acls(t, "not-the-group"))
         grant(broker, security("admin"), "User:capture", capture_acls([t.alerts]))
         forward = sasl_config(tmp_path / "f.toml", t, "forwarder")
-        code, out = notifguard(tmp_path / "forward.log", "forward-alerts", "--bootstrap", broker, "--config",
-                               str(forward), "--group", f"{run.app_id}-fwd", "--alertmanager", "http://127.0.0.1:9")
+        code, out = notifguard(
+            tmp_path / "forward.log",
+            "forward-alerts",
+            "--bootstrap",
+            broker,
+            "--config",
+            str(forward),
+            "--group",
+            f"{run.app_id}-fwd",
+            "--alertmanager",
+            "http://127.0.0.1:9",
+        )
         assert code == 2 and f"consumer group {run.app_id}-fwd: no READ permission" in out, out
         capture = sasl_config(tmp_path / "c.toml", t, "capture")
-        code, out = notifguard(tmp_path / "capture.log", "capture", "--bootstrap", broker, "--topics", t.alerts,
-                               t.deadletter, "--out", str(tmp_path / "x.jsonl"), "--config", str(capture))
+        code, out = notifguard(
+            tmp_path / "capture.log",
+            "capture",
+            "--bootstrap",
+            broker,
+            "--topics",
+            t.alerts,
+            t.deadletter,
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--config",
+            str(capture),
+        )
         assert code == 2 and f"{t.deadletter}: no READ permission" in out and f"{t.alerts}:" not in out, out
         assert_no_secret([tmp_path / "forward.log", tmp_path / "capture.log"])
     finally:
@@ -221,8 +300,18 @@ def test_a_tool_with_a_wrong_password_exits_at_once_naming_the_cause(broker, tmp
     config = sasl_config(tmp_path / "c.toml", Topics(), "capture")
     config.write_text(config.read_text().replace(str(SECRETS / "capture.password"), str(tmp_path / "wrong")))
     started = time.monotonic()
-    code, out = notifguard(tmp_path / "capture.log", "capture", "--bootstrap", broker, "--topics", "x",
-                           "--out", str(tmp_path / "x.jsonl"), "--config", str(config))
+    code, out = notifguard(
+        tmp_path / "capture.log",
+        "capture",
+        "--bootstrap",
+        broker,
+        "--topics",
+        "x",
+        "--out",
+        str(tmp_path / "x.jsonl"),
+        "--config",
+        str(config),
+    )
     assert code == 2 and "authentication as capture failed" in out, out
     assert time.monotonic() - started < 15
     assert_no_secret([tmp_path / "capture.log"])
@@ -250,30 +339,57 @@ def test_incidents_run_checks_its_acls_at_start(broker, tmp_path):
         t = dataclasses.replace(run.topics, incidents=f"{run.app_id}-incidents-topic")
         app = f"{run.app_id}-inc"
         # the incidents topic is made by an admin (the principal has no CREATE on it), its members topic by itself
-        ensure_topics(broker, Settings(topics=t), app_id=app, security=security("admin"),
-                      specs=incident_topic_specs(Settings(topics=t), app)[:1])
+        ensure_topics(
+            broker,
+            Settings(topics=t),
+            app_id=app,
+            security=security("admin"),
+            specs=incident_topic_specs(Settings(topics=t), app)[:1],
+        )
         acls = incidents_acls(t, app)
         grant(broker, security("admin"), "User:replay", [a for a in acls if a != Acl("TOPIC", t.alerts, "READ")])
         config = sasl_config(tmp_path / "i.toml", t, "replay")
         started = time.monotonic()
-        code, out = notifguard(tmp_path / "denied.log", "incidents", "run", "--bootstrap", broker, "--config",
-                               str(config), "--app-id", app)
+        code, out = notifguard(
+            tmp_path / "denied.log", "incidents", "run", "--bootstrap", broker, "--config", str(config), "--app-id", app
+        )
         assert code == 2 and f"{t.alerts}: no READ permission (missing ACL)" in out, out
         assert time.monotonic() - started < 25
         (tmp_path / "wrong").write_text("not-the-password")
         config.write_text(config.read_text().replace(str(SECRETS / "replay.password"), str(tmp_path / "wrong")))
-        code, out = notifguard(tmp_path / "wrong.log", "incidents", "run", "--bootstrap", broker, "--config",
-                               str(config), "--app-id", app)
+        code, out = notifguard(
+            tmp_path / "wrong.log", "incidents", "run", "--bootstrap", broker, "--config", str(config), "--app-id", app
+        )
         assert code == 2 and "authentication as replay failed" in out, out
         grant(broker, security("admin"), "User:replay", [Acl("TOPIC", t.alerts, "READ")])
         config = sasl_config(tmp_path / "i.toml", t, "replay")
         with open(tmp_path / "ok.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "--log-level", "INFO", "incidents", "run",
-                                     "--bootstrap", broker, "--config", str(config), "--app-id", app], cwd=ROOT,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "--log-level",
+                    "INFO",
+                    "incidents",
+                    "run",
+                    "--bootstrap",
+                    broker,
+                    "--config",
+                    str(config),
+                    "--app-id",
+                    app,
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            wait_for(lambda: f"incidents: {t.alerts} -> {t.incidents}" in (tmp_path / "ok.log").read_text(),
-                     60, "incidents run to start with its ACLs")
+            wait_for(
+                lambda: f"incidents: {t.alerts} -> {t.incidents}" in (tmp_path / "ok.log").read_text(),
+                60,
+                "incidents run to start with its ACLs",
+            )
             assert proc.poll() is None
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -75,8 +75,7 @@ def new_topic(bootstrap: str) -> Iterator[Callable[..., str]]:
         name = f"test-staging-{uuid.uuid4().hex[:12]}"
         admin = _admin(bootstrap)
         try:
-            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}},
-                                wait_for_metadata=True)
+            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
         finally:
             admin.close()
         made.append(name)
@@ -117,8 +116,10 @@ def test_yajl_string_escapes_like_kcat() -> None:
 
 def test_kcat_line_layout() -> None:
     line = kcat_line("t", 1, 7, None, b'{"a":1}', ts=1700000000123, broker=1)
-    assert line == (b'{"topic":"t","partition":1,"offset":7,"tstype":"create","ts":1700000000123,'
-                    b'"broker":1,"key":null,"payload":"{\\"a\\":1}"}\n')
+    assert line == (
+        b'{"topic":"t","partition":1,"offset":7,"tstype":"create","ts":1700000000123,'
+        b'"broker":1,"key":null,"payload":"{\\"a\\":1}"}\n'
+    )
     with_headers = kcat_line("t", 0, 0, b"k", None, ts=5, headers=[("h", b"v"), ("e", None)])
     assert b'"broker":-1,"headers":["h","v","e",null],"key":"k","payload":null}' in with_headers
     assert b'"ts"' not in kcat_line("t", 0, 0, b"k", b"v")
@@ -137,11 +138,13 @@ def test_capture_line_round_trip_keeps_raw_bytes() -> None:
 
 
 def test_shift_event_time() -> None:
-    value, new = shift_event_time(b'{"event_id":"e","event_time":"2026-03-01T08:15:02.120Z","x":"\xc3\xa4"}',
-                                  1_500_000)
+    value, new = shift_event_time(b'{"event_id":"e","event_time":"2026-03-01T08:15:02.120Z","x":"\xc3\xa4"}', 1_500_000)
     assert new == parse_rfc3339("2026-03-01T08:15:03.620Z")
-    assert value is not None and json.loads(value) == {"event_id": "e", "event_time": "2026-03-01T08:15:03.620Z",
-                                                       "x": "ä"}
+    assert value is not None and json.loads(value) == {
+        "event_id": "e",
+        "event_time": "2026-03-01T08:15:03.620Z",
+        "x": "ä",
+    }
     for bad in (b"not json", b'{"x":1}', b"[1]", b'{"event_time":"yesterday"}', b'{"event_time":5}'):
         assert shift_event_time(bad, 10) == (bad, None)
     assert shift_event_time(None, 10) == (None, None)
@@ -210,15 +213,24 @@ def test_isolated_addresses_keep_normalisation_equivalence(tag: str, a: str, b: 
     iso = Isolation(tag)
     ia, ib = iso.email(a), iso.email(b)
     assert (_norm(ia) == _norm(ib)) == (_norm(a) == _norm(b))
-    assert ia != a and ia.startswith(a[: len(a) - len(a.lstrip())]) and ia.endswith(a[len(a.rstrip()):])
+    assert ia != a and ia.startswith(a[: len(a) - len(a.lstrip())]) and ia.endswith(a[len(a.rstrip()) :])
 
 
 def test_isolation_rewrites_a_record_consistently() -> None:
     iso = Isolation("abc123")
-    value = iso.value(json.dumps({
-        "event_id": "n1", "msisdn": "+4917612345678", "message_id": "m1", "recipient": " Anna@GMX.de ",
-        "contract_id": "K-1", "customer_id": None, "brand": "o2",
-    }))
+    value = iso.value(
+        json.dumps(
+            {
+                "event_id": "n1",
+                "msisdn": "+4917612345678",
+                "message_id": "m1",
+                "recipient": " Anna@GMX.de ",
+                "contract_id": "K-1",
+                "customer_id": None,
+                "brand": "o2",
+            }
+        )
+    )
     doc = json.loads(value or "")
     assert doc["event_id"] == "n1-abc123" and iso.original_event_id("n1-abc123") == "n1"
     assert doc["message_id"] == "m1-abc123" and doc["contract_id"] == "K-1-abc123"
@@ -250,11 +262,14 @@ def test_isolated_rebased_scenarios_raise_their_expected_alerts_offline(scenario
 
 def test_compare_alerts() -> None:
     expected = [Expected("re_port", "c2"), Expected("recipient_previous_holder", "n1", late=True)]
-    ok = compare_alerts(expected, [SeenAlert("recipient_previous_holder", "n1", True), SeenAlert("re_port", "c2"),
-                                   SeenAlert("re_port", "c2")])
+    ok = compare_alerts(
+        expected,
+        [SeenAlert("recipient_previous_holder", "n1", True), SeenAlert("re_port", "c2"), SeenAlert("re_port", "c2")],
+    )
     assert ok.ok and ok.repeats == 1
-    bad = compare_alerts(expected, [SeenAlert("recipient_previous_holder", "n1", False),
-                                    SeenAlert("bounce_burst", "d3")])
+    bad = compare_alerts(
+        expected, [SeenAlert("recipient_previous_holder", "n1", False), SeenAlert("bounce_burst", "d3")]
+    )
     assert not bad.ok
     assert bad.missing == [("re_port", "c2")]
     assert bad.unexpected == [("bounce_burst", "d3")]
@@ -267,8 +282,9 @@ def test_compare_alerts() -> None:
 def test_alert_for_run_filters_and_maps_back() -> None:
     iso = Isolation("r1")
     run_ids = {iso.event_id("n1"), iso.event_id("c1")}
-    rec = json.dumps({"kind": "recipient_unlinked", "trigger_event_id": "n1-r1", "event_ids": ["n1-r1"],
-                      "late": False}).encode()
+    rec = json.dumps(
+        {"kind": "recipient_unlinked", "trigger_event_id": "n1-r1", "event_ids": ["n1-r1"], "late": False}
+    ).encode()
     assert alert_for_run(rec, iso, run_ids) == SeenAlert("recipient_unlinked", "n1", False)
     other = json.dumps({"kind": "recipient_unlinked", "trigger_event_id": "n1-zz", "event_ids": ["n1-zz"]})
     assert alert_for_run(other.encode(), iso, run_ids) is None
@@ -280,28 +296,32 @@ def test_alert_for_run_filters_and_maps_back() -> None:
 
 
 def _kcat_json(kcat: str, bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    done = subprocess.run([kcat, "-C", "-J", "-e", "-q", "-b", bootstrap, "-t", topic],
-                          capture_output=True, check=True, timeout=60)
+    done = subprocess.run(
+        [kcat, "-C", "-J", "-e", "-q", "-b", bootstrap, "-t", topic], capture_output=True, check=True, timeout=60
+    )
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 @pytest.mark.kafka
-def test_capture_writes_what_kcat_prints(bootstrap: str, kcat: str, new_topic: Callable[..., str],
-                                         tmp_path: Path) -> None:
+def test_capture_writes_what_kcat_prints(
+    bootstrap: str, kcat: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
     topic = new_topic(3)
     now = int(time.time() * 1000)
     records: list[tuple[bytes | None, bytes | None, int | None]] = [
-        (f"+49176{i:08d}".encode(), json.dumps({"n": i, "s": "ä\n\"/"}).encode(), now - 1000 + i) for i in range(20)
+        (f"+49176{i:08d}".encode(), json.dumps({"n": i, "s": 'ä\n"/'}).encode(), now - 1000 + i) for i in range(20)
     ]
     records += [(None, b"no key", now), (b"+4917600000001", None, now), (b"k", b"\x01\x1f<>", None)]
     _produce(bootstrap, topic, records)
 
     out = tmp_path / "cap.jsonl"
-    assert main(["capture", "--bootstrap", bootstrap, "--topics", topic, "--out", str(out),
-                 "--idle-timeout", "10"]) == 0
+    assert (
+        main(["capture", "--bootstrap", bootstrap, "--topics", topic, "--out", str(out), "--idle-timeout", "10"]) == 0
+    )
     mine_raw = out.read_bytes().splitlines()
-    theirs_raw = subprocess.run([kcat, "-C", "-J", "-e", "-q", "-b", bootstrap, "-t", topic],
-                                capture_output=True, check=True, timeout=60).stdout.splitlines()
+    theirs_raw = subprocess.run(
+        [kcat, "-C", "-J", "-e", "-q", "-b", bootstrap, "-t", topic], capture_output=True, check=True, timeout=60
+    ).stdout.splitlines()
     # byte for byte the same lines (kcat writes in arrival order, notifguard in timestamp order)
     assert sorted(mine_raw) == sorted(theirs_raw)
 
@@ -313,7 +333,8 @@ def test_capture_writes_what_kcat_prints(bootstrap: str, kcat: str, new_topic: C
     assert len(mine) == len(records)
     for pos, doc in theirs.items():
         assert {k: mine[pos][k] for k in ("topic", "partition", "offset", "key", "payload", "ts", "tstype")} == {
-            k: doc[k] for k in ("topic", "partition", "offset", "key", "payload", "ts", "tstype")}
+            k: doc[k] for k in ("topic", "partition", "offset", "key", "payload", "ts", "tstype")
+        }
     assert sum(1 for d in mine.values() if d["key"] is None) == 1
     assert sum(1 for d in mine.values() if d["payload"] is None) == 1
     # within each partition, file order is offset order
@@ -323,13 +344,13 @@ def test_capture_writes_what_kcat_prints(bootstrap: str, kcat: str, new_topic: C
 
 
 @pytest.mark.kafka
-def test_max_records_and_missing_topic(bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_records_and_missing_topic(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     topic = new_topic(1)
     _produce(bootstrap, topic, [(b"k", b"%d" % i, None) for i in range(5)])
     out = tmp_path / "cap.jsonl"
-    assert main(["capture", "--bootstrap", bootstrap, "--topics", topic, "--out", str(out),
-                 "--max-records", "3"]) == 0
+    assert main(["capture", "--bootstrap", bootstrap, "--topics", topic, "--out", str(out), "--max-records", "3"]) == 0
     assert [json.loads(x)["payload"] for x in out.read_text().splitlines()] == ["0", "1", "2"]
     assert "captured 3 records" in capsys.readouterr().err
     assert main(["capture", "--bootstrap", bootstrap, "--topics", f"{topic}-absent", "--out", str(out)]) == 2
@@ -337,8 +358,9 @@ def test_max_records_and_missing_topic(bootstrap: str, new_topic: Callable[..., 
 
 
 @pytest.mark.kafka
-def test_kcat_capture_replays_and_recaptures_the_same(bootstrap: str, kcat: str, new_topic: Callable[..., str],
-                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_kcat_capture_replays_and_recaptures_the_same(
+    bootstrap: str, kcat: str, new_topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, dst = new_topic(3), new_topic(3)
     records: list[tuple[bytes | None, bytes | None, int | None]] = [
         (f"+49151{i % 4:08d}".encode(), json.dumps({"i": i, "t": "ü"}).encode(), None) for i in range(12)
@@ -354,7 +376,8 @@ def test_kcat_capture_replays_and_recaptures_the_same(bootstrap: str, kcat: str,
 
     before, after = _kcat_json(kcat, bootstrap, src), _capture_lines(bootstrap, dst)
     assert sorted((d["key"] or "", d["payload"]) for d in before) == sorted(
-        (d["key"] or "", d["payload"]) for d in after)
+        (d["key"] or "", d["payload"]) for d in after
+    )
     assert {d["topic"] for d in after} == {dst}
     for d in before:  # same original timestamps
         assert any(a["payload"] == d["payload"] and a["ts"] == d["ts"] for a in after)
@@ -377,8 +400,9 @@ def _events_capture(path: Path, topic: str, base_ms: int, offsets_s: list[float]
 
 
 @pytest.mark.kafka
-def test_replay_rebases_event_time_and_record_timestamp(bootstrap: str, new_topic: Callable[..., str],
-                                                        tmp_path: Path) -> None:
+def test_replay_rebases_event_time_and_record_timestamp(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
     dst = new_topic(2)
     cap = tmp_path / "cap.jsonl"
     base = parse_rfc3339("2026-01-10T12:00:00.250Z") // 1000
@@ -387,8 +411,21 @@ def test_replay_rebases_event_time_and_record_timestamp(bootstrap: str, new_topi
         f.write(kcat_line("orig.topic", 0, 10, b"+4917600000999", b"not json {", ts=base + 200, broker=1))
         f.write(kcat_line("orig.topic", 0, 11, b"+4917600000999", b'{"event_id":"x"}', ts=base + 300, broker=1))
 
-    assert main(["replay", "--bootstrap", bootstrap, str(cap), "--rename", f"orig.topic={dst}",
-                 "--rebase-time", "2025-06-01T00:00:00Z"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--bootstrap",
+                bootstrap,
+                str(cap),
+                "--rename",
+                f"orig.topic={dst}",
+                "--rebase-time",
+                "2025-06-01T00:00:00Z",
+            ]
+        )
+        == 0
+    )
     got = {d["key"] + d["payload"][:12]: d for d in _capture_lines(bootstrap, dst)}
     target = parse_rfc3339("2025-06-01T00:00:00Z")
     # as fast as possible (--speed 0): the last record lands on the target, the rest before it
@@ -409,8 +446,9 @@ def test_replay_rebases_event_time_and_record_timestamp(bootstrap: str, new_topi
 
 
 @pytest.mark.kafka
-def test_replay_reports_each_record_as_the_broker_took_it(bootstrap: str, new_topic: Callable[..., str],
-                                                          tmp_path: Path) -> None:
+def test_replay_reports_each_record_as_the_broker_took_it(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
     """`sent`: what was produced (renamed, rebased), where it landed; what check CAPTURE replays offline."""
     dst = new_topic(3)
     cap = tmp_path / "cap.jsonl"
@@ -429,8 +467,7 @@ def test_replay_reports_each_record_as_the_broker_took_it(bootstrap: str, new_to
 
 
 @pytest.mark.kafka
-def test_replay_rebase_now_and_original_pacing(bootstrap: str, new_topic: Callable[..., str],
-                                               tmp_path: Path) -> None:
+def test_replay_rebase_now_and_original_pacing(bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
     dst = new_topic(1)
     cap = tmp_path / "cap.jsonl"
     _events_capture(cap, dst, parse_rfc3339("2024-02-29T23:59:59.500Z") // 1000, [0.0, 0.5, 1.0])
@@ -454,8 +491,14 @@ class StandInWorker(threading.Thread):
     runs them through the offline engine (streams.replay_offline.replay) and writes the
     alerts it gets, optionally altered, to the alerts topic."""
 
-    def __init__(self, bootstrap: str, settings: Settings, n_records: int, tmp: Path,
-                 alter: Callable[[list[Alert]], list[Alert]] = lambda a: a) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        settings: Settings,
+        n_records: int,
+        tmp: Path,
+        alter: Callable[[list[Alert]], list[Alert]] = lambda a: a,
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.settings, self.n, self.tmp, self.alter = bootstrap, settings, n_records, tmp, alter
         self.error: BaseException | None = None
@@ -495,8 +538,13 @@ class StandInWorker(threading.Thread):
 @pytest.fixture()
 def check_env(bootstrap: str, tmp_path: Path) -> Iterator[tuple[Settings, Path]]:
     prefix = f"test-check-{uuid.uuid4().hex[:10]}"
-    topics = Topics(outbound=f"{prefix}.outbound", changes=f"{prefix}.changes", delivery=f"{prefix}.delivery",
-                    alerts=f"{prefix}.alerts", deadletter=f"{prefix}.deadletter")
+    topics = Topics(
+        outbound=f"{prefix}.outbound",
+        changes=f"{prefix}.changes",
+        delivery=f"{prefix}.delivery",
+        alerts=f"{prefix}.alerts",
+        deadletter=f"{prefix}.deadletter",
+    )
     settings = Settings(topics=topics)
     ensure_topics(bootstrap, settings, partitions=3, app_id=prefix)
     cfg = tmp_path / "settings.toml"
@@ -507,7 +555,10 @@ def check_env(bootstrap: str, tmp_path: Path) -> Iterator[tuple[Settings, Path]]
 
 @pytest.mark.kafka
 def test_check_passes_when_exactly_the_expected_alerts_arrive(
-    bootstrap: str, check_env: tuple[Settings, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    bootstrap: str,
+    check_env: tuple[Settings, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings, cfg = check_env
@@ -527,7 +578,10 @@ def test_check_passes_when_exactly_the_expected_alerts_arrive(
 
 @pytest.mark.kafka
 def test_check_names_missing_and_unexpected_alerts(
-    bootstrap: str, check_env: tuple[Settings, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    bootstrap: str,
+    check_env: tuple[Settings, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import msgspec
@@ -538,9 +592,11 @@ def test_check_names_missing_and_unexpected_alerts(
 
     def alter(alerts: list[Alert]) -> list[Alert]:
         kept = [a for a in alerts if a.kind != "re_port"]
-        extra = msgspec.structs.replace(kept[0], kind="recipient_unlinked",
-                                        trigger_event_id=kept[0].trigger_event_id.replace("out-o2-contract-info",
-                                                                                          "dlv-o2-contract-info"))
+        extra = msgspec.structs.replace(
+            kept[0],
+            kind="recipient_unlinked",
+            trigger_event_id=kept[0].trigger_event_id.replace("out-o2-contract-info", "dlv-o2-contract-info"),
+        )
         return [*kept, extra]
 
     worker = StandInWorker(bootstrap, settings, len(scenario.events), tmp_path, alter)

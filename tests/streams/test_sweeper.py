@@ -7,9 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from detectors.codec import encode_number, number_key
 from detectors.engine import Engine
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, encode_number, number_key
+from detectors.state import Mark, NumberState
 from streams.sweeper import Sweeper
 from streams.tablestore import TableNumbers
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from detectors.state import Mark, NumberState, decode_number, encode_number, number_key
+from detectors.codec import decode_number, encode_number, number_key
+from detectors.state import Mark, NumberState
 from streams.tablestore import TableNumbers, store_get, store_put_many
 
 
@@ -31,6 +32,7 @@ class RawRocksTable:
         def counted(key: bytes) -> Any:
             self.reads += 1
             return get(key)
+
         return counted
 
     def _get(self, key: bytes) -> Any:  # Faust's lookup of a key it does not know: every partition
@@ -50,7 +52,11 @@ def test_store_put_many_writes_and_deletes_per_partition_as_store_put_would(tmp_
     try:
         store_put_many(table, [(0, b"a", b"1"), (3, b"b", b"2"), (0, b"c", b"3")])
         assert [store_get(table, p, k) for p, k in ((0, b"a"), (3, b"b"), (0, b"c"), (3, b"a"))] == [
-            b"1", b"2", b"3", None]
+            b"1",
+            b"2",
+            b"3",
+            None,
+        ]
         assert table.data._key_index == {b"a": 0, b"b": 3, b"c": 0}
         store_put_many(table, [(0, b"a", None), (3, b"b", b"22")])
         assert store_get(table, 0, b"a") is None and store_get(table, 3, b"b") == b"22"

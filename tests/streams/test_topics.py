@@ -28,10 +28,15 @@ BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
 
 
 def _settings(prefix: str) -> Settings:
-    return Settings(topics=Topics(
-        outbound=f"{prefix}.outbound", changes=f"{prefix}.changes", delivery=f"{prefix}.delivery",
-        alerts=f"{prefix}.alerts", deadletter=f"{prefix}.deadletter",
-    ))
+    return Settings(
+        topics=Topics(
+            outbound=f"{prefix}.outbound",
+            changes=f"{prefix}.changes",
+            delivery=f"{prefix}.delivery",
+            alerts=f"{prefix}.alerts",
+            deadletter=f"{prefix}.deadletter",
+        )
+    )
 
 
 @pytest.fixture()
@@ -66,8 +71,12 @@ def _create(bootstrap: str, name: str, partitions: int) -> None:
 def test_topic_specs_follow_the_contract() -> None:
     specs = {s.name: s for s in topic_specs(Settings(), 6, "notifguard")}
     assert set(specs) == {
-        "notifications.outbound", "contracts.changes", "notifications.delivery",
-        "notifguard.alerts", "notifguard.deadletter", "notifguard-numbers-changelog",
+        "notifications.outbound",
+        "contracts.changes",
+        "notifications.delivery",
+        "notifguard.alerts",
+        "notifguard.deadletter",
+        "notifguard-numbers-changelog",
         "notifguard-address-index-changelog",
     }
     assert {s.partitions for s in specs.values()} == {6}
@@ -115,9 +124,7 @@ def test_ensure_topics_creates_once_with_intended_layout(bootstrap: str, layout:
 
 
 @pytest.mark.kafka
-def test_existing_input_with_another_partition_count_is_rejected(
-    bootstrap: str, layout: tuple[Settings, str]
-) -> None:
+def test_existing_input_with_another_partition_count_is_rejected(bootstrap: str, layout: tuple[Settings, str]) -> None:
     settings, app_id = layout
     _create(bootstrap, settings.topics.changes, 2)
     with pytest.raises(TopicLayoutError, match=rf"{settings.topics.changes}.*2 partitions.*6 were requested"):

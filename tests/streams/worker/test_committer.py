@@ -79,8 +79,12 @@ class Store:
 
 
 def batch(world: World, outputs: list[Output], done: list[int]) -> FlushBatch:
-    return FlushBatch(outputs, Store(world, "links-changelog"), Store(world, "numbers-changelog"),
-                      [Msg(IN.topic, IN.partition, o) for o in done])
+    return FlushBatch(
+        outputs,
+        Store(world, "links-changelog"),
+        Store(world, "numbers-changelog"),
+        [Msg(IN.topic, IN.partition, o) for o in done],
+    )
 
 
 def test_a_commit_delivers_outputs_then_links_then_states_then_acks():
@@ -95,8 +99,14 @@ def test_a_commit_delivers_outputs_then_links_then_states_then_acks():
 
     assert asyncio.run(go()) == ACKED
     log = [line for line in world.log if not line.startswith("delivered")]
-    assert log == ["send alerts", "write links-changelog", "send links-changelog", "write numbers-changelog",
-                   "send numbers-changelog", "ack [0, 1, 2]"]
+    assert log == [
+        "send alerts",
+        "write links-changelog",
+        "send links-changelog",
+        "write numbers-changelog",
+        "send numbers-changelog",
+        "ack [0, 1, 2]",
+    ]
     # everything before the number states was delivered before they were written
     assert world.log.index("delivered links-changelog") < world.log.index("write numbers-changelog")
     assert world.log.index("delivered alerts") < world.log.index("write numbers-changelog")

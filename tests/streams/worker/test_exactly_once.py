@@ -66,8 +66,9 @@ def killable_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarantee: str
     # group membership expires after 10 s instead of 60, so its partitions
     # move on sooner (failure detection only, no semantics).
     monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
-    return KafkaRun(require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S,
-                    worker_processing_guarantee=guarantee)
+    return KafkaRun(
+        require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S, worker_processing_guarantee=guarantee
+    )
 
 
 def capture_and_offline(tmp_path: Path, seed: int) -> tuple[list[Any], list[Any], Counter[str]]:
@@ -142,8 +143,7 @@ VIA_LINKS = {"recipient_other_customer", "recipient_stale_contract", "recipient_
 
 
 def own_state_keys(alerts: Any) -> set[tuple[str, str, str]]:
-    return {("recipient_via_links" if kind in VIA_LINKS else kind, trigger, ref)
-            for kind, trigger, ref in keys(alerts)}
+    return {("recipient_via_links" if kind in VIA_LINKS else kind, trigger, ref) for kind, trigger, ref in keys(alerts)}
 
 
 def split_at_gap(envs: list[Any]) -> int:
@@ -217,8 +217,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_no_alert_is_lost(handov
     def sources(dead: list[dict[str, Any]]) -> set[tuple[str, int, int]]:
         return {(d["source_topic"], d["partition"], d["offset"]) for d in dead}
 
-    dead = read_committed(run, run.topics.deadletter, lambda d: len(sources(d)) >= expected_dead.total(),
-                          timeout=60)
+    dead = read_committed(run, run.topics.deadletter, lambda d: len(sources(d)) >= expected_dead.total(), timeout=60)
     if exactly_once:
         twice = [k for k, n in Counter(a["dedup_key"] for a in got).items() if n > 1]
         assert not twice, f"{len(twice)} alerts more than once on the alerts topic, e.g. {twice[:5]}"
@@ -295,8 +294,9 @@ def test_faust_commits_past_one_missing_offset_after_the_committed_one():
     tp = TP("t", 0)
 
     def new_offset(acked: list[int]) -> int | None:
-        fake = SimpleNamespace(_acked={tp: list(acked)}, _gap=defaultdict(list), _committed_offset={tp: 10},
-                               _acked_index={tp: set(acked)})
+        fake = SimpleNamespace(
+            _acked={tp: list(acked)}, _gap=defaultdict(list), _committed_offset={tp: 10}, _acked_index={tp: set(acked)}
+        )
         return Consumer._new_offset(fake, tp)  # type: ignore[arg-type]
 
     assert new_offset([11, 12, 13]) == 14  # record 10 skipped

@@ -85,22 +85,48 @@ def test_every_scenario_through_kafka_gives_the_offline_alerts(run, tmp_path):
 BAD = [
     ("contracts.changes", "+4917612345678", "{not json"),
     ("contracts.changes", "+4917612345678", "[1, 2, 3]"),
-    ("notifications.outbound", "+4917612345678",
-     '{"schema_version":1,"event_id":"b1","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678"}'),
-    ("notifications.outbound", "+4917612345678",
-     '{"schema_version":1,"event_id":"b2","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678",'
-     '"message_id":"m","brand":"o2","channel":"fax","recipient":"a@b.de","template":"t","sender":"s"}'),
-    ("contracts.changes", "0176", '{"schema_version":1,"event_id":"b3","event_time":"2026-01-01T00:00:00Z",'
-     '"msisdn":"0176","type":"contract_ended","contract_id":"K"}'),
-    ("contracts.changes", "+4917612345678", '{"schema_version":1,"event_id":"b4","event_time":"yesterday",'
-     '"msisdn":"+4917612345678","type":"contract_ended","contract_id":"K"}'),
-    ("notifications.delivery", "+4999999999", '{"schema_version":1,"event_id":"b5",'
-     '"event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678","message_id":"m","recipient":"a@b.de",'
-     '"status":"delivered","brand":"o2","sender":"s"}'),
+    (
+        "notifications.outbound",
+        "+4917612345678",
+        '{"schema_version":1,"event_id":"b1","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678"}',
+    ),
+    (
+        "notifications.outbound",
+        "+4917612345678",
+        '{"schema_version":1,"event_id":"b2","event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678",'
+        '"message_id":"m","brand":"o2","channel":"fax","recipient":"a@b.de","template":"t","sender":"s"}',
+    ),
+    (
+        "contracts.changes",
+        "0176",
+        '{"schema_version":1,"event_id":"b3","event_time":"2026-01-01T00:00:00Z",'
+        '"msisdn":"0176","type":"contract_ended","contract_id":"K"}',
+    ),
+    (
+        "contracts.changes",
+        "+4917612345678",
+        '{"schema_version":1,"event_id":"b4","event_time":"yesterday",'
+        '"msisdn":"+4917612345678","type":"contract_ended","contract_id":"K"}',
+    ),
+    (
+        "notifications.delivery",
+        "+4999999999",
+        '{"schema_version":1,"event_id":"b5",'
+        '"event_time":"2026-01-01T00:00:00Z","msisdn":"+4917612345678","message_id":"m","recipient":"a@b.de",'
+        '"status":"delivered","brand":"o2","sender":"s"}',
+    ),
     ("notifications.delivery", "+4917612345678", '{"schema_version":2,"event_id":"b6"}'),
 ]
-BAD_CODES = ["invalid_json", "not_an_object", "invalid_record", "invalid_record", "bad_msisdn",
-             "bad_event_time", "key_mismatch", "unsupported_schema_version"]
+BAD_CODES = [
+    "invalid_json",
+    "not_an_object",
+    "invalid_record",
+    "invalid_record",
+    "bad_msisdn",
+    "bad_event_time",
+    "key_mismatch",
+    "unsupported_schema_version",
+]
 
 
 def test_bad_records_are_dead_lettered_with_reasons_and_the_worker_goes_on(run, tmp_path):
@@ -140,8 +166,9 @@ def consumed(run: KafkaRun, port: int) -> float:
         text = run.metrics(port)
     except OSError:
         return 0.0
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("notifguard_records_consumed_total"))
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("notifguard_records_consumed_total")
+    )
 
 
 def wait_consumed(run: KafkaRun, ports: list[int], n: float, timeout: float = 300) -> None:
@@ -207,6 +234,9 @@ def test_at_scale_the_worker_gives_exactly_the_offline_dedup_keys(run, tmp_path)
     port = run.start_worker()
     settle_and_compare(run, expected, timeout=600)
     # 120 days of event time: the worker's weekly expiry sweeps ran meanwhile, and changed no alert
-    expired = sum(float(line.split()[-1]) for line in run.metrics(port).splitlines()
-                  if line.startswith("notifguard_states_expired_total"))
+    expired = sum(
+        float(line.split()[-1])
+        for line in run.metrics(port).splitlines()
+        if line.startswith("notifguard_states_expired_total")
+    )
     assert expired > 0

@@ -83,8 +83,12 @@ def test_a_stalled_worker_is_reported_and_a_stop_that_hangs_ends_within_the_boun
     /live answer 503, the gauge is 1 and the log says where the worker waits. SIGTERM: Faust's stop
     waits for a commit that never returns; the watchdog ends the process within shutdown_timeout_s."""
     expected = backlog(run, tmp_path, 20_000, seed=32)
-    env = {"NOTIFGUARD_TEST_FAULTS": "consumer-hangs,stop-hangs", "NOTIFGUARD_TEST_FAULT_AFTER": "3000",
-           "NOTIFGUARD_WORKER_STALL_AFTER_S": "5", "NOTIFGUARD_WORKER_SHUTDOWN_TIMEOUT_S": "8"}
+    env = {
+        "NOTIFGUARD_TEST_FAULTS": "consumer-hangs,stop-hangs",
+        "NOTIFGUARD_TEST_FAULT_AFTER": "3000",
+        "NOTIFGUARD_WORKER_STALL_AFTER_S": "5",
+        "NOTIFGUARD_WORKER_SHUTDOWN_TIMEOUT_S": "8",
+    }
     port = run.start_worker(name="w1", module=FAULTY, env=env)
     proc, _, log = run.workers[-1]
     bound = 2 + 30 + 1 + 0.25 + 10  # idle_flush (KafkaRun's) + grace + tick + flush + 10 s > 5 s
@@ -138,9 +142,7 @@ def test_a_failing_tick_crashes_the_worker_and_a_restart_loses_nothing(run, tmp_
     settle_and_compare(run, expected, timeout=300)
 
 
-def test_a_broker_that_stops_taking_the_alerts_crashes_the_worker_within_its_bounds_and_nothing_is_lost(
-    run, tmp_path
-):
+def test_a_broker_that_stops_taking_the_alerts_crashes_the_worker_within_its_bounds_and_nothing_is_lost(run, tmp_path):
     """The stall of issue 11: the broker answers the alerts' produce requests with a retriable error
     (here UnknownTopicOrPartition: the alerts topic is deleted), which aiokafka retries for up to
     Faust's producer_request_timeout, 1,200 s. The flush waiting for them held the worker's lock:
@@ -187,8 +189,7 @@ def test_a_broker_that_stops_taking_the_alerts_crashes_the_worker_within_its_bou
     deadline = time.monotonic() + 60
     while True:  # create the topic again
         try:
-            ensure_topics(run.bootstrap, Settings(topics=run.topics), partitions=run.partitions,
-                          app_id=run.app_id)
+            ensure_topics(run.bootstrap, Settings(topics=run.topics), partitions=run.partitions, app_id=run.app_id)
             if alerts_topic_exists():
                 break
         except Exception:
@@ -214,8 +215,11 @@ def test_a_record_the_worker_dies_on_is_quarantined_after_three_crashes_and_the_
     expected = alert_keys(offline([e for e in envs if e is not poison], tmp_path, SETTINGS))
     run.produce(envs)
     # the group gives a killed worker's partitions back after 6 s, not Faust's 60
-    env = {"NOTIFGUARD_TEST_FAULTS": "dies-on-event", "NOTIFGUARD_TEST_POISON_EVENT": poison_id,
-           "NOTIFGUARD_WORKER_SESSION_TIMEOUT_S": "6"}
+    env = {
+        "NOTIFGUARD_TEST_FAULTS": "dies-on-event",
+        "NOTIFGUARD_TEST_POISON_EVENT": poison_id,
+        "NOTIFGUARD_WORKER_SESSION_TIMEOUT_S": "6",
+    }
     for _ in range(3):
         run.start_worker(name="w1", module=FAULTY, env=env, wait=False)
         proc, _, log = run.workers[-1]
@@ -226,8 +230,9 @@ def test_a_record_the_worker_dies_on_is_quarantined_after_three_crashes_and_the_
     settle_and_compare(run, expected, timeout=300)
     proc, port, log = run.workers[-1]
     assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
-    letters = run.read(run.topics.deadletter, lambda ds: any(d.get("reason_code") == "quarantined" for d in ds),
-                       timeout=60)
+    letters = run.read(
+        run.topics.deadletter, lambda ds: any(d.get("reason_code") == "quarantined" for d in ds), timeout=60
+    )
     quarantined = [d for d in letters if d.get("reason_code") == "quarantined"]
     assert [d["source_topic"] for d in quarantined] == [run.topics.outbound]
     assert poison_id in (quarantined[0]["value"] or "")  # the record as received

@@ -25,8 +25,13 @@ TOPICS = Settings().topics
 def pipeline(partitions: int = 2, **config: Any) -> tuple[Pipeline, list[int]]:
     wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
     cfg = WorkerConfig(rules=Settings(), partitions=partitions, **config)
-    p = Pipeline(cfg, TableNumbers(_table("numbers")), TableLinks(_table("links"), partitions), Metrics(TOPICS),
-                 clock=lambda: wall[0])
+    p = Pipeline(
+        cfg,
+        TableNumbers(_table("numbers")),
+        TableLinks(_table("links"), partitions),
+        Metrics(TOPICS),
+        clock=lambda: wall[0],
+    )
     p.assign({TP(t, n) for t in p.inputs for n in range(partitions)})
     return p, wall
 
@@ -65,8 +70,11 @@ def test_a_record_whose_application_raises_is_dead_lettered_as_itself_and_the_ot
     """A bug while applying one released record charges that record (its topic, partition and
     offset), not the record that arrived and released it; the other records are applied."""
     p, wall = pipeline(partitions=1)
-    records = [change("contract_started", 0, id="s", email="me@x.de"), mail("me@x.de", DAY, id="n1"),
-               mail("old@x.de", DAY + 5, id="n2")]
+    records = [
+        change("contract_started", 0, id="s", email="me@x.de"),
+        mail("me@x.de", DAY, id="n1"),
+        mail("old@x.de", DAY + 5, id="n2"),
+    ]
     batches = as_batches(records, 1, [TOPICS.changes, TOPICS.outbound], batch=10)
     real = p.engine._apply
 
@@ -80,7 +88,8 @@ def test_a_record_whose_application_raises_is_dead_lettered_as_itself_and_the_ot
     letters = [json.loads(o.value) for f in flushes for o in f.outputs if o.topic == TOPICS.deadletter]
     mails = batches[1]
     assert [(d["source_topic"], d["offset"], d["reason_code"]) for d in letters] == [
-        (TOPICS.outbound, mails[0].offset, "processing_error")]
+        (TOPICS.outbound, mails[0].offset, "processing_error")
+    ]
     assert "ZeroDivisionError: boom" in letters[0]["reason"]
     assert sorted(alerts_of(flushes).values()) == ["recipient_unlinked"]  # n2 was judged
     assert len([m for f in flushes for m in f.done]) == 3
@@ -88,8 +97,15 @@ def test_a_record_whose_application_raises_is_dead_lettered_as_itself_and_the_ot
 
 def test_flow_control_pauses_the_topics_running_ahead_and_resumes_them_below_half():
     p, wall = pipeline(partitions=1, max_pending=4)
-    contracts = as_batches([change("contract_started", i * 60, id=f"s{i}", email=f"{i}@x.de",
-                                   msisdn=f"+4917600000{i:03d}") for i in range(6)], 1, [TOPICS.changes], batch=6)
+    contracts = as_batches(
+        [
+            change("contract_started", i * 60, id=f"s{i}", email=f"{i}@x.de", msisdn=f"+4917600000{i:03d}")
+            for i in range(6)
+        ],
+        1,
+        [TOPICS.changes],
+        batch=6,
+    )
     p.mark_behind(lambda tp: False)
     p.on_events([(TP(TOPICS.changes, 0), contracts[0])])  # the mails and deliveries have said nothing yet
     pause, resume = p.flow_control()

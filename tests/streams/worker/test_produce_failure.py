@@ -27,8 +27,9 @@ def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
 
     admin = _admin(bootstrap)
     try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
-                                            configs={"max.message.bytes": str(value)})])
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)})]
+        )
     finally:
         admin.close()
 

@@ -64,9 +64,17 @@ def test_the_pipeline_dead_letters_a_quarantined_record_on_arrival_and_never_app
     journal = CrashJournal(tmp_path, INPUTS, limit=3)
     p.use_journal(journal)  # as Runtime does at the first assignment
     records = [change("contract_started", 0, id=f"s{i}", email="me@x.de", msisdn=f"+491760000000{i}") for i in range(3)]
-    batch = [ConsumerRecord("contracts.changes", 0, i, r.key.encode() if r.key else None,
-                            r.value.encode() if isinstance(r.value, str) else r.value,
-                            parse_rfc3339(r.event["event_time"]) // 1000) for i, r in enumerate(records)]
+    batch = [
+        ConsumerRecord(
+            "contracts.changes",
+            0,
+            i,
+            r.key.encode() if r.key else None,
+            r.value.encode() if isinstance(r.value, str) else r.value,
+            parse_rfc3339(r.event["event_time"]) // 1000,
+        )
+        for i, r in enumerate(records)
+    ]
     p.on_events([(TP("contracts.changes", 0), batch)])
     letters = [json.loads(o.value) for o in p.out if o.topic == Settings().topics.deadletter]
     assert [(d["offset"], d["reason_code"]) for d in letters] == [(1, "quarantined")]

@@ -98,8 +98,9 @@ class FakeConsumer:
 
 
 def _table(name: str) -> Any:
-    return SimpleNamespace(data=SimpleNamespace(data={}),
-                           changelog_topic=SimpleNamespace(get_topic_name=lambda: f"{name}-changelog"))
+    return SimpleNamespace(
+        data=SimpleNamespace(data={}), changelog_topic=SimpleNamespace(get_topic_name=lambda: f"{name}-changelog")
+    )
 
 
 def runtime(partitions: int = 2, wall: list[int] | None = None) -> tuple[Runtime, FakeConsumer, FakeProducer]:
@@ -115,8 +116,11 @@ def runtime(partitions: int = 2, wall: list[int] | None = None) -> tuple[Runtime
 
 def alert_keys(producer: FakeProducer) -> dict[str, str]:
     """dedup_key -> kind of the alerts the worker produced."""
-    return {key.decode(): json.loads(value or b"{}")["kind"]
-            for topic, key, value in producer.sent if topic == Settings().topics.alerts}
+    return {
+        key.decode(): json.loads(value or b"{}")["kind"]
+        for topic, key, value in producer.sent
+        if topic == Settings().topics.alerts
+    }
 
 
 def expected_keys(records: list[Rec]) -> dict[str, str]:
@@ -138,12 +142,13 @@ def as_batches(records: list[Rec], partitions: int, order: list[str], batch: int
         ts = parse_rfc3339(r.event["event_time"]) // 1000
         value = r.value.encode() if isinstance(r.value, str) else r.value
         by_tp.setdefault((r.topic, p), []).append(
-            ConsumerRecord(r.topic, p, next(off), r.key.encode() if r.key else None, value, ts))
+            ConsumerRecord(r.topic, p, next(off), r.key.encode() if r.key else None, value, ts)
+        )
     out = []
     for topic in order:
         for (t, _), recs in sorted(by_tp.items()):
             if t == topic:
-                out += [recs[i:i + batch] for i in range(0, len(recs), batch)]
+                out += [recs[i : i + batch] for i in range(0, len(recs), batch)]
     return out
 
 
@@ -178,11 +183,14 @@ def test_a_topic_that_lands_ahead_makes_nothing_late(monkeypatch):
         delivery("m2", "bounced", 3 * DAY + 60, id="b2", bounce_type="hard", recipient="new@x.de"),
     ]
     rt, consumer, producer = runtime(wall=wall)
-    run(rt, consumer, as_batches(records, 2, ["contracts.changes", "notifications.delivery",
-                                              "notifications.outbound"], batch=500), wall)
+    run(
+        rt,
+        consumer,
+        as_batches(records, 2, ["contracts.changes", "notifications.delivery", "notifications.outbound"], batch=500),
+        wall,
+    )
     expected = expected_keys(records)
-    assert sorted(expected.values()) == ["current_address_bouncing", "current_address_bouncing",
-                                         "recipient_unlinked"]
+    assert sorted(expected.values()) == ["current_address_bouncing", "current_address_bouncing", "recipient_unlinked"]
     assert alert_keys(producer) == expected
     assert sum(rt.engine.stats.late.values()) == 0
     # every record acked, and only after it was done
@@ -190,10 +198,14 @@ def test_a_topic_that_lands_ahead_makes_nothing_late(monkeypatch):
     assert rt.engine.pending_count() == 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
-@given(histories(), st.permutations(["contracts.changes", "notifications.outbound", "notifications.delivery"]),
-       st.integers(1, 7))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    histories(),
+    st.permutations(["contracts.changes", "notifications.outbound", "notifications.delivery"]),
+    st.integers(1, 7),
+)
 def test_any_landing_order_of_the_topics_gives_the_in_order_alerts(monkeypatch, records, order, batch):
     wall = _clock()
     rt, consumer, producer = runtime(wall=wall)
@@ -208,8 +220,9 @@ def test_event_times_far_ahead_of_the_kafka_timestamp_or_the_wall_clock_are_dead
     rt, _consumer, producer = runtime(wall=wall)
     now_ms = wall[0] // 1000
     poison = change("contract_started", 0, id="poison", msisdn="+4930999999999", event_time="9999-01-01T00:00:00Z")
-    ahead = change("contract_started", 0, id="ahead", msisdn="+4930999999998",
-                   event_time="2027-01-01T02:00:00Z")  # 2 h after the wall clock
+    ahead = change(
+        "contract_started", 0, id="ahead", msisdn="+4930999999998", event_time="2027-01-01T02:00:00Z"
+    )  # 2 h after the wall clock
     fine = change("contract_started", 0, id="fine", msisdn="+4930999999997", event_time="2027-01-01T00:30:00Z")
     batch = []
     for i, (r, ts) in enumerate(((poison, now_ms), (ahead, now_ms + 7_200_000), (fine, now_ms))):

@@ -36,8 +36,14 @@ class App(SimpleNamespace):
     """The fake app of test_runtime, with Faust's crash() and should_stop."""
 
     def __init__(self, producer: Any) -> None:
-        super().__init__(consumer=FakeConsumer(), producer=producer, rebalancing=False, in_recovery=False,
-                         should_stop=False, crashes=[])
+        super().__init__(
+            consumer=FakeConsumer(),
+            producer=producer,
+            rebalancing=False,
+            in_recovery=False,
+            should_stop=False,
+            crashes=[],
+        )
 
     async def crash(self, exc: BaseException) -> None:
         self.crashes.append(exc)
@@ -45,8 +51,12 @@ class App(SimpleNamespace):
 
 def worker(producer: Any = None, **config: Any) -> tuple[Runtime, App, Clock]:
     app = App(producer or FakeProducer())
-    rt = Runtime(app, WorkerConfig(rules=Settings(), partitions=1, **{"crash_quarantine_after": 0, **config}),
-                 _table("numbers"), _table("links"))
+    rt = Runtime(
+        app,
+        WorkerConfig(rules=Settings(), partitions=1, **{"crash_quarantine_after": 0, **config}),
+        _table("numbers"),
+        _table("links"),
+    )
     rt.on_assigned({TP(t, 0) for t in rt.inputs})
     rt.started = True
     clock = Clock()
@@ -143,8 +153,9 @@ def test_an_exception_in_the_tick_crashes_the_worker_loudly(monkeypatch, caplog)
     with pytest.raises(TimerFailed, match=r"ended with KeyError\('a bug'\) while the worker runs"):
         asyncio.run(rt.run_tick())
     assert [type(e) for e in app.crashes] == [TimerFailed]
-    assert any(r.levelno == logging.CRITICAL and "the timer (Runtime.tick) ended" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.CRITICAL and "the timer (Runtime.tick) ended" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_a_cancelled_tick_crashes_the_worker_unless_it_is_stopping(monkeypatch) -> None:
@@ -184,10 +195,13 @@ class NeverTaken(FakeProducer):
         raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize(("producer", "stage"), [
-    (NeverAcknowledged, "waiting for the broker to acknowledge 2 sends"),
-    (NeverTaken, "handing alerts and dead letters to the producer"),
-])
+@pytest.mark.parametrize(
+    ("producer", "stage"),
+    [
+        (NeverAcknowledged, "waiting for the broker to acknowledge 2 sends"),
+        (NeverTaken, "handing alerts and dead letters to the producer"),
+    ],
+)
 def test_a_flush_waiting_on_the_broker_past_the_delivery_timeout_crashes_without_acking(producer, stage) -> None:
     rt, app, _ = worker(producer(), delivery_timeout_s=0.2, flush_interval_s=3600)
     tp = TP(CHANGES, 0)
@@ -304,8 +318,9 @@ def test_a_transaction_marker_at_the_end_of_a_partition_is_nothing_waiting() -> 
     app.consumer.landed[tp] = 4
     position = SimpleNamespace(has_valid_position=True, position=4)
     assignment = SimpleNamespace(state_value=lambda _: position)
-    aiokafka_consumer = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(
-        assignment=assignment)))
+    aiokafka_consumer = SimpleNamespace(
+        _subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+    )
     app.consumer._thread = SimpleNamespace(_ensure_consumer=lambda: aiokafka_consumer)
     assert rt.broker.unread(tp) == 1  # what the watermark's "behind" flag reads
     rt.live()

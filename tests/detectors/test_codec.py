@@ -7,13 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.holdings import Change
-from detectors.state import (
-    Link,
-    Mark,
+from detectors.codec import (
     NumberCodec,
-    NumberState,
-    Sent,
     StateDecodeError,
     decode_links,
     decode_number,
@@ -21,6 +16,8 @@ from detectors.state import (
     encode_number,
     number_key,
 )
+from detectors.holdings import Change
+from detectors.state import Link, Mark, NumberState, Sent
 
 # Ids in every form the codec treats specially, and in none.
 IDS = st.one_of(
@@ -157,7 +154,8 @@ def test_a_decoded_number_brings_its_log_bytes_to_the_codec(state, extra, edit):
     """A number read from the store, then flushed: the codec reuses the bytes it was read from
     only while its log is as read (in place changes included)."""
     codec = NumberCodec()
-    decoded = decode_number(encode_number(state))
+    decoded = codec.decode(encode_number(state))
+    assert decoded == state
     decoded.seen.append(Mark(1, "new"))
     if edit and decoded.changes:
         decoded.changes[0] = extra  # in place, same length
@@ -234,3 +232,20 @@ def test_number_keys_are_the_ref_bytes():
     assert number_key("60c22e724028627b944b8bc4") == bytes.fromhex("60c22e724028627b944b8bc4")
     assert number_key("not-hex") == b"not-hex"
     assert number_key("ABCD") == b"ABCD"  # upper case is not the ref's form: kept as text
+
+
+def test_two_codecs_share_no_memo(monkeypatch):
+    """A codec's memos are its own: a number another codec decoded (or encoded) is new to it."""
+    import detectors.codec
+
+    state = NumberState([Change(1_000, 3, "e1", "K-1", "C-1", "o2", b"a" * 12)], max_t=1_000)
+    data = encode_number(state)
+    logs: list[int] = []
+    log_head = detectors.codec._log_head
+    monkeypatch.setattr(detectors.codec, "_log_head", lambda changes: logs.append(1) or log_head(changes))
+    mine, theirs = NumberCodec(), NumberCodec()
+    decoded = mine.decode(data)
+    assert theirs.encode("r", decoded) == data and len(logs) == 1  # theirs encodes the log
+    assert mine.encode("r", decoded) == data and len(logs) == 1  # mine has its bytes from decode
+    assert NumberCodec().encode("r", decoded) == data and len(logs) == 2
+    assert decode_number(data) == state and len(logs) == 2
