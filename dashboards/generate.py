@@ -3,9 +3,11 @@
     .venv/bin/python dashboards/generate.py           # rewrite dashboards/*.json
     .venv/bin/python dashboards/generate.py --check   # exit 1 if a committed file differs
 
-Two dashboards: "Notification health" (what the notifications do: volume,
-mismatched recipients, alerts, bounces, re-ports) and "Detector pipeline" (how
-the worker keeps up). Every panel queries the data source variable
+Three dashboards: "Notification health" (what the notifications do: volume,
+mismatched recipients, alerts, bounces, re-ports), "Detector pipeline" (how
+the worker keeps up) and "Incidents" (the incidents process, job
+``notifguard-incidents``: open incidents, affected numbers, time left to the
+reporting deadlines, reported or not). Every panel queries the data source variable
 ``datasource`` (default: the provisioned Prometheus with uid
 ``notifguard-prometheus``), filters on the ``job`` and ``instance`` variables
 and uses ``$__rate_interval`` in every rate()/increase(). Metric contract:
@@ -129,7 +131,8 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.P
     return builder
 
 
-def _variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
+def _variables(d: dashboard.Dashboard, job: str = "notifguard",
+               job_metric: str = "notifguard_build_info") -> dashboard.Dashboard:
     return d.with_variable(
         dashboard.DatasourceVariable("datasource")
         .label("Data source")
@@ -139,18 +142,18 @@ def _variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
         dashboard.QueryVariable("job")
         .label("Job")
         .datasource(DS)
-        .query("label_values(notifguard_build_info, job)")
+        .query(f"label_values({job_metric}, job)")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
         .include_all(True)
         .all_value(".+")
-        .current(dm.VariableOption(selected=True, text=["notifguard"], value=["notifguard"]))
+        .current(dm.VariableOption(selected=True, text=[job], value=[job]))
     ).with_variable(
         dashboard.QueryVariable("instance")
         .label("Instance")
         .datasource(DS)
-        .query('label_values(notifguard_build_info{job=~"$job"}, instance)')
+        .query(f'label_values({job_metric}{{job=~"$job"}}, instance)')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -160,7 +163,8 @@ def _variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
     )
 
 
-def build(uid: str, title: str, description: str, rows: list[Row]) -> dict[str, Any]:
+def build(uid: str, title: str, description: str, rows: list[Row], job: str = "notifguard",
+          job_metric: str = "notifguard_build_info") -> dict[str, Any]:
     d = (
         dashboard.Dashboard(title)
         .uid(uid)
@@ -172,7 +176,7 @@ def build(uid: str, title: str, description: str, rows: list[Row]) -> dict[str, 
         .timezone("utc")
         .tooltip(dm.DashboardCursorSync.CROSSHAIR)
     )
-    d = _variables(d)
+    d = _variables(d, job, job_metric)
     panel_id = 1
     y = 0
     for row in rows:
@@ -510,9 +514,95 @@ def detector_pipeline() -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------
+# Incidents (the incidents process: `notifguard incidents run --metrics-port`)
+# --------------------------------------------------------------------------
+
+INCIDENTS_JOB = "notifguard-incidents"
+INCIDENTS_POLL = "notifguard_incidents_last_poll_timestamp_seconds"
+AFFECTED = "notifguard_incident_affected_numbers"
+DEADLINE = "notifguard_incident_deadline_seconds"
+REPORTED = "notifguard_incident_reported"
+
+
+def incidents() -> dict[str, Any]:
+    rows = [
+        Row("Incidents", [
+            Panel(
+                "Open incidents by kind", "none",
+                [Query(f"sum by (kind) ({sel('notifguard_incidents_open')})", "{{kind}}")],
+                "Open incidents (notifguard_incidents_open): one per breach cause, its alerts within the quiet "
+                "period (35 days). Each pages once (NotifguardIncidentOpen). `notifguard incidents list`.",
+                kind="stat",
+            ),
+            Panel(
+                "Incidents to report: reported or not", "none",
+                [
+                    Query(f"sum(1 - {sel(REPORTED)})", "not reported"),
+                    Query(f"sum({sel(REPORTED)})", "reported"),
+                ],
+                "Incidents open, or closed by their quiet period and not reported (notifguard_incident_reported). "
+                "Mark one with `notifguard incidents mark ID reported --note ...`.",
+                kind="stat",
+            ),
+        ]),
+        Row("Scope", [
+            Panel(
+                "Affected numbers per incident", "short",
+                [Query(f"max by (incident_id, kind, brand) ({sel(AFFECTED)})",
+                       "{{incident_id}} {{kind}} {{brand}}")],
+                "Distinct numbers whose mails went to somebody else, per incident (exact counts; "
+                "`notifguard incidents show ID` for the timeline per day).",
+            ),
+            Panel(
+                "Affected numbers by kind and brand", "short",
+                [Query(f"sum by (kind, brand) ({sel(AFFECTED)})", "{{kind}} {{brand}}")],
+                "The incidents' affected numbers added up by breach kind and sending brand.",
+            ),
+        ]),
+        Row("Deadlines", [
+            Panel(
+                "Time left to the deadlines (not reported)", "s",
+                [Query(f"min by (incident_id, deadline) ({sel(DEADLINE)})", "{{incident_id}} {{deadline}}")],
+                "Seconds until the initial report (24 h), full report (3 days) and GDPR (72 h) deadlines of "
+                "each incident not marked reported, from its detection; negative: overdue. "
+                "NotifguardIncidentDeadlineNear pages 6 h before.",
+                min_zero=False,
+            ),
+            Panel(
+                "Next deadline", "s",
+                [Query(f"min({sel(DEADLINE)})", "next deadline")],
+                "The nearest deadline over all incidents not marked reported (no value: nothing to report).",
+                kind="stat",
+            ),
+            Panel(
+                "Reported, per incident", "bool",
+                [Query(f"max by (incident_id) ({sel(REPORTED)})", "{{incident_id}}")],
+                "1 once the incident is marked reported (its deadline series then end).",
+            ),
+            Panel(
+                "Seconds since the incidents process polled", "s",
+                [Query(f"time() - max by (instance) ({sel(INCIDENTS_POLL)})", "{{instance}}")],
+                "The process polls the alerts topic every half second or so; a growing value: it is stuck or "
+                "down, and incidents and deadlines above are stale.",
+            ),
+        ]),
+    ]
+    return build(
+        "notifguard-incidents",
+        "Incidents",
+        "Breach incidents (one per cause) from `notifguard incidents run`: open incidents, affected numbers, "
+        "time left to the reporting deadlines (Reg. 611/2013, GDPR Art. 33), reported or not.",
+        rows,
+        job=INCIDENTS_JOB,
+        job_metric=INCIDENTS_POLL,
+    )
+
+
 DASHBOARDS = {
     "notification-health.json": notification_health,
     "detector-pipeline.json": detector_pipeline,
+    "incidents.json": incidents,
 }
 
 

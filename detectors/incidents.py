@@ -34,6 +34,7 @@ period past its last event.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,6 +48,11 @@ from detectors.timefmt import parse_rfc3339, rfc3339
 SECOND_US: Final = 1_000_000
 HOUR_US: Final = 3600 * SECOND_US
 DAY_US: Final = 24 * HOUR_US
+
+# How many affected numbers (and recipients) an incident record lists: 100 keyed hashes of
+# ~27 bytes each, so a record stays a few KiB whatever the incident's size (64 KiB rule,
+# docs/topics.md); the counts are exact, and the members topic has every member.
+LISTED_MAX: Final = 100
 
 DEFAULT_BREACH_KINDS: Final = (
     kinds.RECIPIENT_PREVIOUS_HOLDER,
@@ -209,13 +215,19 @@ class Incident(msgspec.Struct, frozen=True, tag="incident", tag_field="type"):
     mails: int
     affected_numbers: int
     affected_recipients: int
-    numbers: list[str]  # msisdn_ref, sorted
-    recipients: list[str]  # recipient_ref, sorted
+    # the first LISTED_MAX distinct msisdn_refs / recipient_refs in event-time order (of the
+    # members sorted by event time, then dedup_key): a sample, so the record stays under 64 KiB
+    # (docs/topics.md); the counts above are exact, and `incidents resolve` reads every member
+    numbers: list[str]
+    recipients: list[str]
     timeline: list[Day]
     reported: Action | None
     actions: list[Action]
     superseded_by: str | None = None
-    schema_version: int = 1
+    numbers_listed: int = 0  # len(numbers): affected_numbers unless truncated
+    recipients_listed: int = 0  # len(recipients)
+    truncated: bool = False  # numbers or recipients lists only the first LISTED_MAX
+    schema_version: int = 2  # 2: numbers and recipients are the first LISTED_MAX, not all
 
 
 TopicRecord = Incident | Action
@@ -317,18 +329,94 @@ def _digest(incident: Incident) -> str:
     return hashlib.sha256(_encoder.encode(incident)).hexdigest()[:32]
 
 
+class _Episode:
+    """The running summary of one episode (one incident) of a signature: what its record needs, built by
+    `add`ing the members in (event time, dedup_key) order, so appending a later member costs O(1) and
+    the summary is the same whether it was built at once or one alert at a time."""
+
+    __slots__ = ("day_numbers", "days", "detected", "first", "last", "listed_numbers", "listed_recipients",
+                 "mails", "numbers", "recipients")
+
+    def __init__(self, first: Entry) -> None:
+        self.first = first
+        self.last = first
+        self.mails = 0
+        self.detected = first.detected
+        self.numbers: set[str] = set()
+        self.recipients: set[str] = set()
+        self.listed_numbers: list[str] = []
+        self.listed_recipients: list[str] = []
+        self.days: list[list[int]] = []  # [day, mails, numbers, new_numbers]
+        self.day_numbers: set[str] = set()  # the numbers of the last day
+        self.add(first)
+
+    def add(self, e: Entry) -> None:
+        self.last = e
+        self.mails += 1
+        if e.detected < self.detected:
+            self.detected = e.detected
+        new = e.number not in self.numbers
+        if new:
+            self.numbers.add(e.number)
+            if len(self.listed_numbers) < LISTED_MAX:
+                self.listed_numbers.append(e.number)
+        r = e.recipient
+        if r is not None and r not in self.recipients:
+            self.recipients.add(r)
+            if len(self.listed_recipients) < LISTED_MAX:
+                self.listed_recipients.append(r)
+        day = e.t // DAY_US
+        if not self.days or self.days[-1][0] != day:
+            self.days.append([day, 0, 0, 0])
+            self.day_numbers = set()
+        d = self.days[-1]
+        d[1] += 1
+        if e.number not in self.day_numbers:
+            self.day_numbers.add(e.number)
+            d[2] += 1
+        if new:
+            d[3] += 1
+
+
+class _Derived:
+    """A signature's episodes and incidents as of its last derivation (memory only, not state)."""
+
+    __slots__ = ("cuts", "episodes", "incidents")
+
+    def __init__(self, cuts: list[int], episodes: list[_Episode]) -> None:
+        self.cuts = cuts  # event times where operators closed an incident, sorted
+        self.episodes = episodes
+        self.incidents: list[Incident] = []
+
+
+_NEVER: Final = 1 << 62
+
+
 class Incidents:
     """The aggregator. `add` alerts, `act` on operator actions, `tick` the clock; `changes()` gives
-    the incident records that changed since the last call (one per incident)."""
+    the incident records that changed since the last call (one per incident).
+
+    Derivation is incremental in the common case: an alert of an already derived signature that
+    comes after the last member of that signature (in event time, then dedup_key) is appended to
+    the last episode's running summary (or starts a new episode after a quiet gap or a cut). An
+    alert landing before that end, a retraction, an earlier re-delivery, a signature change or an
+    operator action makes the signature derive again from all its members (sorted): the same
+    summaries, since both build them with `_Episode.add` in sorted order.
+    """
 
     def __init__(self, settings: IncidentSettings | None = None, state: IncidentsState | None = None) -> None:
         self.settings = settings or IncidentSettings()
         self.state = state or IncidentsState()
         self._breach = frozenset(self.settings.breach_kinds)
-        # signatures to derive again at the next changes() (everything after a restore)
+        self._derived: dict[str, _Derived] = {}
+        # signatures to derive from all their members (everything after a restore)
+        self._rederive: set[str] = set(self.state.signatures)
+        # signatures whose incident records to build again from their episodes (appends, the clock)
+        self._rebuild: set[str] = set()
+        # signatures whose incidents changes() compares with what was published
         self._dirty: set[str] = set(self.state.signatures)
         self._closes_at: dict[str, int] = {}  # signature -> earliest quiet_until of its open incidents
-        self._current: dict[str, list[Incident]] = {}  # signature -> its incidents as of the last derivation
+        self._earliest_close = _NEVER
 
     # ------------------------------------------------------------------ input
 
@@ -343,6 +431,10 @@ class Incidents:
         member = member_of(alert)
         return member if self.apply(member) else None
 
+    def _touch(self, sig_key: str) -> None:
+        self._rederive.add(sig_key)
+        self._dirty.add(sig_key)
+
     def apply(self, member: Member) -> bool:
         """Take a membership (from `add`, or persisted); True when it changed the state."""
         entry = member.entry
@@ -352,13 +444,13 @@ class Incidents:
             if sig_key is None:
                 return False
             del self.state.signatures[sig_key].entries[key]
-            self._dirty.add(sig_key)
+            self._touch(sig_key)
             return True
         sig_key = member.signature.key()
         old_sig = self.state.where.get(key)
         if old_sig is not None and old_sig != sig_key:  # the same dedup_key with another signature:
             del self.state.signatures[old_sig].entries[key]  # the newest record of a key wins
-            self._dirty.add(old_sig)
+            self._touch(old_sig)
         sig = self.state.signatures.get(sig_key)
         if sig is None:
             sig = self.state.signatures[sig_key] = SignatureState(member.signature)
@@ -369,9 +461,32 @@ class Incidents:
             entry = msgspec.structs.replace(entry, detected=min(old.detected, entry.detected))
         sig.entries[key] = entry
         self.state.where[key] = sig_key
-        self._dirty.add(sig_key)
+        if old is not None or not self._append(sig_key, entry):  # an earlier detection: derive again
+            self._touch(sig_key)
         if entry.t > self.state.clock:
             self._advance(entry.t)
+        return True
+
+    def _append(self, sig_key: str, e: Entry) -> bool:
+        """Add a new member to the derived episodes if it comes after the signature's last one."""
+        d = self._derived.get(sig_key)
+        if d is None or sig_key in self._rederive:
+            return False
+        self._dirty.add(sig_key)
+        if not d.episodes:
+            d.episodes.append(_Episode(e))
+            self._rebuild.add(sig_key)
+            return True
+        tail = d.episodes[-1]
+        last = tail.last
+        if (e.t, e.dedup_key) <= (last.t, last.dedup_key):
+            return False
+        i = bisect_left(d.cuts, last.t)
+        if e.t - last.t > self.settings.quiet_us or (i < len(d.cuts) and d.cuts[i] < e.t):
+            d.episodes.append(_Episode(e))
+        else:
+            tail.add(e)
+        self._rebuild.add(sig_key)
         return True
 
     def act(self, action: Action) -> bool:
@@ -382,7 +497,7 @@ class Incidents:
             return False
         self.state.actions[action.action_id] = action
         if action.signature_key in self.state.signatures:
-            self._dirty.add(action.signature_key)
+            self._touch(action.signature_key)
         return True
 
     def tick(self, now_us: int) -> None:
@@ -392,9 +507,14 @@ class Incidents:
 
     def _advance(self, t: int) -> None:
         self.state.clock = t
-        for sig_key, at in self._closes_at.items():
+        if t < self._earliest_close:
+            return
+        for sig_key, at in list(self._closes_at.items()):
             if at <= t:
+                self._rebuild.add(sig_key)
                 self._dirty.add(sig_key)
+                del self._closes_at[sig_key]  # set again when its incidents are built
+        self._earliest_close = min(self._closes_at.values(), default=_NEVER)
 
     def restore_published(self, incident: Incident) -> None:
         """Tell the aggregator what the topic already holds for an id (after a restart)."""
@@ -408,8 +528,7 @@ class Incidents:
         """Every current (not superseded) incident, by first event time."""
         out: list[Incident] = []
         for sig_key in sorted(self.state.signatures):
-            cached = self._current.get(sig_key)
-            out += cached if cached is not None and sig_key not in self._dirty else self._derive(sig_key)
+            out += self._current(sig_key)
         out.sort(key=lambda i: (i.first_event_time or "", i.incident_id))
         return out
 
@@ -418,8 +537,14 @@ class Incidents:
         and a `superseded` record for each published id that no longer names an incident."""
         out: list[Incident] = []
         published = self.state.published
+        if not self._dirty:
+            return out
+        by_sig: dict[str, list[str]] = {}
+        for iid, p in published.items():
+            if not p.superseded and p.signature_key in self._dirty:
+                by_sig.setdefault(p.signature_key, []).append(iid)
         for sig_key in sorted(self._dirty):
-            current = self._current[sig_key] = self._derive(sig_key)
+            current = self._current(sig_key)
             ids = {i.incident_id for i in current}
             for inc in current:
                 digest = _digest(inc)
@@ -427,10 +552,7 @@ class Incidents:
                 if prev is None or prev.digest != digest:
                     published[inc.incident_id] = Published(sig_key, inc.first_trigger, digest)
                     out.append(inc)
-            gone = [
-                i for i, p in published.items() if p.signature_key == sig_key and not p.superseded and i not in ids
-            ]
-            for old_id in sorted(gone):
+            for old_id in sorted(i for i in by_sig.get(sig_key, ()) if i not in ids):
                 prev = published[old_id]
                 successor = self._successor(sig_key, prev.first_trigger, current)
                 rec = self._superseded(old_id, sig_key, successor)
@@ -440,6 +562,18 @@ class Incidents:
         return out
 
     # ------------------------------------------------------------------ derivation
+
+    def _current(self, sig_key: str) -> list[Incident]:
+        """The signature's incidents, derived or built again first if anything changed them."""
+        if sig_key in self._rederive or sig_key not in self._derived:
+            self._derived[sig_key] = self._derive(sig_key)
+            self._rederive.discard(sig_key)
+            self._rebuild.add(sig_key)
+        d = self._derived[sig_key]
+        if sig_key in self._rebuild:
+            d.incidents = self._build(sig_key, d)
+            self._rebuild.discard(sig_key)
+        return d.incidents
 
     def _successor(self, sig_key: str, first_trigger: str | None, current: list[Incident]) -> str | None:
         if first_trigger is None or self.state.where.get(first_trigger) != sig_key:
@@ -461,11 +595,12 @@ class Incidents:
             reported=None, actions=[], superseded_by=successor,
         )
 
-    def _episodes(self, sig_key: str) -> list[list[Entry]]:
+    def _derive(self, sig_key: str) -> _Derived:
+        """All the signature's members, sorted, split into episodes (quiet gaps and operator cuts)."""
         entries = sorted(self.state.signatures[sig_key].entries.values(), key=lambda e: (e.t, e.dedup_key))
         cuts = sorted(a.last for a in self.state.actions.values() if a.signature_key == sig_key and a.action == CLOSE)
         quiet = self.settings.quiet_us
-        episodes: list[list[Entry]] = []
+        episodes: list[_Episode] = []
         prev: Entry | None = None
         ci = 0
         for e in entries:
@@ -475,34 +610,36 @@ class Incidents:
                     ci += 1
                 new = new or (ci < len(cuts) and cuts[ci] < e.t)  # a cut in [prev.t, e.t)
             if new:
-                episodes.append([])
-            episodes[-1].append(e)
+                episodes.append(_Episode(e))
+            else:
+                episodes[-1].add(e)
             prev = e
-        return episodes
+        return _Derived(cuts, episodes)
 
-    def _derive(self, sig_key: str) -> list[Incident]:
+    def _build(self, sig_key: str, d: _Derived) -> list[Incident]:
         sig = self.state.signatures[sig_key].signature
         actions = sorted(
             (a for a in self.state.actions.values() if a.signature_key == sig_key), key=lambda a: (a.at, a.action_id)
         )
         out: list[Incident] = []
         closes_at: int | None = None
-        for members in self._episodes(sig_key):
-            inc = self._incident(sig_key, sig, members, actions)
+        for ep in d.episodes:
+            inc = self._incident(sig_key, sig, ep, actions)
             out.append(inc)
             if inc.status == OPEN:
-                until = members[-1].t + self.settings.quiet_us
+                until = ep.last.t + self.settings.quiet_us
                 closes_at = until if closes_at is None else min(closes_at, until)
         if closes_at is None:
             self._closes_at.pop(sig_key, None)
         else:
             self._closes_at[sig_key] = closes_at
+            self._earliest_close = min(self._earliest_close, closes_at)
         return out
 
-    def _incident(self, sig_key: str, sig: Signature, members: list[Entry], actions: list[Action]) -> Incident:
-        first, last = members[0], members[-1]
+    def _incident(self, sig_key: str, sig: Signature, ep: _Episode, actions: list[Action]) -> Incident:
+        first, last = ep.first, ep.last
         mine = [a for a in actions if first.t <= a.first <= last.t]
-        detected = min(e.detected for e in members)
+        detected = ep.detected
         quiet_until = last.t + self.settings.quiet_us
         operator_closed = any(a.action == CLOSE for a in mine)
         if operator_closed:
@@ -531,30 +668,29 @@ class Incidents:
                 full_report=rfc3339(detected + int(s.full_report_s * SECOND_US)),
                 gdpr=rfc3339(detected + int(s.gdpr_report_s * SECOND_US)),
             ),
-            mails=len(members),
-            affected_numbers=len({e.number for e in members}),
-            affected_recipients=len({e.recipient for e in members if e.recipient is not None}),
-            numbers=sorted({e.number for e in members}),
-            recipients=sorted({e.recipient for e in members if e.recipient is not None}),
-            timeline=timeline(members),
+            mails=ep.mails,
+            affected_numbers=len(ep.numbers),
+            affected_recipients=len(ep.recipients),
+            numbers=list(ep.listed_numbers),
+            recipients=list(ep.listed_recipients),
+            timeline=[Day(rfc3339(day * DAY_US)[:10], m, n, new) for day, m, n, new in ep.days],
             reported=reported[0] if reported else None,
             actions=mine,
+            numbers_listed=len(ep.listed_numbers),
+            recipients_listed=len(ep.listed_recipients),
+            truncated=len(ep.listed_numbers) < len(ep.numbers) or len(ep.listed_recipients) < len(ep.recipients),
         )
 
 
 def timeline(members: Iterable[Entry]) -> list[Day]:
     """Mails and affected numbers per day of event time (UTC), members in event-time order."""
-    days: dict[int, tuple[int, set[str], int]] = {}
-    seen: set[str] = set()
-    for e in members:
-        day = e.t // DAY_US
-        mails, numbers, new = days.get(day) or (0, set(), 0)
-        numbers.add(e.number)
-        if e.number not in seen:
-            seen.add(e.number)
-            new += 1
-        days[day] = (mails + 1, numbers, new)
-    return [Day(rfc3339(d * DAY_US)[:10], m, len(n), new) for d, (m, n, new) in days.items()]
+    members = list(members)
+    if not members:
+        return []
+    ep = _Episode(members[0])
+    for e in members[1:]:
+        ep.add(e)
+    return [Day(rfc3339(day * DAY_US)[:10], m, n, new) for day, m, n, new in ep.days]
 
 
 def latest(records: Iterable[TopicRecord]) -> tuple[dict[str, Incident], list[Action]]:

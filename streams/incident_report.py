@@ -114,6 +114,16 @@ def list_lines(all_views: dict[str, View], now_us: int, include_superseded: bool
     return lines
 
 
+def incident_line(i: Incident) -> str:
+    """One line per incident record, as `incidents run --print-incidents` prints it (after the alerts of
+    `worker --print-alerts`): status, scope, the first deadline, the cause."""
+    due = f"initial report due {i.deadlines.initial_report}" if i.deadlines and i.reported is None else (
+        "reported" if i.reported else "-")
+    return (f"[incident] {i.incident_id} {i.status}{' (' + i.closed_by + ')' if i.closed_by else ''}: "
+            f"{i.affected_numbers} number(s), {i.affected_recipients} recipient(s), {i.mails} mail(s); {due}; "
+            f"{i.cause}")
+
+
 def show_lines(view: View, now_us: int, width: int = 40) -> list[str]:
     """One screen: what, how many, since when, the clocks, the actions, and affected numbers per day."""
     i = view.incident

@@ -50,6 +50,7 @@ from detectors.alerts import decode_alert
 from detectors.incidents import (
     CLOSED,
     OPEN,
+    SUPERSEDED,
     Action,
     Incident,
     Incidents,
@@ -62,7 +63,7 @@ from detectors.incidents import (
 )
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
-from streams.incident_report import View, export, find, list_lines, show_lines, views
+from streams.incident_report import View, export, find, incident_line, list_lines, show_lines, views
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
 
 log = logging.getLogger("notifguard.incidents")
@@ -159,6 +160,7 @@ class IncidentsProcess:
                                       auto_offset_reset="earliest", isolation_level="read_committed",
                                       client_id=f"{app_id}-consumer", **client_kwargs(security))
         self.skipped = 0
+        self.last_published: list[Incident] = []  # the incident records of the last poll (or the rebuild)
         self._alert_tps: list[Any] = []
         self._incident_tps: list[Any] = []
 
@@ -204,7 +206,7 @@ class IncidentsProcess:
             self.consumer.seek(tp, end[tp])  # actions before it were read by the rebuild
 
     def _publish(self) -> int:
-        changed = self.agg.changes()
+        changed = self.last_published = self.agg.changes()
         for inc in changed:
             self.producer.send(self.topics.incidents, key=inc.incident_id.encode(), value=encode_record(inc))
         return len(changed)
@@ -254,7 +256,9 @@ class IncidentsProcess:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from streams.acls import incidents_acls, topic_needs
     from streams.config import load_incident_settings, load_settings
+    from streams.kafka_access import check_topics
     from streams.topics import ensure_topics, wait_for_broker
 
     settings = load_settings(args.config)
@@ -263,6 +267,13 @@ def run_command(args: argparse.Namespace) -> int:
     if not wait_for_broker(args.bootstrap, timeout=30, security=security):
         print(f"notifguard incidents: no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
         return 2
+    # a wrong password, an untrusted CA or a missing ACL: named at once (KafkaAccessError, exit 2), not a
+    # client retrying; the incidents topic may be missing still (created below), the alerts topic not
+    acls = topic_needs(incidents_acls(settings.topics, args.app_id))
+    check_topics(args.bootstrap, security, {settings.topics.alerts: acls[settings.topics.alerts]},
+                 groups=[args.app_id])
+    check_topics(args.bootstrap, security, {settings.topics.incidents: acls[settings.topics.incidents]},
+                 existing=False)
     ensure_topics(args.bootstrap, settings, app_id=args.app_id, specs=incident_topic_specs(settings, args.app_id),
                   security=security)
     metrics = None
@@ -288,6 +299,10 @@ def run_command(args: argparse.Namespace) -> int:
             n = proc.step()
             if n:
                 log.info("published %d incident record(s)", n)
+            if args.print_incidents:
+                for inc in proc.last_published:
+                    if inc.status != SUPERSEDED:
+                        print(incident_line(inc), flush=True)
     finally:
         proc.close()
     return 0
@@ -398,9 +413,11 @@ def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False,
         c.close()
 
 
-def member_keys(bootstrap: str, app_id: str, incident: Incident, security: KafkaSecurity = PLAINTEXT) -> set[str]:
-    """The dedup_keys of the incident's alerts, from the process's members topic: the signature's members
-    between its first and last event time (an incident is a contiguous run of its signature's members)."""
+def member_keys(bootstrap: str, app_id: str, incident: Incident,
+                security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:
+    """The dedup_keys of the incident's alerts with each one's msisdn_ref, from the process's members topic:
+    the signature's members between its first and last event time (an incident is a contiguous run of its
+    signature's members). The record lists only the first numbers; the members topic has them all."""
     if incident.first_event_time is None or incident.last_event_time is None:
         raise ValueError(f"incident {incident.incident_id} is {incident.status}: it has no alerts")
     lo, hi = parse_rfc3339(incident.first_event_time), parse_rfc3339(incident.last_event_time)
@@ -410,7 +427,7 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident, security: Kafka
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
-    return {k for k, m in latest_member.items()
+    return {k: m.entry.number for k, m in latest_member.items()
             if m.status != "retracted" and m.signature.key() == sig and lo <= m.entry.t <= hi}
 
 
@@ -428,7 +445,6 @@ def resolve_command(args: argparse.Namespace) -> int:
     inc = view.incident
     security = load_kafka_security(getattr(args, "config", None))
     keys = member_keys(args.bootstrap, args.app_id, inc, security)
-    numbers = set(inc.numbers)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     # owner-only from the start (no window with the umask's mode), and never over an existing file
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -443,7 +459,7 @@ def resolve_command(args: argparse.Namespace) -> int:
                 key = dedup_key(inc.kind, v["event_id"])
             except (ValueError, TypeError, KeyError):
                 continue
-            if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) not in numbers:
+            if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) != keys[key]:
                 continue
             found.add(key)
             w.writerow([v.get("msisdn"), v.get("recipient"), v.get("event_time"), v.get("event_id"),
@@ -478,6 +494,8 @@ def add_parser(sub: Any) -> None:
                    help="what closes quiet incidents: the wall clock (default) or only the alerts' event time "
                         "(as the offline replay)")
     r.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (default: off)")
+    r.add_argument("--print-incidents", action="store_true",
+                   help="print one line per incident record published (the demo)")
     r.set_defaults(func=run_command)
 
     ls = isub.add_parser("list", help="the incidents, open first")

@@ -75,12 +75,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
 class Service:
     """A child process with its output in a log file; stopped by its own pid."""
 
-    def __init__(self, name: str, args: list[str], log: Path) -> None:
+    def __init__(self, name: str, args: list[str], log: Path, cwd: Path | None = None) -> None:
         self.name = name
         self.args = args
         self.log = log
         self._log_fh = log.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
+        )
 
     def tail(self, n: int = 40) -> str:
         try:

@@ -16,7 +16,10 @@ DASHBOARDS = {d["uid"]: d for d in load_dashboards()}
 EXPECTED = {
     "notifguard-notification-health": "Notification health",
     "notifguard-detector-pipeline": "Detector pipeline",
+    "notifguard-incidents": "Incidents",
 }
+# the job each dashboard's $job defaults to: the worker's, or the incidents process's
+JOBS = {"notifguard-incidents": "notifguard-incidents"}
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 DS_UID = "notifguard-prometheus"
 # Prometheus's own series the dashboards may use besides docs/metrics.md.
@@ -25,7 +28,10 @@ RANGE_FUNCS = re.compile(r"\b(rate|irate|increase|delta|idelta|deriv|\w+_over_ti
 
 
 def documented_metrics() -> set[str]:
-    return set(re.findall(r"^\| `(notifguard_\w+)` \|", METRICS_DOC.read_text(encoding="utf-8"), re.M))
+    """The worker's metrics and the incidents process's (rows marked `(incidents)`)."""
+    return set(
+        re.findall(r"^\| `(notifguard_\w+)` (?:\(incidents\) )?\|", METRICS_DOC.read_text(encoding="utf-8"), re.M)
+    )
 
 
 def panels() -> list[tuple[str, dict[str, Any]]]:
@@ -47,7 +53,7 @@ def test_committed_json_is_generator_output() -> None:
         assert committed[name] == text, f"dashboards/{name} is stale: run .venv/bin/python dashboards/generate.py"
 
 
-def test_the_two_dashboards() -> None:
+def test_the_three_dashboards() -> None:
     assert {uid: d["title"] for uid, d in DASHBOARDS.items()} == EXPECTED
     for d in DASHBOARDS.values():
         assert "notifguard" in d["tags"]
@@ -62,7 +68,7 @@ def test_variables(uid: str) -> None:
     job = variables["job"]
     assert job["type"] == "query"
     assert job["datasource"] == DS_REF
-    assert job["current"]["value"] == ["notifguard"]
+    assert job["current"]["value"] == [JOBS.get(uid, "notifguard")]
 
 
 @pytest.mark.parametrize("uid", sorted(EXPECTED))

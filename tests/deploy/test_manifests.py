@@ -212,10 +212,12 @@ def test_k8s_objects_have_identity() -> None:
         "Secret",
         "ConfigMap",
         "StatefulSet",
+        "Deployment",
         "Service",
         "PodDisruptionBudget",
         "PrometheusRule",
         "ServiceMonitor",
+        "NetworkPolicy",
     }
     for o in objects:
         assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
@@ -233,16 +235,25 @@ def test_k8s_labels_and_selectors_match() -> None:
     sts = obj("StatefulSet")
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert selects(sts["spec"]["selector"]["matchLabels"], pod_labels)
-    services = {s["metadata"]["name"]: s for s in k8s_objects() if s["kind"] == "Service"}
+    services = {
+        s["metadata"]["name"]: s
+        for s in k8s_objects()
+        if s["kind"] == "Service" and s["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    }
     for svc in services.values():
         assert selects(svc["spec"]["selector"], pod_labels), svc["metadata"]["name"]
     headless = services[sts["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
     assert selects(obj("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
     # The ServiceMonitor picks exactly the metrics Service, whose name is the job the rules select.
-    sm = obj("ServiceMonitor")
+    sm = obj("ServiceMonitor", "notifguard")
     assert sm["spec"]["namespaceSelector"]["matchNames"] == [sts["metadata"]["namespace"]]
-    picked = [n for n, s in services.items() if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    every_service = [s for s in k8s_objects() if s["kind"] == "Service"]
+    picked = [
+        s["metadata"]["name"]
+        for s in every_service
+        if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert picked == ["notifguard"]
     assert 'job="notifguard"' in RULES_FILE.read_text(encoding="utf-8")
     metrics_ports = {p["name"] for p in services["notifguard"]["spec"]["ports"]}
@@ -272,7 +283,11 @@ def test_k8s_probes_point_at_the_container_port() -> None:
     # a loop busy for seconds is no stall: at least 2 minutes of failures before a restart
     assert live["failureThreshold"] * live["periodSeconds"] >= 120
     assert live["timeoutSeconds"] < live["periodSeconds"]
-    for svc in (o for o in k8s_objects() if o["kind"] == "Service"):
+    for svc in (
+        o
+        for o in k8s_objects()
+        if o["kind"] == "Service" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ):
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in (*ports, *ports.values())
 
@@ -351,7 +366,7 @@ def test_k8s_kafka_credentials_are_files_of_the_mounted_secret_where_the_setting
 
 
 def test_k8s_network_policy_admits_only_prometheus_to_the_web_port_and_lets_out_kafka_and_dns() -> None:
-    pol = obj("NetworkPolicy")
+    pol = obj("NetworkPolicy", "notifguard")
     pod_labels = obj("StatefulSet")["spec"]["template"]["metadata"]["labels"]
     assert selects(pol["spec"]["podSelector"]["matchLabels"], pod_labels)
     assert set(pol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -375,6 +390,101 @@ def test_k8s_security_context_and_resources() -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     # The Dockerfile's user is the one the pod runs as.
     assert f"UID={pod['securityContext']['runAsUser']}" in DOCKERFILE.read_text(encoding="utf-8")
+
+
+# --- Kubernetes: the incidents process (incidents.yaml) -----------------------
+
+
+def incidents_container() -> dict[str, Any]:
+    (c,) = obj("Deployment", "notifguard-incidents")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_k8s_incidents_is_one_replica_that_runs_the_process_with_its_settings(tmp_path: Path) -> None:
+    from streams.cli import build_parser
+    from streams.config import load_incident_settings, load_settings
+    from streams.kafka_security import load_kafka_security
+
+    dep = obj("Deployment", "notifguard-incidents")
+    # it reads every partition of the alerts itself: never two at once
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    pod = dep["spec"]["template"]
+    assert selects(dep["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    assert not selects(obj("StatefulSet")["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    c = incidents_container()
+    env = {e["name"]: e for e in c["env"]}
+    cm = obj("ConfigMap")
+    ref = env["NOTIFGUARD_INCIDENTS_BOOTSTRAP"]["valueFrom"]["configMapKeyRef"]
+    assert ref["name"] == cm["metadata"]["name"] and ref["key"] in cm["data"]
+    assert c["command"][0] == "notifguard"
+    argv = [cm["data"]["bootstrap"] if a == "$(NOTIFGUARD_INCIDENTS_BOOTSTRAP)" else a for a in c["command"][1:]]
+    args = build_parser().parse_args(argv)
+    assert (args.incidents_command, args.bootstrap, args.clock) == ("run", cm["data"]["bootstrap"], "wall")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": args.metrics_port}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["tcpSocket"]["port"] in ports
+    # the settings file is mounted where --config points, and the process accepts it
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    (item,) = volumes["config"]["configMap"]["items"]
+    assert f"{mounts['config']['mountPath']}/{item['path']}" == args.config
+    cfg = tmp_path / item["path"]
+    cfg.write_text(cm["data"][item["key"]], encoding="utf-8")
+    load_settings(cfg, env={})
+    load_incident_settings(cfg, env={})
+    # Kafka: its own principal's password and the CA, files of its own Secret, mounted read-only
+    kafka = tomllib.loads(cm["data"][item["key"]])["kafka"]
+    assert kafka["sasl_username"] == "notifguard-incidents"
+    secret = obj("Secret", volumes["kafka-client"]["secret"]["secretName"])
+    worker_volumes = {v["name"]: v for v in obj("StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert secret["metadata"]["name"] != worker_volumes["kafka-client"]["secret"]["secretName"]  # not the worker's
+    assert mounts["kafka-client"]["readOnly"] is True
+    files = {f"{mounts['kafka-client']['mountPath']}/{key}" for key in secret["stringData"]}
+    assert {kafka["sasl_password_file"], kafka["ssl_cafile"]} <= files
+    assert not [e for e in c["env"] if e["name"].startswith("NOTIFGUARD_KAFKA_")]
+    local = dict(
+        kafka,
+        sasl_password_file=str(_file(tmp_path / "password", "x")),
+        ssl_cafile=str(_file(tmp_path / "ca.crt", "x")),
+    )
+    (tmp_path / "local.toml").write_text("[kafka]\n" + "".join(f'{k} = "{v}"\n' for k, v in local.items()))
+    assert load_kafka_security(tmp_path / "local.toml").sasl_password.reveal() == "x"
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True and c["resources"]["limits"]["memory"]
+
+
+def test_k8s_incidents_metrics_are_scraped_as_the_job_the_rules_select() -> None:
+    sm = obj("ServiceMonitor", "notifguard-incidents")
+    services = [s for s in k8s_objects() if s["kind"] == "Service"]
+    picked = [s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    assert [s["metadata"]["name"] for s in picked] == ["notifguard-incidents"]
+    (svc,) = picked
+    pod_labels = obj("Deployment", "notifguard-incidents")["spec"]["template"]["metadata"]["labels"]
+    assert selects(svc["spec"]["selector"], pod_labels)
+    ports = {p["name"]: p for p in incidents_container()["ports"]}
+    (sport,) = svc["spec"]["ports"]
+    assert sport["targetPort"] in ports and [e["port"] for e in sm["spec"]["endpoints"]] == [sport["name"]]
+    # the Service's name is the job: the incident rules select it
+    assert 'job="notifguard-incidents"' in RULES_FILE.read_text(encoding="utf-8")
+
+
+def test_k8s_incidents_network_policy_admits_only_prometheus_and_lets_out_kafka_and_dns() -> None:
+    pol = obj("NetworkPolicy", "notifguard-incidents")
+    pod_labels = obj("Deployment", "notifguard-incidents")["spec"]["template"]["metadata"]["labels"]
+    assert selects(pol["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert not selects(
+        pol["spec"]["podSelector"]["matchLabels"], obj("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    )
+    assert set(pol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = pol["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["metrics"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"} and peer["namespaceSelector"]
+    kafka_port = int(obj("ConfigMap")["data"]["bootstrap"].rpartition(":")[2])
+    ports = {(p["port"], p["protocol"]) for r in pol["spec"]["egress"] for p in r["ports"]}
+    assert ports == {(kafka_port, "TCP"), (53, "UDP"), (53, "TCP")}
 
 
 # --- PrometheusRule = the rules file ----------------------------------------

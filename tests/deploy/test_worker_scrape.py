@@ -1,10 +1,11 @@
 """A real worker scraped by a real Prometheus: every panel query and every rule has data to work on.
 
 The worker (``notifguard worker`` on a real Kafka broker, memory store) judges
-every scenario of ``streams/scenarios`` (alerts of every kind); Prometheus
-(the Debian binary, 1 s scrape and evaluation, job ``notifguard``, the
-committed rules file) scrapes its /metrics. Once the alerts have been scraped
-a few times, every dashboard panel query and every rule expression is run
+every scenario of ``streams/scenarios`` (alerts of every kind), and the
+incidents process (``notifguard incidents run``) groups its breach alerts;
+Prometheus (the Debian binary, 1 s scrape and evaluation, jobs ``notifguard``
+and ``notifguard-incidents``, the committed rules file) scrapes both. Once the
+alerts have been scraped a few times, every dashboard panel query and every rule expression is run
 through Prometheus's HTTP API: each must parse and return at least one
 series, except the allow-listed ones that legitimately stay empty in a short
 test (they fire on anomalies only, or need a day of history); for those,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -33,7 +35,16 @@ import yaml
 
 from dashboards.queries import panel_queries, rule_expressions
 from streams.faust_sensor import LATENCY_SAMPLE
-from tests.deploy.conftest import METRICS_DOC, RULES_FILE, Service, free_port, prometheus_service, tool, wait_for
+from tests.deploy.conftest import (
+    METRICS_DOC,
+    ROOT,
+    RULES_FILE,
+    Service,
+    free_port,
+    prometheus_service,
+    tool,
+    wait_for,
+)
 from tests.deploy.promql import selectors
 from tests.streams.kafka_harness import KafkaRun, require_broker
 from tests.streams.worker.test_kafka import offline, scenario_stream
@@ -41,6 +52,9 @@ from tests.streams.worker.test_kafka import offline, scenario_stream
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
 JOB = "notifguard"
+INCIDENTS_JOB = "notifguard-incidents"
+# the job each dashboard's panels are run with (its $job's default): the worker's, or the incidents process's
+DASHBOARD_JOBS = {"notifguard-incidents": INCIDENTS_JOB}
 # Wider than the whole test: every sample scraped so far is in every range.
 RATE_INTERVAL = "2m"
 # Records are produced one by one this far apart, so that counters grow over
@@ -72,6 +86,8 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardRecordQuarantined": "records the worker died on three times: it does not die",
     "NotifguardProduceErrors": "failed sends after the producer's retries: the broker is up",
     "NotifguardFrequentRebalances": "> 3 rebalances in 15 min: one worker, one assignment",
+    # --- the incidents were detected seconds ago: the first deadline is 24 h away -----
+    "NotifguardIncidentDeadlineNear": "< 6 h to a deadline: the nearest is ~24 h away",
 }
 
 
@@ -105,7 +121,7 @@ class Scrape:
         return res["data"]["result"]  # type: ignore[no-any-return]
 
 
-def _prometheus_config(worker_port: int) -> dict[str, Any]:
+def _prometheus_config(worker_port: int, incidents_port: int) -> dict[str, Any]:
     return {
         "global": {
             "scrape_interval": "1s",
@@ -129,6 +145,11 @@ def _prometheus_config(worker_port: int) -> dict[str, Any]:
                         "replacement": "$1",
                     }
                 ],
+            },
+            {
+                "job_name": INCIDENTS_JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{incidents_port}"]}],
             },
         ],
     }
@@ -154,8 +175,37 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
     services: list[Service] = []
     try:
         worker_port = kafka.start_worker(store="memory://")
+        incidents_port = free_port()
+        topics = {**vars(kafka.topics), "incidents": f"{kafka.app_id}.notifguard.incidents"}
+        (tmp / "incidents.toml").write_text("[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in topics.items()))
+        services.append(
+            Service(
+                "incidents",
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "--log-level",
+                    "INFO",
+                    "incidents",
+                    "run",
+                    "--bootstrap",
+                    bootstrap,
+                    "--config",
+                    str(tmp / "incidents.toml"),
+                    "--app-id",
+                    f"{kafka.app_id}-incidents",
+                    "--clock",
+                    "event",
+                    "--metrics-port",
+                    str(incidents_port),
+                ],
+                tmp / "incidents.log",
+                cwd=ROOT,
+            )
+        )
         prom_port = free_port()
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(worker_port)))
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(worker_port, incidents_port)))
         services.append(prometheus_service(tmp / "prometheus.yml", tmp, prom_port))
         sc = Scrape(f"http://127.0.0.1:{prom_port}", worker_port, kafka, services, expected)
         try:
@@ -176,6 +226,13 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
 
         try:
             seen_at = wait_for(alerts_scraped, 60, interval=0.5, what=f"the alerts {dict(expected)} in Prometheus")
+            wait_for(
+                lambda: sc.series(f'notifguard_incident_affected_numbers{{job="{INCIDENTS_JOB}"}}'),
+                30,
+                interval=0.5,
+                what="the incidents process's incidents in Prometheus",
+            )
+            seen_at = _last_scrape(sc)
             wait_for(lambda: _last_scrape(sc) >= seen_at + SCRAPES_AFTER_ALERTS, 15, what="more scrapes")
             time.sleep(1.5)  # one more evaluation of every rule group on the newest scrape
         except TimeoutError as e:
@@ -257,7 +314,9 @@ def _expressions() -> list[tuple[str, str, str]]:
             f"panel {q.dashboard_uid}/{q.panel_id} {q.panel_title!r} {q.ref_id}",
             q.expr,
         )
-        for q in panel_queries(job=JOB, rate_interval=RATE_INTERVAL)
+        for job in {JOB, *DASHBOARD_JOBS.values()}
+        for q in panel_queries(job=job, rate_interval=RATE_INTERVAL)
+        if DASHBOARD_JOBS.get(q.dashboard_uid, JOB) == job
     ]
     out += [(r.name, f"{r.kind} {r.group}/{r.name}", r.expr) for r in rule_expressions()]
     return out

@@ -16,6 +16,7 @@ from detectors.incidents import (
     CLOSE,
     DAY_US,
     HOUR_US,
+    LISTED_MAX,
     REPORTED,
     RETRACTED,
     SUPERSEDED,
@@ -23,6 +24,7 @@ from detectors.incidents import (
     Incident,
     Incidents,
     IncidentSettings,
+    encode_record,
     latest,
     signature_of,
     state_decoder,
@@ -69,8 +71,12 @@ def test_seed_story_at_scale_is_one_incident_with_exact_counts() -> None:
     assert (inc.mails, inc.affected_numbers, inc.affected_recipients) == (
         want["mails"], want["affected_numbers"], want["affected_recipients"],
     )
-    assert inc.numbers == sorted({a.subject.msisdn_ref for a in breach})
-    assert inc.recipients == sorted({a.evidence["recipient_ref"] for a in breach})
+    # the first LISTED_MAX distinct numbers and recipients in event-time order: a sample, counts exact
+    in_order = sorted(breach, key=lambda a: (parse_rfc3339(a.event_time), a.dedup_key))
+    first_numbers = list(dict.fromkeys(a.subject.msisdn_ref for a in in_order))[:LISTED_MAX]
+    first_recipients = list(dict.fromkeys(a.evidence["recipient_ref"] for a in in_order))[:LISTED_MAX]
+    assert (inc.numbers, inc.recipients) == (first_numbers, first_recipients)
+    assert (inc.numbers_listed, inc.recipients_listed, inc.truncated) == (LISTED_MAX, LISTED_MAX, True)
     sig = inc.signature
     assert (sig.kind, sig.brand, sig.sender, sig.template) == (
         "recipient_previous_holder", "o2", "crm-mailer", "contract_info",
@@ -109,6 +115,7 @@ def test_two_causes_are_two_incidents() -> None:
         "billing-mailer", "o2", "contract_ended", "contract_started",
     )
     assert not set(seed.numbers) & set(recycled.numbers)
+    assert (recycled.numbers_listed, recycled.truncated) == (100, False)
 
 
 def test_ids_are_the_same_every_time_and_depend_on_signature_and_first_trigger() -> None:
@@ -223,10 +230,33 @@ def test_retraction_takes_the_alert_out_and_redelivery_is_counted_once() -> None
     assert (inc.mails, inc.affected_numbers) == (2, 2)
     agg.add(msgspec.structs.replace(b, status=RETRACTED))
     (inc,) = agg.changes()
-    assert (inc.mails, inc.affected_numbers, inc.numbers) == (1, 1, ["n1"])
+    assert (inc.mails, inc.affected_numbers, inc.numbers, inc.numbers_listed, inc.truncated) == (1, 1, ["n1"], 1, False)
     agg.add(msgspec.structs.replace(a, status=RETRACTED))
     (gone,) = agg.changes()
     assert gone.status == SUPERSEDED and gone.superseded_by is None and agg.incidents() == []
+
+
+def test_a_record_of_5000_numbers_stays_under_64_kib_with_exact_counts() -> None:
+    """The 64 KiB rule (docs/topics.md): the record lists LISTED_MAX numbers and recipients, counts all."""
+    alerts = [
+        _alert(rfc3339(parse_rfc3339("2026-06-01T00:00:00Z") + i * 5 * 60 * 1_000_000), f"k{i}",
+               number=f"{i % 5000:024x}")
+        for i in range(6000)
+    ]
+    agg = Incidents()
+    biggest = 0
+    for lo in range(0, len(alerts), 500):  # in batches, as the process and the replay publish
+        for a in alerts[lo:lo + 500]:
+            agg.add(a)
+        biggest = max([biggest, *(len(encode_record(i)) for i in agg.changes())])
+    (inc,) = agg.incidents()
+    assert (inc.mails, inc.affected_numbers, inc.affected_recipients) == (6000, 5000, 5000)
+    assert (inc.numbers_listed, inc.recipients_listed, inc.truncated) == (LISTED_MAX, LISTED_MAX, True)
+    assert inc.numbers == [f"{i:024x}" for i in range(LISTED_MAX)]  # the first affected, in event time
+    assert sum(d.mails for d in inc.timeline) == 6000 and sum(d.new_numbers for d in inc.timeline) == 5000
+    assert biggest < 64 * 1024 and len(encode_record(inc)) < 16 * 1024
+    # appended one batch at a time or derived at once from all members: the same record
+    assert Incidents(state=state_decoder.decode(state_encoder.encode(agg.state))).incidents() == [inc]
 
 
 def test_only_breach_kinds_count_and_they_are_configurable() -> None:
@@ -351,3 +381,34 @@ def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
     assert len(closed) <= 1 and all((c.last_event_time or "") < "2026-06-10T12" for c in closed)
     if not retract:  # (retractions may take every alert before the cut away, and the closed incident with them)
         assert len(closed) == 1
+
+
+IN_EVENT_TIME = sorted(range(len(SAMPLE)), key=lambda i: (parse_rfc3339(SAMPLE[i].event_time), SAMPLE[i].dedup_key))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(swaps=st.lists(st.tuples(st.integers(0, len(SAMPLE) - 1), st.integers(0, len(SAMPLE) - 1)), max_size=4),
+       batch=st.integers(1, 20), retract=st.sets(st.integers(0, len(SAMPLE) - 1), max_size=3),
+       ticks=st.booleans())
+def test_appending_in_event_time_gives_what_a_full_derivation_gives(
+    swaps: list[tuple[int, int]], batch: int, retract: set[int], ticks: bool
+) -> None:
+    """The common case (alerts in event-time order, derived incrementally), with a few alerts out of place,
+    retractions and a clock ticked per batch: the records of a derivation from all the members."""
+    order = list(IN_EVENT_TIME)
+    for i, j in swaps:
+        order[i], order[j] = order[j], order[i]
+    agg = Incidents()
+    published: list[Incident] = []
+    for n, i in enumerate(order):
+        agg.add(SAMPLE[i])
+        if n % batch == 0:
+            if ticks:
+                agg.tick(parse_rfc3339(SAMPLE[i].event_time) + 20 * DAY_US)
+            published += agg.changes()
+    for i in sorted(retract):
+        agg.add(msgspec.structs.replace(SAMPLE[i], status=RETRACTED))
+    published += agg.changes()
+    full = Incidents(state=state_decoder.decode(state_encoder.encode(agg.state)))  # derives from all members
+    assert agg.incidents() == full.incidents()
+    assert _final(agg, published) == {i.incident_id: i for i in full.incidents()}

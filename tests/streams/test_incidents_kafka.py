@@ -82,7 +82,7 @@ class Run:
         return proc
 
     def topic(self) -> dict[str, Incident]:
-        args = SimpleNamespace(file=None, bootstrap=self.bootstrap)
+        args = SimpleNamespace(file=None, bootstrap=self.bootstrap, config=None)
         try:
             records = read_records(args, self.settings)  # type: ignore[arg-type]
         except ValueError:  # the topic is not there yet

@@ -16,7 +16,7 @@ from detectors.incidents import REPORTED, Incident, Incidents, decode_record, la
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339
 from streams.cli import main
-from streams.incident_report import RECIPIENTS, View, export, register_fields, show_lines
+from streams.incident_report import RECIPIENTS, View, export, incident_line, register_fields, show_lines
 from streams.incidents import IncidentMetrics, new_action
 from streams.replay_offline import replay
 from tests.incident_stories import blau_to_o2, blau_to_o2_counts, capture, o2_recycled
@@ -56,6 +56,20 @@ def test_replay_writes_the_incidents_with_the_same_ids_every_time(story: Path) -
     counts = sorted((i.mails, i.affected_numbers, i.affected_recipients) for i in final.values())
     seed = blau_to_o2_counts(300)
     assert counts == [(100, 100, 100), (seed["mails"], seed["affected_numbers"], seed["affected_recipients"])]
+
+
+def test_the_records_of_a_replay_stay_small_and_the_demo_line(story: Path) -> None:
+    """300 numbers: the record lists 100 and says so; every record of the replay is far under 64 KiB."""
+    _, records = _replay(story)
+    assert max(len(msgspec.json.encode(r)) for r in records) < 16 * 1024
+    seed = next(i for i in latest(records)[0].values() if i.signature.sender == "crm-mailer")
+    assert (seed.affected_numbers, seed.numbers_listed, len(seed.numbers), seed.truncated) == (300, 100, 100, True)
+    assert seed.deadlines is not None
+    assert incident_line(seed) == (
+        f"[incident] {seed.incident_id} open: 300 number(s), 270 recipient(s), 375 mail(s); initial report due "
+        f"{seed.deadlines.initial_report}; recipient_previous_holder: o2 contract_info mails from crm-mailer; "
+        "previous holding blau, ended by ported_out; now ported_in at o2"
+    )
 
 
 def test_the_tools_on_an_incidents_file(story: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

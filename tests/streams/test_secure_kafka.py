@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.settings import Topics
+from detectors.settings import Settings, Topics
 from streams.acls import Acl, capture_acls, check_acls, forwarder_acls, grant, replay_acls, worker_acls
 from streams.kafka_security import admin_client
 from tests.streams.kafka_harness import ROOT, KafkaRun, keys
@@ -323,3 +323,77 @@ def test_the_readiness_ping_speaks_tls_with_a_client_certificate_to_the_mtls_lis
     assert subprocess.run([*ping, *cert], check=False, timeout=30).returncode == 0
     other_ca = [*ping[:-1], str(SECRETS / "untrusted-ca.pem"), *cert]
     assert subprocess.run(other_ca, check=False, timeout=30).returncode == 1
+
+
+def test_incidents_run_checks_its_acls_at_start(broker, tmp_path):
+    """`incidents run` as a principal with streams.acls.incidents_acls starts; without READ on the alerts, or
+    with a wrong password, it exits 2 at once naming the cause (as the other commands do)."""
+    import dataclasses
+
+    from streams.acls import incidents_acls
+    from streams.incidents import incident_topic_specs
+    from streams.topics import ensure_topics
+
+    run = KafkaRun(broker, tmp_path, security=security("admin"))
+    try:
+        t = dataclasses.replace(run.topics, incidents=f"{run.app_id}-incidents-topic")
+        app = f"{run.app_id}-inc"
+        # the incidents topic is made by an admin (the principal has no CREATE on it), its members topic by itself
+        ensure_topics(
+            broker,
+            Settings(topics=t),
+            app_id=app,
+            security=security("admin"),
+            specs=incident_topic_specs(Settings(topics=t), app)[:1],
+        )
+        acls = incidents_acls(t, app)
+        grant(broker, security("admin"), "User:replay", [a for a in acls if a != Acl("TOPIC", t.alerts, "READ")])
+        config = sasl_config(tmp_path / "i.toml", t, "replay")
+        started = time.monotonic()
+        code, out = notifguard(
+            tmp_path / "denied.log", "incidents", "run", "--bootstrap", broker, "--config", str(config), "--app-id", app
+        )
+        assert code == 2 and f"{t.alerts}: no READ permission (missing ACL)" in out, out
+        assert time.monotonic() - started < 25
+        (tmp_path / "wrong").write_text("not-the-password")
+        config.write_text(config.read_text().replace(str(SECRETS / "replay.password"), str(tmp_path / "wrong")))
+        code, out = notifguard(
+            tmp_path / "wrong.log", "incidents", "run", "--bootstrap", broker, "--config", str(config), "--app-id", app
+        )
+        assert code == 2 and "authentication as replay failed" in out, out
+        grant(broker, security("admin"), "User:replay", [Acl("TOPIC", t.alerts, "READ")])
+        config = sasl_config(tmp_path / "i.toml", t, "replay")
+        with open(tmp_path / "ok.log", "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "--log-level",
+                    "INFO",
+                    "incidents",
+                    "run",
+                    "--bootstrap",
+                    broker,
+                    "--config",
+                    str(config),
+                    "--app-id",
+                    app,
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(
+                lambda: f"incidents: {t.alerts} -> {t.incidents}" in (tmp_path / "ok.log").read_text(),
+                60,
+                "incidents run to start with its ACLs",
+            )
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert_no_secret([tmp_path / "denied.log", tmp_path / "wrong.log", tmp_path / "ok.log"])
+    finally:
+        run.close()
