@@ -131,40 +131,51 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.P
     return builder
 
 
-def _variables(d: dashboard.Dashboard, job: str = "notifguard",
-               job_metric: str = "notifguard_build_info") -> dashboard.Dashboard:
-    return d.with_variable(
-        dashboard.DatasourceVariable("datasource")
-        .label("Data source")
-        .type("prometheus")
-        .current(dm.VariableOption(selected=True, text=DATASOURCE_NAME, value=DATASOURCE_UID))
-    ).with_variable(
-        dashboard.QueryVariable("job")
-        .label("Job")
-        .datasource(DS)
-        .query(f"label_values({job_metric}, job)")
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".+")
-        .current(dm.VariableOption(selected=True, text=[job], value=[job]))
-    ).with_variable(
-        dashboard.QueryVariable("instance")
-        .label("Instance")
-        .datasource(DS)
-        .query(f'label_values({job_metric}{{job=~"$job"}}, instance)')
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".+")
-        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+def _variables(
+    d: dashboard.Dashboard, job: str = "notifguard", job_metric: str = "notifguard_build_info"
+) -> dashboard.Dashboard:
+    return (
+        d.with_variable(
+            dashboard.DatasourceVariable("datasource")
+            .label("Data source")
+            .type("prometheus")
+            .current(dm.VariableOption(selected=True, text=DATASOURCE_NAME, value=DATASOURCE_UID))
+        )
+        .with_variable(
+            dashboard.QueryVariable("job")
+            .label("Job")
+            .datasource(DS)
+            .query(f"label_values({job_metric}, job)")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".+")
+            .current(dm.VariableOption(selected=True, text=[job], value=[job]))
+        )
+        .with_variable(
+            dashboard.QueryVariable("instance")
+            .label("Instance")
+            .datasource(DS)
+            .query(f'label_values({job_metric}{{job=~"$job"}}, instance)')
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".+")
+            .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        )
     )
 
 
-def build(uid: str, title: str, description: str, rows: list[Row], job: str = "notifguard",
-          job_metric: str = "notifguard_build_info") -> dict[str, Any]:
+def build(
+    uid: str,
+    title: str,
+    description: str,
+    rows: list[Row],
+    job: str = "notifguard",
+    job_metric: str = "notifguard_build_info",
+) -> dict[str, Any]:
     d = (
         dashboard.Dashboard(title)
         .uid(uid)
@@ -233,91 +244,126 @@ BREACH = 'verdict=~"recipient_previous_holder|recipient_other_customer"'
 
 def notification_health() -> dict[str, Any]:
     rows = [
-        Row("Notifications", [
-            Panel(
-                "Notifications judged per second by brand", "ops",
-                [Query(f"sum by (brand) ({rate(VERDICTS)})", "{{brand}}")],
-                "One verdict per notification (notifguard_verdicts_total).",
-            ),
-            Panel(
-                "Share of mismatched recipients by brand/template/sender", "percentunit",
-                [Query(
-                    f"sum by (brand, template, sender) ({rate(VERDICTS, MISMATCH)})\n"
-                    f"/\n(sum by (brand, template, sender) ({rate(VERDICTS)}) > 0)",
-                    "{{brand}} / {{template}} / {{sender}}",
-                )],
-                "Share of notifications that raised a recipient kind. Alert NotifguardSystemicRecipientMismatch "
-                "fires above max(0.1 %, 3 x the 1-day baseline).",
-            ),
-            Panel(
-                "Recipient verdicts per second by kind", "ops",
-                [Query(f'sum by (verdict) ({rate(VERDICTS, NOT_OK)})', "{{verdict}}")],
-                "Verdicts other than ok, by the kind raised.",
-            ),
-            Panel(
-                "Mail to a previous holder / other customer, by brand", "short",
-                [Query(f"sum by (brand) ({increase(VERDICTS, BREACH)})", "{{brand}}")],
-                "Presumed personal-data breaches (alert NotifguardRecipientBreach pages on any).",
-            ),
-        ]),
-        Row("Alerts", [
-            Panel(
-                "Alerts per second by kind", "ops",
-                [Query(f"sum by (kind, severity) ({rate(ALERTS)})", "{{kind}} ({{severity}})")],
-                "Records written to notifguard.alerts.",
-            ),
-            Panel(
-                "Alerts by severity", "short",
-                [Query(f"sum by (severity) ({increase(ALERTS)})", "{{severity}}")],
-                "Alerts emitted per interval, by severity.",
-            ),
-        ]),
-        Row("Delivery", [
-            Panel(
-                "Hard-bounce rate by brand/sender", "percentunit",
-                [Query(
-                    f'sum by (brand, sender) ({rate(DELIVERIES, HARD_BOUNCE)})\n'
-                    f'/\n(sum by (brand, sender) ({rate(DELIVERIES, FINAL)}) > 0)',
-                    "{{brand}} / {{sender}}",
-                )],
-                "Hard bounces among final outcomes (delivered or bounced). Alerts at 5 % (warning) and 10 % "
-                "(critical) over 1 h.",
-            ),
-            Panel(
-                "Delivery events per second by status", "ops",
-                [Query(
-                    f"sum by (status, bounce_type) ({rate(DELIVERIES)})",
-                    "{{status}} ({{bounce_type}})",
-                )],
-                "notifications.delivery events by outcome.",
-            ),
-            Panel(
-                "Current address bouncing and bounce bursts", "ops",
-                [Query(
-                    f'sum by (kind) ({rate(ALERTS, BOUNCE_KINDS)})',
-                    "{{kind}}",
-                )],
-                "Customers who miss mail: hard bounces to the current address, bursts of bounces on one number.",
-            ),
-        ]),
-        Row("Numbers changing hands", [
-            Panel(
-                "Re-ports and port flapping", "ops",
-                [Query(
-                    f'sum by (kind) ({rate(ALERTS, PORT_KINDS)})',
-                    "{{kind}}",
-                )],
-                "re_port: a recycled or re-ported number (early warning); port_flapping: 3+ ports within 30 days.",
-            ),
-            Panel(
-                "Notifications without an active contract", "ops",
-                [Query(
-                    f'sum by (brand) ({rate(VERDICTS, WITHOUT_CONTRACT)})',
-                    "{{brand}}",
-                )],
-                "Notifications for numbers nobody holds at event time.",
-            ),
-        ]),
+        Row(
+            "Notifications",
+            [
+                Panel(
+                    "Notifications judged per second by brand",
+                    "ops",
+                    [Query(f"sum by (brand) ({rate(VERDICTS)})", "{{brand}}")],
+                    "One verdict per notification (notifguard_verdicts_total).",
+                ),
+                Panel(
+                    "Share of mismatched recipients by brand/template/sender",
+                    "percentunit",
+                    [
+                        Query(
+                            f"sum by (brand, template, sender) ({rate(VERDICTS, MISMATCH)})\n"
+                            f"/\n(sum by (brand, template, sender) ({rate(VERDICTS)}) > 0)",
+                            "{{brand}} / {{template}} / {{sender}}",
+                        )
+                    ],
+                    "Share of notifications that raised a recipient kind. Alert NotifguardSystemicRecipientMismatch "
+                    "fires above max(0.1 %, 3 x the 1-day baseline).",
+                ),
+                Panel(
+                    "Recipient verdicts per second by kind",
+                    "ops",
+                    [Query(f"sum by (verdict) ({rate(VERDICTS, NOT_OK)})", "{{verdict}}")],
+                    "Verdicts other than ok, by the kind raised.",
+                ),
+                Panel(
+                    "Mail to a previous holder / other customer, by brand",
+                    "short",
+                    [Query(f"sum by (brand) ({increase(VERDICTS, BREACH)})", "{{brand}}")],
+                    "Presumed personal-data breaches (alert NotifguardRecipientBreach pages on any).",
+                ),
+            ],
+        ),
+        Row(
+            "Alerts",
+            [
+                Panel(
+                    "Alerts per second by kind",
+                    "ops",
+                    [Query(f"sum by (kind, severity) ({rate(ALERTS)})", "{{kind}} ({{severity}})")],
+                    "Records written to notifguard.alerts.",
+                ),
+                Panel(
+                    "Alerts by severity",
+                    "short",
+                    [Query(f"sum by (severity) ({increase(ALERTS)})", "{{severity}}")],
+                    "Alerts emitted per interval, by severity.",
+                ),
+            ],
+        ),
+        Row(
+            "Delivery",
+            [
+                Panel(
+                    "Hard-bounce rate by brand/sender",
+                    "percentunit",
+                    [
+                        Query(
+                            f"sum by (brand, sender) ({rate(DELIVERIES, HARD_BOUNCE)})\n"
+                            f"/\n(sum by (brand, sender) ({rate(DELIVERIES, FINAL)}) > 0)",
+                            "{{brand}} / {{sender}}",
+                        )
+                    ],
+                    "Hard bounces among final outcomes (delivered or bounced). Alerts at 5 % (warning) and 10 % "
+                    "(critical) over 1 h.",
+                ),
+                Panel(
+                    "Delivery events per second by status",
+                    "ops",
+                    [
+                        Query(
+                            f"sum by (status, bounce_type) ({rate(DELIVERIES)})",
+                            "{{status}} ({{bounce_type}})",
+                        )
+                    ],
+                    "notifications.delivery events by outcome.",
+                ),
+                Panel(
+                    "Current address bouncing and bounce bursts",
+                    "ops",
+                    [
+                        Query(
+                            f"sum by (kind) ({rate(ALERTS, BOUNCE_KINDS)})",
+                            "{{kind}}",
+                        )
+                    ],
+                    "Customers who miss mail: hard bounces to the current address, bursts of bounces on one number.",
+                ),
+            ],
+        ),
+        Row(
+            "Numbers changing hands",
+            [
+                Panel(
+                    "Re-ports and port flapping",
+                    "ops",
+                    [
+                        Query(
+                            f"sum by (kind) ({rate(ALERTS, PORT_KINDS)})",
+                            "{{kind}}",
+                        )
+                    ],
+                    "re_port: a recycled or re-ported number (early warning); port_flapping: 3+ ports within 30 days.",
+                ),
+                Panel(
+                    "Notifications without an active contract",
+                    "ops",
+                    [
+                        Query(
+                            f"sum by (brand) ({rate(VERDICTS, WITHOUT_CONTRACT)})",
+                            "{{brand}}",
+                        )
+                    ],
+                    "Notifications for numbers nobody holds at event time.",
+                ),
+            ],
+        ),
     ]
     return build(
         "notifguard-notification-health",
@@ -334,177 +380,235 @@ def notification_health() -> dict[str, Any]:
 
 def detector_pipeline() -> dict[str, Any]:
     rows = [
-        Row("Workers", [
-            Panel(
-                "Workers up", "none",
-                [
-                    Query(f"sum(up{{{SEL}}})", "up"),
-                    Query(f"sum(notifguard_worker_ready{{{SEL}}})", "ready"),
-                    Query(f"sum(notifguard_worker_stalled{{{SEL}}})", "stalled"),
-                ],
-                "Scraped workers (up), workers recovered and not rebalancing (notifguard_worker_ready), and "
-                "workers stalled: input waiting and nothing read, acked, delivered or committed for stall_after_s "
-                "(notifguard_worker_stalled; alert NotifguardWorkerStalled).",
-                kind="stat",
-            ),
-            Panel(
-                "Seconds since progress", "s",
-                [Query(f"max by (instance) (time() - notifguard_last_progress_timestamp_seconds{{{SEL}}})",
-                       "{{instance}}")],
-                "Since each worker last read, acked, delivered or committed anything. Grows while no input "
-                "comes (that is no stall); with input waiting, a worker is stalled past stall_after_s (120 s).",
-            ),
-            Panel(
-                "Rebalances", "short",
-                [Query(f"sum by (instance) ({increase(REBALANCES)})", "{{instance}}")],
-                "Consumer group rebalances seen, per worker.",
-            ),
-        ]),
-        Row("Throughput", [
-            Panel(
-                "Records consumed per second by topic", "ops",
-                [Query(f"sum by (topic) ({rate(CONSUMED)})", "{{topic}}")],
-                "Input records read, including bad records and duplicates.",
-            ),
-            Panel(
-                "Verdicts and alerts per second", "ops",
-                [
-                    Query(f"sum({rate(VERDICTS)})", "verdicts"),
-                    Query(f"sum({rate(ALERTS)})", "alerts"),
-                ],
-                "Output of the detector.",
-            ),
-        ]),
-        Row("Lag", [
-            Panel(
-                "Consumer lag by topic", "short",
-                [Query(f"sum by (topic) (notifguard_consumer_lag_records{{{SEL}}})", "{{topic}}")],
-                "Records between the committed position and the high-water mark, summed over workers.",
-            ),
-            Panel(
-                "Watermark lag by partition", "s",
-                [Query(f"max by (partition) (notifguard_watermark_lag_seconds{{{SEL}}})", "partition {{partition}}")],
-                "Wall clock minus the partition's watermark; near grace in normal operation.",
-            ),
-            Panel(
-                "Pending events in grace buffers", "short",
-                [Query(f"sum by (instance) (notifguard_pending_events{{{SEL}}})", "{{instance}}")],
-                "Events waiting until the watermark passes event_time + grace.",
-            ),
-            Panel(
-                "Verdict delay", "s",
-                [
-                    Query(
-                        f"{quantile(0.99, VERDICT_DELAY)}",
-                        "p99",
-                    ),
-                    Query(
-                        f"{quantile(0.5, VERDICT_DELAY)}",
-                        "p50",
-                    ),
-                ],
-                "Wall time from a notification's arrival to its verdict (grace included).",
-            ),
-            Panel(
-                "Processing time per record", "s",
-                [Query(
-                    f"{quantile(0.99, PROCESSING)}",
-                    "p99",
-                )],
-                "Engine time to process one input record.",
-            ),
-        ]),
-        Row("Input quality", [
-            Panel(
-                "Dead letters per second by topic and reason", "ops",
-                [Query(
-                    f"sum by (topic, reason) ({rate(DEADLETTERS)})", "{{topic}}: {{reason}}",
-                )],
-                "Bad records sent to notifguard.deadletter.",
-            ),
-            Panel(
-                "Late records per second by topic", "ops",
-                [Query(f"sum by (topic) ({rate(LATE)})", "{{topic}}")],
-                "Records arriving after watermark > event_time + grace.",
-            ),
-            Panel(
-                "Duplicates per second by topic", "ops",
-                [Query(f"sum by (topic) ({rate(DUPLICATES)})", "{{topic}}")],
-                "Repeated event_ids ignored.",
-            ),
-            Panel(
-                "Processing errors (bugs)", "short",
-                [Query(
-                    f"sum by (instance, topic) ({increase(ERRORS)})",
-                    "{{instance}} {{topic}}",
-                )],
-                "Exceptions other than bad input; each one is a bug.",
-            ),
-        ]),
-        Row("State", [
-            Panel(
-                "Tracked numbers", "short",
-                [Query(f"sum by (instance) (notifguard_tracked_numbers{{{SEL}}})", "{{instance}}")],
-                "Numbers with state on each worker.",
-            ),
-            Panel(
-                "Table recovery: changelog records to read", "short",
-                [Query(f"sum by (instance, role) ({sel(RECOVERY_REMAINING)})", "{{instance}} {{role}}")],
-                "Changelog records a (re)starting worker still has to read before it is ready; 0 once recovered.",
-            ),
-            Panel(
-                "Number states shrunk by expiry sweeps", "short",
-                [Query(f"sum by (instance) ({increase(EXPIRED)})", "{{instance}}")],
-                "States a sweep (every 7 days of event time) cut: expired seen ids, sent mails and pattern "
-                "marks, and holdings ended beyond the history retention (GDPR data minimisation). None for "
-                "weeks while records flow: the sweep is not running.",
-            ),
-            Panel(
-                "Number state entries dropped over size budgets by part", "short",
-                [Query(f"sum by (part) ({increase(CAPPED)})", "{{part}}")],
-                "Seen ids, sent mails, pattern marks or contract changes dropped because a number's state "
-                "went over its size budget (docs/topics.md 2.3a): a flood of records for one number. "
-                "Should stay 0; the oldest entries go, the newest are judged by the rules.",
-            ),
-        ]),
-        Row("Kafka client", [
-            Panel(
-                "Records produced per second by topic", "ops",
-                [
-                    Query(f"sum by (topic) ({rate(PRODUCED)})", "{{topic}}"),
-                    Query(f"sum by (topic) ({rate(PRODUCE_ERRORS)})", "errors: {{topic}}"),
-                ],
-                "Records acknowledged by the broker (alerts, dead letters, table changelogs) and records the "
-                "producer failed to deliver (should be 0: a failure stops the worker, which re-reads on restart).",
-            ),
-            Panel(
-                "Produce latency (to the broker's ack)", "s",
-                [Query(f"{quantile(0.99, PRODUCE_SECONDS)}", "p99")],
-                "From handing a record to the producer to the broker's acknowledgement.",
-            ),
-            Panel(
-                "Offset commit duration", "s",
-                [
-                    Query(f"{quantile(0.99, COMMIT_SECONDS)}", "p99"),
-                    Query(f"{quantile(0.5, COMMIT_SECONDS)}", "p50"),
-                ],
-                "One commit round of the consumer (every second), producer flush included.",
-            ),
-            Panel(
-                "Rebalance duration", "s",
-                [Query(
-                    f"histogram_quantile(0.99, sum by (le, phase) ({rate(REBALANCE_SECONDS + '_bucket')}))",
-                    "p99 until {{phase}}",
-                )],
-                "From a rebalance's start until the consumer rejoined the group, and until the tables are "
-                "recovered and records flow again. No line: no rebalance in the interval.",
-            ),
-            Panel(
-                "Partition assignments by result", "short",
-                [Query(f"sum by (result) ({increase(ASSIGNMENTS)})", "{{result}}")],
-                "Assignments computed by the group leader; an error leaves partitions unread.",
-            ),
-        ]),
+        Row(
+            "Workers",
+            [
+                Panel(
+                    "Workers up",
+                    "none",
+                    [
+                        Query(f"sum(up{{{SEL}}})", "up"),
+                        Query(f"sum(notifguard_worker_ready{{{SEL}}})", "ready"),
+                        Query(f"sum(notifguard_worker_stalled{{{SEL}}})", "stalled"),
+                    ],
+                    "Scraped workers (up), workers recovered and not rebalancing (notifguard_worker_ready), and "
+                    "workers stalled: input waiting and nothing read, acked, delivered or committed for stall_after_s "
+                    "(notifguard_worker_stalled; alert NotifguardWorkerStalled).",
+                    kind="stat",
+                ),
+                Panel(
+                    "Seconds since progress",
+                    "s",
+                    [
+                        Query(
+                            f"max by (instance) (time() - notifguard_last_progress_timestamp_seconds{{{SEL}}})",
+                            "{{instance}}",
+                        )
+                    ],
+                    "Since each worker last read, acked, delivered or committed anything. Grows while no input "
+                    "comes (that is no stall); with input waiting, a worker is stalled past stall_after_s (120 s).",
+                ),
+                Panel(
+                    "Rebalances",
+                    "short",
+                    [Query(f"sum by (instance) ({increase(REBALANCES)})", "{{instance}}")],
+                    "Consumer group rebalances seen, per worker.",
+                ),
+            ],
+        ),
+        Row(
+            "Throughput",
+            [
+                Panel(
+                    "Records consumed per second by topic",
+                    "ops",
+                    [Query(f"sum by (topic) ({rate(CONSUMED)})", "{{topic}}")],
+                    "Input records read, including bad records and duplicates.",
+                ),
+                Panel(
+                    "Verdicts and alerts per second",
+                    "ops",
+                    [
+                        Query(f"sum({rate(VERDICTS)})", "verdicts"),
+                        Query(f"sum({rate(ALERTS)})", "alerts"),
+                    ],
+                    "Output of the detector.",
+                ),
+            ],
+        ),
+        Row(
+            "Lag",
+            [
+                Panel(
+                    "Consumer lag by topic",
+                    "short",
+                    [Query(f"sum by (topic) (notifguard_consumer_lag_records{{{SEL}}})", "{{topic}}")],
+                    "Records between the committed position and the high-water mark, summed over workers.",
+                ),
+                Panel(
+                    "Watermark lag by partition",
+                    "s",
+                    [
+                        Query(
+                            f"max by (partition) (notifguard_watermark_lag_seconds{{{SEL}}})", "partition {{partition}}"
+                        )
+                    ],
+                    "Wall clock minus the partition's watermark; near grace in normal operation.",
+                ),
+                Panel(
+                    "Pending events in grace buffers",
+                    "short",
+                    [Query(f"sum by (instance) (notifguard_pending_events{{{SEL}}})", "{{instance}}")],
+                    "Events waiting until the watermark passes event_time + grace.",
+                ),
+                Panel(
+                    "Verdict delay",
+                    "s",
+                    [
+                        Query(
+                            f"{quantile(0.99, VERDICT_DELAY)}",
+                            "p99",
+                        ),
+                        Query(
+                            f"{quantile(0.5, VERDICT_DELAY)}",
+                            "p50",
+                        ),
+                    ],
+                    "Wall time from a notification's arrival to its verdict (grace included).",
+                ),
+                Panel(
+                    "Processing time per record",
+                    "s",
+                    [
+                        Query(
+                            f"{quantile(0.99, PROCESSING)}",
+                            "p99",
+                        )
+                    ],
+                    "Engine time to process one input record.",
+                ),
+            ],
+        ),
+        Row(
+            "Input quality",
+            [
+                Panel(
+                    "Dead letters per second by topic and reason",
+                    "ops",
+                    [
+                        Query(
+                            f"sum by (topic, reason) ({rate(DEADLETTERS)})",
+                            "{{topic}}: {{reason}}",
+                        )
+                    ],
+                    "Bad records sent to notifguard.deadletter.",
+                ),
+                Panel(
+                    "Late records per second by topic",
+                    "ops",
+                    [Query(f"sum by (topic) ({rate(LATE)})", "{{topic}}")],
+                    "Records arriving after watermark > event_time + grace.",
+                ),
+                Panel(
+                    "Duplicates per second by topic",
+                    "ops",
+                    [Query(f"sum by (topic) ({rate(DUPLICATES)})", "{{topic}}")],
+                    "Repeated event_ids ignored.",
+                ),
+                Panel(
+                    "Processing errors (bugs)",
+                    "short",
+                    [
+                        Query(
+                            f"sum by (instance, topic) ({increase(ERRORS)})",
+                            "{{instance}} {{topic}}",
+                        )
+                    ],
+                    "Exceptions other than bad input; each one is a bug.",
+                ),
+            ],
+        ),
+        Row(
+            "State",
+            [
+                Panel(
+                    "Tracked numbers",
+                    "short",
+                    [Query(f"sum by (instance) (notifguard_tracked_numbers{{{SEL}}})", "{{instance}}")],
+                    "Numbers with state on each worker.",
+                ),
+                Panel(
+                    "Table recovery: changelog records to read",
+                    "short",
+                    [Query(f"sum by (instance, role) ({sel(RECOVERY_REMAINING)})", "{{instance}} {{role}}")],
+                    "Changelog records a (re)starting worker still has to read before it is ready; 0 once recovered.",
+                ),
+                Panel(
+                    "Number states shrunk by expiry sweeps",
+                    "short",
+                    [Query(f"sum by (instance) ({increase(EXPIRED)})", "{{instance}}")],
+                    "States a sweep (every 7 days of event time) cut: expired seen ids, sent mails and pattern "
+                    "marks, and holdings ended beyond the history retention (GDPR data minimisation). None for "
+                    "weeks while records flow: the sweep is not running.",
+                ),
+                Panel(
+                    "Number state entries dropped over size budgets by part",
+                    "short",
+                    [Query(f"sum by (part) ({increase(CAPPED)})", "{{part}}")],
+                    "Seen ids, sent mails, pattern marks or contract changes dropped because a number's state "
+                    "went over its size budget (docs/topics.md 2.3a): a flood of records for one number. "
+                    "Should stay 0; the oldest entries go, the newest are judged by the rules.",
+                ),
+            ],
+        ),
+        Row(
+            "Kafka client",
+            [
+                Panel(
+                    "Records produced per second by topic",
+                    "ops",
+                    [
+                        Query(f"sum by (topic) ({rate(PRODUCED)})", "{{topic}}"),
+                        Query(f"sum by (topic) ({rate(PRODUCE_ERRORS)})", "errors: {{topic}}"),
+                    ],
+                    "Records acknowledged by the broker (alerts, dead letters, table changelogs) and records the "
+                    "producer failed to deliver (should be 0: a failure stops the worker, which re-reads on restart).",
+                ),
+                Panel(
+                    "Produce latency (to the broker's ack)",
+                    "s",
+                    [Query(f"{quantile(0.99, PRODUCE_SECONDS)}", "p99")],
+                    "From handing a record to the producer to the broker's acknowledgement.",
+                ),
+                Panel(
+                    "Offset commit duration",
+                    "s",
+                    [
+                        Query(f"{quantile(0.99, COMMIT_SECONDS)}", "p99"),
+                        Query(f"{quantile(0.5, COMMIT_SECONDS)}", "p50"),
+                    ],
+                    "One commit round of the consumer (every second), producer flush included.",
+                ),
+                Panel(
+                    "Rebalance duration",
+                    "s",
+                    [
+                        Query(
+                            f"histogram_quantile(0.99, sum by (le, phase) ({rate(REBALANCE_SECONDS + '_bucket')}))",
+                            "p99 until {{phase}}",
+                        )
+                    ],
+                    "From a rebalance's start until the consumer rejoined the group, and until the tables are "
+                    "recovered and records flow again. No line: no rebalance in the interval.",
+                ),
+                Panel(
+                    "Partition assignments by result",
+                    "short",
+                    [Query(f"sum by (result) ({increase(ASSIGNMENTS)})", "{{result}}")],
+                    "Assignments computed by the group leader; an error leaves partitions unread.",
+                ),
+            ],
+        ),
     ]
     return build(
         "notifguard-detector-pipeline",
@@ -527,66 +631,86 @@ REPORTED = "notifguard_incident_reported"
 
 def incidents() -> dict[str, Any]:
     rows = [
-        Row("Incidents", [
-            Panel(
-                "Open incidents by kind", "none",
-                [Query(f"sum by (kind) ({sel('notifguard_incidents_open')})", "{{kind}}")],
-                "Open incidents (notifguard_incidents_open): one per breach cause, its alerts within the quiet "
-                "period (35 days). Each pages once (NotifguardIncidentOpen). `notifguard incidents list`.",
-                kind="stat",
-            ),
-            Panel(
-                "Incidents to report: reported or not", "none",
-                [
-                    Query(f"sum(1 - {sel(REPORTED)})", "not reported"),
-                    Query(f"sum({sel(REPORTED)})", "reported"),
-                ],
-                "Incidents open, or closed by their quiet period and not reported (notifguard_incident_reported). "
-                "Mark one with `notifguard incidents mark ID reported --note ...`.",
-                kind="stat",
-            ),
-        ]),
-        Row("Scope", [
-            Panel(
-                "Affected numbers per incident", "short",
-                [Query(f"max by (incident_id, kind, brand) ({sel(AFFECTED)})",
-                       "{{incident_id}} {{kind}} {{brand}}")],
-                "Distinct numbers whose mails went to somebody else, per incident (exact counts; "
-                "`notifguard incidents show ID` for the timeline per day).",
-            ),
-            Panel(
-                "Affected numbers by kind and brand", "short",
-                [Query(f"sum by (kind, brand) ({sel(AFFECTED)})", "{{kind}} {{brand}}")],
-                "The incidents' affected numbers added up by breach kind and sending brand.",
-            ),
-        ]),
-        Row("Deadlines", [
-            Panel(
-                "Time left to the deadlines (not reported)", "s",
-                [Query(f"min by (incident_id, deadline) ({sel(DEADLINE)})", "{{incident_id}} {{deadline}}")],
-                "Seconds until the initial report (24 h), full report (3 days) and GDPR (72 h) deadlines of "
-                "each incident not marked reported, from its detection; negative: overdue. "
-                "NotifguardIncidentDeadlineNear pages 6 h before.",
-                min_zero=False,
-            ),
-            Panel(
-                "Next deadline", "s",
-                [Query(f"min({sel(DEADLINE)})", "next deadline")],
-                "The nearest deadline over all incidents not marked reported (no value: nothing to report).",
-                kind="stat",
-            ),
-            Panel(
-                "Reported, per incident", "bool",
-                [Query(f"max by (incident_id) ({sel(REPORTED)})", "{{incident_id}}")],
-                "1 once the incident is marked reported (its deadline series then end).",
-            ),
-            Panel(
-                "Seconds since the incidents process polled", "s",
-                [Query(f"time() - max by (instance) ({sel(INCIDENTS_POLL)})", "{{instance}}")],
-                "The process polls the alerts topic every half second or so; a growing value: it is stuck or "
-                "down, and incidents and deadlines above are stale.",
-            ),
-        ]),
+        Row(
+            "Incidents",
+            [
+                Panel(
+                    "Open incidents by kind",
+                    "none",
+                    [Query(f"sum by (kind) ({sel('notifguard_incidents_open')})", "{{kind}}")],
+                    "Open incidents (notifguard_incidents_open): one per breach cause, its alerts within the quiet "
+                    "period (35 days). Each pages once (NotifguardIncidentOpen). `notifguard incidents list`.",
+                    kind="stat",
+                ),
+                Panel(
+                    "Incidents to report: reported or not",
+                    "none",
+                    [
+                        Query(f"sum(1 - {sel(REPORTED)})", "not reported"),
+                        Query(f"sum({sel(REPORTED)})", "reported"),
+                    ],
+                    "Incidents open, or closed by their quiet period and not reported (notifguard_incident_reported). "
+                    "Mark one with `notifguard incidents mark ID reported --note ...`.",
+                    kind="stat",
+                ),
+            ],
+        ),
+        Row(
+            "Scope",
+            [
+                Panel(
+                    "Affected numbers per incident",
+                    "short",
+                    [
+                        Query(
+                            f"max by (incident_id, kind, brand) ({sel(AFFECTED)})", "{{incident_id}} {{kind}} {{brand}}"
+                        )
+                    ],
+                    "Distinct numbers whose mails went to somebody else, per incident (exact counts; "
+                    "`notifguard incidents show ID` for the timeline per day).",
+                ),
+                Panel(
+                    "Affected numbers by kind and brand",
+                    "short",
+                    [Query(f"sum by (kind, brand) ({sel(AFFECTED)})", "{{kind}} {{brand}}")],
+                    "The incidents' affected numbers added up by breach kind and sending brand.",
+                ),
+            ],
+        ),
+        Row(
+            "Deadlines",
+            [
+                Panel(
+                    "Time left to the deadlines (not reported)",
+                    "s",
+                    [Query(f"min by (incident_id, deadline) ({sel(DEADLINE)})", "{{incident_id}} {{deadline}}")],
+                    "Seconds until the initial report (24 h), full report (3 days) and GDPR (72 h) deadlines of "
+                    "each incident not marked reported, from its detection; negative: overdue. "
+                    "NotifguardIncidentDeadlineNear pages 6 h before.",
+                    min_zero=False,
+                ),
+                Panel(
+                    "Next deadline",
+                    "s",
+                    [Query(f"min({sel(DEADLINE)})", "next deadline")],
+                    "The nearest deadline over all incidents not marked reported (no value: nothing to report).",
+                    kind="stat",
+                ),
+                Panel(
+                    "Reported, per incident",
+                    "bool",
+                    [Query(f"max by (incident_id) ({sel(REPORTED)})", "{{incident_id}}")],
+                    "1 once the incident is marked reported (its deadline series then end).",
+                ),
+                Panel(
+                    "Seconds since the incidents process polled",
+                    "s",
+                    [Query(f"time() - max by (instance) ({sel(INCIDENTS_POLL)})", "{{instance}}")],
+                    "The process polls the alerts topic every half second or so; a growing value: it is stuck or "
+                    "down, and incidents and deadlines above are stale.",
+                ),
+            ],
+        ),
     ]
     return build(
         "notifguard-incidents",

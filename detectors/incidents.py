@@ -139,11 +139,7 @@ class Signature(msgspec.Struct, frozen=True):
             end = {"open": "still active", "ended": "ended"}.get(self.previous_end or "")
             end = end or (f"ended by {self.previous_end}" if self.previous_end else "not ended")
             history = f"{where} {self.previous_brand or '?'}, {end}"
-        now = (
-            f"now {self.active_start} at {self.active_brand or '?'}"
-            if self.active_start
-            else "no active contract"
-        )
+        now = f"now {self.active_start} at {self.active_brand or '?'}" if self.active_start else "no active contract"
         return f"{what}; {history}; {now}"
 
 
@@ -334,8 +330,18 @@ class _Episode:
     `add`ing the members in (event time, dedup_key) order, so appending a later member costs O(1) and
     the summary is the same whether it was built at once or one alert at a time."""
 
-    __slots__ = ("day_numbers", "days", "detected", "first", "last", "listed_numbers", "listed_recipients",
-                 "mails", "numbers", "recipients")
+    __slots__ = (
+        "day_numbers",
+        "days",
+        "detected",
+        "first",
+        "last",
+        "listed_numbers",
+        "listed_recipients",
+        "mails",
+        "numbers",
+        "recipients",
+    )
 
     def __init__(self, first: Entry) -> None:
         self.first = first
@@ -588,11 +594,28 @@ class Incidents:
     def _superseded(self, old_id: str, sig_key: str, successor: str | None) -> Incident:
         sig = self.state.signatures[sig_key].signature
         return Incident(
-            incident_id=old_id, status=SUPERSEDED, closed_by=None, kind=sig.kind,
-            severity=kinds.SEVERITY[sig.kind], signature=sig, cause=sig.describe(), first_trigger=None,
-            first_event_time=None, last_event_time=None, detected_at=None, quiet_until=None, deadlines=None,
-            mails=0, affected_numbers=0, affected_recipients=0, numbers=[], recipients=[], timeline=[],
-            reported=None, actions=[], superseded_by=successor,
+            incident_id=old_id,
+            status=SUPERSEDED,
+            closed_by=None,
+            kind=sig.kind,
+            severity=kinds.SEVERITY[sig.kind],
+            signature=sig,
+            cause=sig.describe(),
+            first_trigger=None,
+            first_event_time=None,
+            last_event_time=None,
+            detected_at=None,
+            quiet_until=None,
+            deadlines=None,
+            mails=0,
+            affected_numbers=0,
+            affected_recipients=0,
+            numbers=[],
+            recipients=[],
+            timeline=[],
+            reported=None,
+            actions=[],
+            superseded_by=successor,
         )
 
     def _derive(self, sig_key: str) -> _Derived:

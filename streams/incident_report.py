@@ -101,8 +101,10 @@ def list_lines(all_views: dict[str, View], now_us: int, include_superseded: bool
         (v for v in all_views.values() if include_superseded or v.incident.status != SUPERSEDED),
         key=lambda v: (v.incident.status != "open", v.incident.detected_at or "", v.incident.incident_id),
     )
-    lines = [f"{'incident':<24} {'status':<10} {'numbers':>7} {'mails':>6}  {'detected':<17} "
-             f"{'initial report':<16} {'reported':<8} cause"]
+    lines = [
+        f"{'incident':<24} {'status':<10} {'numbers':>7} {'mails':>6}  {'detected':<17} "
+        f"{'initial report':<16} {'reported':<8} cause"
+    ]
     for v in rows:
         i = v.incident
         nd = next_deadline(v)
@@ -117,19 +119,26 @@ def list_lines(all_views: dict[str, View], now_us: int, include_superseded: bool
 def incident_line(i: Incident) -> str:
     """One line per incident record, as `incidents run --print-incidents` prints it (after the alerts of
     `worker --print-alerts`): status, scope, the first deadline, the cause."""
-    due = f"initial report due {i.deadlines.initial_report}" if i.deadlines and i.reported is None else (
-        "reported" if i.reported else "-")
-    return (f"[incident] {i.incident_id} {i.status}{' (' + i.closed_by + ')' if i.closed_by else ''}: "
-            f"{i.affected_numbers} number(s), {i.affected_recipients} recipient(s), {i.mails} mail(s); {due}; "
-            f"{i.cause}")
+    due = (
+        f"initial report due {i.deadlines.initial_report}"
+        if i.deadlines and i.reported is None
+        else ("reported" if i.reported else "-")
+    )
+    return (
+        f"[incident] {i.incident_id} {i.status}{' (' + i.closed_by + ')' if i.closed_by else ''}: "
+        f"{i.affected_numbers} number(s), {i.affected_recipients} recipient(s), {i.mails} mail(s); {due}; "
+        f"{i.cause}"
+    )
 
 
 def show_lines(view: View, now_us: int, width: int = 40) -> list[str]:
     """One screen: what, how many, since when, the clocks, the actions, and affected numbers per day."""
     i = view.incident
-    lines = [f"incident {i.incident_id}  {i.status.upper()}"
-             + (f" ({i.closed_by})" if i.closed_by else "")
-             + (f" -> {i.superseded_by}" if i.superseded_by else "")]
+    lines = [
+        f"incident {i.incident_id}  {i.status.upper()}"
+        + (f" ({i.closed_by})" if i.closed_by else "")
+        + (f" -> {i.superseded_by}" if i.superseded_by else "")
+    ]
     lines.append(f"  cause      {i.cause}")
     lines.append(f"  scope      {i.affected_numbers} numbers, {i.affected_recipients} recipients, {i.mails} mails")
     lines.append(f"  mails      {i.first_event_time} .. {i.last_event_time} (event time)")
@@ -137,9 +146,11 @@ def show_lines(view: View, now_us: int, width: int = 40) -> list[str]:
     d = i.deadlines
     if d is not None:
         done = view.reported is not None
-        for name, when in (("initial report (Reg. 611/2013, 24 h)", d.initial_report),
-                           ("full report (Reg. 611/2013, 3 days)", d.full_report),
-                           ("GDPR Art. 33 (72 h)", d.gdpr)):
+        for name, when in (
+            ("initial report (Reg. 611/2013, 24 h)", d.initial_report),
+            ("full report (Reg. 611/2013, 3 days)", d.full_report),
+            ("GDPR Art. 33 (72 h)", d.gdpr),
+        ):
             state = "reported" if done else _left(when, now_us)
             lines.append(f"  due        {when}  {name:<38} {state}")
     for a in view.actions:
@@ -167,9 +178,9 @@ def register_fields(view: View, now_us: int) -> list[tuple[str, str, str]]:
     accessed = [a for a in view.actions if a.action == ACCESSED]
     who = {
         "this_number": f"an earlier holder of the same number ({s.previous_brand or 'unknown brand'}, "
-                       f"{'ended by ' + s.previous_end if s.previous_end else 'not ended'})",
+        f"{'ended by ' + s.previous_end if s.previous_end else 'not ended'})",
         "other_number": f"a customer of another number ({s.previous_brand or 'unknown brand'}, "
-                        f"{'still active' if s.previous_end == 'open' else 'ended'})",
+        f"{'still active' if s.previous_end == 'open' else 'ended'})",
     }.get(s.via or "", "nobody known to hold the number")
     period = f"{i.first_event_time} to {i.last_event_time} (UTC; the first and last affected mail)"
     gdpr_late = d is not None and (
@@ -177,70 +188,148 @@ def register_fields(view: View, now_us: int) -> list[tuple[str, str, str]]:
     )
     f: list[tuple[str, str, str]] = [
         ("Notification", "Recipients", RECIPIENTS),
-        ("Notification", "Legal basis",
-         "EU Reg. 611/2013 Art. 2 and Annex I; GDPR (EU) 2016/679 Art. 33; TKG § 169"),
-        ("Notification", "notifguard incident", f"{i.incident_id} ({i.status}"
-         + (f", closed by {i.closed_by}" if i.closed_by else "") + ")"),
-        ("Notification", "Deadlines (from detection)",
-         "-" if d is None else f"initial report {d.initial_report}; full report {d.full_report}; GDPR {d.gdpr}"),
-        ("Annex I, Section 1", "Name of the provider", blank("legal name of the provider; brand concerned: "
-                                                                f"{s.brand or 'unknown'}")),
-        ("Annex I, Section 1", "Identity and contact details of the data protection officer or other contact point",
-         blank("name, e-mail and telephone of the DPO or contact point")),
-        ("Annex I, Section 1", "First or second notification",
-         "first notification" if not prior else
-         f"second (follow-up) notification; first reported {prior[0].at} by {prior[0].by}: {prior[0].note}"),
+        ("Notification", "Legal basis", "EU Reg. 611/2013 Art. 2 and Annex I; GDPR (EU) 2016/679 Art. 33; TKG § 169"),
+        (
+            "Notification",
+            "notifguard incident",
+            f"{i.incident_id} ({i.status}" + (f", closed by {i.closed_by}" if i.closed_by else "") + ")",
+        ),
+        (
+            "Notification",
+            "Deadlines (from detection)",
+            "-" if d is None else f"initial report {d.initial_report}; full report {d.full_report}; GDPR {d.gdpr}",
+        ),
+        (
+            "Annex I, Section 1",
+            "Name of the provider",
+            blank(f"legal name of the provider; brand concerned: {s.brand or 'unknown'}"),
+        ),
+        (
+            "Annex I, Section 1",
+            "Identity and contact details of the data protection officer or other contact point",
+            blank("name, e-mail and telephone of the DPO or contact point"),
+        ),
+        (
+            "Annex I, Section 1",
+            "First or second notification",
+            "first notification"
+            if not prior
+            else f"second (follow-up) notification; first reported {prior[0].at} by {prior[0].by}: {prior[0].note}",
+        ),
         ("Annex I, Section 1", "Date and time of incident", period),
         ("Annex I, Section 1", "Date and time of detection of incident", i.detected_at or "-"),
-        ("Annex I, Section 1", "Circumstances of the personal data breach",
-         f"Disclosure to unauthorised recipients: {i.mails} {s.template or 'unknown template'} e-mail(s) of "
-         f"{s.brand or 'unknown brand'}, sent by {s.sender or 'unknown sender'}, for {i.affected_numbers} "
-         f"number(s) went to addresses of {who}; the number was then "
-         + (f"{s.active_start} at {s.active_brand}" if s.active_start else "without an active contract")
-         + f" (notifguard alert kind {i.kind}). " + blank("root cause, how the addresses stayed linked")),
-        ("Annex I, Section 1", "Nature and content of the personal data concerned",
-         f"the content of '{s.template or 'unknown'}' notifications to the subscriber of each number. "
-         + blank("the data fields the template contains")),
-        ("Annex I, Section 1", "Technical and organisational measures applied (or to be applied)",
-         blank("measures applied to the affected data")),
-        ("Annex I, Section 1", "Relevant use of other providers",
-         f"sending system or processor: {s.sender or 'unknown'}. " + blank("whether it is another provider")),
-        ("Annex I, Section 2", "Summary of the incident (incl. physical location and storage media)",
-         f"{i.cause}. " + blank("location of the breach and storage media involved")),
-        ("Annex I, Section 2", "Number of subscribers or individuals concerned",
-         f"{i.affected_numbers} subscriber(s) (distinct numbers) whose notifications were disclosed, to "
-         f"{i.affected_recipients} distinct recipient address(es); {i.mails} mail(s)"),
-        ("Annex I, Section 2", "Potential consequences and potential adverse effects on subscribers or individuals",
-         blank("likely consequences")),
-        ("Annex I, Section 2", "Technical and organisational measures taken to mitigate potential adverse effects",
-         blank("measures taken or proposed")),
-        ("Annex I, Section 2", "Notification to subscribers or individuals: content",
-         blank("content of the notification to the people affected")),
-        ("Annex I, Section 2", "Notification to subscribers or individuals: means of communication",
-         blank("letter, e-mail, SMS")),
-        ("Annex I, Section 2", "Notification to subscribers or individuals: number notified",
-         blank("number notified; `notifguard incidents resolve` lists the people affected")),
-        ("Annex I, Section 2", "Cross-border issues (other national authorities involved)",
-         blank("other authorities, if any")),
-        ("GDPR Art. 33(3)", "(a) Nature of the breach, categories and approximate number of data subjects and "
-         "records", f"confidentiality breach (disclosure); data subjects: {i.affected_numbers} subscriber(s) of "
-         f"{s.active_brand or s.brand or 'the brand'}; records: {i.mails} e-mail notification(s)"),
-        ("GDPR Art. 33(3)", "(b) Name and contact details of the DPO or other contact point",
-         blank("as in Annex I, Section 1")),
+        (
+            "Annex I, Section 1",
+            "Circumstances of the personal data breach",
+            f"Disclosure to unauthorised recipients: {i.mails} {s.template or 'unknown template'} e-mail(s) of "
+            f"{s.brand or 'unknown brand'}, sent by {s.sender or 'unknown sender'}, for {i.affected_numbers} "
+            f"number(s) went to addresses of {who}; the number was then "
+            + (f"{s.active_start} at {s.active_brand}" if s.active_start else "without an active contract")
+            + f" (notifguard alert kind {i.kind}). "
+            + blank("root cause, how the addresses stayed linked"),
+        ),
+        (
+            "Annex I, Section 1",
+            "Nature and content of the personal data concerned",
+            f"the content of '{s.template or 'unknown'}' notifications to the subscriber of each number. "
+            + blank("the data fields the template contains"),
+        ),
+        (
+            "Annex I, Section 1",
+            "Technical and organisational measures applied (or to be applied)",
+            blank("measures applied to the affected data"),
+        ),
+        (
+            "Annex I, Section 1",
+            "Relevant use of other providers",
+            f"sending system or processor: {s.sender or 'unknown'}. " + blank("whether it is another provider"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Summary of the incident (incl. physical location and storage media)",
+            f"{i.cause}. " + blank("location of the breach and storage media involved"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Number of subscribers or individuals concerned",
+            f"{i.affected_numbers} subscriber(s) (distinct numbers) whose notifications were disclosed, to "
+            f"{i.affected_recipients} distinct recipient address(es); {i.mails} mail(s)",
+        ),
+        (
+            "Annex I, Section 2",
+            "Potential consequences and potential adverse effects on subscribers or individuals",
+            blank("likely consequences"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Technical and organisational measures taken to mitigate potential adverse effects",
+            blank("measures taken or proposed"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Notification to subscribers or individuals: content",
+            blank("content of the notification to the people affected"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Notification to subscribers or individuals: means of communication",
+            blank("letter, e-mail, SMS"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Notification to subscribers or individuals: number notified",
+            blank("number notified; `notifguard incidents resolve` lists the people affected"),
+        ),
+        (
+            "Annex I, Section 2",
+            "Cross-border issues (other national authorities involved)",
+            blank("other authorities, if any"),
+        ),
+        (
+            "GDPR Art. 33(3)",
+            "(a) Nature of the breach, categories and approximate number of data subjects and records",
+            f"confidentiality breach (disclosure); data subjects: {i.affected_numbers} subscriber(s) of "
+            f"{s.active_brand or s.brand or 'the brand'}; records: {i.mails} e-mail notification(s)",
+        ),
+        (
+            "GDPR Art. 33(3)",
+            "(b) Name and contact details of the DPO or other contact point",
+            blank("as in Annex I, Section 1"),
+        ),
         ("GDPR Art. 33(3)", "(c) Likely consequences", blank("likely consequences")),
-        ("GDPR Art. 33(3)", "(d) Measures taken or proposed, incl. to mitigate adverse effects",
-         blank("measures taken or proposed")),
-        ("GDPR Art. 33(1)", "Reasons for the delay (notified after 72 h)",
-         blank("reasons for the delay") if gdpr_late else "not applicable (within 72 h of detection)"
-         if reported is not None else f"not applicable if notified before {d.gdpr if d else '-'}"),
-        ("GDPR Art. 33(5)", "Facts, effects and remedial action (register)",
-         f"incident {i.incident_id}; mails per day: "
-         + ", ".join(f"{day.date} {day.mails}" for day in i.timeline[:31])
-         + (" ..." if len(i.timeline) > 31 else "") + ". " + blank("effects and remedial action taken")),
-        ("GDPR Art. 33(5)", "Operator actions",
-         "; ".join(f"{a.at} {a.action} by {a.by}: {a.note}" for a in view.actions if a not in accessed) or "none"),
-        ("GDPR Art. 33(5)", "Accesses to the clear list (re-identification)",
-         "; ".join(f"{a.at} by {a.by}: {a.note}" for a in accessed) or "none"),
+        (
+            "GDPR Art. 33(3)",
+            "(d) Measures taken or proposed, incl. to mitigate adverse effects",
+            blank("measures taken or proposed"),
+        ),
+        (
+            "GDPR Art. 33(1)",
+            "Reasons for the delay (notified after 72 h)",
+            blank("reasons for the delay")
+            if gdpr_late
+            else "not applicable (within 72 h of detection)"
+            if reported is not None
+            else f"not applicable if notified before {d.gdpr if d else '-'}",
+        ),
+        (
+            "GDPR Art. 33(5)",
+            "Facts, effects and remedial action (register)",
+            f"incident {i.incident_id}; mails per day: "
+            + ", ".join(f"{day.date} {day.mails}" for day in i.timeline[:31])
+            + (" ..." if len(i.timeline) > 31 else "")
+            + ". "
+            + blank("effects and remedial action taken"),
+        ),
+        (
+            "GDPR Art. 33(5)",
+            "Operator actions",
+            "; ".join(f"{a.at} {a.action} by {a.by}: {a.note}" for a in view.actions if a not in accessed) or "none",
+        ),
+        (
+            "GDPR Art. 33(5)",
+            "Accesses to the clear list (re-identification)",
+            "; ".join(f"{a.at} by {a.by}: {a.note}" for a in accessed) or "none",
+        ),
     ]
     return f
 
@@ -263,9 +352,13 @@ def export(view: View, fmt: str, now_us: int) -> str:
             w.writerow([s, k, v, "yes" if is_blank(v) else "no"])
         return buf.getvalue()
     if fmt == "md":
-        out = [f"# Personal data breach {i.incident_id}", "",
-               "Fields marked `[TO BE COMPLETED: ...]` are for a person to write; everything else is from "
-               "notifguard's records.", ""]
+        out = [
+            f"# Personal data breach {i.incident_id}",
+            "",
+            "Fields marked `[TO BE COMPLETED: ...]` are for a person to write; everything else is from "
+            "notifguard's records.",
+            "",
+        ]
         section = None
         for s, k, v in fields:
             if s != section:

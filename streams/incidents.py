@@ -100,16 +100,24 @@ class IncidentMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.open = Gauge("notifguard_incidents_open", "Open incidents", ["kind"], registry=r)
-        self.numbers = Gauge("notifguard_incident_affected_numbers",
-                             "Affected numbers of an open incident, or of one closed by quiet period and not reported",
-                             ["incident_id", "kind", "brand"], registry=r)
-        self.deadline = Gauge("notifguard_incident_deadline_seconds",
-                              "Seconds until a deadline of an incident not marked reported (negative: overdue)",
-                              ["incident_id", "deadline"], registry=r)
-        self.reported = Gauge("notifguard_incident_reported", "1 when the open incident is marked reported",
-                              ["incident_id"], registry=r)
-        self.last_run = Gauge("notifguard_incidents_last_poll_timestamp_seconds",
-                              "When the incidents process last polled", registry=r)
+        self.numbers = Gauge(
+            "notifguard_incident_affected_numbers",
+            "Affected numbers of an open incident, or of one closed by quiet period and not reported",
+            ["incident_id", "kind", "brand"],
+            registry=r,
+        )
+        self.deadline = Gauge(
+            "notifguard_incident_deadline_seconds",
+            "Seconds until a deadline of an incident not marked reported (negative: overdue)",
+            ["incident_id", "deadline"],
+            registry=r,
+        )
+        self.reported = Gauge(
+            "notifguard_incident_reported", "1 when the open incident is marked reported", ["incident_id"], registry=r
+        )
+        self.last_run = Gauge(
+            "notifguard_incidents_last_poll_timestamp_seconds", "When the incidents process last polled", registry=r
+        )
 
     def update(self, incidents: Iterable[Incident], now_us: int) -> None:
         for g in (self.open, self.numbers, self.deadline, self.reported):
@@ -127,8 +135,11 @@ class IncidentMetrics:
             self.numbers.labels(i.incident_id, i.kind, i.signature.brand or "").set(i.affected_numbers)
             self.reported.labels(i.incident_id).set(1 if i.reported else 0)
             if i.deadlines is not None and i.reported is None:
-                for name, when in (("initial_report", i.deadlines.initial_report),
-                                   ("full_report", i.deadlines.full_report), ("gdpr", i.deadlines.gdpr)):
+                for name, when in (
+                    ("initial_report", i.deadlines.initial_report),
+                    ("full_report", i.deadlines.full_report),
+                    ("gdpr", i.deadlines.gdpr),
+                ):
                     self.deadline.labels(i.incident_id, name).set((parse_rfc3339(when) - now_us) / 1e6)
         self.last_run.set(now_us / 1e6)
 
@@ -139,9 +150,16 @@ class IncidentMetrics:
 class IncidentsProcess:
     """One poll at a time (`step`), so tests can drive it; `run` loops until stopped."""
 
-    def __init__(self, bootstrap: str, settings: Settings, incident_settings: IncidentSettings,
-                 app_id: str = "notifguard-incidents", wall_clock: bool = True,
-                 metrics: IncidentMetrics | None = None, security: KafkaSecurity = PLAINTEXT) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        settings: Settings,
+        incident_settings: IncidentSettings,
+        app_id: str = "notifguard-incidents",
+        wall_clock: bool = True,
+        metrics: IncidentMetrics | None = None,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings = settings
@@ -153,12 +171,23 @@ class IncidentsProcess:
         self.agg = Incidents(incident_settings)
         self.bootstrap = bootstrap
         self.security = security
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                      client_id=f"{app_id}-producer", max_request_size=4 << 20,
-                                      **client_kwargs(security))
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=app_id, enable_auto_commit=False,
-                                      auto_offset_reset="earliest", isolation_level="read_committed",
-                                      client_id=f"{app_id}-consumer", **client_kwargs(security))
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            client_id=f"{app_id}-producer",
+            max_request_size=4 << 20,
+            **client_kwargs(security),
+        )
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            client_id=f"{app_id}-consumer",
+            **client_kwargs(security),
+        )
         self.skipped = 0
         self.last_published: list[Incident] = []  # the incident records of the last poll (or the rebuild)
         self._alert_tps: list[Any] = []
@@ -236,8 +265,7 @@ class IncidentsProcess:
                     log.warning("skipping %s[%s]@%s: %s", r.topic, r.partition, r.offset, err)
                     continue
                 if member is not None:
-                    self.producer.send(self.members, key=member.entry.dedup_key.encode(),
-                                       value=encode_record(member))
+                    self.producer.send(self.members, key=member.entry.dedup_key.encode(), value=encode_record(member))
         now = _now_us()
         if self.wall_clock:
             self.agg.tick(now)
@@ -270,12 +298,15 @@ def run_command(args: argparse.Namespace) -> int:
     # a wrong password, an untrusted CA or a missing ACL: named at once (KafkaAccessError, exit 2), not a
     # client retrying; the incidents topic may be missing still (created below), the alerts topic not
     acls = topic_needs(incidents_acls(settings.topics, args.app_id))
-    check_topics(args.bootstrap, security, {settings.topics.alerts: acls[settings.topics.alerts]},
-                 groups=[args.app_id])
-    check_topics(args.bootstrap, security, {settings.topics.incidents: acls[settings.topics.incidents]},
-                 existing=False)
-    ensure_topics(args.bootstrap, settings, app_id=args.app_id, specs=incident_topic_specs(settings, args.app_id),
-                  security=security)
+    check_topics(args.bootstrap, security, {settings.topics.alerts: acls[settings.topics.alerts]}, groups=[args.app_id])
+    check_topics(args.bootstrap, security, {settings.topics.incidents: acls[settings.topics.incidents]}, existing=False)
+    ensure_topics(
+        args.bootstrap,
+        settings,
+        app_id=args.app_id,
+        specs=incident_topic_specs(settings, args.app_id),
+        security=security,
+    )
     metrics = None
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -290,8 +321,15 @@ def run_command(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    proc = IncidentsProcess(args.bootstrap, settings, isettings, app_id=args.app_id,
-                            wall_clock=args.clock == "wall", metrics=metrics, security=security)
+    proc = IncidentsProcess(
+        args.bootstrap,
+        settings,
+        isettings,
+        app_id=args.app_id,
+        wall_clock=args.clock == "wall",
+        metrics=metrics,
+        security=security,
+    )
     try:
         proc.start()
         log.info("incidents: %s -> %s", settings.topics.alerts, settings.topics.incidents)
@@ -316,9 +354,13 @@ def read_records(args: argparse.Namespace, settings: Settings) -> list[TopicReco
     if args.file:
         with open(args.file, "rb") as f:
             return [decode_record(line) for line in f if line.strip()]
-    return [decode_record(r.value) for r in _consume_all(args.bootstrap, settings.topics.incidents,
-                                                         security=load_kafka_security(getattr(args, "config", None)))
-            if r.value is not None]
+    return [
+        decode_record(r.value)
+        for r in _consume_all(
+            args.bootstrap, settings.topics.incidents, security=load_kafka_security(getattr(args, "config", None))
+        )
+        if r.value is not None
+    ]
 
 
 def _views(args: argparse.Namespace) -> dict[str, View]:
@@ -351,9 +393,15 @@ def new_action(incident: Incident, action: str, note: str, by: str, at_us: int) 
     if incident.first_event_time is None or incident.last_event_time is None:
         raise ValueError(f"incident {incident.incident_id} is {incident.status}: nothing to mark")
     return Action(
-        action_id=f"act-{uuid.uuid4().hex[:20]}", incident_id=incident.incident_id, action=action, by=by,
-        at=rfc3339(at_us), note=note, signature_key=incident.signature.key(),
-        first=parse_rfc3339(incident.first_event_time), last=parse_rfc3339(incident.last_event_time),
+        action_id=f"act-{uuid.uuid4().hex[:20]}",
+        incident_id=incident.incident_id,
+        action=action,
+        by=by,
+        at=rfc3339(at_us),
+        note=note,
+        signature_key=incident.signature.key(),
+        first=parse_rfc3339(incident.first_event_time),
+        last=parse_rfc3339(incident.last_event_time),
     )
 
 
@@ -367,11 +415,18 @@ def record_action(args: argparse.Namespace, action: Action) -> None:
 
     from streams.config import load_settings
 
-    p = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", client_id="notifguard-incidents-tool",
-                      **client_kwargs(load_kafka_security(getattr(args, "config", None))))
+    p = KafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        client_id="notifguard-incidents-tool",
+        **client_kwargs(load_kafka_security(getattr(args, "config", None))),
+    )
     try:
-        p.send(load_settings(args.config).topics.incidents, key=f"action/{action.incident_id}/{action.action_id}"
-               .encode(), value=encode_record(action)).get(timeout=30)
+        p.send(
+            load_settings(args.config).topics.incidents,
+            key=f"action/{action.incident_id}/{action.action_id}".encode(),
+            value=encode_record(action),
+        ).get(timeout=30)
     finally:
         p.close()
 
@@ -388,13 +443,19 @@ def mark_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ re-identification
 
 
-def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False,
-                 security: KafkaSecurity = PLAINTEXT) -> Iterator[Any]:
+def _consume_all(
+    bootstrap: str, topic: str, missing_ok: bool = False, security: KafkaSecurity = PLAINTEXT
+) -> Iterator[Any]:
     """Every record of `topic` up to its end offsets now (read_committed); ValueError if it does not exist."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-                      client_id="notifguard-incidents-reader", **client_kwargs(security))
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        client_id="notifguard-incidents-reader",
+        **client_kwargs(security),
+    )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         if not tps:
@@ -413,8 +474,7 @@ def _consume_all(bootstrap: str, topic: str, missing_ok: bool = False,
         c.close()
 
 
-def member_keys(bootstrap: str, app_id: str, incident: Incident,
-                security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:
+def member_keys(bootstrap: str, app_id: str, incident: Incident, security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:
     """The dedup_keys of the incident's alerts with each one's msisdn_ref, from the process's members topic:
     the signature's members between its first and last event time (an incident is a contiguous run of its
     signature's members). The record lists only the first numbers; the members topic has them all."""
@@ -427,8 +487,11 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident,
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
-    return {k: m.entry.number for k, m in latest_member.items()
-            if m.status != "retracted" and m.signature.key() == sig and lo <= m.entry.t <= hi}
+    return {
+        k: m.entry.number
+        for k, m in latest_member.items()
+        if m.status != "retracted" and m.signature.key() == sig and lo <= m.entry.t <= hi
+    }
 
 
 def resolve_command(args: argparse.Namespace) -> int:
@@ -462,15 +525,29 @@ def resolve_command(args: argparse.Namespace) -> int:
             if key not in keys or key in found or pseudo.msisdn_ref(str(v.get("msisdn"))) != keys[key]:
                 continue
             found.add(key)
-            w.writerow([v.get("msisdn"), v.get("recipient"), v.get("event_time"), v.get("event_id"),
-                        v.get("message_id"), v.get("brand"), v.get("template")])
+            w.writerow(
+                [
+                    v.get("msisdn"),
+                    v.get("recipient"),
+                    v.get("event_time"),
+                    v.get("event_id"),
+                    v.get("message_id"),
+                    v.get("brand"),
+                    v.get("template"),
+                ]
+            )
             rows += 1
     by = args.by or os.environ.get("NOTIFGUARD_OPERATOR") or getpass.getuser()
-    note = (f"resolve: {rows} of {len(keys)} mails ({inc.affected_numbers} numbers) written to an owner-only "
-            f"file {os.path.basename(args.out)}")
+    note = (
+        f"resolve: {rows} of {len(keys)} mails ({inc.affected_numbers} numbers) written to an owner-only "
+        f"file {os.path.basename(args.out)}"
+    )
     record_action(args, new_action(inc, "accessed", note, by, _now_us()))
-    print(f"{inc.incident_id}: {note}" + ("" if rows == len(keys) else
-          "; the others are no longer on the input topic (retention)"), file=sys.stderr)
+    print(
+        f"{inc.incident_id}: {note}"
+        + ("" if rows == len(keys) else "; the others are no longer on the input topic (retention)"),
+        file=sys.stderr,
+    )
     return 0 if rows == len(keys) else 1
 
 
@@ -488,14 +565,22 @@ def add_parser(sub: Any) -> None:
     r = isub.add_parser("run", help="consume notifguard.alerts, publish notifguard.incidents")
     r.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
     r.add_argument("--config", metavar="FILE", help="settings file (TOML; [incidents] section)")
-    r.add_argument("--app-id", default="notifguard-incidents",
-                   help="consumer group and members topic prefix (default notifguard-incidents)")
-    r.add_argument("--clock", choices=("wall", "event"), default="wall",
-                   help="what closes quiet incidents: the wall clock (default) or only the alerts' event time "
-                        "(as the offline replay)")
+    r.add_argument(
+        "--app-id",
+        default="notifguard-incidents",
+        help="consumer group and members topic prefix (default notifguard-incidents)",
+    )
+    r.add_argument(
+        "--clock",
+        choices=("wall", "event"),
+        default="wall",
+        help="what closes quiet incidents: the wall clock (default) or only the alerts' event time "
+        "(as the offline replay)",
+    )
     r.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (default: off)")
-    r.add_argument("--print-incidents", action="store_true",
-                   help="print one line per incident record published (the demo)")
+    r.add_argument(
+        "--print-incidents", action="store_true", help="print one line per incident record published (the demo)"
+    )
     r.set_defaults(func=run_command)
 
     ls = isub.add_parser("list", help="the incidents, open first")
@@ -524,11 +609,13 @@ def add_parser(sub: Any) -> None:
     mk.set_defaults(func=mark_command)
 
     rs = isub.add_parser(
-        "resolve", help="re-identify: the clear numbers and addresses of an incident's mails, to an owner-only file",
+        "resolve",
+        help="re-identify: the clear numbers and addresses of an incident's mails, to an owner-only file",
         description="Reads the outbound input topic (it needs that topic's access rights) and the incidents "
-                    "process's members topic; writes CSV to a new file created with mode 0600 and records the "
-                    "access (who, when, how many) on the incidents topic. Exit 1 when some mails are no longer "
-                    "on the input topic.")
+        "process's members topic; writes CSV to a new file created with mode 0600 and records the "
+        "access (who, when, how many) on the incidents topic. Exit 1 when some mails are no longer "
+        "on the input topic.",
+    )
     rs.add_argument("id")
     rs.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
     rs.add_argument("--out", required=True, metavar="FILE", help="a new file (never overwritten)")

@@ -39,24 +39,64 @@ def blau_to_o2(n: int, block: int = 10, start: str = "2026-06-01T08:00:00Z") -> 
         owner = i - 1 if i % 10 == 1 else i  # i % 10 == 0 and the next: one Blau customer, one address
         address = f"blau.customer{block}-{owner}@gmx.de"
         recs += [
-            change("contract_started", "2024-05-01T10:00:00.000Z", id=f"b{block}-{i}-start", msisdn=msisdn,
-                   contract_id=f"K-BLAU-{block}-{i}", customer_id=f"C-BLAU-{block}-{owner}", brand="blau",
-                   email=address),
-            change("ported_out", 1_209_600 + i * 60.0, id=f"b{block}-{i}-out", msisdn=msisdn,
-                   contract_id=f"K-BLAU-{block}-{i}", operator="vodafone"),
+            change(
+                "contract_started",
+                "2024-05-01T10:00:00.000Z",
+                id=f"b{block}-{i}-start",
+                msisdn=msisdn,
+                contract_id=f"K-BLAU-{block}-{i}",
+                customer_id=f"C-BLAU-{block}-{owner}",
+                brand="blau",
+                email=address,
+            ),
+            change(
+                "ported_out",
+                1_209_600 + i * 60.0,
+                id=f"b{block}-{i}-out",
+                msisdn=msisdn,
+                contract_id=f"K-BLAU-{block}-{i}",
+                operator="vodafone",
+            ),
         ]
         port_in = parse_rfc3339(start) / 1e6 - parse_rfc3339("2026-01-01T00:00:00Z") / 1e6 + (i % 20) * DAY + i
         recs += [
-            change("ported_in", port_in, id=f"b{block}-{i}-in", msisdn=msisdn, contract_id=f"K-O2-{block}-{i}",
-                   customer_id=f"C-O2-{block}-{i}", brand="o2", operator="telekom", email=f"new{block}-{i}@web.de"),
-            mail(address.upper() if i % 7 == 0 else address, port_in + 900, id=f"b{block}-{i}-mail", msisdn=msisdn,
-                 brand="o2", template="contract_info", sender="crm-mailer", contract_id=f"K-O2-{block}-{i}",
-                 customer_id=f"C-O2-{block}-{i}"),
+            change(
+                "ported_in",
+                port_in,
+                id=f"b{block}-{i}-in",
+                msisdn=msisdn,
+                contract_id=f"K-O2-{block}-{i}",
+                customer_id=f"C-O2-{block}-{i}",
+                brand="o2",
+                operator="telekom",
+                email=f"new{block}-{i}@web.de",
+            ),
+            mail(
+                address.upper() if i % 7 == 0 else address,
+                port_in + 900,
+                id=f"b{block}-{i}-mail",
+                msisdn=msisdn,
+                brand="o2",
+                template="contract_info",
+                sender="crm-mailer",
+                contract_id=f"K-O2-{block}-{i}",
+                customer_id=f"C-O2-{block}-{i}",
+            ),
         ]
         if i % 4 == 0:
-            recs.append(mail(address, port_in + 7 * DAY, id=f"b{block}-{i}-resend", msisdn=msisdn, brand="o2",
-                             template="contract_info", sender="crm-mailer", contract_id=f"K-O2-{block}-{i}",
-                             customer_id=f"C-O2-{block}-{i}"))
+            recs.append(
+                mail(
+                    address,
+                    port_in + 7 * DAY,
+                    id=f"b{block}-{i}-resend",
+                    msisdn=msisdn,
+                    brand="o2",
+                    template="contract_info",
+                    sender="crm-mailer",
+                    contract_id=f"K-O2-{block}-{i}",
+                    customer_id=f"C-O2-{block}-{i}",
+                )
+            )
     return recs
 
 
@@ -73,14 +113,44 @@ def o2_recycled(n: int, block: int = 20, start: str = "2026-06-05T08:00:00Z") ->
         old = f"old.o2-{block}-{i}@web.de"
         t = base + (i % 10) * DAY + i
         recs += [
-            change("contract_started", "2025-02-01T10:00:00.000Z", id=f"r{block}-{i}-start", msisdn=msisdn,
-                   contract_id=f"K-O2A-{block}-{i}", customer_id=f"C-O2A-{block}-{i}", brand="o2", email=old),
-            change("contract_ended", 1_209_600 + i * 60.0, id=f"r{block}-{i}-end", msisdn=msisdn,
-                   contract_id=f"K-O2A-{block}-{i}"),
-            change("contract_started", t, id=f"r{block}-{i}-new", msisdn=msisdn, contract_id=f"K-O2B-{block}-{i}",
-                   customer_id=f"C-O2B-{block}-{i}", brand="o2", email=f"fresh{block}-{i}@t-online.de"),
-            mail(old, t + 3 * DAY, id=f"r{block}-{i}-invoice", msisdn=msisdn, brand="o2", template="invoice",
-                 sender="billing-mailer", contract_id=f"K-O2B-{block}-{i}", customer_id=f"C-O2B-{block}-{i}"),
+            change(
+                "contract_started",
+                "2025-02-01T10:00:00.000Z",
+                id=f"r{block}-{i}-start",
+                msisdn=msisdn,
+                contract_id=f"K-O2A-{block}-{i}",
+                customer_id=f"C-O2A-{block}-{i}",
+                brand="o2",
+                email=old,
+            ),
+            change(
+                "contract_ended",
+                1_209_600 + i * 60.0,
+                id=f"r{block}-{i}-end",
+                msisdn=msisdn,
+                contract_id=f"K-O2A-{block}-{i}",
+            ),
+            change(
+                "contract_started",
+                t,
+                id=f"r{block}-{i}-new",
+                msisdn=msisdn,
+                contract_id=f"K-O2B-{block}-{i}",
+                customer_id=f"C-O2B-{block}-{i}",
+                brand="o2",
+                email=f"fresh{block}-{i}@t-online.de",
+            ),
+            mail(
+                old,
+                t + 3 * DAY,
+                id=f"r{block}-{i}-invoice",
+                msisdn=msisdn,
+                brand="o2",
+                template="invoice",
+                sender="billing-mailer",
+                contract_id=f"K-O2B-{block}-{i}",
+                customer_id=f"C-O2B-{block}-{i}",
+            ),
         ]
     return recs
 

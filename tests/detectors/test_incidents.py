@@ -69,7 +69,9 @@ def test_seed_story_at_scale_is_one_incident_with_exact_counts() -> None:
     (inc,) = agg.incidents()
     want = blau_to_o2_counts(300)
     assert (inc.mails, inc.affected_numbers, inc.affected_recipients) == (
-        want["mails"], want["affected_numbers"], want["affected_recipients"],
+        want["mails"],
+        want["affected_numbers"],
+        want["affected_recipients"],
     )
     # the first LISTED_MAX distinct numbers and recipients in event-time order: a sample, counts exact
     in_order = sorted(breach, key=lambda a: (parse_rfc3339(a.event_time), a.dedup_key))
@@ -79,10 +81,17 @@ def test_seed_story_at_scale_is_one_incident_with_exact_counts() -> None:
     assert (inc.numbers_listed, inc.recipients_listed, inc.truncated) == (LISTED_MAX, LISTED_MAX, True)
     sig = inc.signature
     assert (sig.kind, sig.brand, sig.sender, sig.template) == (
-        "recipient_previous_holder", "o2", "crm-mailer", "contract_info",
+        "recipient_previous_holder",
+        "o2",
+        "crm-mailer",
+        "contract_info",
     )
     assert (sig.via, sig.previous_brand, sig.previous_end, sig.active_brand, sig.active_start) == (
-        "this_number", "blau", "ported_out", "o2", "ported_in",
+        "this_number",
+        "blau",
+        "ported_out",
+        "o2",
+        "ported_in",
     )
     assert inc.cause == (
         "recipient_previous_holder: o2 contract_info mails from crm-mailer; "
@@ -107,12 +116,17 @@ def test_two_causes_are_two_incidents() -> None:
     seed, recycled = by_template["contract_info"], by_template["invoice"]
     want = blau_to_o2_counts(150)
     assert (seed.mails, seed.affected_numbers, seed.affected_recipients) == (
-        want["mails"], want["affected_numbers"], want["affected_recipients"],
+        want["mails"],
+        want["affected_numbers"],
+        want["affected_recipients"],
     )
     assert (recycled.mails, recycled.affected_numbers, recycled.affected_recipients) == (100, 100, 100)
     sig = recycled.signature
     assert (sig.sender, sig.previous_brand, sig.previous_end, sig.active_start) == (
-        "billing-mailer", "o2", "contract_ended", "contract_started",
+        "billing-mailer",
+        "o2",
+        "contract_ended",
+        "contract_started",
     )
     assert not set(seed.numbers) & set(recycled.numbers)
     assert (recycled.numbers_listed, recycled.truncated) == (100, False)
@@ -130,17 +144,23 @@ def _alert(t: str, key: str, number: str = "n1", detected: str = "2026-07-01T00:
     base = next(a for a in seed_alerts() if a.kind == kinds.RECIPIENT_PREVIOUS_HOLDER)
     ev = {**base.evidence, "recipient_ref": f"r-{number}"}
     fields: dict[str, object] = {
-        "event_time": t, "dedup_key": f"recipient_previous_holder:{key:0>20}", "detected_at": detected,
-        "subject": msgspec.structs.replace(base.subject, msisdn_ref=number), "evidence": ev, "trigger_event_id": key,
+        "event_time": t,
+        "dedup_key": f"recipient_previous_holder:{key:0>20}",
+        "detected_at": detected,
+        "subject": msgspec.structs.replace(base.subject, msisdn_ref=number),
+        "evidence": ev,
+        "trigger_event_id": key,
     }
     return msgspec.structs.replace(base, **{**fields, **kw})
 
 
 def test_deadlines_run_from_the_first_detection() -> None:
-    agg = aggregate([
-        _alert("2026-06-02T10:00:00Z", "a", detected="2026-06-03T12:00:00Z"),
-        _alert("2026-06-01T10:00:00Z", "b", detected="2026-06-03T12:30:00Z"),
-    ])
+    agg = aggregate(
+        [
+            _alert("2026-06-02T10:00:00Z", "a", detected="2026-06-03T12:00:00Z"),
+            _alert("2026-06-01T10:00:00Z", "b", detected="2026-06-03T12:30:00Z"),
+        ]
+    )
     (inc,) = agg.incidents()
     assert inc.detected_at == "2026-06-03T12:00:00.000Z"  # the earliest detection, not the earliest event
     assert inc.deadlines is not None
@@ -161,18 +181,22 @@ def test_deadline_settings() -> None:
     (inc,) = aggregate([_alert("2026-06-01T10:00:00Z", "a", detected="2026-06-03T12:00:00Z")], s).incidents()
     assert inc.deadlines is not None
     assert (inc.deadlines.initial_report, inc.deadlines.full_report, inc.deadlines.gdpr) == (
-        "2026-06-03T13:00:00.000Z", "2026-06-03T14:00:00.000Z", "2026-06-03T15:00:00.000Z",
+        "2026-06-03T13:00:00.000Z",
+        "2026-06-03T14:00:00.000Z",
+        "2026-06-03T15:00:00.000Z",
     )
     with pytest.raises(ValueError, match="unknown alert kinds"):
         IncidentSettings(breach_kinds=("no_such_kind",))
 
 
 def test_quiet_period_splits_a_signature_and_closes_incidents() -> None:
-    agg = aggregate([
-        _alert("2026-06-01T10:00:00Z", "a"),
-        _alert("2026-07-05T10:00:00Z", "b"),  # 34 days later: the same incident
-        _alert("2026-08-10T10:00:00Z", "c", number="n2"),  # 36 days later: a new one
-    ])
+    agg = aggregate(
+        [
+            _alert("2026-06-01T10:00:00Z", "a"),
+            _alert("2026-07-05T10:00:00Z", "b"),  # 34 days later: the same incident
+            _alert("2026-08-10T10:00:00Z", "c", number="n2"),  # 36 days later: a new one
+        ]
+    )
     first, second = agg.incidents()
     assert (first.mails, second.mails) == (2, 1)
     assert first.status == "closed" and first.closed_by == "quiet_period"  # the clock is at c
@@ -188,8 +212,14 @@ def test_quiet_period_splits_a_signature_and_closes_incidents() -> None:
 def _action(inc: Incident, what: str, at: str = "2026-06-05T00:00:00Z", note: str = "") -> Action:
     assert inc.first_event_time is not None and inc.last_event_time is not None
     return Action(
-        action_id=f"act-{what}-{at}", incident_id=inc.incident_id, action=what, by="dpo", at=at, note=note,
-        signature_key=inc.signature.key(), first=parse_rfc3339(inc.first_event_time),
+        action_id=f"act-{what}-{at}",
+        incident_id=inc.incident_id,
+        action=what,
+        by="dpo",
+        at=at,
+        note=note,
+        signature_key=inc.signature.key(),
+        first=parse_rfc3339(inc.first_event_time),
         last=parse_rfc3339(inc.last_event_time),
     )
 
@@ -239,14 +269,15 @@ def test_retraction_takes_the_alert_out_and_redelivery_is_counted_once() -> None
 def test_a_record_of_5000_numbers_stays_under_64_kib_with_exact_counts() -> None:
     """The 64 KiB rule (docs/topics.md): the record lists LISTED_MAX numbers and recipients, counts all."""
     alerts = [
-        _alert(rfc3339(parse_rfc3339("2026-06-01T00:00:00Z") + i * 5 * 60 * 1_000_000), f"k{i}",
-               number=f"{i % 5000:024x}")
+        _alert(
+            rfc3339(parse_rfc3339("2026-06-01T00:00:00Z") + i * 5 * 60 * 1_000_000), f"k{i}", number=f"{i % 5000:024x}"
+        )
         for i in range(6000)
     ]
     agg = Incidents()
     biggest = 0
     for lo in range(0, len(alerts), 500):  # in batches, as the process and the replay publish
-        for a in alerts[lo:lo + 500]:
+        for a in alerts[lo : lo + 500]:
             agg.add(a)
         biggest = max([biggest, *(len(encode_record(i)) for i in agg.changes())])
     (inc,) = agg.incidents()
@@ -268,22 +299,29 @@ def test_only_breach_kinds_count_and_they_are_configurable() -> None:
 
 
 def test_signature_of_the_other_breach_kinds() -> None:
-    other = alerts_of([
-        change("contract_started", 0, msisdn="+4917611111111", customer_id="C-A", email="a@x.de"),
-        change("contract_started", 0, msisdn="+4917622222222", customer_id="C-B", email="b@x.de"),
-        mail("a@x.de", 100, msisdn="+4917622222222", template="invoice"),
-    ])
+    other = alerts_of(
+        [
+            change("contract_started", 0, msisdn="+4917611111111", customer_id="C-A", email="a@x.de"),
+            change("contract_started", 0, msisdn="+4917622222222", customer_id="C-B", email="b@x.de"),
+            mail("a@x.de", 100, msisdn="+4917622222222", template="invoice"),
+        ]
+    )
     (a,) = [a for a in other if a.kind == kinds.RECIPIENT_OTHER_CUSTOMER]
     sig = signature_of(a)
     assert (sig.via, sig.previous_brand, sig.previous_end, sig.active_start) == (
-        "other_number", "o2", "open", "contract_started",
+        "other_number",
+        "o2",
+        "open",
+        "contract_started",
     )
-    orphan = alerts_of([
-        change("contract_started", 0, customer_id="C-A", brand="blau", email="a@x.de"),
-        change("contract_ended", 50),
-        mail("a@x.de", 100),
-        mail("z@x.de", 100, msisdn="+4917633333333"),
-    ])
+    orphan = alerts_of(
+        [
+            change("contract_started", 0, customer_id="C-A", brand="blau", email="a@x.de"),
+            change("contract_ended", 50),
+            mail("a@x.de", 100),
+            mail("z@x.de", 100, msisdn="+4917633333333"),
+        ]
+    )
     sigs = sorted((signature_of(a) for a in orphan), key=lambda s: s.via or "")
     assert [(s.kind, s.via, s.previous_brand, s.previous_end, s.active_start) for s in sigs] == [
         ("notification_without_contract", None, None, None, None),
@@ -312,8 +350,12 @@ def test_state_is_serialisable_and_a_restored_aggregator_publishes_only_what_cha
 def _sample() -> list[Alert]:
     """Alerts with several episodes and signatures: the two causes, and seed-like alerts in 5 bursts 50 days apart."""
     spread = [
-        _alert(rfc3339(parse_rfc3339("2026-06-01T00:00:00Z") + ((i // 8) * 50 + i * 37 % 10) * DAY_US + i * HOUR_US),
-               f"s{i}", number=f"n{i % 13}", detected=rfc3339(NOW + (i % 5) * HOUR_US))
+        _alert(
+            rfc3339(parse_rfc3339("2026-06-01T00:00:00Z") + ((i // 8) * 50 + i * 37 % 10) * DAY_US + i * HOUR_US),
+            f"s{i}",
+            number=f"n{i % 13}",
+            detected=rfc3339(NOW + (i % 5) * HOUR_US),
+        )
         for i in range(40)
     ]
     return list(two_causes()[::7]) + spread
@@ -333,9 +375,7 @@ def _final(agg: Incidents, changes: list[Incident]) -> dict[str, Incident]:
     again=st.lists(st.integers(0, len(SAMPLE) - 1), max_size=30),
     batch=st.integers(1, 40),
 )
-def test_incidents_do_not_depend_on_alert_order_or_redeliveries(
-    order: list[int], again: list[int], batch: int
-) -> None:
+def test_incidents_do_not_depend_on_alert_order_or_redeliveries(order: list[int], again: list[int], batch: int) -> None:
     reference = aggregate(SAMPLE).incidents()
     agg = Incidents()
     published: list[Incident] = []
@@ -350,14 +390,20 @@ def test_incidents_do_not_depend_on_alert_order_or_redeliveries(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(order=st.permutations(range(len(SAMPLE))), at=st.integers(0, len(SAMPLE)), retract=st.sets(
-    st.integers(0, len(SAMPLE) - 1), max_size=10))
+@given(
+    order=st.permutations(range(len(SAMPLE))),
+    at=st.integers(0, len(SAMPLE)),
+    retract=st.sets(st.integers(0, len(SAMPLE) - 1), max_size=10),
+)
 def test_operator_actions_and_retractions_do_not_depend_on_when_they_come(
     order: list[int], at: int, retract: set[int]
 ) -> None:
     """A close (cut at the seed's June burst) and retractions, anywhere in the stream: the same incidents."""
-    june = next(i for i in aggregate(SAMPLE).incidents() if i.signature.template == "contract_info"
-                and i.first_event_time and i.first_event_time.startswith("2026-06"))
+    june = next(
+        i
+        for i in aggregate(SAMPLE).incidents()
+        if i.signature.template == "contract_info" and i.first_event_time and i.first_event_time.startswith("2026-06")
+    )
     # closed when its alerts had come up to June 10: the later ones are a new incident
     close = msgspec.structs.replace(_action(june, CLOSE, note="fixed"), last=parse_rfc3339("2026-06-10T12:00:00Z"))
     gone = [msgspec.structs.replace(SAMPLE[i], status=RETRACTED) for i in sorted(retract)]
@@ -387,9 +433,12 @@ IN_EVENT_TIME = sorted(range(len(SAMPLE)), key=lambda i: (parse_rfc3339(SAMPLE[i
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(swaps=st.lists(st.tuples(st.integers(0, len(SAMPLE) - 1), st.integers(0, len(SAMPLE) - 1)), max_size=4),
-       batch=st.integers(1, 20), retract=st.sets(st.integers(0, len(SAMPLE) - 1), max_size=3),
-       ticks=st.booleans())
+@given(
+    swaps=st.lists(st.tuples(st.integers(0, len(SAMPLE) - 1), st.integers(0, len(SAMPLE) - 1)), max_size=4),
+    batch=st.integers(1, 20),
+    retract=st.sets(st.integers(0, len(SAMPLE) - 1), max_size=3),
+    ticks=st.booleans(),
+)
 def test_appending_in_event_time_gives_what_a_full_derivation_gives(
     swaps: list[tuple[int, int]], batch: int, retract: set[int], ticks: bool
 ) -> None:

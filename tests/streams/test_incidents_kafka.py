@@ -39,19 +39,29 @@ class Run:
         tag = uuid.uuid4().hex[:8]
         self.bootstrap, self.tmp = bootstrap, tmp
         self.app_id = f"ngtest-inc-{tag}"
-        self.settings = Settings(topics=Topics(alerts=f"{tag}.notifguard.alerts",
-                                               incidents=f"{tag}.notifguard.incidents",
-                                               outbound=f"{tag}.notifications.outbound"))
+        self.settings = Settings(
+            topics=Topics(
+                alerts=f"{tag}.notifguard.alerts",
+                incidents=f"{tag}.notifguard.incidents",
+                outbound=f"{tag}.notifications.outbound",
+            )
+        )
         self.procs: list[subprocess.Popen[bytes]] = []
         from kafka import KafkaAdminClient, KafkaProducer
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         try:
-            admin.create_topics({
-                self.settings.topics.alerts: {
-                    "num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
-                self.settings.topics.outbound: {"num_partitions": 3, "replication_factor": 1},
-            }, wait_for_metadata=True)
+            admin.create_topics(
+                {
+                    self.settings.topics.alerts: {
+                        "num_partitions": 3,
+                        "replication_factor": 1,
+                        "configs": {"cleanup.policy": "compact"},
+                    },
+                    self.settings.topics.outbound: {"num_partitions": 3, "replication_factor": 1},
+                },
+                wait_for_metadata=True,
+            )
         finally:
             admin.close()
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -65,18 +75,38 @@ class Run:
         """The story's outbound records, to this run's outbound topic (resolve reads only that one)."""
         for r in recs:
             if r.topic == "notifications.outbound":
-                self.producer.send(self.settings.topics.outbound, key=(r.key or "").encode(),
-                                   value=r.value.encode() if isinstance(r.value, str) else r.value)
+                self.producer.send(
+                    self.settings.topics.outbound,
+                    key=(r.key or "").encode(),
+                    value=r.value.encode() if isinstance(r.value, str) else r.value,
+                )
         self.producer.flush()
 
     def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NOTIFGUARD_TOPIC_ALERTS": self.settings.topics.alerts,
-               "NOTIFGUARD_TOPIC_INCIDENTS": self.settings.topics.incidents}
+        env = {
+            **os.environ,
+            "NOTIFGUARD_TOPIC_ALERTS": self.settings.topics.alerts,
+            "NOTIFGUARD_TOPIC_INCIDENTS": self.settings.topics.incidents,
+        }
         log = open(self.tmp / f"incidents-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "incidents", "run", "--bootstrap", self.bootstrap,
-             "--app-id", self.app_id, "--clock", "event"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "incidents",
+                "run",
+                "--bootstrap",
+                self.bootstrap,
+                "--app-id",
+                self.app_id,
+                "--clock",
+                "event",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
         return proc
@@ -161,12 +191,29 @@ def test_the_incidents_process_gives_the_offline_records_applies_a_mark_and_reso
     from streams.cli import main
 
     seed_id = next(k for k, v in want.items() if v.signature.template == "contract_info")
-    env = {"NOTIFGUARD_TOPIC_INCIDENTS": run.settings.topics.incidents,
-           "NOTIFGUARD_TOPIC_OUTBOUND": run.settings.topics.outbound}
+    env = {
+        "NOTIFGUARD_TOPIC_INCIDENTS": run.settings.topics.incidents,
+        "NOTIFGUARD_TOPIC_OUTBOUND": run.settings.topics.outbound,
+    }
     os.environ.update(env)
     try:
-        assert main(["incidents", "mark", seed_id, "reported", "--note", "ref 1", "--by", "dpo",
-                     "--bootstrap", run.bootstrap]) == 0
+        assert (
+            main(
+                [
+                    "incidents",
+                    "mark",
+                    seed_id,
+                    "reported",
+                    "--note",
+                    "ref 1",
+                    "--by",
+                    "dpo",
+                    "--bootstrap",
+                    run.bootstrap,
+                ]
+            )
+            == 0
+        )
         deadline = time.monotonic() + 30
         while (inc := run.topic()[seed_id]).reported is None and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -177,16 +224,46 @@ def test_the_incidents_process_gives_the_offline_records_applies_a_mark_and_reso
         # re-identification: exactly the seed's mails, in clear, in an owner-only file; the access recorded
         run.produce_inputs(STORY)
         out = run.tmp / "people.csv"
-        assert main(["incidents", "resolve", seed_id, "--bootstrap", run.bootstrap, "--out", str(out),
-                     "--app-id", run.app_id, "--by", "dpo"]) == 0
+        assert (
+            main(
+                [
+                    "incidents",
+                    "resolve",
+                    seed_id,
+                    "--bootstrap",
+                    run.bootstrap,
+                    "--out",
+                    str(out),
+                    "--app-id",
+                    run.app_id,
+                    "--by",
+                    "dpo",
+                ]
+            )
+            == 0
+        )
         assert out.stat().st_mode & 0o777 == 0o600
         with open(out, newline="", encoding="utf-8") as f:
             rows = {(r["msisdn"], r["recipient"], r["event_id"]) for r in csv.DictReader(f)}
         mails = [r.event for r in STORY if r.event.get("template") == "contract_info"]
         assert rows == {(m["msisdn"], m["recipient"], m["event_id"]) for m in mails}
         assert len(rows) == want[seed_id].mails
-        assert main(["incidents", "resolve", seed_id, "--bootstrap", run.bootstrap, "--out", str(out),
-                     "--app-id", run.app_id]) == 2  # never over an existing file
+        assert (
+            main(
+                [
+                    "incidents",
+                    "resolve",
+                    seed_id,
+                    "--bootstrap",
+                    run.bootstrap,
+                    "--out",
+                    str(out),
+                    "--app-id",
+                    run.app_id,
+                ]
+            )
+            == 2
+        )  # never over an existing file
         deadline = time.monotonic() + 30
         while not any(a.action == "accessed" for a in run.topic()[seed_id].actions) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -214,8 +291,9 @@ def test_a_restart_mid_stream_keeps_the_counts_exact(
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     # while it is down: the rest, and the first 60 again (a worker's re-delivery: new alert ids, later detection)
-    redelivered = [msgspec.structs.replace(a, alert_id=uuid.uuid4().hex, detected_at="2099-01-01T00:00:00Z")
-                   for a in alerts[:60]]
+    redelivered = [
+        msgspec.structs.replace(a, alert_id=uuid.uuid4().hex, detected_at="2099-01-01T00:00:00Z") for a in alerts[:60]
+    ]
     run.produce(alerts[half:] + redelivered)
     run.start()
     run.await_incidents(want)

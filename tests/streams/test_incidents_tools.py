@@ -74,8 +74,10 @@ def test_the_records_of_a_replay_stay_small_and_the_demo_line(story: Path) -> No
 
 def test_the_tools_on_an_incidents_file(story: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inc_file, alerts_file = tmp_path / "incidents.jsonl", tmp_path / "alerts.jsonl"
-    assert main(["replay", "--offline", str(story), "--alerts-out", str(alerts_file),
-                 "--incidents-out", str(inc_file)]) == 0
+    assert (
+        main(["replay", "--offline", str(story), "--alerts-out", str(alerts_file), "--incidents-out", str(inc_file)])
+        == 0
+    )
     capsys.readouterr()
     assert main(["incidents", "list", "--file", str(inc_file)]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -85,8 +87,23 @@ def test_the_tools_on_an_incidents_file(story: Path, tmp_path: Path, capsys: pyt
     screen = capsys.readouterr().out
     assert "300 numbers, 270 recipients, 375 mails" in screen
     assert screen.count("\n             2026-06-") == 21  # one timeline line per day with mails
-    assert main(["incidents", "mark", seed_id, "reported", "--note", "BNetzA ref 77", "--by", "dpo",
-                 "--file", str(inc_file)]) == 0
+    assert (
+        main(
+            [
+                "incidents",
+                "mark",
+                seed_id,
+                "reported",
+                "--note",
+                "BNetzA ref 77",
+                "--by",
+                "dpo",
+                "--file",
+                str(inc_file),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["incidents", "show", seed_id, "--file", str(inc_file)]) == 0
     screen = capsys.readouterr().out
@@ -104,8 +121,11 @@ def test_the_tools_on_an_incidents_file(story: Path, tmp_path: Path, capsys: pyt
 
 @functools.cache
 def _seed_incident() -> Incident:
-    alerts = [msgspec.structs.replace(a, detected_at="2026-12-01T09:30:00Z")
-              for a in _replay_alerts() if a.template == "contract_info"]
+    alerts = [
+        msgspec.structs.replace(a, detected_at="2026-12-01T09:30:00Z")
+        for a in _replay_alerts()
+        if a.template == "contract_info"
+    ]
     agg = Incidents()
     for a in alerts:
         agg.add(a)
@@ -131,7 +151,8 @@ def test_the_register_entry_field_by_field() -> None:
     )
     assert fields["Name of the provider"] == "[TO BE COMPLETED: legal name of the provider; brand concerned: o2]"
     assert fields["Identity and contact details of the data protection officer or other contact point"].startswith(
-        "[TO BE COMPLETED: ")
+        "[TO BE COMPLETED: "
+    )
     assert fields["First or second notification"] == "first notification"
     assert fields["Date and time of incident"] == (
         f"{inc.first_event_time} to {inc.last_event_time} (UTC; the first and last affected mail)"
@@ -147,15 +168,17 @@ def test_the_register_entry_field_by_field() -> None:
         "address(es); 50 mail(s)"
     )
     assert fields["(a) Nature of the breach, categories and approximate number of data subjects and records"] == (
-        "confidentiality breach (disclosure); data subjects: 40 subscriber(s) of o2; records: 50 e-mail "
-        "notification(s)"
+        "confidentiality breach (disclosure); data subjects: 40 subscriber(s) of o2; records: 50 e-mail notification(s)"
     )
-    for person in ("Potential consequences and potential adverse effects on subscribers or individuals",
-                   "Technical and organisational measures taken to mitigate potential adverse effects",
-                   "(b) Name and contact details of the DPO or other contact point", "(c) Likely consequences",
-                   "(d) Measures taken or proposed, incl. to mitigate adverse effects",
-                   "Notification to subscribers or individuals: content",
-                   "Cross-border issues (other national authorities involved)"):
+    for person in (
+        "Potential consequences and potential adverse effects on subscribers or individuals",
+        "Technical and organisational measures taken to mitigate potential adverse effects",
+        "(b) Name and contact details of the DPO or other contact point",
+        "(c) Likely consequences",
+        "(d) Measures taken or proposed, incl. to mitigate adverse effects",
+        "Notification to subscribers or individuals: content",
+        "Cross-border issues (other national authorities involved)",
+    ):
         assert fields[person].startswith("[TO BE COMPLETED: "), person
     assert fields["Reasons for the delay (notified after 72 h)"] == (
         "not applicable if notified before 2026-12-04T09:30:00.000Z"
@@ -173,7 +196,8 @@ def test_the_register_entry_field_by_field() -> None:
     assert after["Reasons for the delay (notified after 72 h)"] == "not applicable (within 72 h of detection)"
     doc = json.loads(export(View(inc, [report]), "json", NOW))
     assert [f["to_complete"] for f in doc["fields"]].count(True) == sum(
-        v.startswith("[TO BE COMPLETED:") for v in after.values())
+        v.startswith("[TO BE COMPLETED:") for v in after.values()
+    )
     assert doc["incident"]["incident_id"] == inc.incident_id
     assert "| Number of subscribers or individuals concerned | 40 subscriber(s)" in export(View(inc, []), "md", NOW)
     with pytest.raises(ValueError):
@@ -189,41 +213,61 @@ def test_metrics_of_open_or_unreported_incidents_and_their_deadlines() -> None:
     r = m.registry
     assert r.get_sample_value("notifguard_incidents_open", {"kind": "recipient_previous_holder"}) == 1
     assert r.get_sample_value("notifguard_incidents_open", {"kind": "recipient_other_customer"}) == 0
-    assert r.get_sample_value("notifguard_incident_affected_numbers",
-                              {"incident_id": inc.incident_id, "kind": inc.kind, "brand": "o2"}) == 40
-    left = {d: r.get_sample_value("notifguard_incident_deadline_seconds", {"incident_id": inc.incident_id,
-                                                                           "deadline": d})
-            for d in ("initial_report", "full_report", "gdpr")}
+    assert (
+        r.get_sample_value(
+            "notifguard_incident_affected_numbers", {"incident_id": inc.incident_id, "kind": inc.kind, "brand": "o2"}
+        )
+        == 40
+    )
+    left = {
+        d: r.get_sample_value("notifguard_incident_deadline_seconds", {"incident_id": inc.incident_id, "deadline": d})
+        for d in ("initial_report", "full_report", "gdpr")
+    }
     assert left == {"initial_report": 21.5 * 3600, "full_report": 69.5 * 3600, "gdpr": 69.5 * 3600}
     reported = msgspec.structs.replace(inc, reported=new_action(inc, REPORTED, "", "dpo", now))
     m.update([reported], now)
-    assert r.get_sample_value("notifguard_incident_deadline_seconds",
-                              {"incident_id": inc.incident_id, "deadline": "gdpr"}) is None
+    assert (
+        r.get_sample_value("notifguard_incident_deadline_seconds", {"incident_id": inc.incident_id, "deadline": "gdpr"})
+        is None
+    )
     assert r.get_sample_value("notifguard_incident_reported", {"incident_id": inc.incident_id}) == 1
     # closed by its quiet period but never reported: not open, but its clocks still run (and page)
     m.update([msgspec.structs.replace(inc, status="closed", closed_by="quiet_period")], now)
     assert r.get_sample_value("notifguard_incidents_open", {"kind": "recipient_previous_holder"}) == 0
-    assert r.get_sample_value("notifguard_incident_deadline_seconds",
-                              {"incident_id": inc.incident_id, "deadline": "gdpr"}) == 69.5 * 3600
+    assert (
+        r.get_sample_value("notifguard_incident_deadline_seconds", {"incident_id": inc.incident_id, "deadline": "gdpr"})
+        == 69.5 * 3600
+    )
     # closed by an operator: nothing more
     m.update([msgspec.structs.replace(inc, status="closed", closed_by="operator")], now)
-    assert r.get_sample_value("notifguard_incident_affected_numbers",
-                              {"incident_id": inc.incident_id, "kind": inc.kind, "brand": "o2"}) is None
-    assert r.get_sample_value("notifguard_incident_deadline_seconds",
-                              {"incident_id": inc.incident_id, "deadline": "gdpr"}) is None
+    assert (
+        r.get_sample_value(
+            "notifguard_incident_affected_numbers", {"incident_id": inc.incident_id, "kind": inc.kind, "brand": "o2"}
+        )
+        is None
+    )
+    assert (
+        r.get_sample_value("notifguard_incident_deadline_seconds", {"incident_id": inc.incident_id, "deadline": "gdpr"})
+        is None
+    )
 
 
 def test_incident_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
     from streams.config import load_incident_settings, load_settings
 
     cfg = tmp_path / "n.toml"
-    cfg.write_text('grace_s = 5.0\n[incidents]\nquiet_period_s = 86400\nbreach_kinds = ["recipient_other_customer"]\n'
-                   '[topics]\nincidents = "x.incidents"\n', encoding="utf-8")
+    cfg.write_text(
+        'grace_s = 5.0\n[incidents]\nquiet_period_s = 86400\nbreach_kinds = ["recipient_other_customer"]\n'
+        '[topics]\nincidents = "x.incidents"\n',
+        encoding="utf-8",
+    )
     s = load_incident_settings(cfg, env={})
     assert s.quiet_period_s == 86_400 and s.breach_kinds == ("recipient_other_customer",)
     assert load_settings(cfg, env={}).topics.incidents == "x.incidents"  # the section is no unknown setting
-    env = {"NOTIFGUARD_INCIDENTS_BREACH_KINDS": "recipient_previous_holder, notification_without_contract",
-           "NOTIFGUARD_INCIDENTS_GDPR_REPORT_S": "3600"}
+    env = {
+        "NOTIFGUARD_INCIDENTS_BREACH_KINDS": "recipient_previous_holder, notification_without_contract",
+        "NOTIFGUARD_INCIDENTS_GDPR_REPORT_S": "3600",
+    }
     s = load_incident_settings(cfg, env=env)
     assert s.breach_kinds == ("recipient_previous_holder", "notification_without_contract")
     assert s.gdpr_report_s == 3600 and s.initial_report_s == 86_400
