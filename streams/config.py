@@ -28,15 +28,23 @@ GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 PLACEHOLDER_KEY_PREFIX = "REPLACE-ME"
 
 
+def read_settings_file(path: str | Path | None, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The settings file (`path`, else NOTIFGUARD_CONFIG) as a dict, or None without one."""
+    if path is None:
+        path = env.get(_ENV_PREFIX + "CONFIG") or None
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """File first, then environment; unknown keys are an error (a typo must not pass silently)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    if path is None:
-        path = env.get(_ENV_PREFIX + "CONFIG") or None
-    if path is not None:
-        with open(path, "rb") as fh:
-            values.update(tomllib.load(fh))
+    doc = read_settings_file(path, env)
+    if doc is not None:
+        values.update(doc)
         values.pop("worker", None)  # the worker's own section: see load_worker_config
         values.pop("kafka", None)  # the connection: streams.kafka_security
     return _settings_from(values, env)
@@ -45,12 +53,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
 def load_incident_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> IncidentSettings:
     """The `[incidents]` section of the settings file, then NOTIFGUARD_INCIDENTS_* (breach_kinds: comma-separated)."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    if path is None:
-        path = env.get(_ENV_PREFIX + "CONFIG") or None
-    if path is not None:
-        with open(path, "rb") as fh:
-            values.update(tomllib.load(fh).get("incidents", {}) or {})
+    values: dict[str, Any] = dict((read_settings_file(path, env) or {}).get("incidents", {}) or {})
     fields = {f.name: f for f in dataclasses.fields(IncidentSettings)}
     for name in fields:
         raw = env.get(f"{_ENV_PREFIX}INCIDENTS_{name.upper()}")
@@ -263,17 +266,14 @@ class WorkerConfig:
 def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> WorkerConfig:
     """The worker's [worker] table of the settings file and NOTIFGUARD_WORKER_* env vars."""
     env = os.environ if env is None else env
-    if path is None:
-        path = env.get(_ENV_PREFIX + "CONFIG") or None
     section: dict[str, Any] = {}
     kafka: dict[str, Any] = {}
     rules_env = dict(env)
-    if path is not None:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+    doc = read_settings_file(path, env)
+    if doc is not None:
         section = dict(doc.pop("worker", {}) or {})
         kafka = dict(doc.pop("kafka", {}) or {})
-    rules = _settings_from(doc if path is not None else {}, rules_env)
+    rules = _settings_from(doc if doc is not None else {}, rules_env)
     kwargs: dict[str, Any] = {"kafka": security_from(kafka, env)}
     defaults = WorkerConfig(rules=rules)
     names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules", "kafka"}
