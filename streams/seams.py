@@ -123,21 +123,8 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
         `Consumer.ack` does for each Message, and Faust commits the unbroken runs.
         """
 
-        # The consumer generation whose assignment Faust has sought to the committed offsets.
-        # Faust resumes the input partitions when table recovery ends and only then seeks them
-        # (Recovery.on_recovery_completed: resume_partitions, then perform_seek): a fetch in
-        # between hands over records from wherever aiokafka stood, before the committed offsets
-        # are known, and the seek then re-delivers from the committed offset, below records
-        # already tracked. Input records are handed over only after this generation's seek.
-        seek_generation: int | None = None
-
         def _new_consumer_thread(self) -> Any:
             return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-        async def perform_seek(self) -> None:
-            generation = self.app.consumer_generation_id
-            await super().perform_seek()
-            self.seek_generation = generation
 
         def ack_offsets(self, tp: Any, offsets: Iterable[int]) -> int:
             """Mark these offsets of an input topic-partition done (Consumer.ack, for many at once)."""
@@ -180,12 +167,9 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     continue
                 batch: list[tuple[Any, list[Any]]] = []
-                sought = self.seek_generation == generation
                 for tp, recs in records.items():
                     if not recs or not (active is None or tp in active or tp in self._buffered_partitions):
                         continue
-                    if not sought and tp.topic in topics:
-                        continue  # fetched before this assignment's seek: read again after it
                     read = read_offset[tp]
                     if read is not None and recs[0].offset < read:  # read before (a seek back): skip
                         recs = [r for r in recs if r.offset >= read]
