@@ -38,6 +38,12 @@ def read_settings_file(path: str | Path | None, env: Mapping[str, str]) -> dict[
         return tomllib.load(fh)
 
 
+def load_kafka_security(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """The `[kafka]` section of the settings file (or NOTIFGUARD_CONFIG), then NOTIFGUARD_KAFKA_*."""
+    env = os.environ if env is None else env
+    return security_from(dict((read_settings_file(path, env) or {}).get("kafka", {}) or {}), env)
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """File first, then environment; unknown keys are an error (a typo must not pass silently)."""
     env = os.environ if env is None else env

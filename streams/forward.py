@@ -258,9 +258,9 @@ def forward_command(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
     from streams.acls import forwarder_acls, topic_needs
-    from streams.config import load_settings
+    from streams.config import load_kafka_security, load_settings
     from streams.kafka_access import check_topics
-    from streams.kafka_security import client_kwargs, load_kafka_security
+    from streams.kafka_security import client_kwargs
     from streams.topics import wait_for_broker
 
     settings = load_settings(args.config)

@@ -63,8 +63,9 @@ from detectors.incidents import (
 )
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
+from streams.config import load_kafka_security
 from streams.incident_report import View, export, find, incident_line, list_lines, show_lines, views
-from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs
 
 log = logging.getLogger("notifguard.incidents")
 

@@ -12,12 +12,9 @@ repr, logs or errors.
 from __future__ import annotations
 
 import dataclasses
-import os
 import ssl
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from detectors.settings import Secret
@@ -115,18 +112,6 @@ def security_from(section: Mapping[str, Any], env: Mapping[str, str]) -> KafkaSe
         else:
             kwargs[name] = str(raw).strip().upper() if name in ("security_protocol", "sasl_mechanism") else str(raw)
     return KafkaSecurity(**kwargs)
-
-
-def load_kafka_security(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> KafkaSecurity:
-    """The security settings of the settings file (or NOTIFGUARD_CONFIG) and the environment."""
-    env = os.environ if env is None else env
-    if path is None:
-        path = env.get("NOTIFGUARD_CONFIG") or None
-    section: dict[str, Any] = {}
-    if path is not None:
-        with open(path, "rb") as fh:
-            section = dict(tomllib.load(fh).get("kafka", {}) or {})
-    return security_from(section, env)
 
 
 def _read_secret(path: str, name: str) -> str:

@@ -39,8 +39,9 @@ from detectors.privacy import mask_msisdn
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
 from streams.acls import capture_acls, replay_acls, topic_needs
+from streams.config import load_kafka_security
 from streams.kafka_access import check_topics
-from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs, load_kafka_security
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs
 
 # ---------------------------------------------------------------------------
 # kcat -J envelope

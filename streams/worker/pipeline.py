@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 
 from detectors.alerts import encode_alert
-from detectors.engine import Engine, dead_letter
+from detectors.engine import TOPIC_KINDS, Engine, dead_letter
 from detectors.records import PROCESSING_ERROR, QUARANTINED, BadRecord, decode
 from detectors.settings import Topics
 from detectors.state import AddressIndex
@@ -46,8 +46,9 @@ ChangelogRecord = tuple[int, bytes, bytes | None]  # (partition, key, value or N
 
 
 def input_topics(topics: Topics) -> tuple[str, str, str]:
-    """The three input topics, in detectors.arrival's category order (changes, outbound, delivery)."""
-    return (topics.changes, topics.outbound, topics.delivery)
+    """The three input topics, in detectors.arrival's category order (detectors.engine.TOPIC_KINDS)."""
+    changes, outbound, delivery = (getattr(topics, kind) for kind in TOPIC_KINDS)
+    return changes, outbound, delivery
 
 
 def wall_clock_us() -> int:
@@ -116,14 +117,13 @@ class Pipeline:
         clock: Callable[[], int] = wall_clock_us,
         monotonic: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        journal: CrashJournal | None = None,
     ) -> None:
         rules = config.rules
         self.config = config
         self.topics = rules.topics
         self.inputs = input_topics(rules.topics)
         # the topic kinds of detectors.records.decode, and detectors.arrival's categories
-        self._kind_of = dict(zip(self.inputs, ("changes", "outbound", "delivery"), strict=True))
+        self._kind_of = dict(zip(self.inputs, TOPIC_KINDS, strict=True))
         self._category = {topic: i for i, topic in enumerate(self.inputs)}
         self.numbers, self.links = numbers, links
         self.numbers_changelog = Changelog(numbers, numbers_changelog)
@@ -144,9 +144,7 @@ class Pipeline:
         self._n = 0
         # the crash journal (streams.worker.quarantine): told each record before it is decoded and
         # before it is applied; records it charged with too many crashes are set aside on arrival
-        self.journal: CrashJournal | None = None
-        if journal is not None:
-            self.use_journal(journal)
+        self.journal: CrashJournal | None = None  # use_journal: the runtime opens it at the first assignment
 
     def use_journal(self, journal: CrashJournal) -> None:
         self.journal = journal

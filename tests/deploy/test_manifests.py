@@ -402,8 +402,7 @@ def incidents_container() -> dict[str, Any]:
 
 def test_k8s_incidents_is_one_replica_that_runs_the_process_with_its_settings(tmp_path: Path) -> None:
     from streams.cli import build_parser
-    from streams.config import load_incident_settings, load_settings
-    from streams.kafka_security import load_kafka_security
+    from streams.config import load_incident_settings, load_kafka_security, load_settings
 
     dep = obj("Deployment", "notifguard-incidents")
     # it reads every partition of the alerts itself: never two at once

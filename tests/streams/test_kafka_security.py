@@ -7,13 +7,12 @@ import logging
 import pytest
 
 from detectors.settings import Secret
-from streams.config import load_settings, load_worker_config
+from streams.config import load_kafka_security, load_settings, load_worker_config
 from streams.forward import Forwarder, alertmanager_authorization
 from streams.kafka_security import (
     KafkaSecurity,
     client_kwargs,
     faust_settings,
-    load_kafka_security,
     security_from,
 )
 
