@@ -251,6 +251,24 @@ def _cap_list(
         capped[part] = capped.get(part, 0) + k
 
 
+def _kept_event_ids(changes: list[Change]) -> set[str]:
+    """The changes a cut keeps: those that derive the last holding as the whole log does."""
+    holdings = derive(changes)
+    needed: set[str] = set()
+    if holdings:
+        last = holdings[-1]
+        needed.add(last.start_event_id)
+        if last.end_event_id is not None:
+            needed.add(last.end_event_id)
+        if last.addresses:
+            needed.add(last.addresses[-1].event_id)
+        j = len(holdings) - 1
+        while holdings[j].start_type == HOLDER_CHANGED and j > 0:  # back to the start of its contract
+            j -= 1
+        needed.add(holdings[j].start_event_id)
+    return needed
+
+
 def _trim_changes(changes: list[Change], budget: int) -> list[Change] | None:
     """The change log within `budget`, or None if it fits: its oldest changes dropped
     first, except those that make the number's last holding what it is.
@@ -265,19 +283,7 @@ def _trim_changes(changes: list[Change], budget: int) -> list[Change] | None:
     total = _changes_bytes(changes)
     if total <= budget:
         return None
-    holdings = derive(changes)
-    needed: set[str] = set()
-    if holdings:
-        last = holdings[-1]
-        needed.add(last.start_event_id)
-        if last.end_event_id is not None:
-            needed.add(last.end_event_id)
-        if last.addresses:
-            needed.add(last.addresses[-1].event_id)
-        j = len(holdings) - 1
-        while holdings[j].start_type == HOLDER_CHANGED and j > 0:  # back to the start of its contract
-            j -= 1
-        needed.add(holdings[j].start_event_id)
+    needed = _kept_event_ids(changes)
     drop: set[int] = set()
     for i, c in enumerate(changes):
         if total <= budget:

@@ -200,25 +200,13 @@ def test_a_log_within_its_budget_is_measured_without_a_python_call_per_change(mo
 
 def _cut_by_sizes(changes: list[Any], budget: int) -> list[Any] | None:
     """_trim_changes as it was (9e852e2): each change measured with _change_bytes."""
-    from detectors.expiry import HOLDER_CHANGED, _change_bytes
+    from detectors.expiry import _change_bytes, _kept_event_ids
 
     sizes = [_change_bytes(c) for c in changes]
     total = sum(sizes)
     if total <= budget:
         return None
-    holdings = derive(changes)
-    needed: set[str] = set()
-    if holdings:
-        last = holdings[-1]
-        needed.add(last.start_event_id)
-        if last.end_event_id is not None:
-            needed.add(last.end_event_id)
-        if last.addresses:
-            needed.add(last.addresses[-1].event_id)
-        j = len(holdings) - 1
-        while holdings[j].start_type == HOLDER_CHANGED and j > 0:
-            j -= 1
-        needed.add(holdings[j].start_event_id)
+    needed = _kept_event_ids(changes)  # the same rule; only the measuring differs
     drop: set[int] = set()
     for i, c in enumerate(changes):
         if total <= budget:
