@@ -204,10 +204,9 @@ class Runtime:
         self.clock = clock
         self.broker = BrokerView(app, lambda: self.pipeline.read)
         self.sender = FaustSender(app)
-        self.eos: ExactlyOnce | None = None
         self.committer: Committer
         if config.processing_guarantee == EXACTLY_ONCE:
-            self.committer = self.eos = ExactlyOnce(app, self.inputs)
+            self.committer = ExactlyOnce(app, self.inputs)
         else:
             self.committer = AtLeastOnce(self.sender, FaustAcker(app))
         self.last_flush = time.monotonic()
@@ -231,6 +230,11 @@ class Runtime:
         # A flush whose sends failed or timed out: no later flush may ack anything (its records'
         # outputs may be among the lost sends), only raise this again until the worker has stopped
         self._undelivered: ProduceFailed | None = None
+
+    @property
+    def eos(self) -> ExactlyOnce | None:
+        """The exactly-once committer (Faust's TransactionManager hook calls it), None at least once."""
+        return self.committer if isinstance(self.committer, ExactlyOnce) else None
 
     @property
     def consumed_total(self) -> int:

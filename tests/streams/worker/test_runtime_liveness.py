@@ -254,7 +254,7 @@ def test_an_exactly_once_flush_that_hangs_in_its_clean_up_still_crashes_the_work
 
     eos = ExactlyOnce(app, rt.inputs)
     eos.producer = HangingProducer()
-    rt.committer = rt.eos = eos
+    rt.committer = eos
     rt.on_events([(TP(CHANGES, 0), bad_records(1))])  # a dead letter and an offset to commit
 
     async def go() -> None:
