@@ -37,6 +37,10 @@ class Alert(msgspec.Struct, frozen=True):
     schema_version: int = 1
     # contract 1.1: "firing", or "retracted" for a record withdrawing the alert of this dedup_key
     status: str = "firing"
+    # a retraction's (null on a firing alert): the event ids of the late records that changed the
+    # verdict, and why, for a person
+    retracted_by: list[str] | None = None
+    reason: str | None = None
 
 
 def dedup_key(kind: str, trigger_event_id: str) -> str:

@@ -29,7 +29,7 @@ from typing import Final
 
 from detectors.holdings import HOLDER_CHANGED, STARTS, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent
+from detectors.state import Fired, Mark, NumberState, Past, Sent
 from detectors.text import ID_MAX, NAME_MAX
 
 
@@ -42,6 +42,8 @@ class Horizons:
     bounces: int  # marks at or before this are outside every later window
     ports: int
     history: int
+    past: int  # notifications and bounces kept for re-judging (contract 1.1)
+    fired: int  # alerts raised, kept to compare a re-judging with
 
     @classmethod
     def at(cls, now: int, settings: Settings) -> Horizons:
@@ -52,7 +54,19 @@ class Horizons:
             bounces=now - us(settings.bounce_burst_window_s),
             ports=now - us(settings.port_flapping_window_s),
             history=now - us(settings.history_retention_s),
+            past=now - past_span(settings),
+            fired=now - us(settings.correction_horizon_s),
         )
+
+
+def past_span(settings: Settings) -> int:
+    """How long (µs) a number's notifications and bounces are kept behind its newest event (or a
+    sweep's event time): the correction horizon, and before it what verdicts within it read of
+    earlier events (a bounce's mail, the delivery correlation; a bounce_burst window)."""
+    us = settings.us
+    return us(settings.correction_horizon_s) + max(
+        us(settings.delivery_correlation_s), us(settings.bounce_burst_window_s)
+    )
 
 
 def history_cut(changes: list[Change], horizon: int) -> int:
@@ -98,6 +112,14 @@ def expire(state: NumberState, h: Horizons) -> bool:
     if ports and ports[0].t <= h.ports:
         state.ports = [m for m in ports if m.t > h.ports]
         changed = True
+    past = state.past
+    if past and past[0].t < h.past:
+        state.past = [p for p in past if p.t >= h.past]
+        changed = True
+    fired = state.fired
+    if fired and fired[0].t < h.fired:
+        state.fired = [f for f in fired if f.t >= h.fired]
+        changed = True
     changes = state.changes
     if changes and changes[0].t < h.history:
         cut = history_cut(changes, h.history)
@@ -128,23 +150,30 @@ def expire(state: NumberState, h: Horizons) -> bool:
 # marks even at the longest ids (default thresholds: 3), and the change log keeps
 # what makes the number's last holding (see _trim_changes).
 STATE_MAX_BYTES: Final = 64 * 1024
-SEEN_BYTES: Final = 16 * 1024
-SENT_BYTES: Final = 16 * 1024
+SEEN_BYTES: Final = 9 * 1024
+SENT_BYTES: Final = 10 * 1024
 MARKS_BYTES: Final = 6 * 1024  # bounces, and ports, each
 CHANGES_BYTES: Final = 18 * 1024
+# contract 1.1 (the correction horizon): a number's past notifications and bounces, the alerts raised
+PAST_BYTES: Final = 13 * 1024
+FIRED_BYTES: Final = 1024
 # Encoded bytes of an entry, less its strings' UTF-8 (at most): msgpack array and
 # integer headers (Mark, Sent, as detectors.codec's msgpack writes them), and the change
 # log's header, time, string headers and address hash (detectors.codec, v3).
 _MARK_FIXED: Final = 13
 _SENT_FIXED: Final = 21
 _CHANGE_FIXED: Final = 48
+_PAST_FIXED: Final = 56  # array, time, category, 9 string headers, the 12-byte hash and its header
+_FIRED_FIXED: Final = 16
 # An entry at its largest (every string at its cap, 4 bytes a character): a list
 # no longer than budget // this needs no measuring.
 _UTF8_MAX: Final = 4
 _MARK_LARGEST: Final = _MARK_FIXED + _UTF8_MAX * ID_MAX
 _SENT_LARGEST: Final = _SENT_FIXED + _UTF8_MAX * (2 * ID_MAX + NAME_MAX)
 _CHANGE_LARGEST: Final = _CHANGE_FIXED + _UTF8_MAX * (3 * ID_MAX + NAME_MAX)
-PARTS: Final = ("seen", "sent", "bounces", "ports", "changes")
+# event, message, contract and customer ids; brand, sender, template or SMTP status, masked recipient; channel
+_PAST_LARGEST: Final = _PAST_FIXED + _UTF8_MAX * (4 * ID_MAX + 4 * NAME_MAX + 5)
+PARTS: Final = ("seen", "sent", "bounces", "ports", "changes", "past", "fired")
 # A list over its budget is cut to 3/4 of it: a flooded number's lists are then
 # cut once every few dozen records, not at every one (each cut measures every entry).
 _REFILL: Final = 3
@@ -234,12 +263,43 @@ def cap(state: NumberState, capped: dict[str, int], changes: bool = True) -> Non
         _cap_list(bounces, list(map(_mark_bytes, bounces)), MARKS_BYTES, "bounces", capped)
     if len(ports) * _MARK_LARGEST > MARKS_BYTES and _marks_over(ports, MARKS_BYTES):
         _cap_list(ports, list(map(_mark_bytes, ports)), MARKS_BYTES, "ports", capped)
+    past = state.past
+    if len(past) * _PAST_LARGEST > PAST_BYTES and sum(map(_past_bytes, past)) > PAST_BYTES:
+        k = _drop_oldest(list(map(_past_bytes, past)), PAST_BYTES * _REFILL // 4)
+        if k:
+            del past[:k]
+            capped["past"] = capped.get("past", 0) + k
     log = state.changes
     if changes and len(log) * _CHANGE_LARGEST > CHANGES_BYTES:
         kept = _trim_changes(log, CHANGES_BYTES)
         if kept is not None:
             capped["changes"] = capped.get("changes", 0) + len(log) - len(kept)
             state.changes = kept
+
+
+def cap_fired(fired: list[Fired], capped: dict[str, int]) -> None:
+    """Bring the alerts raised for a number within FIRED_BYTES (after it grew: an alert is rare);
+    a re-judging may raise one dropped here again."""
+    sizes = [_FIRED_FIXED + _text_bytes(f.trigger_event_id) for f in fired]
+    if sum(sizes) > FIRED_BYTES:
+        k = _drop_oldest(sizes, FIRED_BYTES * _REFILL // 4)
+        del fired[:k]
+        capped["fired"] = capped.get("fired", 0) + k
+
+
+def _past_bytes(p: Past) -> int:
+    return (
+        _PAST_FIXED
+        + _text_bytes(p.event_id)
+        + _text_bytes(p.message_id)
+        + _text_bytes(p.brand)
+        + _text_bytes(p.sender)
+        + _text_bytes(p.to_masked)
+        + _text_bytes(p.channel)
+        + _text_bytes(p.text)
+        + _text_bytes(p.contract_id)
+        + _text_bytes(p.customer_id)
+    )
 
 
 def _cap_list(

@@ -19,7 +19,7 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 import msgspec
 
 from detectors.alerts import Alert, encode_alert
-from detectors.arrival import DELIVERY, LATE, NOTIFICATION, Arrival
+from detectors.arrival import DELIVERY, LATE, NOTIFICATION, TOO_LATE, Arrival
 from detectors.capture import Envelope, decode_line
 from detectors.engine import TOPIC_KINDS, Engine, Remembered
 from detectors.incidents import Incidents, encode_record
@@ -229,7 +229,11 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     hours, minsecs, fractions, good_msisdns = _HOURS, _MINSEC, _FRACTIONS, _GOOD_MSISDNS
     us = settings.us
     arrival = Arrival(
-        us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
+        us(settings.grace_s),
+        us(settings.idle_flush_s),
+        us(settings.expiry_sweep_interval_s),
+        settings.max_buffered,
+        us(settings.correction_horizon_s),
     )
     arrival.restore(arrival_state)
     arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
@@ -328,8 +332,8 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                         clock = ts * 1000
                     assert t is not None  # (decoded)
                     status = arrive(category, env.partition, t, record, ref, clock)
-                    if status == LATE:  # applied at once
-                        out += (category, t, True, wire(category, record))
+                    if status in (LATE, TOO_LATE):  # applied at once (the status says how)
+                        out += (category, t, status, wire(category, record))
                     for item in take_ready():  # (what is due: detectors.arrival decides)
                         out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:
