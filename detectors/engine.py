@@ -36,7 +36,7 @@ from detectors.arrival import (
     change_code,
 )
 from detectors.deadletters import DeadLetter, dead_letter
-from detectors.expiry import PARTS, Horizons, cap, cap_fired, expire
+from detectors.expiry import PARTS, Horizons, cap, cap_fired, cap_past, expire, past_entry_bytes
 from detectors.holdings import (
     ADDRESS,
     ADDRESS_EVENTS,
@@ -90,8 +90,10 @@ TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
+_NO_ADDRS: Final[frozenset[bytes]] = frozenset()
 _KIND_INDEX: Final = {k: i for i, k in enumerate(kinds.KINDS)}
 _MASKS_MAX: Final = 100_000
+_PAST_ROOMS_MAX: Final = 100_000
 # re_port and port_flapping are judged at these changes (Engine._patterns)
 _PATTERN_CHANGES: Final = STARTS | PORTS
 
@@ -203,6 +205,7 @@ class Engine:
         "_notified",
         "_now",
         "_partitioned",
+        "_past_rooms",
         "_pseudo",
         "_refs",
         "_replay",
@@ -274,6 +277,10 @@ class Engine:
         self._correlation = us(settings.delivery_correlation_s)
         self._keep_past = self._horizon + max(self._correlation, us(settings.bounce_burst_window_s))
         self._masks: dict[str, str] = {}  # recipient -> its masked form (a memo)
+        # ref -> [a number's past, at most its detectors.expiry.past_room]: kept entry by entry
+        # (_remember) while the number's past is that very list (expiry's sweep and the codec make
+        # new ones; _remember alone changes one in place)
+        self._past_rooms: dict[str, list[Any]] = {}  # [past, room]: changed in place
         self._replay: list[tuple[int, Alert]] | None = None  # while re-judging: where alerts go
         self._replay_t = 0
         # Relink events of late changes (see Relink), for a shell whose engine does not hold every number
@@ -498,7 +505,7 @@ class Engine:
         partitioned = self._partitioned
         state = numbers.get(ref) if partitioned is None else partitioned.get_in(ref, partition)
         if state is None:
-            state = NumberState()
+            state = NumberState(masked=mask_msisdn(record.msisdn))
         else:
             event_id = record.event_id
             for m in state.seen:  # a duplicate of a record applied before: nothing to do
@@ -515,39 +522,51 @@ class Engine:
             horizon = state.max_t - self._dedup
             seen[:] = [m for m in seen if m.t >= horizon]
         seen.append(Mark(t, record.event_id))
-        if not state.masked:
-            state.masked = mask_msisdn(record.msisdn)
-        alerts = self.alerts
-        n = len(alerts)
-        if category == NOTIFICATION:
-            if late and late != TOO_LATE:
-                self._correct(category, t, record, ref, state)
-            else:
-                self._notification(t, record, ref, state, bool(late))
-            self._cap(ref, state)
-        elif category == DELIVERY:
-            if record.__class__ is Remembered or record.status != "bounced":
-                if self.collect_metrics and record.__class__ is not Remembered:
-                    self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
-                self._cap(ref, state)  # (its seen id)
-            else:
+        # (state.masked: set with the state, or with its past (_remember) for one of before contract 1.1)
+        if category == DELIVERY and (record.__class__ is Remembered or record.status != "bounced"):
+            if self.collect_metrics and record.__class__ is not Remembered:
+                self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
+            self._cap(ref, state)  # (its seen id)
+        elif late == LATE:  # (True too)
+            if category == DELIVERY and self.collect_metrics:
+                self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+            self._correct(category, t, record, ref, state)
+            if category != CHANGE:
+                self._cap(ref, state)  # (_change caps the change log and the rest)
+        else:
+            alerts = self.alerts
+            n = len(alerts)
+            if late:  # TOO_LATE: judged as it is
+                self._judge(category, t, record, ref, state, True)
+            elif category == NOTIFICATION:
+                self._notification(t, record, ref, state, False)
+                self._cap(ref, state)
+            elif category == DELIVERY:
                 if self.collect_metrics:
                     self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
-                if late and late != TOO_LATE:
-                    self._correct(category, t, record, ref, state)
-                else:
-                    self._delivery(t, record, ref, state, bool(late))
+                self._delivery(t, record, ref, state, False)
                 self._cap(ref, state)
-        elif late and late != TOO_LATE:
-            self._correct(category, t, record, ref, state)
-        else:
-            self._change(t, record, ref, state, bool(late))
-        if len(alerts) != n and not (late and late != TOO_LATE):
-            self._fired(state, t, alerts, n)
+            else:
+                self._change(t, record, ref, state, False)
+            if len(alerts) != n:
+                self._fired(state, t, alerts, n)
         if partitioned is None:
             numbers[ref] = state
         else:
             partitioned.put_in(ref, state, partition)
+
+    def _judge(self, category: int, t: int, record: Any, ref: str, state: NumberState, late: bool) -> None:
+        """Judge a record late beyond the correction horizon as it is (_apply)."""
+        if category == NOTIFICATION:
+            self._notification(t, record, ref, state, late)
+            self._cap(ref, state)
+        elif category == DELIVERY:
+            if self.collect_metrics:
+                self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+            self._delivery(t, record, ref, state, late)
+            self._cap(ref, state)
+        else:
+            self._change(t, record, ref, state, late)
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
@@ -622,7 +641,7 @@ class Engine:
 
     def _change(
         self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool, correcting: bool = False
-    ) -> set[bytes]:
+    ) -> frozenset[bytes]:
         """Apply a contract change; judge the patterns it completes (not while `correcting`: the
         caller re-judges the number, _correct). Returns the addresses whose links changed, when
         `correcting` (else an empty set)."""
@@ -639,7 +658,7 @@ class Engine:
             addr,
         )
         entry = self._derived(ref, state)
-        relinked: set[bytes] = set()
+        relinked = _NO_ADDRS
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(entry.holdings, change, state):
             self._cap(ref, state, changes=True)
             return relinked  # the holding's current address already: nothing to store or link
@@ -713,7 +732,7 @@ class Engine:
             holdings = self._derived(ref, state).holdings
         verdict = self._notified(state, holdings, t, rec, addr, self.index, ref)
         if past is None:
-            self._remember(state, self._past_notification(t, rec, addr))
+            self._remember(ref, state, self._past_notification(t, rec, addr), rec.msisdn)
             if self.collect_metrics:
                 kind = kinds.OK if verdict is None else verdict.kind
                 self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
@@ -769,17 +788,43 @@ class Engine:
             rec.smtp_status,
         )
 
-    def _remember(self, state: NumberState, p: Past) -> None:
+    def _remember(self, ref: str, state: NumberState, p: Past, msisdn: str) -> None:
         """Keep a notification or bounce in the number's past, for the correction horizon and what
-        verdicts within it read before it (see _keep_past); in release order."""
+        verdicts within it read before it (see _keep_past); in release order; within its budget
+        (detectors.expiry.cap_past, called only once the room kept here is used up)."""
         past = state.past
-        if past and past[0].t < state.max_t - self._keep_past:
+        known = self._past_rooms.get(ref)
+        if known is not None and known[0] is not past:
+            known = None
+        if past:
             horizon = state.max_t - self._keep_past
-            past[:] = [x for x in past if x.t >= horizon]
-        if past and _past_key(past[-1]) > _past_key(p):
-            insort(past, p, key=_past_key)
+            if past[0].t < horizon:  # (in order: the oldest go, usually one)
+                k, n = 1, len(past)
+                while k < n and past[k].t < horizon:
+                    k += 1
+                del past[:k]
+            last = past[-1] if past else None
+            if last is None or last.t < p.t or (last.t == p.t and _past_key(last) <= _past_key(p)):
+                past.append(p)
+            else:
+                insort(past, p, key=_past_key)
         else:
             past.append(p)
+            if not state.masked:  # (a state of before contract 1.1: its first entry)
+                state.masked = mask_msisdn(msisdn)
+        if known is not None:
+            room = known[1] - past_entry_bytes(p)
+            if room >= 0:
+                known[1] = room
+                return
+        room = cap_past(past, self._stats.capped)
+        if known is not None:
+            known[1] = room
+            return
+        rooms = self._past_rooms
+        if len(rooms) >= _PAST_ROOMS_MAX:
+            rooms.clear()
+        rooms[ref] = [past, room]
 
     # --------------------------------------------------------------- deliveries
 
@@ -791,7 +836,7 @@ class Engine:
             return
         if past is None:
             past = self._past_bounce(t, rec)
-            self._remember(state, past)
+            self._remember(ref, state, past, rec.msisdn)
         burst, bounced = self.rules.bounce(state, t, rec)
         if burst is not None:
             self._emit(self.wording.bounce_burst(t, self._now, rec, ref, burst, late))
@@ -826,12 +871,14 @@ class Engine:
         that altered address links also re-judges the mails to those addresses on other numbers."""
         stats = self._stats
         stats.corrections[TOPIC_KINDS[category]] += 1
+        if not state.masked:  # (a state of before contract 1.1)
+            state.masked = mask_msisdn(record.msisdn)
         by = [record.event_id]
         if category == NOTIFICATION:
             addr = None
             if record.channel == "email":
                 addr = self._addresses.get(record.recipient) or self._pseudo.address_ref(record.recipient)
-            self._remember(state, self._past_notification(t, record, addr))
+            self._remember(ref, state, self._past_notification(t, record, addr), record.msisdn)
             if self.collect_metrics:  # (its verdict counts once, as judged now)
                 verdict = self._notified(
                     NumberState(state.changes), self.holdings(ref, state), t, record, addr, self.index, ref
@@ -842,7 +889,7 @@ class Engine:
                 )
             self._rejudge(ref, state, t, by)
         elif category == DELIVERY:
-            self._remember(state, self._past_bounce(t, record))
+            self._remember(ref, state, self._past_bounce(t, record), record.msisdn)
             self._rejudge(ref, state, t, by)
         else:
             relinked = self._change(t, record, ref, state, True, correcting=True)
@@ -978,7 +1025,7 @@ def _fired_key(f: Fired) -> tuple[int, int, str]:
     return (f.t, f.kind, f.trigger_event_id)
 
 
-def _altered(old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> set[bytes]:
+def _altered(old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> frozenset[bytes]:
     """The addresses whose links differ between two lists of a number's links."""
     old_by: dict[bytes, set[Link]] = {}
     new_by: dict[bytes, set[Link]] = {}
@@ -986,7 +1033,7 @@ def _altered(old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> se
         old_by.setdefault(addr, set()).add(link)
     for addr, link in new:
         new_by.setdefault(addr, set()).add(link)
-    return {addr for addr in old_by.keys() | new_by.keys() if old_by.get(addr) != new_by.get(addr)}
+    return frozenset(addr for addr in old_by.keys() | new_by.keys() if old_by.get(addr) != new_by.get(addr))
 
 
 def _stand_in_notification(p: Past, masked: str) -> Outbound:

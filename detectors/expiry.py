@@ -23,6 +23,7 @@ its size, for a number that gets a flood of records within them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
@@ -31,7 +32,7 @@ import msgspec
 
 from detectors.holdings import HOLDER_CHANGED, STARTS, Change, derive
 from detectors.settings import Settings
-from detectors.state import Fired, Mark, NumberState, Sent
+from detectors.state import Fired, Mark, NumberState, Past, Sent
 from detectors.text import ID_MAX, NAME_MAX
 
 
@@ -115,8 +116,8 @@ def expire(state: NumberState, h: Horizons) -> bool:
         state.ports = [m for m in ports if m.t > h.ports]
         changed = True
     past = state.past
-    if past and past[0].t < h.past:
-        state.past = [p for p in past if p.t >= h.past]
+    if past and past[0].t < h.past:  # (in event-time order: a new list of the newer ones)
+        state.past = past[bisect_left(past, h.past, key=_T) :]
         changed = True
     fired = state.fired
     if fired and fired[0].t < h.fired:
@@ -165,7 +166,6 @@ FIRED_BYTES: Final = 1024
 _MARK_FIXED: Final = 13
 _SENT_FIXED: Final = 21
 _CHANGE_FIXED: Final = 48
-_PAST_FIXED: Final = 56  # array, time, category, 9 string headers, the 12-byte hash and its header
 _FIRED_FIXED: Final = 16
 # An entry at its largest (every string at its cap, 4 bytes a character): a list
 # no longer than budget // this needs no measuring.
@@ -173,8 +173,7 @@ _UTF8_MAX: Final = 4
 _MARK_LARGEST: Final = _MARK_FIXED + _UTF8_MAX * ID_MAX
 _SENT_LARGEST: Final = _SENT_FIXED + _UTF8_MAX * (2 * ID_MAX + NAME_MAX)
 _CHANGE_LARGEST: Final = _CHANGE_FIXED + _UTF8_MAX * (3 * ID_MAX + NAME_MAX)
-# event, message, contract and customer ids; brand, sender, template or SMTP status, masked recipient; channel
-_PAST_LARGEST: Final = _PAST_FIXED + _UTF8_MAX * (4 * ID_MAX + 4 * NAME_MAX + 5)
+# (a past entry is measured as written, by msgspec's encoder: past_entry_bytes, cap_past)
 _encode: Final = msgspec.msgpack.Encoder().encode
 PARTS: Final = ("seen", "sent", "bounces", "ports", "changes", "past", "fired")
 # A list over its budget is cut to 3/4 of it: a flooded number's lists are then
@@ -232,6 +231,7 @@ def _changes_bytes(changes: list[Change]) -> int:
     return len(changes) * _CHANGE_FIXED + _texts_bytes(texts)
 
 
+_T: Final = attrgetter("t")
 _EVENT_ID: Final = attrgetter("event_id")
 _MESSAGE_ID: Final = attrgetter("message_id")
 _TEMPLATE: Final = attrgetter("template")
@@ -266,19 +266,48 @@ def cap(state: NumberState, capped: dict[str, int], changes: bool = True) -> Non
         _cap_list(bounces, list(map(_mark_bytes, bounces)), MARKS_BYTES, "bounces", capped)
     if len(ports) * _MARK_LARGEST > MARKS_BYTES and _marks_over(ports, MARKS_BYTES):
         _cap_list(ports, list(map(_mark_bytes, ports)), MARKS_BYTES, "ports", capped)
-    past = state.past
-    # (measured by msgspec's encoder, as the codec writes it: one C call, not a Python sum per entry)
-    if len(past) * _PAST_LARGEST > PAST_BYTES and len(_encode(past)) > PAST_BYTES:
-        k = _drop_oldest([len(_encode(p)) for p in past], PAST_BYTES * _REFILL // 4)
-        if k:
-            del past[:k]
-            capped["past"] = capped.get("past", 0) + k
     log = state.changes
     if changes and len(log) * _CHANGE_LARGEST > CHANGES_BYTES:
         kept = _trim_changes(log, CHANGES_BYTES)
         if kept is not None:
             capped["changes"] = capped.get("changes", 0) + len(log) - len(kept)
             state.changes = kept
+
+
+def past_entry_bytes(p: Past) -> int:
+    """The bytes of one entry of a number's past (its notifications and bounces kept for the
+    correction horizon), as detectors.codec writes it (msgspec's encoder)."""
+    return len(_encode(p))
+
+
+def past_room(past: list[Past]) -> int:
+    """How many more bytes of entries (past_entry_bytes) the past takes within PAST_BYTES; below
+    0, it is over. The past grows one entry at a time (Engine._remember): its caller keeps the
+    room by subtracting each entry's past_entry_bytes as it adds it (what it drops is not added
+    back: the room only errs low) and calls cap_past, which measures the whole list, only once
+    the room is used up, rather than at every record."""
+    return PAST_BYTES - _ARRAY_HEAD_MAX - (len(_encode(past)) - _array_head(len(past)))
+
+
+def cap_past(past: list[Past], capped: dict[str, int]) -> int:
+    """Bring a number's past within PAST_BYTES (in place, its oldest entries dropped; counted in
+    `capped`), and return its past_room."""
+    room = past_room(past)
+    if room >= 0:
+        return room
+    k = _drop_oldest([past_entry_bytes(p) for p in past], PAST_BYTES * _REFILL // 4 - _ARRAY_HEAD_MAX)
+    del past[:k]
+    capped["past"] = capped.get("past", 0) + k
+    return past_room(past)
+
+
+# msgpack's header of an array (fixarray, array 16, array 32): a past within PAST_BYTES has
+# fewer than 2**16 entries, so at most 3 bytes
+_ARRAY_HEAD_MAX: Final = 3
+
+
+def _array_head(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
 def cap_fired(fired: list[Fired], capped: dict[str, int]) -> None:
