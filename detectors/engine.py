@@ -73,6 +73,7 @@ from detectors.timefmt import rfc3339
 from detectors.wording import Wording, masked_recipient
 
 __all__ = [
+    "CORRECTION_CAUSES",
     "TOPIC_KINDS",
     "DeadLetter",
     "Engine",
@@ -87,6 +88,8 @@ __all__ = [
 
 # The input topics by category (detectors.arrival: CHANGE, NOTIFICATION, DELIVERY).
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
+# the causes of a correction (Stats.corrections): a late record of an input topic, or a Relink
+CORRECTION_CAUSES: Final = (*TOPIC_KINDS, "relink")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
@@ -107,8 +110,9 @@ class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
     The engine emits one into `Engine.relinks` for each address whose links a late change
     altered, and consumes it with `Engine.relinked`. Where every number is in one engine (the
     offline replay; a store that is no PartitionedStore) it consumes its own at once. The worker's
-    engine holds only its partitions' numbers: its shell is to hand each Relink to every engine
-    that may hold a number that mailed the address (see docs/topics.md 2.6a).
+    engine holds only its partitions' numbers: its shell takes them (take_relinks) at every
+    flush; routing each to the engines that hold a number that mailed the address is not done
+    yet, they are counted (docs/topics.md 2.6a).
     """
 
     addr: bytes
@@ -172,7 +176,7 @@ class Stats:
     too_late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
     # contract 1.1 corrections: re-judgings of a number, by cause (a late record's topic, or
     # "relink": a late change of another number); alerts raised late by them, retractions, by kind
-    corrections: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*TOPIC_KINDS, "relink"), 0))
+    corrections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CORRECTION_CAUSES, 0))
     raised_late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     retracted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     expired: int = 0  # number states a sweep changed
@@ -440,6 +444,12 @@ class Engine:
         """The tokens of the records done since the last call (see `done`)."""
         done, self.done = self.done, []
         return done
+
+    def take_relinks(self) -> list[Relink]:
+        """The Relinks emitted since the last call (see Relink): a shell whose store is a
+        PartitionedStore takes them at every flush, so that the list never grows."""
+        relinks, self.relinks = self.relinks, []
+        return relinks
 
     def drain(self) -> tuple[list[Alert], list[DeadLetter], list[VerdictRecord]]:
         """Take the outputs collected since the last drain (delivery outcomes are dropped:

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from detectors import kinds
-from detectors.engine import Stats, VerdictRecord
+from detectors.engine import CORRECTION_CAUSES, Stats, VerdictRecord
 from detectors.expiry import PARTS
 from detectors.records import REASON_CODES, WORKER_REASON_CODES
 from detectors.settings import Topics
@@ -86,6 +86,36 @@ class Metrics:
         self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"], registry=r)
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
         self.late = Counter("notifguard_late_records", "Records later than grace", ["topic"], registry=r)
+        self.too_late = Counter(
+            "notifguard_too_late_records",
+            "Records later than the correction horizon: applied, nothing judged again (docs/topics.md 2.6a)",
+            ["topic"],
+            registry=r,
+        )
+        self.corrections = Counter(
+            "notifguard_corrections",
+            "Numbers judged again (contract 1.1): for a late record of an input topic, or a relink",
+            ["cause"],
+            registry=r,
+        )
+        self.raised_late = Counter(
+            "notifguard_alerts_raised_late",
+            "Alerts a correction raised late (late: true), when judged",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.retracted = Counter(
+            "notifguard_alerts_retracted",
+            "Alerts a correction withdrew (status: retracted), when judged",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.relinks_unrouted = Counter(
+            "notifguard_relinks_unrouted",
+            "Relinks (a late change that altered an address's links) whose other numbers' mails the "
+            "worker did not judge again (docs/topics.md 2.6a)",
+            registry=r,
+        )
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)
         self.released_early = Counter(
             "notifguard_released_early",
@@ -150,10 +180,15 @@ class Metrics:
         self.build_info.labels(VERSION, platform.python_version(), faust_version).set(1)
         for kind in kinds.KINDS:
             self.alerts.labels(kind, kinds.SEVERITY[kind])
+            self.raised_late.labels(kind, kinds.SEVERITY[kind])
+            self.retracted.labels(kind, kinds.SEVERITY[kind])
+        for cause in CORRECTION_CAUSES:
+            self.corrections.labels(cause)
         for topic in self.topics.values():
             self.consumed.labels(topic)
             self.duplicates.labels(topic)
             self.late.labels(topic)
+            self.too_late.labels(topic)
             self.errors.labels(topic)
             self.quarantined.labels(topic)
             self.consumer_lag.labels(topic)
@@ -219,6 +254,13 @@ class Metrics:
         for kind, topic in self.topics.items():
             self.late.labels(topic).inc(stats.late[kind] - last.late[kind])
             self.duplicates.labels(topic).inc(stats.duplicates[kind] - last.duplicates[kind])
+            self.too_late.labels(topic).inc(stats.too_late[kind] - last.too_late[kind])
+        for cause, n in stats.corrections.items():
+            self.corrections.labels(cause).inc(n - last.corrections.get(cause, 0))
+        for kind, n in stats.raised_late.items():
+            self.raised_late.labels(kind, kinds.SEVERITY[kind]).inc(n - last.raised_late.get(kind, 0))
+        for kind, n in stats.retracted.items():
+            self.retracted.labels(kind, kinds.SEVERITY[kind]).inc(n - last.retracted.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
         self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():
@@ -233,6 +275,10 @@ class Metrics:
             released_early=stats.released_early,
             expired=stats.expired,
             capped=dict(stats.capped),
+            too_late=dict(stats.too_late),
+            corrections=dict(stats.corrections),
+            raised_late=dict(stats.raised_late),
+            retracted=dict(stats.retracted),
         )
 
     def exposition(self) -> bytes:

@@ -268,6 +268,7 @@ class Pipeline:
 
     def take_flush(self) -> FlushBatch:
         """The outputs and acks gathered since the last flush, with the state stores to write."""
+        self._relinks()
         out, self.out = self.out, []
         done, self.done = self.done, []
         return FlushBatch(out, self.links_changelog, self.numbers_changelog, done)
@@ -304,8 +305,18 @@ class Pipeline:
             msg, f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR, self.clock()
         )
 
+    def _relinks(self) -> None:
+        """Take the engine's Relinks (late changes that altered an address's links). The mails to
+        that address on other numbers are not judged again in the worker yet (docs/topics.md
+        2.6a, "Across numbers"): counted, notifguard_relinks_unrouted_total; the number of the
+        late change itself was judged again."""
+        relinks = self.engine.take_relinks()
+        if relinks:
+            self.metrics.relinks_unrouted.inc(len(relinks))
+
     def _emit(self) -> None:
         engine = self.engine
+        self._relinks()
         if engine.deliveries:
             self.metrics.observe_deliveries(engine.deliveries)
         alerts, dead, verdicts = engine.drain()

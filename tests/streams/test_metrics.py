@@ -104,3 +104,28 @@ def test_capped_state_entries_are_counted_by_part() -> None:
     got = samples(m.registry)
     assert got['notifguard_state_capped_total{part="seen"}'] == 10
     assert got['notifguard_state_capped_total{part="changes"}'] == 0
+
+
+def test_corrections_late_alerts_and_retractions_are_counted() -> None:
+    m = Metrics(Topics())
+    got = samples(m.registry)  # pre-initialised, for dashboards to divide by
+    assert got['notifguard_alerts_retracted_total{kind="recipient_unlinked",severity="warning"}'] == 0
+    assert got['notifguard_corrections_total{cause="relink"}'] == 0
+    stats = Stats()
+    stats.too_late["changes"] += 2
+    stats.corrections["changes"] += 3
+    stats.corrections["relink"] += 1
+    stats.raised_late["recipient_other_customer"] += 1
+    stats.retracted["recipient_unlinked"] += 1
+    m.sync_stats(stats)
+    stats.corrections["changes"] += 1
+    stats.retracted["recipient_unlinked"] += 1
+    m.sync_stats(stats)
+    got = samples(m.registry)
+    topics = Topics()
+    assert got[f'notifguard_too_late_records_total{{topic="{topics.changes}"}}'] == 2
+    assert got[f'notifguard_too_late_records_total{{topic="{topics.outbound}"}}'] == 0
+    assert got['notifguard_corrections_total{cause="changes"}'] == 4
+    assert got['notifguard_corrections_total{cause="relink"}'] == 1
+    assert got['notifguard_alerts_raised_late_total{kind="recipient_other_customer",severity="critical"}'] == 1
+    assert got['notifguard_alerts_retracted_total{kind="recipient_unlinked",severity="warning"}'] == 2

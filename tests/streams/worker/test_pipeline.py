@@ -16,7 +16,8 @@ from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.offsets import TP
 from streams.worker.pipeline import FlushBatch, Pipeline
 from tests.detectors.test_properties import histories
-from tests.factories import change, mail
+from tests.factories import FILLER_START, change, mail
+from tests.streams.test_metrics import samples
 from tests.streams.worker.test_runtime import DAY, ConsumerRecord, S, _table, as_batches, expected_keys
 
 TOPICS = Settings().topics
@@ -128,3 +129,25 @@ def test_a_revocation_forgets_the_partitions_and_their_undone_records():
     p.revoke({partition})
     assert p.engine.pending_count() == 0 and not any(k[1] == partition for k in p.read)
     assert p.take_flush().done == []  # nothing of theirs is acked: the next owner reads them again
+
+
+def test_relinks_are_taken_at_every_flush_and_counted_as_unrouted():
+    """A late change that alters an address's links emits a Relink; the worker's engine (a
+    PartitionedStore) cannot re-judge other numbers' mails to it yet (docs/topics.md 2.6a): the
+    pipeline takes them from the engine, so the list never grows, and counts them."""
+    p, wall = pipeline(partitions=1)
+    other = "+4917699999999"
+    records = [
+        FILLER_START,
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("contract_started", 0, id="o", msisdn=other, contract_id="K-O", customer_id="C-OTHER", email="o@x.de"),
+        mail("shared@x.de", DAY, id="n"),
+    ]
+    first = drive(p, wall, as_batches(records, 1, [TOPICS.changes, TOPICS.outbound], batch=10))
+    assert sorted(alerts_of(first).values()) == ["recipient_unlinked"]
+    late = change("email_changed", DAY - 600, id="late", msisdn=other, contract_id="K-O", email="shared@x.de")
+    drive(p, wall, as_batches([late], 1, [TOPICS.changes], batch=10))
+    assert p.engine.stats.late["changes"] == 1 and p.engine.stats.corrections["changes"] == 1
+    assert p.engine.relinks == []
+    got = samples(p.metrics.registry)
+    assert got["notifguard_relinks_unrouted_total"] == 1
