@@ -120,9 +120,13 @@ class IncidentMetrics:
             "notifguard_incidents_last_poll_timestamp_seconds", "When the incidents process last polled", registry=r
         )
 
-    def update(self, incidents: Iterable[Incident], now_us: int) -> None:
+    def clear(self) -> None:
+        """No incident series (a worker that does not own the incidents computation now)."""
         for g in (self.open, self.numbers, self.deadline, self.reported):
             g.clear()
+
+    def update(self, incidents: Iterable[Incident], now_us: int) -> None:
+        self.clear()
         for kind in ("recipient_previous_holder", "recipient_other_customer", "notification_without_contract"):
             self.open.labels(kind).set(0)
         for i in incidents:
@@ -149,7 +153,17 @@ class IncidentMetrics:
 
 
 class IncidentsProcess:
-    """One poll at a time (`step`), so tests can drive it; `run` loops until stopped."""
+    """One poll at a time (`step`), so tests can drive it; `run` loops until stopped.
+
+    The one code path of the incidents computation, in two places (docs/incidents.md):
+
+    - `notifguard incidents run` (`source` None): it assigns itself every partition of the
+      alerts topic (no group rebalance) and rebuilds at `start`;
+    - the worker (streams/worker/incidents.py, `source` the worker's single-partition feed of
+      breach alerts): it subscribes to the feed in the group `app_id`, so that one worker of
+      several owns it; the owner rebuilds when it is assigned the partition, and a worker that
+      loses it forgets its state (and its incident metrics) until it is assigned again.
+    """
 
     def __init__(
         self,
@@ -160,13 +174,16 @@ class IncidentsProcess:
         wall_clock: bool = True,
         metrics: IncidentMetrics | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        source: str | None = None,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings = settings
+        self.incident_settings = incident_settings
         self.topics = settings.topics
         self.app_id = app_id
         self.members = members_topic(app_id)
+        self.source = source
         self.wall_clock = wall_clock
         self.metrics = metrics
         self.agg = Incidents(incident_settings)
@@ -189,10 +206,19 @@ class IncidentsProcess:
             client_id=f"{app_id}-consumer",
             **client_kwargs(security),
         )
+        # the incidents topic: read from the beginning at a rebuild, then its new actions (no group)
+        self.actions = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"{app_id}-actions",
+            **client_kwargs(security),
+        )
         self.skipped = 0
         self.last_published: list[Incident] = []  # the incident records of the last poll (or the rebuild)
+        self.owner = False  # holds the input's partitions and the state built from them
+        self._rebuild_due = False
         self._alert_tps: list[Any] = []
-        self._incident_tps: list[Any] = []
 
     def _read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Every record of `topic` from the beginning to its end offsets now."""
@@ -200,26 +226,13 @@ class IncidentsProcess:
             yield r.key, r.value
 
     def start(self) -> None:
-        """Rebuild from the members and incidents topics, publish what differs, assign the inputs."""
+        """Standalone: rebuild and assign every partition of the alerts topic. In the worker:
+        subscribe to the feed; the rebuild comes with the assignment (`step`)."""
         from kafka import TopicPartition
 
-        members = 0
-        for _, value in self._read_all(self.members):
-            if value is not None:
-                self.agg.apply(member_decoder.decode(value))
-                members += 1
-        published = 0
-        for _, value in self._read_all(self.topics.incidents):
-            if value is None:
-                continue
-            rec = decode_record(value)
-            if isinstance(rec, Incident):
-                self.agg.restore_published(rec)
-                published += 1
-            else:
-                self.agg.act(rec)
-        log.info("rebuilt from %d membership(s) and %d incident record(s)", members, published)
-        self._publish()
+        if self.source is not None:
+            self.consumer.subscribe([self.source], listener=_ownership(self))
+            return
         deadline = time.monotonic() + 60
         while True:
             parts = self.consumer.partitions_for_topic(self.topics.alerts)
@@ -229,11 +242,41 @@ class IncidentsProcess:
         if not parts:
             raise RuntimeError(f"topic {self.topics.alerts} does not exist")
         self._alert_tps = [TopicPartition(self.topics.alerts, p) for p in sorted(parts)]
-        self._incident_tps = [TopicPartition(self.topics.incidents, 0)]
-        self.consumer.assign(self._alert_tps + self._incident_tps)
-        end = self.consumer.end_offsets(self._incident_tps)
-        for tp in self._incident_tps:
-            self.consumer.seek(tp, end[tp])  # actions before it were read by the rebuild
+        self.consumer.assign(self._alert_tps)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Read the members topic and the incidents topic from the beginning; publish what differs.
+        The actions consumer goes on from where the rebuild stopped reading (no action is missed)."""
+        from kafka import TopicPartition
+
+        self.agg = Incidents(self.incident_settings)
+        members = 0
+        for _, value in self._read_all(self.members):
+            if value is not None:
+                self.agg.apply(member_decoder.decode(value))
+                members += 1
+        published = 0
+        tp = TopicPartition(self.topics.incidents, 0)
+        self.actions.assign([tp])
+        self.actions.seek_to_beginning(tp)
+        end = self.actions.end_offsets([tp])[tp]
+        while self.actions.position(tp) < end:
+            for records in self.actions.poll(timeout_ms=500, max_records=5000).values():
+                for r in records:
+                    if r.value is None or r.offset >= end:
+                        continue
+                    rec = decode_record(r.value)
+                    if isinstance(rec, Incident):
+                        self.agg.restore_published(rec)
+                        published += 1
+                    else:
+                        self.agg.act(rec)
+        self.actions.seek(tp, end)
+        log.info("rebuilt from %d membership(s) and %d incident record(s)", members, published)
+        self.owner = True
+        self._rebuild_due = False
+        self._publish()
 
     def _publish(self) -> int:
         changed = self.last_published = self.agg.changes()
@@ -241,22 +284,34 @@ class IncidentsProcess:
             self.producer.send(self.topics.incidents, key=inc.incident_id.encode(), value=encode_record(inc))
         return len(changed)
 
-    def step(self, timeout_ms: int = 500) -> int:
-        """One poll: steps 1-5 of the module text. Returns the number of incident records published."""
-        from kafka.structs import OffsetAndMetadata
-
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
-        for records in polled.values():
+    def _take_actions(self) -> None:
+        for records in self.actions.poll(timeout_ms=0, max_records=5000).values():
             for r in records:
                 if r.value is None:
                     continue
-                if r.topic == self.topics.incidents:
-                    try:
-                        rec = decode_record(r.value)
-                    except msgspec.DecodeError:
-                        continue
-                    if isinstance(rec, Action):
-                        self.agg.act(rec)
+                try:
+                    rec = decode_record(r.value)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(rec, Action):
+                    self.agg.act(rec)
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """One poll: steps 1-5 of the module text. Returns the number of incident records published."""
+        from kafka.errors import CommitFailedError
+        from kafka.structs import OffsetAndMetadata
+
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
+        if self._rebuild_due:
+            self._rebuild()
+        if not self.owner:
+            if self.metrics is not None:
+                self.metrics.clear()
+            return 0
+        self._take_actions()
+        for records in polled.values():
+            for r in records:
+                if r.value is None:
                     continue
                 try:
                     alert = decode_alert(r.value)
@@ -273,15 +328,47 @@ class IncidentsProcess:
         n = self._publish()
         self.producer.flush(timeout=60)
         if polled:
-            offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self._alert_tps}
-            self.consumer.commit(offsets)
+            offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
+            try:
+                self.consumer.commit(offsets)
+            except CommitFailedError as err:  # the feed went to another worker meanwhile: it reads them again
+                log.warning("incidents: the commit failed (%s); the next owner reads these alerts again", err)
         if self.metrics is not None:
             self.metrics.update(self.agg.incidents(), now)
         return n
 
+    def assigned(self) -> None:
+        """The input is ours: rebuild in `step`, after the poll that assigned it."""
+        self._rebuild_due = True
+
+    def revoked(self) -> None:
+        """The input went to another worker: forget the state (the next owner rebuilds it)."""
+        self.owner = False
+        self._rebuild_due = False
+        self.agg = Incidents(self.incident_settings)
+        if self.metrics is not None:
+            self.metrics.clear()
+
     def close(self) -> None:
         self.consumer.close()
+        self.actions.close()
         self.producer.close()
+
+
+def _ownership(process: IncidentsProcess) -> Any:
+    """kafka-python's rebalance listener for the worker's feed (called inside `poll`)."""
+    from kafka import ConsumerRebalanceListener
+
+    class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if revoked:
+                process.revoked()
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            if assigned:
+                process.assigned()
+
+    return Ownership()
 
 
 def run_command(args: argparse.Namespace) -> int:
