@@ -100,6 +100,10 @@ class IncidentSettings:
         if self.quiet_period_s <= 0:
             raise ValueError("quiet_period_s must be positive")
 
+    def joins(self, kind: str) -> bool:
+        """Does an alert of this kind join incidents? (The aggregator's filter, and the worker's feed.)"""
+        return kind in self.breach_kinds
+
     @property
     def quiet_us(self) -> int:
         return int(self.quiet_period_s * SECOND_US)
@@ -413,7 +417,6 @@ class Incidents:
     def __init__(self, settings: IncidentSettings | None = None, state: IncidentsState | None = None) -> None:
         self.settings = settings or IncidentSettings()
         self.state = state or IncidentsState()
-        self._breach = frozenset(self.settings.breach_kinds)
         self._derived: dict[str, _Derived] = {}
         # signatures to derive from all their members (everything after a restore)
         self._rederive: set[str] = set(self.state.signatures)
@@ -432,7 +435,7 @@ class Incidents:
         Alerts of kinds outside breach_kinds are ignored. A re-delivered alert
         (same dedup_key) changes nothing, except that the earliest detected_at is kept.
         """
-        if alert.kind not in self._breach:
+        if not self.settings.joins(alert.kind):
             return None
         member = member_of(alert)
         return member if self.apply(member) else None

@@ -89,6 +89,23 @@ def incident_topic_specs(settings: Settings, app_id: str) -> list[Any]:
     ]
 
 
+def worker_incident_specs(settings: Settings, app_id: str) -> list[Any]:
+    """The topics of the worker's incidents computation (streams/worker/incidents.py): its feed, and
+    those of `incident_topic_specs` under its own id (streams.topics.incidents_id)."""
+    from streams.topics import DAY_MS, TopicSpec, incident_feed_topic, incidents_id
+
+    # one partition: one worker owns the computation, so that counts are exact across the
+    # inputs' partitions; kept as long as the alerts topic keeps the alerts
+    feed = TopicSpec(
+        incident_feed_topic(app_id),
+        "internal",
+        1,
+        {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+        False,
+    )
+    return [feed, *incident_topic_specs(settings, incidents_id(app_id))]
+
+
 # ------------------------------------------------------------------ metrics
 
 

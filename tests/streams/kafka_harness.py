@@ -63,6 +63,7 @@ class KafkaRun:
             delivery=f"{tag}.notifications.delivery",
             alerts=f"{tag}.notifguard.alerts",
             deadletter=f"{tag}.notifguard.deadletter",
+            incidents=f"{tag}.notifguard.incidents",
         )
         self.rules = {"idle_flush_s": "2", **{k: str(v) for k, v in rules.items()}}
         self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
@@ -240,6 +241,9 @@ class KafkaRun:
                     f"{self.app_id}-numbers-changelog",
                     f"{self.app_id}-address-index-changelog",
                     f"{self.app_id}-__assignor-__leader",
+                    t.incidents,
+                    f"{self.app_id}-incident-alerts",
+                    f"{self.app_id}-incidents-members",
                 ],
                 security=self.security,
             )
