@@ -192,6 +192,7 @@ class IncidentsProcess:
         metrics: IncidentMetrics | None = None,
         security: KafkaSecurity = PLAINTEXT,
         source: str | None = None,
+        session_timeout_s: float = 10.0,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
@@ -221,6 +222,9 @@ class IncidentsProcess:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             client_id=f"{app_id}-consumer",
+            # with a source: how long the group waits for a dead owner before another worker takes over
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, session_timeout_s / 3) * 1000),
             **client_kwargs(security),
         )
         # the incidents topic: read from the beginning at a rebuild, then its new actions (no group)

@@ -62,6 +62,7 @@ class WorkerIncidents:
                 metrics=self.metrics,
                 security=c.kafka,
                 source=incident_feed_topic(c.app_id),
+                session_timeout_s=c.session_timeout_s,  # as the worker's own group
             )
             process.start()
             log.info("incidents: %s -> %s", incident_feed_topic(c.app_id), c.rules.topics.incidents)
