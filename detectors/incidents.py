@@ -121,8 +121,8 @@ class Signature(msgspec.Struct, frozen=True):
     via: str | None
     previous_brand: str | None
     # how that holding ended: an end type (ported_out, contract_ended, holder_changed,
-    # superseded), "open" (still active, other numbers only), "ended" (another number's
-    # holding, ended by what the alert does not say), or None
+    # superseded), "open" (another number's holding, still active), "ended" (another number's
+    # holding whose link was stored before links kept their end type), or None
     previous_end: str | None
     active_brand: str | None
     # how the holding active at the mail started (ported_in, contract_started, holder_changed), or None
@@ -278,7 +278,8 @@ def signature_of(alert: Alert) -> Signature:
         via = _str(linked, "via")
     previous_end = _str(linked, "end_type")
     if previous_end is None and isinstance(linked, dict):
-        # a link to a holding on another number says whether it ended, not how (Link has no end type)
+        # a link to a holding on another number stored before links kept their end type
+        # (detectors.state.Link.end_type) says whether it ended, not how
         previous_end = "ended" if linked.get("end") else "open"
     return Signature(
         kind=alert.kind,

@@ -314,6 +314,26 @@ def test_signature_of_the_other_breach_kinds() -> None:
         "open",
         "contract_started",
     )
+    # another number's holding that ended: how it ended is in the link (Link.end_type) and the signature
+    for end in ("ported_out", "contract_ended"):
+        ended = alerts_of(
+            [
+                change("contract_started", 0, msisdn="+4917611111111", customer_id="C-A", email="a@x.de"),
+                change(end, 50, msisdn="+4917611111111"),
+                change("contract_started", 0, msisdn="+4917622222222", customer_id="C-B", email="b@x.de"),
+                mail("a@x.de", 100, msisdn="+4917622222222", template="invoice"),
+            ]
+        )
+        (a,) = [a for a in ended if a.kind == kinds.RECIPIENT_OTHER_CUSTOMER]
+        assert a.evidence["linked"]["end_type"] == end
+        sig = signature_of(a)
+        assert (sig.via, sig.previous_end) == ("other_number", end)
+        assert f"holding on another number o2, ended by {end}" in sig.describe()
+    # an alert from a link stored before links kept their end type: "ended", as before
+    legacy = msgspec.structs.replace(
+        a, evidence={**a.evidence, "linked": {k: v for k, v in a.evidence["linked"].items() if k != "end_type"}}
+    )
+    assert signature_of(legacy).previous_end == "ended"
     orphan = alerts_of(
         [
             change("contract_started", 0, customer_id="C-A", brand="blau", email="a@x.de"),
