@@ -193,6 +193,7 @@ class IncidentsProcess:
         security: KafkaSecurity = PLAINTEXT,
         source: str | None = None,
         session_timeout_s: float = 10.0,
+        expire_every_s: float = 3600.0,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
@@ -240,6 +241,9 @@ class IncidentsProcess:
         self.owner = False  # holds the input's partitions and the state built from them
         self._rebuild_due = False
         self._alert_tps: list[Any] = []
+        # how often (wall clock) members of long-settled incidents are dropped (Incidents.expire)
+        self.expire_every_us = int(expire_every_s * 1e6)
+        self._expired_at = 0
 
     def _read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Every record of `topic` from the beginning to its end offsets now."""
@@ -272,11 +276,15 @@ class IncidentsProcess:
         from kafka import TopicPartition
 
         self.agg = Incidents(self.incident_settings)
-        members = 0
-        for _, value in self._read_all(self.members):
-            if value is not None:
-                self.agg.apply(member_decoder.decode(value))
-                members += 1
+        latest_member: dict[bytes | None, bytes] = {}
+        for key, value in self._read_all(self.members):
+            if value is None:  # a tombstone: an expired member (Incidents.expire), compacted away later
+                latest_member.pop(key, None)
+            else:
+                latest_member[key] = value
+        members = len(latest_member)
+        for value in latest_member.values():
+            self.agg.apply(member_decoder.decode(value))
         published = 0
         tp = TopicPartition(self.topics.incidents, 0)
         self.actions.assign([tp])
@@ -347,6 +355,9 @@ class IncidentsProcess:
         if self.wall_clock:
             self.agg.tick(now)
         n = self._publish()
+        if now - self._expired_at >= self.expire_every_us:
+            self._expired_at = now
+            n += self.expire()
         self.producer.flush(timeout=60)
         if polled:
             offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
@@ -357,6 +368,16 @@ class IncidentsProcess:
         if self.metrics is not None:
             self.metrics.update(self.agg.incidents(), now)
         return n
+
+    def expire(self) -> int:
+        """Drop the members of long-settled incidents (Incidents.expire): tombstones on the members
+        topic, and the incidents' final records. Returns the number of incident records published."""
+        keys = self.agg.expire()
+        for k in keys:
+            self.producer.send(self.members, key=k.encode(), value=None)
+        if keys:
+            log.info("expired %d member(s) of settled incidents", len(keys))
+        return self._publish()
 
     def assigned(self) -> None:
         """The input is ours: rebuild in `step`, after the poll that assigned it."""
@@ -596,6 +617,8 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident, security: Kafka
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
+        elif r.key is not None:  # a tombstone: expired (Incidents.expire)
+            latest_member.pop(r.key.decode(), None)
     return {
         k: m.entry.number
         for k, m in latest_member.items()
