@@ -26,7 +26,9 @@ can last longer. No transaction is needed: every step is idempotent.
 
 One process (it assigns itself every partition of the alerts topic, without a
 group rebalance): a second one would compute the same records and publish
-them again, not split the counts.
+them again, not split the counts. The worker runs the same `IncidentsProcess`
+on its single-partition feed of breach alerts instead (streams/worker/incidents.py),
+which one worker of several owns through its consumer group.
 """
 
 from __future__ import annotations
