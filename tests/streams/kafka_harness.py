@@ -72,6 +72,17 @@ class KafkaRun:
         ensure_topics(
             bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id, security=security
         )
+        from streams.incidents import worker_incident_specs
+
+        # the incidents topic is no `<app_id>-` topic: made by the harness's admin, as an operator would
+        # (a worker with only its ACLs cannot create it; docs/security.md)
+        ensure_topics(
+            bootstrap,
+            Settings(topics=self.topics),
+            app_id=self.app_id,
+            specs=worker_incident_specs(Settings(topics=self.topics), self.app_id),
+            security=security,
+        )
         self._producer: Any = None
 
     @property
