@@ -171,6 +171,26 @@ def create_app(config: WorkerConfig) -> faust.App:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
 
+    if config.incidents:  # the incidents computation (streams/worker/incidents.py), in a thread of its own
+        from streams.worker.incidents import WorkerIncidents
+
+        incidents = WorkerIncidents(config, rt.metrics.registry, crash=rt.crash_soon)
+
+        @app.task
+        async def start_incidents() -> None:
+            loop = asyncio.get_running_loop()
+
+            def crash(exc: BaseException) -> None:  # from the incidents thread
+                loop.call_soon_threadsafe(rt.crash_soon, exc)
+
+            incidents.crash = crash
+            incidents.start()
+
+        async def stop_incidents(app: Any, **_: Any) -> None:
+            await asyncio.get_running_loop().run_in_executor(None, incidents.stop)
+
+        app.on_before_shutdown.connect(stop_incidents)  # type: ignore[arg-type]
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         code, body = rt.health()
