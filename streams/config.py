@@ -254,6 +254,12 @@ class WorkerConfig:
     # What closes quiet incidents: "wall" (the default, live) or "event" (only the alerts' event
     # time, as the offline replay: tests and replays of old captures), as `incidents run --clock`.
     incidents_clock: str = "wall"
+    # At most one step of the incidents computation (poll, aggregate, publish the incidents that
+    # changed, commit) per this many seconds. A step re-derives the incidents its alerts changed
+    # and publishes each once: stepping at every flush's handful of alerts cost the worker a
+    # third of its backlog throughput (bench.worker_bench, docs/performance.md). A second is
+    # nothing against deadlines of hours, and a page takes Prometheus' scrape interval anyway.
+    incidents_step_s: float = 1.0
     # The [incidents] table and NOTIFGUARD_INCIDENTS_* (load_incident_settings).
     incident_settings: IncidentSettings = dataclasses.field(default_factory=IncidentSettings)
 
@@ -274,6 +280,8 @@ class WorkerConfig:
             raise ValueError(f"max_pending must be >= 1, not {self.max_pending}")
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
+        if self.incidents_step_s < 0:
+            raise ValueError(f"incidents_step_s must be >= 0, not {self.incidents_step_s}")
         if self.incidents_clock not in ("wall", "event"):
             raise ValueError(f"incidents_clock must be wall or event, not {self.incidents_clock!r}")
         if self.processing_guarantee not in GUARANTEES:

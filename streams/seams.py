@@ -165,10 +165,24 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
             tables: Any = self.app.tables
             sought = tables.recovery.completed.is_set
             dropped: dict[Any, int] = {}
+
+            async def reseek() -> set[Any]:
+                """Before anything of theirs is handed over (and whether more records come or not)."""
+                assigned = self.assignment()
+                for tp, offset in dropped.items():
+                    if tp in assigned:  # (one revoked since: its next owner starts at the committed offset)
+                        committed = self._committed_offset.get(tp)
+                        await self.seek(tp, offset if committed is None else min(committed, offset))
+                out = set(dropped)
+                dropped.clear()
+                return out
+
             while not (consumer_stopped() or fetcher_stopped()):
                 await self.sleep(0)
                 if self.should_stop:
                     continue
+                if dropped and sought():
+                    await reseek()
                 generation = self.app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
@@ -179,15 +193,7 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
                     except Exception as exc:
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     continue
-                resought: set[Any] = set()
-                if dropped and sought():  # before anything of theirs is handed over
-                    assigned = self.assignment()
-                    for tp, offset in dropped.items():
-                        if tp in assigned:  # (one revoked since: its next owner starts at the committed offset)
-                            committed = self._committed_offset.get(tp)
-                            await self.seek(tp, offset if committed is None else min(committed, offset))
-                    resought.update(dropped)  # (this fetch's records of them come again)
-                    dropped.clear()
+                resought = await reseek() if dropped and sought() else ()  # (this fetch's records of them come again)
                 batch: list[tuple[Any, list[Any]]] = []
                 for tp, recs in records.items():
                     if not recs or not (active is None or tp in active or tp in self._buffered_partitions):

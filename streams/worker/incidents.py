@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,9 +68,11 @@ class WorkerIncidents:
             process.start()
             log.info("incidents: %s -> %s", incident_feed_topic(c.app_id), c.rules.topics.incidents)
             while not self._stop.is_set():
+                started = time.monotonic()
                 n = process.step()
                 if n:
                     log.info("published %d incident record(s)", n)
+                self._stop.wait(c.incidents_step_s - (time.monotonic() - started))  # (WorkerConfig.incidents_step_s)
         except BaseException as exc:
             if not self._stop.is_set():
                 log.critical("the incidents computation failed; stopping the worker: %r", exc, exc_info=exc)
