@@ -717,8 +717,9 @@ def incidents() -> dict[str, Any]:
     return build(
         "notifguard-incidents",
         "Incidents",
-        "Breach incidents (one per cause), computed by the workers or by `notifguard incidents run`: open incidents, affected numbers, "
-        "time left to the reporting deadlines (Reg. 611/2013, GDPR Art. 33), reported or not.",
+        "Breach incidents (one per cause), computed by the workers or by `notifguard incidents run`: "
+        "open incidents, affected numbers, time left to the reporting deadlines (Reg. 611/2013, "
+        "GDPR Art. 33), reported or not.",
         rows,
         job=INCIDENTS_JOBS,
         job_metric=INCIDENTS_POLL,
