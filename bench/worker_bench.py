@@ -182,6 +182,7 @@ class Deployment:
 
     def __init__(self, bootstrap: str, tag: str, name: str, partitions: int, tmp: Path) -> None:
         from detectors.settings import Settings, Topics
+        from streams.incidents import worker_incident_specs
         from streams.topics import ensure_topics
 
         self.bootstrap = bootstrap
@@ -195,13 +196,17 @@ class Deployment:
             delivery=f"{a}.notifications.delivery",
             alerts=f"{a}.notifguard.alerts",
             deadletter=f"{a}.notifguard.deadletter",
+            incidents=f"{a}.notifguard.incidents",
         )
         d, t = Topics(), self.topics
         self.rename = {d.outbound: t.outbound, d.changes: t.changes, d.delivery: t.delivery}
         self.inputs = [t.changes, t.outbound, t.delivery]
         self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
         self.metrics_calls: list[tuple[float, int]] = []  # (seconds, body bytes) of each /health poll
-        ensure_topics(bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id)
+        settings = Settings(topics=self.topics)
+        ensure_topics(bootstrap, settings, partitions=partitions, app_id=self.app_id)
+        # the workers compute incidents (the default): their feed, members and incidents topics
+        ensure_topics(bootstrap, settings, app_id=self.app_id, specs=worker_incident_specs(settings, self.app_id))
 
     def env(self, web_port: int, rules: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFGUARD_")}
@@ -1106,12 +1111,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the workers' flush_interval_s (NOTIFGUARD_WORKER_FLUSH_INTERVAL_S; default: the worker's own)",
     )
+    p.add_argument(
+        "--incidents",
+        choices=("on", "off"),
+        default="on",
+        help="the workers compute incidents (NOTIFGUARD_WORKER_INCIDENTS; on, as by default) or not",
+    )
     p.add_argument("--keep-topics", action="store_true", help="do not delete the wbench-<tag>-* topics")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
 
     require_broker(args.bootstrap)
     worker_rules = {"worker_processing_guarantee": args.guarantee}  # rules of every worker the bench starts
+    worker_rules["worker_incidents"] = "true" if args.incidents == "on" else "false"
     if args.flush_interval is not None:
         worker_rules["worker_flush_interval_s"] = f"{args.flush_interval:g}"
     tag = uuid.uuid4().hex[:8]

@@ -132,8 +132,9 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.P
 
 
 def _variables(
-    d: dashboard.Dashboard, job: str = "notifguard", job_metric: str = "notifguard_build_info"
+    d: dashboard.Dashboard, job: str | list[str] = "notifguard", job_metric: str = "notifguard_build_info"
 ) -> dashboard.Dashboard:
+    jobs = [job] if isinstance(job, str) else job
     return (
         d.with_variable(
             dashboard.DatasourceVariable("datasource")
@@ -151,7 +152,7 @@ def _variables(
             .multi(True)
             .include_all(True)
             .all_value(".+")
-            .current(dm.VariableOption(selected=True, text=[job], value=[job]))
+            .current(dm.VariableOption(selected=True, text=jobs, value=jobs))
         )
         .with_variable(
             dashboard.QueryVariable("instance")
@@ -173,7 +174,7 @@ def build(
     title: str,
     description: str,
     rows: list[Row],
-    job: str = "notifguard",
+    job: str | list[str] = "notifguard",
     job_metric: str = "notifguard_build_info",
 ) -> dict[str, Any]:
     d = (
@@ -619,10 +620,11 @@ def detector_pipeline() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# Incidents (the incidents process: `notifguard incidents run --metrics-port`)
+# Incidents (computed by the workers, or by `notifguard incidents run --metrics-port`)
 # --------------------------------------------------------------------------
 
-INCIDENTS_JOB = "notifguard-incidents"
+# The workers compute incidents by default (job notifguard); `incidents run` is the separate option
+INCIDENTS_JOBS = ["notifguard", "notifguard-incidents"]
 INCIDENTS_POLL = "notifguard_incidents_last_poll_timestamp_seconds"
 AFFECTED = "notifguard_incident_affected_numbers"
 DEADLINE = "notifguard_incident_deadline_seconds"
@@ -715,10 +717,11 @@ def incidents() -> dict[str, Any]:
     return build(
         "notifguard-incidents",
         "Incidents",
-        "Breach incidents (one per cause) from `notifguard incidents run`: open incidents, affected numbers, "
-        "time left to the reporting deadlines (Reg. 611/2013, GDPR Art. 33), reported or not.",
+        "Breach incidents (one per cause), computed by the workers or by `notifguard incidents run`: "
+        "open incidents, affected numbers, time left to the reporting deadlines (Reg. 611/2013, "
+        "GDPR Art. 33), reported or not.",
         rows,
-        job=INCIDENTS_JOB,
+        job=INCIDENTS_JOBS,
         job_metric=INCIDENTS_POLL,
     )
 

@@ -93,6 +93,11 @@ _L_END: Final = 2
 _L_END_EVENT: Final = 4
 _L_SINCE_IS_START: Final = 8
 _L_SINCE_EVENT_IS_START: Final = 16
+# the end type (a varint, detectors.holdings' code) follows the end event id. Added in place, without
+# a new format version: links written before carry no such flag and decode as before, with
+# end_type None (a decoder older than the flag refuses a link that has it: "unknown link flags")
+_L_END_TYPE: Final = 32
+_L_FLAGS: Final = 64  # every flag bit below this
 
 
 def number_key(ref: str) -> bytes:
@@ -593,6 +598,7 @@ def encode_links(links: list[Link]) -> bytes:
     cursor = 0
     for k in links:
         start, since, end, brand, end_event_id = k.start, k.since, k.end, k.brand, k.end_event_id
+        end_type = k.end_type
         start_event_id = k.start_event_id
         since_is_start = since == start
         since_event_is_start = k.since_event_id == start_event_id
@@ -602,6 +608,7 @@ def encode_links(links: list[Link]) -> bytes:
             | (_L_END_EVENT if end_event_id is not None else 0)
             | (_L_SINCE_IS_START if since_is_start else 0)
             | (_L_SINCE_EVENT_IS_START if since_event_is_start else 0)
+            | (_L_END_TYPE if end_type is not None else 0)
         )
         _put_text(out, strs, k.msisdn_ref)
         _put_text(out, strs, k.customer_id)
@@ -619,6 +626,8 @@ def encode_links(links: list[Link]) -> bytes:
             _put_time(out, end - since)
         if end_event_id is not None:
             _put_text(out, strs, end_event_id)
+        if end_type is not None:
+            _put_uint(out, end_type)
     return bytes(out)
 
 
@@ -641,7 +650,7 @@ def _decode_links(data: bytes) -> list[Link]:
     n, pos = _get_uint(data, 1)
     for _ in range(n):
         head = data[pos]
-        if head >= 32:
+        if head >= _L_FLAGS:
             raise StateDecodeError(f"address links: unknown link flags {head}")
         ref, pos = get_text(data, pos + 1, strs)
         customer, pos = get_text(data, pos, strs)
@@ -674,8 +683,25 @@ def _decode_links(data: bytes) -> list[Link]:
             end_event_id, pos = get_text(data, pos, strs)
         else:
             end_event_id = None
+        end_type: int | None
+        if head & _L_END_TYPE:
+            end_type, pos = _get_uint(data, pos)
+        else:
+            end_type = None
         out.append(
-            Link(ref, customer, contract, brand, since, since_event_id, start, start_event_id, end, end_event_id)
+            Link(
+                ref,
+                customer,
+                contract,
+                brand,
+                since,
+                since_event_id,
+                start,
+                start_event_id,
+                end,
+                end_event_id,
+                end_type,
+            )
         )
     if pos != len(data):
         raise StateDecodeError(f"address links: {len(data) - pos} bytes left over after the value")

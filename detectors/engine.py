@@ -1143,6 +1143,7 @@ def _link(ref: str, h: Holding, since: int, since_event_id: str) -> Link:
         h.start_event_id,
         h.end,
         h.end_event_id,
+        h.end_type,
     )
 
 

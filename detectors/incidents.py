@@ -92,6 +92,16 @@ class IncidentSettings:
     full_report_s: float = 3 * 86_400.0
     # GDPR Art. 33(1): 72 h after having become aware of it.
     gdpr_report_s: float = 72 * 3600.0
+    # The members (one per alert: keyed hashes, what `incidents resolve` re-identifies from) of
+    # an incident that is settled (closed, and reported or closed by an operator) are dropped
+    # this long after it closed (its last mail + quiet_period_s), and tombstoned on the members
+    # topic; the incident record stays, with its exact counts, flagged `members_expired`. One
+    # year: the people affected are to be told "without undue delay" (GDPR Art. 34(1)) and the
+    # authorities' follow-up questions on a notification come within months, while the clear
+    # values resolve reads are on the input topics for days; a year is long past both, and
+    # bounds the state to a year of breaches. 0 keeps them forever. An incident closed by its
+    # quiet period but never reported keeps them (it still pages: it must be reported).
+    members_retention_s: float = 365 * 86_400.0
 
     def __post_init__(self) -> None:
         unknown = set(self.breach_kinds) - set(kinds.KINDS)
@@ -99,6 +109,12 @@ class IncidentSettings:
             raise ValueError(f"breach_kinds: unknown alert kinds {sorted(unknown)}")
         if self.quiet_period_s <= 0:
             raise ValueError("quiet_period_s must be positive")
+        if self.members_retention_s < 0:
+            raise ValueError("members_retention_s must be >= 0 (0: keep members forever)")
+
+    def joins(self, kind: str) -> bool:
+        """Does an alert of this kind join incidents? (The aggregator's filter, and the worker's feed.)"""
+        return kind in self.breach_kinds
 
     @property
     def quiet_us(self) -> int:
@@ -117,8 +133,8 @@ class Signature(msgspec.Struct, frozen=True):
     via: str | None
     previous_brand: str | None
     # how that holding ended: an end type (ported_out, contract_ended, holder_changed,
-    # superseded), "open" (still active, other numbers only), "ended" (another number's
-    # holding, ended by what the alert does not say), or None
+    # superseded), "open" (another number's holding, still active), "ended" (another number's
+    # holding whose link was stored before links kept their end type), or None
     previous_end: str | None
     active_brand: str | None
     # how the holding active at the mail started (ported_in, contract_started, holder_changed), or None
@@ -223,6 +239,8 @@ class Incident(msgspec.Struct, frozen=True, tag="incident", tag_field="type"):
     numbers_listed: int = 0  # len(numbers): affected_numbers unless truncated
     recipients_listed: int = 0  # len(recipients)
     truncated: bool = False  # numbers or recipients lists only the first LISTED_MAX
+    # its members were dropped (IncidentSettings.members_retention_s): this record is final
+    members_expired: bool = False
     schema_version: int = 2  # 2: numbers and recipients are the first LISTED_MAX, not all
 
 
@@ -241,6 +259,7 @@ class Published(msgspec.Struct, array_like=True, frozen=True):
     first_trigger: str | None
     digest: str
     superseded: bool = False
+    expired: bool = False  # its members were dropped: the record is final, nothing derives it again
 
 
 class IncidentsState(msgspec.Struct):
@@ -274,7 +293,8 @@ def signature_of(alert: Alert) -> Signature:
         via = _str(linked, "via")
     previous_end = _str(linked, "end_type")
     if previous_end is None and isinstance(linked, dict):
-        # a link to a holding on another number says whether it ended, not how (Link has no end type)
+        # a link to a holding on another number stored before links kept their end type
+        # (detectors.state.Link.end_type) says whether it ended, not how
         previous_end = "ended" if linked.get("end") else "open"
     return Signature(
         kind=alert.kind,
@@ -413,7 +433,6 @@ class Incidents:
     def __init__(self, settings: IncidentSettings | None = None, state: IncidentsState | None = None) -> None:
         self.settings = settings or IncidentSettings()
         self.state = state or IncidentsState()
-        self._breach = frozenset(self.settings.breach_kinds)
         self._derived: dict[str, _Derived] = {}
         # signatures to derive from all their members (everything after a restore)
         self._rederive: set[str] = set(self.state.signatures)
@@ -423,6 +442,7 @@ class Incidents:
         self._dirty: set[str] = set(self.state.signatures)
         self._closes_at: dict[str, int] = {}  # signature -> earliest quiet_until of its open incidents
         self._earliest_close = _NEVER
+        self._expired_records: list[Incident] = []  # for changes(): the last record of each expired incident
 
     # ------------------------------------------------------------------ input
 
@@ -432,7 +452,7 @@ class Incidents:
         Alerts of kinds outside breach_kinds are ignored. A re-delivered alert
         (same dedup_key) changes nothing, except that the earliest detected_at is kept.
         """
-        if alert.kind not in self._breach:
+        if not self.settings.joins(alert.kind):
             return None
         member = member_of(alert)
         return member if self.apply(member) else None
@@ -525,8 +545,59 @@ class Incidents:
     def restore_published(self, incident: Incident) -> None:
         """Tell the aggregator what the topic already holds for an id (after a restart)."""
         self.state.published[incident.incident_id] = Published(
-            incident.signature.key(), incident.first_trigger, _digest(incident), incident.status == SUPERSEDED
+            incident.signature.key(),
+            incident.first_trigger,
+            _digest(incident),
+            incident.status == SUPERSEDED,
+            incident.members_expired,
         )
+
+    def expire(self) -> list[str]:
+        """Drop the members of settled incidents closed longer than members_retention_s (by the
+        clock); returns their dedup_keys (to tombstone on the members topic). Each such incident is
+        published once more, `members_expired`, and nothing supersedes it later: a restarted
+        process that finds it so on the topic leaves it alone. Costs a pass over every signature
+        (call it now and then, not per alert)."""
+        retention = int(self.settings.members_retention_s * SECOND_US)
+        if retention <= 0:
+            return []
+        horizon = self.state.clock - retention - self.settings.quiet_us
+        dropped: list[str] = []
+        for sig_key in sorted(self.state.signatures):
+            current = self._current(sig_key)
+            episodes = self._derived[sig_key].episodes
+            old = [
+                (inc, ep)
+                for inc, ep in zip(current, episodes, strict=True)
+                if ep.last.t <= horizon
+                and inc.status == CLOSED
+                and (inc.reported is not None or inc.closed_by == "operator")
+            ]
+            if not old:
+                continue
+            sig = self.state.signatures[sig_key]
+            for inc, ep in old:
+                lo, hi = (ep.first.t, ep.first.dedup_key), (ep.last.t, ep.last.dedup_key)
+                keys = [k for k, e in sig.entries.items() if lo <= (e.t, k) <= hi]
+                for k in keys:
+                    del sig.entries[k]
+                    self.state.where.pop(k, None)
+                dropped += keys
+                final = msgspec.structs.replace(inc, members_expired=True)
+                self.state.published[inc.incident_id] = Published(
+                    sig_key, inc.first_trigger, _digest(final), False, True
+                )
+                self._expired_records.append(final)
+            if sig.entries:
+                self._touch(sig_key)
+            else:
+                del self.state.signatures[sig_key]
+                self._derived.pop(sig_key, None)
+                self._closes_at.pop(sig_key, None)
+                self._rederive.discard(sig_key)
+                self._rebuild.discard(sig_key)
+                self._dirty.discard(sig_key)
+        return dropped
 
     # ------------------------------------------------------------------ output
 
@@ -541,13 +612,13 @@ class Incidents:
     def changes(self) -> list[Incident]:
         """The records to publish: each incident whose content changed since it was last published,
         and a `superseded` record for each published id that no longer names an incident."""
-        out: list[Incident] = []
+        out, self._expired_records = self._expired_records, []
         published = self.state.published
         if not self._dirty:
             return out
         by_sig: dict[str, list[str]] = {}
         for iid, p in published.items():
-            if not p.superseded and p.signature_key in self._dirty:
+            if not p.superseded and not p.expired and p.signature_key in self._dirty:
                 by_sig.setdefault(p.signature_key, []).append(iid)
         for sig_key in sorted(self._dirty):
             current = self._current(sig_key)

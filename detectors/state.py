@@ -94,6 +94,9 @@ class Link(msgspec.Struct, array_like=True, frozen=True, gc=False):
     start_event_id: str
     end: int | None
     end_event_id: str | None
+    # how the holding ended (detectors.holdings.TYPE_NAMES code: ported_out, contract_ended, ...), None
+    # while open, and in links stored before it was kept (they say `end` only): one byte when ended
+    end_type: int | None = None
 
     def identity(self) -> tuple[str, str, str, int]:
         return (self.msisdn_ref, self.contract_id, self.customer_id, self.start)

@@ -129,6 +129,7 @@ class Wording:
                 "start_event_id": k.start_event_id,
                 "end": None if k.end is None else rfc3339(k.end),
                 "end_event_id": k.end_event_id,
+                "end_type": None if k.end_type is None else TYPE_NAMES[k.end_type],
             }
             ids += [k.start_event_id, v.since_event_id, k.end_event_id]
             owner = f"{contract_words(k.customer_id, k.brand, k.contract_id)} on another number"

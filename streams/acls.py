@@ -22,8 +22,10 @@ class Acl:
         return f"{self.operation} {self.resource} {self.name}{'*' if self.prefixed else ''}"
 
 
-def worker_acls(topics: Topics, app_id: str, exactly_once: bool = False) -> list[Acl]:
-    """Read the inputs, write alerts and dead letters, its group, its own `<app_id>-` topics and ids."""
+def worker_acls(topics: Topics, app_id: str, exactly_once: bool = False, incidents: bool = True) -> list[Acl]:
+    """Read the inputs, write alerts and dead letters, its group, its own `<app_id>-` topics and ids;
+    with `incidents` (computed by the worker): read and write the incidents topic, and the group of
+    its incidents computation (`<app_id>-incidents`; its feed and members topics are `<app_id>-` topics)."""
     acls = [Acl("TOPIC", t, "READ") for t in (topics.outbound, topics.changes, topics.delivery)]
     acls += [Acl("TOPIC", t, "WRITE") for t in (topics.alerts, topics.deadletter)]
     acls.append(Acl("GROUP", app_id, "READ"))
@@ -31,6 +33,9 @@ def worker_acls(topics: Topics, app_id: str, exactly_once: bool = False) -> list
     acls += [Acl("TOPIC", f"{app_id}-", op, prefixed=True) for op in ("CREATE", "READ", "WRITE")]
     if exactly_once:
         acls += [Acl("TRANSACTIONAL_ID", f"{app_id}-eos-", op, prefixed=True) for op in ("WRITE", "DESCRIBE")]
+    if incidents:
+        acls += [Acl("TOPIC", topics.incidents, op) for op in ("READ", "WRITE")]
+        acls.append(Acl("GROUP", f"{app_id}-incidents", "READ"))
     return acls
 
 

@@ -106,7 +106,10 @@ def _worker(args: argparse.Namespace) -> int:
     if not wait_for_broker(config.bootstrap, timeout=60, security=config.kafka):
         print(f"notifguard worker: no Kafka broker answers at {config.bootstrap}", file=sys.stderr)
         return 2
-    needs = topic_needs(worker_acls(config.rules.topics, config.app_id, config.processing_guarantee == "exactly_once"))
+    needs = topic_needs(
+        worker_acls(config.rules.topics, config.app_id, config.processing_guarantee == "exactly_once", config.incidents)
+    )
+    groups = [config.app_id]
     if args.create_topics:
         from kafka.errors import KafkaError
 
@@ -118,10 +121,24 @@ def _worker(args: argparse.Namespace) -> int:
                 app_id=config.app_id,
                 security=config.kafka,
             )
+            if config.incidents:  # the incidents computation's (streams/worker/incidents.py)
+                from streams.incidents import worker_incident_specs
+
+                ensure_topics(
+                    config.bootstrap,
+                    config.rules,
+                    app_id=config.app_id,
+                    specs=worker_incident_specs(config.rules, config.app_id),
+                    security=config.kafka,
+                )
         except KafkaError:
             check_topics(config.bootstrap, config.kafka, needs)  # a missing ACL: named
             raise
-    check_topics(config.bootstrap, config.kafka, needs, groups=[config.app_id])
+    if config.incidents:
+        from streams.topics import incidents_id
+
+        groups.append(incidents_id(config.app_id))
+    check_topics(config.bootstrap, config.kafka, needs, groups=groups)
     log.info("kafka: %s at %s", config.kafka.describe(), config.bootstrap)
     from streams.worker import Worker, create_app
 

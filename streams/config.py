@@ -245,6 +245,23 @@ class WorkerConfig:
     shutdown_timeout_s: float = 30.0
     # How the worker's clients connect: the [kafka] table and NOTIFGUARD_KAFKA_* (TLS, SASL).
     kafka: KafkaSecurity = dataclasses.field(default_factory=KafkaSecurity)
+    # Incidents computed by the worker (docs/incidents.md, streams/worker/incidents.py): each
+    # flush also sends its breach-class alerts to the single-partition topic
+    # `<app_id>-incident-alerts`, and the worker that owns it runs the aggregator and publishes
+    # to the incidents topic. Off for a deployment that runs `notifguard incidents run` instead
+    # (never both: they would publish the same incidents twice).
+    incidents: bool = True
+    # What closes quiet incidents: "wall" (the default, live) or "event" (only the alerts' event
+    # time, as the offline replay: tests and replays of old captures), as `incidents run --clock`.
+    incidents_clock: str = "wall"
+    # At most one step of the incidents computation (poll, aggregate, publish the incidents that
+    # changed, commit) per this many seconds. A step re-derives the incidents its alerts changed
+    # and publishes each once: stepping at every flush's handful of alerts cost the worker a
+    # third of its backlog throughput (bench.worker_bench, docs/performance.md). A second is
+    # nothing against deadlines of hours, and a page takes Prometheus' scrape interval anyway.
+    incidents_step_s: float = 1.0
+    # The [incidents] table and NOTIFGUARD_INCIDENTS_* (load_incident_settings).
+    incident_settings: IncidentSettings = dataclasses.field(default_factory=IncidentSettings)
 
     def __post_init__(self) -> None:
         for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s"):
@@ -263,6 +280,10 @@ class WorkerConfig:
             raise ValueError(f"max_pending must be >= 1, not {self.max_pending}")
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, not {self.replication_factor}")
+        if self.incidents_step_s < 0:
+            raise ValueError(f"incidents_step_s must be >= 0, not {self.incidents_step_s}")
+        if self.incidents_clock not in ("wall", "event"):
+            raise ValueError(f"incidents_clock must be wall or event, not {self.incidents_clock!r}")
         if self.processing_guarantee not in GUARANTEES:
             raise ValueError(
                 f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
@@ -280,9 +301,12 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
         section = dict(doc.pop("worker", {}) or {})
         kafka = dict(doc.pop("kafka", {}) or {})
     rules = _settings_from(doc if doc is not None else {}, rules_env)
-    kwargs: dict[str, Any] = {"kafka": security_from(kafka, env)}
+    kwargs: dict[str, Any] = {
+        "kafka": security_from(kafka, env),
+        "incident_settings": load_incident_settings(path, env),
+    }
     defaults = WorkerConfig(rules=rules)
-    names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules", "kafka"}
+    names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules", "kafka", "incident_settings"}
     for name in names:
         raw = env.get(f"{_ENV_PREFIX}WORKER_{name.upper()}", section.get(name))
         if raw is None:
@@ -308,6 +332,7 @@ def worker_env(topics: Topics, app_id: str, bootstrap: str, web_port: int, parti
         f"{_ENV_PREFIX}TOPIC_DELIVERY": topics.delivery,
         f"{_ENV_PREFIX}TOPIC_ALERTS": topics.alerts,
         f"{_ENV_PREFIX}TOPIC_DEADLETTER": topics.deadletter,
+        f"{_ENV_PREFIX}TOPIC_INCIDENTS": topics.incidents,
         f"{_ENV_PREFIX}WORKER_APP_ID": app_id,
         f"{_ENV_PREFIX}WORKER_BOOTSTRAP": bootstrap,
         f"{_ENV_PREFIX}WORKER_WEB_PORT": str(web_port),

@@ -26,7 +26,9 @@ can last longer. No transaction is needed: every step is idempotent.
 
 One process (it assigns itself every partition of the alerts topic, without a
 group rebalance): a second one would compute the same records and publish
-them again, not split the counts.
+them again, not split the counts. The worker runs the same `IncidentsProcess`
+on its single-partition feed of breach alerts instead (streams/worker/incidents.py),
+which one worker of several owns through its consumer group.
 """
 
 from __future__ import annotations
@@ -89,6 +91,23 @@ def incident_topic_specs(settings: Settings, app_id: str) -> list[Any]:
     ]
 
 
+def worker_incident_specs(settings: Settings, app_id: str) -> list[Any]:
+    """The topics of the worker's incidents computation (streams/worker/incidents.py): its feed, and
+    those of `incident_topic_specs` under its own id (streams.topics.incidents_id)."""
+    from streams.topics import DAY_MS, TopicSpec, incident_feed_topic, incidents_id
+
+    # one partition: one worker owns the computation, so that counts are exact across the
+    # inputs' partitions; kept as long as the alerts topic keeps the alerts
+    feed = TopicSpec(
+        incident_feed_topic(app_id),
+        "internal",
+        1,
+        {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+        False,
+    )
+    return [feed, *incident_topic_specs(settings, incidents_id(app_id))]
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -120,9 +139,13 @@ class IncidentMetrics:
             "notifguard_incidents_last_poll_timestamp_seconds", "When the incidents process last polled", registry=r
         )
 
-    def update(self, incidents: Iterable[Incident], now_us: int) -> None:
+    def clear(self) -> None:
+        """No incident series (a worker that does not own the incidents computation now)."""
         for g in (self.open, self.numbers, self.deadline, self.reported):
             g.clear()
+
+    def update(self, incidents: Iterable[Incident], now_us: int) -> None:
+        self.clear()
         for kind in ("recipient_previous_holder", "recipient_other_customer", "notification_without_contract"):
             self.open.labels(kind).set(0)
         for i in incidents:
@@ -149,7 +172,17 @@ class IncidentMetrics:
 
 
 class IncidentsProcess:
-    """One poll at a time (`step`), so tests can drive it; `run` loops until stopped."""
+    """One poll at a time (`step`), so tests can drive it; `run` loops until stopped.
+
+    The one code path of the incidents computation, in two places (docs/incidents.md):
+
+    - `notifguard incidents run` (`source` None): it assigns itself every partition of the
+      alerts topic (no group rebalance) and rebuilds at `start`;
+    - the worker (streams/worker/incidents.py, `source` the worker's single-partition feed of
+      breach alerts): it subscribes to the feed in the group `app_id`, so that one worker of
+      several owns it; the owner rebuilds when it is assigned the partition, and a worker that
+      loses it forgets its state (and its incident metrics) until it is assigned again.
+    """
 
     def __init__(
         self,
@@ -160,13 +193,18 @@ class IncidentsProcess:
         wall_clock: bool = True,
         metrics: IncidentMetrics | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        source: str | None = None,
+        session_timeout_s: float = 10.0,
+        expire_every_s: float = 3600.0,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings = settings
+        self.incident_settings = incident_settings
         self.topics = settings.topics
         self.app_id = app_id
         self.members = members_topic(app_id)
+        self.source = source
         self.wall_clock = wall_clock
         self.metrics = metrics
         self.agg = Incidents(incident_settings)
@@ -187,12 +225,27 @@ class IncidentsProcess:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             client_id=f"{app_id}-consumer",
+            # with a source: how long the group waits for a dead owner before another worker takes over
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, session_timeout_s / 3) * 1000),
+            **client_kwargs(security),
+        )
+        # the incidents topic: read from the beginning at a rebuild, then its new actions (no group)
+        self.actions = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"{app_id}-actions",
             **client_kwargs(security),
         )
         self.skipped = 0
         self.last_published: list[Incident] = []  # the incident records of the last poll (or the rebuild)
+        self.owner = False  # holds the input's partitions and the state built from them
+        self._rebuild_due = False
         self._alert_tps: list[Any] = []
-        self._incident_tps: list[Any] = []
+        # how often (wall clock) members of long-settled incidents are dropped (Incidents.expire)
+        self.expire_every_us = int(expire_every_s * 1e6)
+        self._expired_at = 0
 
     def _read_all(self, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Every record of `topic` from the beginning to its end offsets now."""
@@ -200,26 +253,13 @@ class IncidentsProcess:
             yield r.key, r.value
 
     def start(self) -> None:
-        """Rebuild from the members and incidents topics, publish what differs, assign the inputs."""
+        """Standalone: rebuild and assign every partition of the alerts topic. In the worker:
+        subscribe to the feed; the rebuild comes with the assignment (`step`)."""
         from kafka import TopicPartition
 
-        members = 0
-        for _, value in self._read_all(self.members):
-            if value is not None:
-                self.agg.apply(member_decoder.decode(value))
-                members += 1
-        published = 0
-        for _, value in self._read_all(self.topics.incidents):
-            if value is None:
-                continue
-            rec = decode_record(value)
-            if isinstance(rec, Incident):
-                self.agg.restore_published(rec)
-                published += 1
-            else:
-                self.agg.act(rec)
-        log.info("rebuilt from %d membership(s) and %d incident record(s)", members, published)
-        self._publish()
+        if self.source is not None:
+            self.consumer.subscribe([self.source], listener=_ownership(self))
+            return
         deadline = time.monotonic() + 60
         while True:
             parts = self.consumer.partitions_for_topic(self.topics.alerts)
@@ -229,11 +269,45 @@ class IncidentsProcess:
         if not parts:
             raise RuntimeError(f"topic {self.topics.alerts} does not exist")
         self._alert_tps = [TopicPartition(self.topics.alerts, p) for p in sorted(parts)]
-        self._incident_tps = [TopicPartition(self.topics.incidents, 0)]
-        self.consumer.assign(self._alert_tps + self._incident_tps)
-        end = self.consumer.end_offsets(self._incident_tps)
-        for tp in self._incident_tps:
-            self.consumer.seek(tp, end[tp])  # actions before it were read by the rebuild
+        self.consumer.assign(self._alert_tps)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Read the members topic and the incidents topic from the beginning; publish what differs.
+        The actions consumer goes on from where the rebuild stopped reading (no action is missed)."""
+        from kafka import TopicPartition
+
+        self.agg = Incidents(self.incident_settings)
+        latest_member: dict[bytes | None, bytes] = {}
+        for key, value in self._read_all(self.members):
+            if value is None:  # a tombstone: an expired member (Incidents.expire), compacted away later
+                latest_member.pop(key, None)
+            else:
+                latest_member[key] = value
+        members = len(latest_member)
+        for value in latest_member.values():
+            self.agg.apply(member_decoder.decode(value))
+        published = 0
+        tp = TopicPartition(self.topics.incidents, 0)
+        self.actions.assign([tp])
+        self.actions.seek_to_beginning(tp)
+        end = self.actions.end_offsets([tp])[tp]
+        while self.actions.position(tp) < end:
+            for records in self.actions.poll(timeout_ms=500, max_records=5000).values():
+                for r in records:
+                    if r.value is None or r.offset >= end:
+                        continue
+                    rec = decode_record(r.value)
+                    if isinstance(rec, Incident):
+                        self.agg.restore_published(rec)
+                        published += 1
+                    else:
+                        self.agg.act(rec)
+        self.actions.seek(tp, end)
+        log.info("rebuilt from %d membership(s) and %d incident record(s)", members, published)
+        self.owner = True
+        self._rebuild_due = False
+        self._publish()
 
     def _publish(self) -> int:
         changed = self.last_published = self.agg.changes()
@@ -241,22 +315,34 @@ class IncidentsProcess:
             self.producer.send(self.topics.incidents, key=inc.incident_id.encode(), value=encode_record(inc))
         return len(changed)
 
-    def step(self, timeout_ms: int = 500) -> int:
-        """One poll: steps 1-5 of the module text. Returns the number of incident records published."""
-        from kafka.structs import OffsetAndMetadata
-
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
-        for records in polled.values():
+    def _take_actions(self) -> None:
+        for records in self.actions.poll(timeout_ms=0, max_records=5000).values():
             for r in records:
                 if r.value is None:
                     continue
-                if r.topic == self.topics.incidents:
-                    try:
-                        rec = decode_record(r.value)
-                    except msgspec.DecodeError:
-                        continue
-                    if isinstance(rec, Action):
-                        self.agg.act(rec)
+                try:
+                    rec = decode_record(r.value)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(rec, Action):
+                    self.agg.act(rec)
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """One poll: steps 1-5 of the module text. Returns the number of incident records published."""
+        from kafka.errors import CommitFailedError
+        from kafka.structs import OffsetAndMetadata
+
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
+        if self._rebuild_due:
+            self._rebuild()
+        if not self.owner:
+            if self.metrics is not None:
+                self.metrics.clear()
+            return 0
+        self._take_actions()
+        for records in polled.values():
+            for r in records:
+                if r.value is None:
                     continue
                 try:
                     alert = decode_alert(r.value)
@@ -271,17 +357,62 @@ class IncidentsProcess:
         if self.wall_clock:
             self.agg.tick(now)
         n = self._publish()
+        if now - self._expired_at >= self.expire_every_us:
+            self._expired_at = now
+            n += self.expire()
         self.producer.flush(timeout=60)
         if polled:
-            offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self._alert_tps}
-            self.consumer.commit(offsets)
+            offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
+            try:
+                self.consumer.commit(offsets)
+            except CommitFailedError as err:  # the feed went to another worker meanwhile: it reads them again
+                log.warning("incidents: the commit failed (%s); the next owner reads these alerts again", err)
         if self.metrics is not None:
             self.metrics.update(self.agg.incidents(), now)
         return n
 
+    def expire(self) -> int:
+        """Drop the members of long-settled incidents (Incidents.expire): tombstones on the members
+        topic, and the incidents' final records. Returns the number of incident records published."""
+        keys = self.agg.expire()
+        for k in keys:
+            self.producer.send(self.members, key=k.encode(), value=None)
+        if keys:
+            log.info("expired %d member(s) of settled incidents", len(keys))
+        return self._publish()
+
+    def assigned(self) -> None:
+        """The input is ours: rebuild in `step`, after the poll that assigned it."""
+        self._rebuild_due = True
+
+    def revoked(self) -> None:
+        """The input went to another worker: forget the state (the next owner rebuilds it)."""
+        self.owner = False
+        self._rebuild_due = False
+        self.agg = Incidents(self.incident_settings)
+        if self.metrics is not None:
+            self.metrics.clear()
+
     def close(self) -> None:
         self.consumer.close()
+        self.actions.close()
         self.producer.close()
+
+
+def _ownership(process: IncidentsProcess) -> Any:
+    """kafka-python's rebalance listener for the worker's feed (called inside `poll`)."""
+    from kafka import ConsumerRebalanceListener
+
+    class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if revoked:
+                process.revoked()
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            if assigned:
+                process.assigned()
+
+    return Ownership()
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -488,6 +619,8 @@ def member_keys(bootstrap: str, app_id: str, incident: Incident, security: Kafka
         if r.value is not None:
             m = member_decoder.decode(r.value)
             latest_member[m.entry.dedup_key] = m
+        elif r.key is not None:  # a tombstone: expired (Incidents.expire)
+            latest_member.pop(r.key.decode(), None)
     return {
         k: m.entry.number
         for k, m in latest_member.items()

@@ -152,10 +152,37 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
             read_offset = self._read_offset
             to_message = self._to_message
             monitor = self.app.monitor
+            # Set once Faust has sought the inputs to the committed offsets after the first table
+            # recovery (Recovery.on_recovery_completed resumes the input partitions and only then
+            # awaits perform_seek; a fetch in between starts wherever aiokafka stood). Before it,
+            # input records are not handed over and not marked read (`dropped`: the lowest offset
+            # dropped per input partition). Once it is set, and before anything of theirs is
+            # handed over, those partitions are sought back to the lower of that and the
+            # committed offset: a fetch that returned after Faust's seek but before `completed`
+            # was set was dropped too. So each input partition's first record handed over is the
+            # committed one. (Later assignments stop the flow at revocation and resume it only
+            # after their seek.)
+            tables: Any = self.app.tables
+            sought = tables.recovery.completed.is_set
+            dropped: dict[Any, int] = {}
+
+            async def reseek() -> set[Any]:
+                """Before anything of theirs is handed over (and whether more records come or not)."""
+                assigned = self.assignment()
+                for tp, offset in dropped.items():
+                    if tp in assigned:  # (one revoked since: its next owner starts at the committed offset)
+                        committed = self._committed_offset.get(tp)
+                        await self.seek(tp, offset if committed is None else min(committed, offset))
+                out = set(dropped)
+                dropped.clear()
+                return out
+
             while not (consumer_stopped() or fetcher_stopped()):
                 await self.sleep(0)
                 if self.should_stop:
                     continue
+                if dropped and sought():
+                    await reseek()
                 generation = self.app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
@@ -166,9 +193,15 @@ def make_app_class(transaction_manager: type) -> type[faust.App]:
                     except Exception as exc:
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     continue
+                resought = await reseek() if dropped and sought() else ()  # (this fetch's records of them come again)
                 batch: list[tuple[Any, list[Any]]] = []
                 for tp, recs in records.items():
                     if not recs or not (active is None or tp in active or tp in self._buffered_partitions):
+                        continue
+                    if tp.topic in topics and not sought():
+                        dropped[tp] = min(dropped.get(tp, recs[0].offset), recs[0].offset)
+                        continue
+                    if tp in resought:
                         continue
                     read = read_offset[tp]
                     if read is not None and recs[0].offset < read:  # read before (a seek back): skip

@@ -80,6 +80,18 @@ def numbers_topic(app_id: str) -> str:
     return f"{app_id}-numbers-changelog"
 
 
+def incident_feed_topic(app_id: str) -> str:
+    """The worker's single-partition feed of breach-class alerts to its incidents computation
+    (streams/worker/incidents.py): written in each flush with the alerts, read by one worker."""
+    return f"{app_id}-incident-alerts"
+
+
+def incidents_id(app_id: str) -> str:
+    """The worker's incidents computation's consumer group and topic prefix (`<app_id>-incidents-members`):
+    `notifguard-incidents` for the default app id, as `incidents run`'s default --app-id."""
+    return f"{app_id}-incidents"
+
+
 def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifguard") -> list[TopicSpec]:
     """The intended layout: names from the settings, counts and configs of the contract."""
     if partitions < 1:

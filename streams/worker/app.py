@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -96,13 +98,27 @@ def check_versions(faust_version: str, aiokafka_version: str) -> None:
         )
 
 
+def faust_env_overrides(settings: Mapping[str, Any], env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, setting) of each Faust environment variable set in `env` that would override
+    a setting the worker passes: Faust's Settings read the environment before their arguments
+    (BROKER_SESSION_TIMEOUT=10 beats broker_session_timeout=60), so the one settings object of
+    notifguard would not be the one in force."""
+    from faust.types.settings import Settings
+
+    out = []
+    for name in settings:
+        env_name = getattr(Settings.__dict__.get(name), "env_name", None)
+        if env_name and env_name in env:
+            out.append((env_name, name))
+    return out
+
+
 def create_app(config: WorkerConfig) -> faust.App:
     """The notifguard Faust app; nothing connects or starts until it runs."""
     import aiokafka
 
     check_versions(faust.__version__, aiokafka.__version__)
-    app = App(
-        config.app_id,
+    settings: dict[str, Any] = dict(
         broker=f"kafka://{config.bootstrap}",
         store=config.store,
         datadir=config.datadir,
@@ -130,6 +146,14 @@ def create_app(config: WorkerConfig) -> faust.App:
         broker_max_poll_records=config.batch_max,
         **faust_settings(config.kafka),  # TLS and SASL (streams.kafka_security)
     )
+    shadowed = faust_env_overrides(settings, os.environ)
+    if shadowed:
+        raise ValueError(
+            "Faust reads these environment variables over the worker's own settings: "
+            + ", ".join(f"{env} (would override {name})" for env, name in shadowed)
+            + "; unset them and set notifguard's settings instead (NOTIFGUARD_WORKER_*, the settings file)"
+        )
+    app = App(config.app_id, **settings)
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
     links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes, value_type=bytes)
     rt = Runtime(app, config, numbers_table, links_table)
@@ -170,6 +194,26 @@ def create_app(config: WorkerConfig) -> faust.App:
         # long-lived (frozen: never scanned again); the rest is scanned 70x less often.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+
+    if config.incidents:  # the incidents computation (streams/worker/incidents.py), in a thread of its own
+        from streams.worker.incidents import WorkerIncidents
+
+        incidents = WorkerIncidents(config, rt.metrics.registry, crash=rt.crash_soon)
+
+        @app.task
+        async def start_incidents() -> None:
+            loop = asyncio.get_running_loop()
+
+            def crash(exc: BaseException) -> None:  # from the incidents thread
+                loop.call_soon_threadsafe(rt.crash_soon, exc)
+
+            incidents.crash = crash
+            incidents.start()
+
+        async def stop_incidents(app: Any, **_: Any) -> None:
+            await asyncio.get_running_loop().run_in_executor(None, incidents.stop)
+
+        app.on_before_shutdown.connect(stop_incidents)  # type: ignore[arg-type]
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

@@ -42,7 +42,8 @@ class OffsetTracker:
         self._done: dict[TP, set[int]] = {}  # done offsets still in _pending (or skipped, not yet read)
         self._skip: dict[TP, set[int]] = {}  # done before (commit metadata): not to be processed again
         self._next: dict[TP, int] = {}
-        self._last: dict[TP, int] = {}  # last offset delivered
+        self._seen: dict[TP, list[list[int]]] = {}  # offset spans delivered since the last clear, in order
+        self._floor: dict[TP, int] = {}  # the committed offset loaded (exactly once): nothing below is new
         self._dirty: set[TP] = set()
 
     def load(self, tp: TP, offset: int, metadata: str) -> None:
@@ -52,24 +53,30 @@ class OffsetTracker:
             self._skip[tp] = skip
             self._done[tp] = set(skip)
         self._next[tp] = offset
+        self._floor[tp] = offset
 
     def delivered(self, batch: Batch) -> Batch:
-        """Track a fetched batch; returns it without the records done before (see `load`)."""
-        pending, last, skip = self._pending, self._last, self._skip
+        """Track a fetched batch; returns it without the records done before (see `load`) or
+        delivered before (a seek back re-delivers what was read since the committed offset)."""
+        pending, seen, skip = self._pending, self._seen, self._skip
         out: Batch = []
         for tp, records in batch:
-            seen = last.get(tp, -1)
-            if records and records[0].offset <= seen:
-                # Read again after a seek back (Faust seeks to the committed offset
-                # when it resumes the inputs): the first delivery is the one tracked.
-                records = [r for r in records if r.offset > seen]
-                if not records:
-                    continue
-            last[tp] = records[-1].offset
+            if not records:
+                continue
             q = pending.get(tp)
             if q is None:
                 q = pending[tp] = deque()
-            q.extend(r.offset for r in records)
+            spans = seen.get(tp)
+            if spans is None:
+                seen[tp] = [[records[0].offset, records[-1].offset]]
+                q.extend(r.offset for r in records)
+            elif records[0].offset > spans[-1][1]:  # goes on past everything seen (a fetch skips no record)
+                spans[-1][1] = records[-1].offset
+                q.extend(r.offset for r in records)
+            else:
+                records = self._not_seen(tp, records, spans, q)
+                if not records:
+                    continue
             s = skip.get(tp)
             if s:
                 kept = [r for r in records if r.offset not in s]
@@ -80,12 +87,46 @@ class OffsetTracker:
             out.append((tp, records))
         return out
 
+    def _not_seen(self, tp: TP, records: list[Any], spans: list[list[int]], q: deque[int]) -> list[Any]:
+        """Records read again after a seek back: only those never delivered are new.
+
+        Usually none below the first delivery: Faust seeks to the committed offsets before the
+        inputs' records are handed over (streams.seams.BatchConsumer). Should a delivery ever have
+        started above the committed offset, the seek's records below it are new (never processed;
+        acking past them would lose them), unless below the committed offset loaded (exactly once:
+        done before). They are processed then, out of offset order, and said so.
+        """
+        floor = self._floor.get(tp, -1)
+        new = [r for r in records if r.offset >= floor and not _within(spans, r.offset)]
+        if not new:
+            return new
+        top = spans[-1][1]
+        hole = [r.offset for r in new if r.offset < top]
+        for r in new:
+            _add(spans, r.offset)
+        if hole:
+            log.warning(
+                "%s: %d records at offsets %d-%d, below records delivered before them, arrived after "
+                "a seek back: processed now, out of offset order",
+                tp,
+                len(hole),
+                hole[0],
+                hole[-1],
+            )
+            merged = sorted(set(q).union(r.offset for r in new))
+            q.clear()
+            q.extend(merged)
+        else:
+            q.extend(r.offset for r in new)
+        return new
+
     def done(self, messages: Iterable[Any]) -> None:
-        done, nxt, dirty = self._done, self._next, self._dirty
+        done, pending, dirty = self._done, self._pending, self._dirty
         for msg in messages:
             tp = TP(msg.topic, msg.partition)
-            if msg.offset < nxt.get(tp, -1):
-                continue  # a second delivery's ack (see delivered)
+            q = pending.get(tp)
+            if not q or msg.offset < q[0]:
+                continue  # not waiting for its ack (see delivered)
             s = done.get(tp)
             if s is None:
                 s = done[tp] = set()
@@ -125,6 +166,8 @@ class OffsetTracker:
             if start is None:
                 c = committed.get(tp)
                 start = c if c is not None and 0 <= c <= first else first
+            elif first < start:  # records below an acked run, delivered after it (see _not_seen)
+                start = first
             self._next[tp] = end
             out[tp] = range(start, end)
         self._dirty.clear()
@@ -145,9 +188,27 @@ class OffsetTracker:
 
     def clear(self) -> None:
         """After a rebalance Faust seeks every assigned partition to its committed offset: start afresh."""
-        for d in (self._pending, self._done, self._skip, self._next, self._last):
+        for d in (self._pending, self._done, self._skip, self._next, self._seen, self._floor):
             d.clear()
         self._dirty.clear()
+
+
+def _within(spans: list[list[int]], offset: int) -> bool:
+    return any(a <= offset <= b for a, b in spans)
+
+
+def _add(spans: list[list[int]], offset: int) -> None:
+    """Put one offset into sorted, disjoint spans, merging neighbours."""
+    i = 0
+    while i < len(spans) and spans[i][1] < offset - 1:
+        i += 1
+    if i < len(spans) and spans[i][0] <= offset + 1:
+        spans[i][0] = min(spans[i][0], offset)
+        spans[i][1] = max(spans[i][1], offset)
+        if i + 1 < len(spans) and spans[i + 1][0] <= spans[i][1] + 1:
+            spans[i][1] = max(spans[i][1], spans.pop(i + 1)[1])
+    else:
+        spans.insert(i, [offset, offset])
 
 
 # Kafka keeps at most offset.metadata.max.bytes (4096 by default) of metadata per offset.

@@ -32,6 +32,7 @@ from streams.config import WorkerConfig
 from streams.metrics import Metrics
 from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
+from streams.topics import incident_feed_topic
 from streams.worker.offsets import TP, Batch
 from streams.worker.quarantine import CrashJournal
 
@@ -140,6 +141,10 @@ class Pipeline:
         self.paused: set[TP] = set()
         self.consumed_total = 0  # input records read (notifguard_records_consumed_total, summed; /health)
         self.echo: Callable[[Any], None] | None = None  # called with each alert (the demo prints them)
+        # the worker's incidents computation (streams/worker/incidents.py): breach-class alerts go to
+        # its single-partition feed too, in the same flush as the alerts (the same transaction)
+        self.feed = incident_feed_topic(config.app_id) if config.incidents else None
+        self._joins = config.incident_settings.joins
         self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
         self._n = 0
         # the crash journal (streams.worker.quarantine): told each record before it is decoded and
@@ -322,8 +327,12 @@ class Pipeline:
         alerts, dead, verdicts = engine.drain()
         out = self.out
         metrics = self.metrics
+        feed, joins = self.feed, self._joins
         for a in alerts:
-            out.append(Output(self.topics.alerts, a.dedup_key.encode(), encode_alert(a), metrics.alert_counter(a.kind)))
+            key, value = a.dedup_key.encode(), encode_alert(a)
+            out.append(Output(self.topics.alerts, key, value, metrics.alert_counter(a.kind)))
+            if feed is not None and joins(a.kind):
+                out.append(Output(feed, key, value))
             if self.echo is not None:
                 self.echo(a)
         for d in dead:

@@ -18,8 +18,8 @@ EXPECTED = {
     "notifguard-detector-pipeline": "Detector pipeline",
     "notifguard-incidents": "Incidents",
 }
-# the job each dashboard's $job defaults to: the worker's, or the incidents process's
-JOBS = {"notifguard-incidents": "notifguard-incidents"}
+# the jobs each dashboard's $job defaults to: the worker's; for incidents also the separate process's
+JOBS = {"notifguard-incidents": ["notifguard", "notifguard-incidents"]}
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 DS_UID = "notifguard-prometheus"
 # Prometheus's own series the dashboards may use besides docs/metrics.md.
@@ -68,7 +68,7 @@ def test_variables(uid: str) -> None:
     job = variables["job"]
     assert job["type"] == "query"
     assert job["datasource"] == DS_REF
-    assert job["current"]["value"] == [JOBS.get(uid, "notifguard")]
+    assert job["current"]["value"] == JOBS.get(uid, ["notifguard"])
 
 
 @pytest.mark.parametrize("uid", sorted(EXPECTED))

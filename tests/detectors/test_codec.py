@@ -96,6 +96,7 @@ def links(draw) -> list[Link]:
                 start_eid,
                 end,
                 draw(st.none() | IDS),
+                draw(st.none() | st.integers(0, 6)),
             )
         )
     return out
@@ -249,3 +250,21 @@ def test_two_codecs_share_no_memo(monkeypatch):
     assert mine.encode("r", decoded) == data and len(logs) == 1  # mine has its bytes from decode
     assert NumberCodec().encode("r", decoded) == data and len(logs) == 2
     assert decode_number(data) == state and len(logs) == 2
+
+
+def test_links_stored_before_the_end_type_decode_with_none_and_new_ones_carry_it():
+    """Changelog values written before Link.end_type (these bytes, by the encoder of commit 56d8fd0)
+    decode as they did; the end type is one flag bit and a one-byte varint where a holding ended."""
+    from detectors.holdings import TYPE_CODES
+
+    before = bytes.fromhex(
+        "a202070a18726566010a10432d010a104b2d0109a01f0ce1807d0ce2807d0ce3180a39020a49020a5902a01f0cf1"
+    )
+    ended = Link("ref1", "C-1", "K-1", "blau", 5_000_000, "e2", 1_000_000, "e1", 9_000_000, "e3")
+    still = Link("ref2", "C-2", "K-2", None, 2_000_000, "f1", 2_000_000, "f1", None, None)
+    assert decode_links(before) == [ended, still]
+    assert encode_links([ended, still]) == before  # no end type: the same bytes as before
+    ported = msgspec.structs.replace(ended, end_type=TYPE_CODES["ported_out"])
+    data = encode_links([ported, still])
+    assert decode_links(data) == [ported, still]
+    assert len(data) == len(before) + 1

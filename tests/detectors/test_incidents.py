@@ -243,6 +243,53 @@ def test_reported_and_operator_close() -> None:
     assert new.mails == 1 and new.status == "open" and new.reported is None
 
 
+def test_members_of_settled_incidents_expire_after_the_retention_and_their_record_stays() -> None:
+    retention = IncidentSettings(quiet_period_s=10 * 86_400.0, members_retention_s=30 * 86_400.0)
+    agg = aggregate([_alert("2026-06-01T10:00:00Z", "a"), _alert("2026-06-02T10:00:00Z", "b", number="n2")], retention)
+    (reported,) = agg.changes()
+    agg.act(_action(reported, REPORTED, note="ref 1"))
+    # a second incident of the signature, after a quiet gap, closed by its quiet period and never reported
+    agg.add(_alert("2026-07-01T10:00:00Z", "c"))
+    unreported = next(i for i in agg.changes() if i.incident_id != reported.incident_id)
+    closes = parse_rfc3339("2026-06-02T10:00:00Z") + 10 * DAY_US  # last mail + quiet period
+    agg.tick(closes + 30 * DAY_US - 1)
+    assert agg.expire() == [] and len(agg.state.where) == 3  # closed, but not for 30 days yet
+    agg.tick(closes + 30 * DAY_US)
+    first = [_alert("2026-06-01T10:00:00Z", "a"), _alert("2026-06-02T10:00:00Z", "b", number="n2")]
+    assert sorted(agg.expire()) == sorted(a.dedup_key for a in first)
+    assert agg.expire() == []
+    changed = {i.incident_id: i for i in agg.changes()}
+    final = changed[reported.incident_id]
+    assert final.members_expired and final.status == "closed" and final.reported is not None
+    assert (final.mails, final.affected_numbers, final.incident_id) == (2, 2, reported.incident_id)
+    assert all(i.status != SUPERSEDED for i in changed.values())
+    # the unreported one keeps its members (it still pages) however old it gets
+    agg.tick(parse_rfc3339("2027-12-01T00:00:00Z"))
+    assert agg.expire() == [] and list(agg.state.where) == [_alert("2026-07-01T10:00:00Z", "c").dedup_key]
+    assert unreported.incident_id in {i.incident_id for i in agg.incidents()}
+    # a restarted aggregator: the remaining members and the topic's records; the expired id stays as it is
+    again = Incidents(retention)
+    again.add(_alert("2026-07-01T10:00:00Z", "c"))
+    for rec in [*changed.values(), unreported]:
+        again.restore_published(rec)
+    assert all(i.status != SUPERSEDED for i in again.changes())
+    # a signature whose members all expire: its final record comes out all the same
+    alone = aggregate([_alert("2026-06-01T10:00:00Z", "a")], retention)
+    (inc,) = alone.changes()
+    alone.act(_action(inc, CLOSE))
+    alone.changes()
+    alone.tick(parse_rfc3339("2027-01-01T00:00:00Z"))
+    assert alone.expire() and not alone.state.signatures
+    (last,) = alone.changes()
+    assert last.incident_id == inc.incident_id and last.members_expired and last.closed_by == "operator"
+    # 0 keeps members forever
+    forever = aggregate([_alert("2026-06-01T10:00:00Z", "a")], IncidentSettings(members_retention_s=0))
+    (inc,) = forever.changes()
+    forever.act(_action(inc, CLOSE))
+    forever.tick(parse_rfc3339("2036-01-01T00:00:00Z"))
+    assert forever.expire() == []
+
+
 def test_an_earlier_alert_renames_the_incident_and_the_old_id_is_superseded() -> None:
     agg = aggregate([_alert("2026-06-02T10:00:00Z", "b")])
     (old,) = agg.changes()
@@ -314,6 +361,26 @@ def test_signature_of_the_other_breach_kinds() -> None:
         "open",
         "contract_started",
     )
+    # another number's holding that ended: how it ended is in the link (Link.end_type) and the signature
+    for end in ("ported_out", "contract_ended"):
+        ended = alerts_of(
+            [
+                change("contract_started", 0, msisdn="+4917611111111", customer_id="C-A", email="a@x.de"),
+                change(end, 50, msisdn="+4917611111111"),
+                change("contract_started", 0, msisdn="+4917622222222", customer_id="C-B", email="b@x.de"),
+                mail("a@x.de", 100, msisdn="+4917622222222", template="invoice"),
+            ]
+        )
+        (a,) = [a for a in ended if a.kind == kinds.RECIPIENT_OTHER_CUSTOMER]
+        assert a.evidence["linked"]["end_type"] == end
+        sig = signature_of(a)
+        assert (sig.via, sig.previous_end) == ("other_number", end)
+        assert f"holding on another number o2, ended by {end}" in sig.describe()
+    # an alert from a link stored before links kept their end type: "ended", as before
+    legacy = msgspec.structs.replace(
+        a, evidence={**a.evidence, "linked": {k: v for k, v in a.evidence["linked"].items() if k != "end_type"}}
+    )
+    assert signature_of(legacy).previous_end == "ended"
     orphan = alerts_of(
         [
             change("contract_started", 0, customer_id="C-A", brand="blau", email="a@x.de"),

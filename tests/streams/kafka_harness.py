@@ -63,6 +63,7 @@ class KafkaRun:
             delivery=f"{tag}.notifications.delivery",
             alerts=f"{tag}.notifguard.alerts",
             deadletter=f"{tag}.notifguard.deadletter",
+            incidents=f"{tag}.notifguard.incidents",
         )
         self.rules = {"idle_flush_s": "2", **{k: str(v) for k, v in rules.items()}}
         self.workers: list[tuple[subprocess.Popen[bytes], int, Path]] = []
@@ -70,6 +71,17 @@ class KafkaRun:
 
         ensure_topics(
             bootstrap, Settings(topics=self.topics), partitions=partitions, app_id=self.app_id, security=security
+        )
+        from streams.incidents import worker_incident_specs
+
+        # the incidents topic is no `<app_id>-` topic: made by the harness's admin, as an operator would
+        # (a worker with only its ACLs cannot create it; docs/security.md)
+        ensure_topics(
+            bootstrap,
+            Settings(topics=self.topics),
+            app_id=self.app_id,
+            specs=worker_incident_specs(Settings(topics=self.topics), self.app_id),
+            security=security,
         )
         self._producer: Any = None
 
@@ -240,6 +252,9 @@ class KafkaRun:
                     f"{self.app_id}-numbers-changelog",
                     f"{self.app_id}-address-index-changelog",
                     f"{self.app_id}-__assignor-__leader",
+                    t.incidents,
+                    f"{self.app_id}-incident-alerts",
+                    f"{self.app_id}-incidents-members",
                 ],
                 security=self.security,
             )

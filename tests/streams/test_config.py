@@ -47,6 +47,20 @@ def test_replication_factor_reaches_the_topics_faust_creates(tmp_path):
         load_worker_config(None, env={"NOTIFGUARD_WORKER_REPLICATION_FACTOR": "0"})
 
 
+def test_a_faust_environment_variable_cannot_override_the_worker_s_settings(monkeypatch):
+    """Faust's Settings read BROKER_SESSION_TIMEOUT, PROCESSING_GUARANTEE, ... over their arguments:
+    set, they would silently replace the settings object's values (an operator's shell, a test)."""
+    from streams.config import load_worker_config
+    from streams.worker import create_app
+
+    config = load_worker_config(None, env={"NOTIFGUARD_WORKER_SESSION_TIMEOUT_S": "10"})
+    assert create_app(config).conf.broker_session_timeout == 10
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "45")
+    monkeypatch.setenv("PROCESSING_GUARANTEE", "at_least_once")
+    with pytest.raises(ValueError, match=r"PROCESSING_GUARANTEE .*BROKER_SESSION_TIMEOUT \(would override broker_sess"):
+        create_app(config)
+
+
 def test_the_worker_refuses_a_faust_or_aiokafka_it_was_not_tested_with():
     from streams.worker import FAUST_TESTED, check_versions
 

@@ -25,6 +25,7 @@ import pytest
 from detectors.alerts import Alert, encode_alert
 from detectors.incidents import SUPERSEDED, Incident, Incidents, latest
 from detectors.settings import Settings, Topics
+from detectors.timefmt import parse_rfc3339
 from streams.incidents import _consume_all, read_records
 from streams.replay_offline import replay
 from tests.factories import Rec
@@ -297,3 +298,49 @@ def test_a_restart_mid_stream_keeps_the_counts_exact(
     run.produce(alerts[half:] + redelivered)
     run.start()
     run.await_incidents(want)
+
+
+def test_members_of_a_settled_incident_expire_as_tombstones_and_a_restart_keeps_its_record(
+    run: Run, offline: tuple[list[Alert], dict[str, Incident]]
+) -> None:
+    from detectors.incidents import REPORTED, IncidentSettings
+    from streams.incidents import IncidentsProcess, incident_topic_specs, members_topic, new_action
+    from streams.topics import ensure_topics
+
+    alerts, want = offline
+    ensure_topics(run.bootstrap, run.settings, app_id=run.app_id, specs=incident_topic_specs(run.settings, run.app_id))
+    isettings = IncidentSettings(members_retention_s=86_400.0)
+
+    def process() -> IncidentsProcess:
+        p = IncidentsProcess(run.bootstrap, run.settings, isettings, app_id=run.app_id, wall_clock=False)
+        p.start()
+        return p
+
+    first = process()
+    try:
+        run.produce(alerts)
+        deadline = time.monotonic() + 30
+        while summary(run.topic()) != summary(want) and time.monotonic() < deadline:
+            first.step(timeout_ms=200)
+        seed = next(i for i in first.agg.incidents() if i.signature.template == "contract_info")
+        first.agg.act(new_action(seed, REPORTED, "ref 1", "dpo", 0))  # as if taken from the topic
+        first.step(timeout_ms=0)
+        first.agg.tick(parse_rfc3339("2028-01-01T00:00:00Z"))
+        first.step(timeout_ms=0)  # both closed by their quiet period now (expire runs once an hour of wall clock)
+        assert first.expire() == 1  # the seed's final record; the other incident is not reported
+        first.producer.flush()
+    finally:
+        first.close()
+    tombstones = {r.key for r in _consume_all(run.bootstrap, members_topic(run.app_id)) if r.value is None}
+    assert len(tombstones) == want[seed.incident_id].mails == 375
+    final = run.topic()[seed.incident_id]
+    assert final.members_expired and final.mails == 375 and final.affected_numbers == 300
+    again = process()  # a restart: no member of the seed left, its record stays as it is (not superseded)
+    try:
+        # (the other one is published open again: this restart's clock is event time, not the 2028 ticked above)
+        assert [i.incident_id for i in again.last_published] == [k for k in want if k != seed.incident_id]
+        assert all(i.status != SUPERSEDED for i in again.last_published)
+        assert seed.incident_id not in {i.incident_id for i in again.agg.incidents()}
+        assert {k: v.mails for k, v in run.topic().items()} == {k: v.mails for k, v in want.items()}
+    finally:
+        again.close()

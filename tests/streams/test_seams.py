@@ -156,3 +156,20 @@ def test_no_other_module_uses_private_names() -> None:
     assert "SLF001" in lint["select"]
     exempt = {path for path, codes in lint.get("per-file-ignores", {}).items() if "SLF001" in codes}
     assert exempt <= {"streams/seams.py", "tests/**"}, exempt
+
+
+def test_recovery_completed_is_set_once_after_the_first_seek_to_the_committed_offsets() -> None:
+    """BatchConsumer hands no input record over before Recovery.completed: Faust sets it after
+    on_recovery_completed (or _resume_streams, without tables) has awaited perform_seek, and never
+    clears it; later assignments stop the flow at revocation and resume it after their seek."""
+    from faust.tables.recovery import Recovery
+
+    for method in (Recovery.on_recovery_completed, Recovery._resume_streams):
+        source = inspect.getsource(method)
+        assert "perform_seek()" in source and "self.completed.set()" in source, method.__name__
+        assert source.index("perform_seek()") < source.index("self.completed.set()"), method.__name__
+        assert source.index("self.completed.set()") < source.index("resume_flow()"), method.__name__
+    assert "completed.clear()" not in inspect.getsource(Recovery)
+    assert "stop_flow" in inspect.getsource(
+        faust.App._on_partitions_revoked
+    )  # a later rebalance stops the flow (BatchConsumer then hands nothing over)

@@ -62,10 +62,9 @@ def pending(run: KafkaRun, port: int) -> float:
 
 
 def killable_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarantee: str) -> KafkaRun:
-    # Faust reads its settings from the environment too: a killed worker's
-    # group membership expires after 10 s instead of 60, so its partitions
-    # move on sooner (failure detection only, no semantics).
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
+    # session_timeout_s: a killed worker's group membership expires after 10 s
+    # instead of 60, so its partitions move on sooner (failure detection only).
+    monkeypatch.setenv("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S", "10")
     return KafkaRun(
         require_broker(), tmp_path, dedup_retention_s=REREAD_RETENTION_S, worker_processing_guarantee=guarantee
     )

@@ -255,9 +255,9 @@ RESTART_RULES: dict[str, Any] = {"dedup_retention_s": 200 * 86_400}
 
 @pytest.fixture()
 def killable(monkeypatch):
-    # Faust reads this from the environment: a killed worker's group membership
-    # expires after 10 s instead of 60 (failure detection only).
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
+    # session_timeout_s: a killed worker's group membership expires after 10 s
+    # instead of 60 (failure detection only).
+    monkeypatch.setenv("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S", "10")
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])

@@ -151,3 +151,25 @@ def test_relinks_are_taken_at_every_flush_and_counted_as_unrouted():
     assert p.engine.relinks == []
     got = samples(p.metrics.registry)
     assert got["notifguard_relinks_unrouted_total"] == 1
+
+
+def test_breach_alerts_also_go_to_the_incident_feed_in_the_same_flush_and_only_they() -> None:
+    """The feed of the worker's incidents computation (streams/worker/incidents.py): each alert of a kind
+    that joins incidents (IncidentSettings.joins) once more, same key and value, in the alerts' flush."""
+    from detectors.incidents import IncidentSettings
+    from streams.topics import incident_feed_topic
+
+    story = [change("contract_started", 0, email="a@x.de"), change("contract_ended", 50), mail("a@x.de", 100)]
+    batches = as_batches(story, 2, [TOPICS.changes, TOPICS.outbound, TOPICS.delivery], 7)
+    for incidents, kinds in [
+        (True, ("notification_without_contract",)),
+        (True, ("recipient_other_customer",)),
+        (False, ()),
+    ]:
+        p, wall = pipeline(incidents=incidents, incident_settings=IncidentSettings(breach_kinds=kinds or ("re_port",)))
+        flushes = drive(p, wall, batches)
+        outputs = [o for f in flushes for o in f.outputs]
+        alerts = {o.key: o.value for o in outputs if o.topic == TOPICS.alerts}
+        feed = {o.key: o.value for o in outputs if o.topic == incident_feed_topic("notifguard")}
+        assert any(json.loads(v)["kind"] == "notification_without_contract" for v in alerts.values())
+        assert feed == {k: v for k, v in alerts.items() if incidents and json.loads(v)["kind"] in kinds}
