@@ -432,6 +432,15 @@ def run_command(args: argparse.Namespace) -> int:
     acls = topic_needs(incidents_acls(settings.topics, args.app_id))
     check_topics(args.bootstrap, security, {settings.topics.alerts: acls[settings.topics.alerts]}, groups=[args.app_id])
     check_topics(args.bootstrap, security, {settings.topics.incidents: acls[settings.topics.incidents]}, existing=False)
+    members = group_members(args.bootstrap, args.app_id, security)
+    if members:
+        print(
+            f"notifguard incidents run: the consumer group {args.app_id} has {members} active member(s): workers "
+            "compute these incidents already ([worker] incidents = true, the default). Never both (every incident "
+            "would be published twice): set incidents = false in the workers first, or do not run this.",
+            file=sys.stderr,
+        )
+        return 2
     ensure_topics(
         args.bootstrap,
         settings,
@@ -604,6 +613,19 @@ def _consume_all(
                         yield r
     finally:
         c.close()
+
+
+def group_members(bootstrap: str, group: str, security: KafkaSecurity = PLAINTEXT) -> int:
+    """Active members of a consumer group (0 for one that is empty or does not exist). `incidents run`
+    reads its input by assignment, with no membership: members are workers computing incidents."""
+    from streams.kafka_security import admin_client
+
+    admin = admin_client(bootstrap, security)
+    try:
+        described = admin.describe_groups([group])
+    finally:
+        admin.close()
+    return sum(len(g.get("members") or ()) for g in described.values() if g.get("group_state") not in ("Empty", "Dead"))
 
 
 def member_keys(bootstrap: str, app_id: str, incident: Incident, security: KafkaSecurity = PLAINTEXT) -> dict[str, str]:

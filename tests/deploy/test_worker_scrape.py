@@ -88,6 +88,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardFrequentRebalances": "> 3 rebalances in 15 min: one worker, one assignment",
     # --- the incidents were detected seconds ago: the first deadline is 24 h away -----
     "NotifguardIncidentDeadlineNear": "< 6 h to a deadline: the nearest is ~24 h away",
+    "NotifguardIncidentsStalled": "last poll over 5 min ago: the incidents process polls every second",
 }
 
 
@@ -174,7 +175,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
     kafka = KafkaRun(bootstrap, tmp)
     services: list[Service] = []
     try:
-        worker_port = kafka.start_worker(store="memory://")
+        # the separate incidents process (job notifguard-incidents) computes them here: never both
+        worker_port = kafka.start_worker(store="memory://", env={"NOTIFGUARD_WORKER_INCIDENTS": "false"})
         incidents_port = free_port()
         topics = {**vars(kafka.topics), "incidents": f"{kafka.app_id}.notifguard.incidents"}
         (tmp / "incidents.toml").write_text("[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in topics.items()))

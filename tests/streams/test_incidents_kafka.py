@@ -344,3 +344,25 @@ def test_members_of_a_settled_incident_expire_as_tombstones_and_a_restart_keeps_
         assert {k: v.mails for k, v in run.topic().items()} == {k: v.mails for k, v in want.items()}
     finally:
         again.close()
+
+
+def test_incidents_run_refuses_to_start_while_workers_compute_the_incidents(run: Run) -> None:
+    """Never both: a member in the incidents group is a worker computing them (incidents run reads by
+    assignment, without membership); every incident would be published twice."""
+    from kafka import KafkaConsumer
+
+    member = KafkaConsumer(run.settings.topics.alerts, bootstrap_servers=run.bootstrap, group_id=run.app_id)
+    try:
+        deadline = time.monotonic() + 30
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(200)
+        assert member.assignment()
+        proc = run.start()
+        assert proc.wait(60) == 2
+        log = (run.tmp / "incidents-0.log").read_text()
+        assert f"the consumer group {run.app_id} has 1 active member(s)" in log and "Never both" in log
+    finally:
+        member.close()
+    proc = run.start()  # the workers gone: it runs
+    time.sleep(3)
+    assert proc.poll() is None
