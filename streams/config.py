@@ -59,7 +59,11 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
 def load_incident_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> IncidentSettings:
     """The `[incidents]` section of the settings file, then NOTIFGUARD_INCIDENTS_* (breach_kinds: comma-separated)."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = dict((read_settings_file(path, env) or {}).get("incidents", {}) or {})
+    return _incident_settings_from((read_settings_file(path, env) or {}).get("incidents"), env)
+
+
+def _incident_settings_from(section: Any, env: Mapping[str, str]) -> IncidentSettings:
+    values: dict[str, Any] = dict(section or {})
     fields = {f.name: f for f in dataclasses.fields(IncidentSettings)}
     for name in fields:
         raw = env.get(f"{_ENV_PREFIX}INCIDENTS_{name.upper()}")
@@ -295,15 +299,17 @@ def load_worker_config(path: str | Path | None = None, env: Mapping[str, str] | 
     env = os.environ if env is None else env
     section: dict[str, Any] = {}
     kafka: dict[str, Any] = {}
+    incidents: dict[str, Any] = {}
     rules_env = dict(env)
     doc = read_settings_file(path, env)
     if doc is not None:
         section = dict(doc.pop("worker", {}) or {})
         kafka = dict(doc.pop("kafka", {}) or {})
+        incidents = dict(doc.pop("incidents", {}) or {})
     rules = _settings_from(doc if doc is not None else {}, rules_env)
     kwargs: dict[str, Any] = {
         "kafka": security_from(kafka, env),
-        "incident_settings": load_incident_settings(path, env),
+        "incident_settings": _incident_settings_from(incidents, env),
     }
     defaults = WorkerConfig(rules=rules)
     names = {f.name for f in dataclasses.fields(WorkerConfig)} - {"rules", "kafka", "incident_settings"}
