@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import msgspec
 
 from detectors import kinds
-from detectors.alerts import Alert
+from detectors.alerts import FIRING, Alert
 from detectors.arrival import (
     CHANGE,
     DELIVERY,
@@ -169,6 +169,7 @@ class Stats:
     late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
     deadletters: dict[str, int] = field(default_factory=dict)
+    # alerts raised (on time or late), not their retractions
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
     released_early: int = 0  # over the grace buffer's bound (detectors.arrival)
@@ -860,7 +861,8 @@ class Engine:
         if replay is not None:  # re-judging: _rejudge compares them with what was raised
             replay.append((self._replay_t, alert))
             return
-        self._stats.alerts[alert.kind] += 1
+        if alert.status == FIRING:  # a retraction is counted in Stats.retracted
+            self._stats.alerts[alert.kind] += 1
         self.alerts.append(alert)
 
     def _fired(self, state: NumberState, t: int, alerts: list[Alert], n: int) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from detectors import kinds
-from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.alerts import RETRACTED, Alert, Subject, dedup_key, unique
 from detectors.holdings import TYPE_NAMES, Holding
 from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
 from detectors.records import ContractChange, Delivery, InputRecord, Outbound
@@ -298,7 +298,7 @@ class Wording:
             evidence={"retracted_by": list(by), "now": now_kind},
             late=True,
             runbook_url=f"{self._runbooks}{kind}.md",
-            status="retracted",
+            status=RETRACTED,
             retracted_by=list(by),
             reason=reason,
         )

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from detectors.alerts import RETRACTED
 from detectors.settings import Secret
 
 log = logging.getLogger("notifguard.forward")
@@ -91,9 +92,6 @@ def to_alertmanager(alert: dict[str, Any], now: float, resolve_after: float) -> 
         "startsAt": _rfc3339(started),
         "endsAt": _rfc3339(now + resolve_after),
     }
-
-
-RETRACTED = "retracted"  # an alert record's status when it withdraws its dedup_key's alert
 
 
 def resolution(

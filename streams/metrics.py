@@ -6,11 +6,12 @@ import platform
 from collections import Counter as _Tally
 from collections.abc import Iterable
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from detectors import kinds
+from detectors.alerts import RETRACTED, Alert
 from detectors.engine import CORRECTION_CAUSES, Stats, VerdictRecord
 from detectors.expiry import PARTS
 from detectors.records import REASON_CODES, WORKER_REASON_CODES
@@ -56,6 +57,23 @@ class LabelValues:
         return label
 
 
+class Counted(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Both:
+    """Two counters moved on together (an alert raised late counts as an alert and as late)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Counted, second: Counted) -> None:
+        self.first, self.second = first, second
+
+    def inc(self, amount: float = 1) -> None:
+        self.first.inc(amount)
+        self.second.inc(amount)
+
+
 class Metrics:
     """The worker's registry; `*_created` series are off (they double every counter for nothing)."""
 
@@ -81,7 +99,10 @@ class Metrics:
             registry=r,
         )
         self.alerts = Counter(
-            "notifguard_alerts", "Alerts delivered to the alerts topic", ["kind", "severity"], registry=r
+            "notifguard_alerts",
+            "Alerts delivered to the alerts topic, on time or late (retractions are not counted here)",
+            ["kind", "severity"],
+            registry=r,
         )
         self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"], registry=r)
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
@@ -100,13 +121,13 @@ class Metrics:
         )
         self.raised_late = Counter(
             "notifguard_alerts_raised_late",
-            "Alerts a correction raised late (late: true), when judged",
+            "Alerts a correction raised late (late: true) delivered to the alerts topic; also in notifguard_alerts",
             ["kind", "severity"],
             registry=r,
         )
         self.retracted = Counter(
             "notifguard_alerts_retracted",
-            "Alerts a correction withdrew (status: retracted), when judged",
+            "Retractions (status: retracted) delivered to the alerts topic, by the withdrawn alert's kind",
             ["kind", "severity"],
             registry=r,
         )
@@ -200,15 +221,26 @@ class Metrics:
         self._known_verdict_labels: set[tuple[str, ...]] = set()
         self._verdict_children: dict[tuple[str, ...], Any] = {}  # labels -> counter child (labels() is slow)
         self._delivery_children: dict[tuple[str, ...], Any] = {}
-        self._alert_children: dict[str, Any] = {}
+        self._alert_children: dict[tuple[str, str, bool], Counted] = {}
         # one guard per label name, shared by the metrics that have the label
         self.brand, self.template, self.sender = LabelValues(), LabelValues(), LabelValues()
 
-    def alert_counter(self, kind: str) -> Any:
-        """notifguard_alerts_total of one kind: counted when the alert has been delivered (the committers)."""
-        child = self._alert_children.get(kind)
+    def alert_counter(self, alert: Alert) -> Counted:
+        """What counts an alert record once the broker has it (the committers): a firing alert in
+        notifguard_alerts_total, one raised late (`late: true`) in notifguard_alerts_raised_late_total
+        too; a retraction only in notifguard_alerts_retracted_total (it withdraws an alert counted
+        before: docs/metrics.md, "Corrections")."""
+        key = (alert.kind, alert.status, alert.late)
+        child = self._alert_children.get(key)
         if child is None:
-            child = self._alert_children[kind] = self.alerts.labels(kind, kinds.SEVERITY[kind])
+            kind, severity = alert.kind, kinds.SEVERITY[alert.kind]
+            if alert.status == RETRACTED:
+                child = self.retracted.labels(kind, severity)
+            elif alert.late:
+                child = _Both(self.alerts.labels(kind, severity), self.raised_late.labels(kind, severity))
+            else:
+                child = self.alerts.labels(kind, severity)
+            self._alert_children[key] = child
         return child
 
     def observe_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
@@ -257,10 +289,6 @@ class Metrics:
             self.too_late.labels(topic).inc(stats.too_late[kind] - last.too_late[kind])
         for cause, n in stats.corrections.items():
             self.corrections.labels(cause).inc(n - last.corrections.get(cause, 0))
-        for kind, n in stats.raised_late.items():
-            self.raised_late.labels(kind, kinds.SEVERITY[kind]).inc(n - last.raised_late.get(kind, 0))
-        for kind, n in stats.retracted.items():
-            self.retracted.labels(kind, kinds.SEVERITY[kind]).inc(n - last.retracted.get(kind, 0))
         self.expired.inc(stats.expired - last.expired)
         self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():

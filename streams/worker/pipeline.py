@@ -29,7 +29,7 @@ from detectors.settings import Topics
 from detectors.state import AddressIndex
 from detectors.timefmt import rfc3339
 from streams.config import WorkerConfig
-from streams.metrics import Metrics
+from streams.metrics import Counted, Metrics
 from streams.sweeper import Sweeper
 from streams.tablestore import TableLinks, TableNumbers
 from streams.topics import incident_feed_topic
@@ -54,10 +54,6 @@ def input_topics(topics: Topics) -> tuple[str, str, str]:
 
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
-
-
-class Counted(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
 
 
 class Output(NamedTuple):
@@ -330,7 +326,7 @@ class Pipeline:
         feed, joins = self.feed, self._joins
         for a in alerts:
             key, value = a.dedup_key.encode(), encode_alert(a)
-            out.append(Output(self.topics.alerts, key, value, metrics.alert_counter(a.kind)))
+            out.append(Output(self.topics.alerts, key, value, metrics.alert_counter(a)))
             if feed is not None and joins(a.kind):
                 out.append(Output(feed, key, value))
             if self.echo is not None:

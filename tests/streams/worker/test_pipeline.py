@@ -173,3 +173,43 @@ def test_breach_alerts_also_go_to_the_incident_feed_in_the_same_flush_and_only_t
         feed = {o.key: o.value for o in outputs if o.topic == incident_feed_topic("notifguard")}
         assert any(json.loads(v)["kind"] == "notification_without_contract" for v in alerts.values())
         assert feed == {k: v for k, v in alerts.items() if incidents and json.loads(v)["kind"] in kinds}
+
+
+def test_delivered_corrections_count_a_retraction_as_retracted_and_a_late_alert_as_an_alert_and_late():
+    """A late email_changed retracts the unlinked alert of a mail it explains; a late contract_ended
+    raises a late alert for a mail it leaves without a contract. Once the broker has them (the
+    committers call `sent.inc()`), notifguard_alerts_total counts the first alert and the late one,
+    never the retraction; the correction counters count each once. Nothing counts before delivery."""
+    p, wall = pipeline(partitions=1)
+    holder = "+4917688888888"
+    records = [
+        FILLER_START,
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("contract_started", 0, id="h", msisdn=holder, contract_id="K-H", customer_id="C-H", email="h@x.de"),
+        mail("new@x.de", DAY, id="n1"),
+        mail("h@x.de", DAY + 60, id="n2", msisdn=holder),
+    ]
+    first = drive(p, wall, as_batches(records, 1, [TOPICS.changes, TOPICS.outbound], batch=10))
+    late = [
+        change("email_changed", DAY - 600, id="late-email", email="new@x.de"),
+        change("contract_ended", DAY - 600, id="late-end", msisdn=holder, contract_id="K-H", customer_id="C-H"),
+    ]
+    second = drive(p, wall, as_batches(late, 1, [TOPICS.changes], batch=10))
+    outputs = [o for f in first + second for o in f.outputs if o.topic == TOPICS.alerts]
+    records_out = [json.loads(o.value) for o in outputs]
+    assert sorted((r["kind"], r["trigger_event_id"], r["status"], r["late"]) for r in records_out) == [
+        ("notification_without_contract", "n2", "firing", True),
+        ("recipient_unlinked", "n1", "firing", False),
+        ("recipient_unlinked", "n1", "retracted", True),
+    ]
+    key = '{kind="%s",severity="%s"}'
+    unlinked, nwc = key % ("recipient_unlinked", "warning"), key % ("notification_without_contract", "critical")
+    assert samples(p.metrics.registry)["notifguard_alerts_total" + unlinked] == 0  # judged, not delivered
+    for o in outputs:
+        assert o.sent is not None
+        o.sent.inc()
+    got = samples(p.metrics.registry)
+    assert got["notifguard_alerts_total" + unlinked] == 1 and got["notifguard_alerts_retracted_total" + unlinked] == 1
+    assert got["notifguard_alerts_raised_late_total" + unlinked] == 0
+    assert got["notifguard_alerts_total" + nwc] == 1 and got["notifguard_alerts_raised_late_total" + nwc] == 1
+    assert got["notifguard_alerts_retracted_total" + nwc] == 0
