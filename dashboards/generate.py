@@ -4,7 +4,7 @@
     .venv/bin/python dashboards/generate.py --check   # exit 1 if a committed file differs
 
 Three dashboards: "Notification health" (what the notifications do: volume,
-mismatched recipients, alerts, bounces, re-ports), "Detector pipeline" (how
+mismatched recipients, alerts, bounces, re-ports, corrections), "Detector pipeline" (how
 the worker keeps up) and "Incidents" (the incidents process, job
 ``notifguard-incidents``: open incidents, affected numbers, time left to the
 reporting deadlines, reported or not). Every panel queries the data source variable
@@ -216,6 +216,10 @@ VERDICT_DELAY = "notifguard_verdict_delay_seconds"
 PROCESSING = "notifguard_processing_seconds"
 DEADLETTERS = "notifguard_deadletters_total"
 LATE = "notifguard_late_records_total"
+TOO_LATE = "notifguard_too_late_records_total"
+CORRECTIONS = "notifguard_corrections_total"
+RAISED_LATE = "notifguard_alerts_raised_late_total"
+RETRACTED = "notifguard_alerts_retracted_total"
 DUPLICATES = "notifguard_duplicates_total"
 ERRORS = "notifguard_processing_errors_total"
 PRODUCED = "notifguard_records_produced_total"
@@ -229,6 +233,7 @@ EXPIRED = "notifguard_states_expired_total"
 CAPPED = "notifguard_state_capped_total"
 
 NOT_OK = 'verdict!="ok"'
+CHANGES_TOPIC = 'topic="contracts.changes"'
 HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
 FINAL = 'status=~"delivered|bounced"'
 BOUNCE_KINDS = 'kind=~"current_address_bouncing|bounce_burst"'
@@ -288,7 +293,8 @@ def notification_health() -> dict[str, Any]:
                     "Alerts per second by kind",
                     "ops",
                     [Query(f"sum by (kind, severity) ({rate(ALERTS)})", "{{kind}} ({{severity}})")],
-                    "Records written to notifguard.alerts.",
+                    "Alerts raised (on time or late) and written to notifguard.alerts; their retractions are "
+                    "counted apart (row Corrections).",
                 ),
                 Panel(
                     "Alerts by severity",
@@ -365,11 +371,58 @@ def notification_health() -> dict[str, Any]:
                 ),
             ],
         ),
+        Row(
+            "Corrections",
+            [
+                Panel(
+                    "Alerts raised late and retracted, by kind",
+                    "ops",
+                    [
+                        Query(f"sum by (kind) ({rate(RAISED_LATE)})", "raised late: {{kind}}"),
+                        Query(f"sum by (kind) ({rate(RETRACTED)})", "retracted: {{kind}}"),
+                    ],
+                    "Contract 1.1: a record later than grace but within the correction horizon judges its number "
+                    "again; what now holds is raised late (late: true, also counted in Alerts), what no longer "
+                    "holds is retracted (Alertmanager resolves it at once). Runbook: an alert was retracted or "
+                    "raised late.",
+                ),
+                Panel(
+                    "Corrections by cause",
+                    "ops",
+                    [Query(f"sum by (cause) ({rate(CORRECTIONS)})", "{{cause}}")],
+                    "Numbers judged again, by the topic of the late record (changes, outbound, delivery) or relink "
+                    "(a late change of another number altered an address's links); whether or not anything changed.",
+                ),
+                Panel(
+                    "Share of contract changes arriving late",
+                    "percentunit",
+                    [
+                        Query(
+                            f"sum by (topic) ({rate(LATE, CHANGES_TOPIC)})\n"
+                            f"/\n(sum by (topic) ({rate(CONSUMED, CHANGES_TOPIC)}) > 0)",
+                            "{{topic}}",
+                        )
+                    ],
+                    "Contract changes later than grace (applied in their place, their numbers judged again). "
+                    "Batches pass; a share that stays high means a feed falls behind: alert "
+                    "NotifguardLateContractChanges.",
+                ),
+                Panel(
+                    "Records beyond the correction horizon, by topic",
+                    "short",
+                    [Query(f"sum by (topic) ({increase(TOO_LATE)})", "{{topic}}")],
+                    "Records later than correction_horizon (7 days) behind the watermark: state updated, nothing "
+                    "judged again, verdicts stand as judged. Should stay 0: alert "
+                    "NotifguardRecordsBeyondCorrectionHorizon.",
+                ),
+            ],
+        ),
     ]
     return build(
         "notifguard-notification-health",
         "Notification health",
-        "Where notifications go: volume, mismatched recipients, alerts, bounces, numbers changing hands.",
+        "Where notifications go: volume, mismatched recipients, alerts, bounces, numbers changing hands, "
+        "corrections by late data.",
         rows,
     )
 
