@@ -7,6 +7,9 @@ dedup_key twice is one item in the queue. Alertmanager resolves an alert at its
 and re-post every still-active alert each ``resend_interval`` seconds (so an
 Alertmanager restart without persistent storage loses nothing), then forget it.
 
+An alert raised late (``late: true``: by a correction, contract 1.1) carries the annotations
+``late`` and ``detected_at``: its startsAt is the mail's time, hours or days before.
+
 A retraction (contract 1.1: a record with ``status: retracted``, the same
 dedup_key, sent when late input withdrew the verdict) resolves its alert at
 once: the alert's own labels are posted again with ``endsAt`` now and the
@@ -80,6 +83,11 @@ def to_alertmanager(alert: dict[str, Any], now: float, resolve_after: float) -> 
         "event_time": str(alert.get("event_time") or ""),
         "trigger_event_id": str(alert.get("trigger_event_id") or ""),
     }
+    if alert.get("late") is True:
+        # raised by a correction (contract 1.1): startsAt is the mail's time, hours or days ago; the
+        # breach clocks run from detection (docs/runbooks/README.md, "An alert was retracted or raised late")
+        annotations["late"] = "true"
+        annotations["detected_at"] = str(alert.get("detected_at") or "")
     return {
         "labels": {
             "alertname": kind,

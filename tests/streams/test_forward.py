@@ -68,6 +68,16 @@ def test_mapping() -> None:
     assert all(isinstance(v, str) for v in am["labels"].values())
 
 
+def test_an_alert_raised_late_says_so_and_when_it_was_detected() -> None:
+    """Its startsAt is the mail's event time, hours before: the annotations say it came late, and
+    detected_at, from which the breach clocks run (docs/runbooks/README.md)."""
+    am = to_alertmanager(alert(late=True, detected_at="2024-05-01T11:59:31.000Z"), NOW, 3600)
+    assert am["annotations"]["late"] == "true"
+    assert am["annotations"]["detected_at"] == "2024-05-01T11:59:31.000Z"
+    assert am["startsAt"] == "2024-05-01T11:59:30.250Z"
+    assert "late" not in to_alertmanager(alert(), NOW, 3600)["annotations"]
+
+
 def test_mapping_null_brand_bad_or_future_times() -> None:
     am = to_alertmanager(alert(brand=None, event_time="nonsense"), NOW, 60)
     assert am["labels"]["brand"] == "unknown"
