@@ -121,7 +121,7 @@ class Metrics:
         )
         self.raised_late = Counter(
             "notifguard_alerts_raised_late",
-            "Alerts a correction raised late (late: true) delivered to the alerts topic; also in notifguard_alerts",
+            "Alerts with late: true (a correction, or a record beyond the horizon) delivered; also in notifguard_alerts",
             ["kind", "severity"],
             registry=r,
         )
