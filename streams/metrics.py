@@ -121,7 +121,7 @@ class Metrics:
         )
         self.raised_late = Counter(
             "notifguard_alerts_raised_late",
-            "Alerts with late: true (a correction, or a record beyond the horizon) delivered; also in notifguard_alerts",
+            "Alerts with late: true (by a correction, or a record beyond the horizon) delivered; also in alerts_total",
             ["kind", "severity"],
             registry=r,
         )
