@@ -163,12 +163,15 @@ def create_app(config: WorkerConfig) -> faust.App:
 
     sensor = install_faust_sensor(app, rt.metrics.registry, rt.topics)  # Faust's own signals as notifguard_ metrics
     rt.sender.count_produced = _batch_counter(sensor)
-    inputs = app.topic(*rt.inputs, **_RAW)
+    # The inputs and the relinks topic (docs/topics.md 2.6a): one subscription, so that Faust's
+    # assignor co-partitions them (the same partition count): relinks partition i goes to the
+    # owner of input partition i, whose numbers it re-judges.
+    inputs = app.topic(*rt.inputs, rt.pipeline.relinks, **_RAW)
 
     # Subscribed through the conductor (acks enabled); the records come to
     # rt.on_messages a fetched batch at a time (see streams.seams.BatchConsumer), not through a stream.
     app.topics.add(inputs)
-    app.batch_topics = frozenset(rt.inputs)  # type: ignore[attr-defined]
+    app.batch_topics = frozenset((*rt.inputs, rt.pipeline.relinks))  # type: ignore[attr-defined]
     app.batch_handler = rt.on_messages  # type: ignore[attr-defined]
 
     @app.timer(config.tick_interval_s)

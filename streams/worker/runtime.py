@@ -206,7 +206,8 @@ class Runtime:
         self.sender = FaustSender(app)
         self.committer: Committer
         if config.processing_guarantee == EXACTLY_ONCE:
-            self.committer = ExactlyOnce(app, self.inputs)
+            # (the relinks topic's offsets are committed in the transactions as the inputs' are)
+            self.committer = ExactlyOnce(app, (*self.inputs, self.pipeline.relinks))
         else:
             self.committer = AtLeastOnce(self.sender, FaustAcker(app))
         self.last_flush = time.monotonic()
@@ -467,7 +468,7 @@ class Runtime:
             # that starts nothing and writes nothing); a death found in flight is charged now
             journal = CrashJournal(
                 Path(self.config.datadir) / f"{self.config.app_id}-quarantine",
-                input_topics(self.topics),
+                (*input_topics(self.topics), self.pipeline.relinks),
                 self.config.crash_quarantine_after,
             )
             self.pipeline.use_journal(journal)
