@@ -186,21 +186,27 @@ class TableNumbers:
         self.cache.update(kept)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.data)
+        return sum(1 for key in self.table.data if not _is_mailers_key(key))
 
     def values(self) -> Iterator[NumberState]:
-        for raw in self.table.data.values():
-            yield self.codec.decode(raw)
+        for key, raw in self.table.data.items():
+            if not _is_mailers_key(key):
+                yield self.codec.decode(raw)
 
 
 # A mailers entry's key in the numbers table: this prefix, the address hash and the input partition
 # (2 bytes): never the 12 bytes of a number key (streams/sweeper.py walks only those), and one key
 # per partition in the memory store, which is one dict for all partitions.
 MAILERS_PREFIX: Final = b"m"
+_MAILERS_KEY_BYTES: Final = 1 + 12 + 2  # (an address hash: detectors.privacy.REF_BYTES)
 
 
 def mailers_key(addr: bytes, partition: int) -> bytes:
     return MAILERS_PREFIX + addr + partition.to_bytes(2, "big")
+
+
+def _is_mailers_key(key: bytes) -> bool:
+    return len(key) == _MAILERS_KEY_BYTES and key.startswith(MAILERS_PREFIX)
 
 
 class TableMailers:

@@ -75,17 +75,21 @@ class Output(NamedTuple):
 
 
 class RelinkRecord(msgspec.Struct, array_like=True, frozen=True):
-    """A record of the relinks topic (msgpack): the engine's Relink and the digest of the address's
-    links as the worker that made it saw them (links_digest): its consumer waits until its own view
-    of the address-index GlobalTable holds them (Pipeline._apply_relinks)."""
+    """A record of the relinks topic (msgpack): the engine's Relink and the digest of the origin
+    number's links of the address as the worker that made it saw them after the change
+    (origin_links_digest): its consumer waits until its own view of the address-index GlobalTable
+    holds them (Pipeline._apply_relinks)."""
 
     relink: Relink
     links: bytes
 
 
-def links_digest(links: list[Link]) -> bytes:
-    """A digest of an address's links as stored (detectors.codec.encode_links; none: empty)."""
-    return hashlib.blake2b(encode_links(links), digest_size=8).digest() if links else b""
+def origin_links_digest(links: list[Link], origin: str) -> bytes:
+    """A digest of the links of number `origin` among an address's links (detectors.codec's
+    encoding; none: empty). The origin's own links only: a later change of another number to the
+    same address does not make a view that holds this change look different."""
+    own = [link for link in links if link.msisdn_ref == origin]
+    return hashlib.blake2b(encode_links(own), digest_size=8).digest() if own else b""
 
 
 class HeldRelink(NamedTuple):
@@ -368,7 +372,8 @@ class Pipeline:
             return
         encode, out, topic = self._relink_encode, self.out, self.relinks
         for relink in relinks:
-            value = encode(RelinkRecord(relink, links_digest(self.links.get(relink.addr, []))))
+            digest = origin_links_digest(self.links.get(relink.addr, []), relink.origin)
+            value = encode(RelinkRecord(relink, digest))
             key = relink.addr.hex().encode()
             out.extend(Output(topic, key, value, None, p) for p in range(self.config.partitions))
         self.metrics.relinks_sent.inc(len(relinks))
@@ -406,7 +411,7 @@ class Pipeline:
             while held:
                 msg, record, since = held[0]
                 relink = record.relink
-                if links_digest(links.get(relink.addr, [])) == record.links:
+                if origin_links_digest(links.get(relink.addr, []), relink.origin) == record.links:
                     view = "current"
                 elif now - since >= wait:
                     view = "waited_out"

@@ -226,3 +226,57 @@ def test_relinked_re_judges_only_the_numbers_of_its_partition():
         ("recipient_unlinked", "n", "retracted", True),
         ("recipient_other_customer", "n", "firing", True),
     ]
+
+
+def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
+    """The premise of test_live's contracts-days-behind run, without a broker: two partitioned
+    engines, the contract changes after everything else (their topic idle meanwhile), in either
+    partition's order: with the Relinks broadcast the final set is the in-order one; dropped, the
+    stories' mails keep recipient_unlinked."""
+    from detectors.engine import Engine as _Engine
+    from tests.pipelines import CHANGES, Shape, add_cross_partition_links, build_pipeline
+
+    pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
+    add_cross_partition_links(pipeline)
+    envelopes = pipeline.envelopes()
+    s = Settings(grace_s=10, idle_flush_s=15)
+    one = _engine(s)
+    for e in envelopes:
+        one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    assert sorted(in_order.values()).count("recipient_other_customer") >= 2
+
+    def run(order: list, route: bool) -> dict[str, str]:
+        links: dict = {}
+        engines: list[_Engine] = [_engine(s, Partitioned(), links) for _ in range(2)]
+        alerts: list = []
+        clock = 0
+        for env in order:
+            if env.topic == CHANGES and clock == 0:
+                clock = 60_000_000  # its topic was silent past idle_flush: every change is late
+                for e in engines:
+                    e.tick(0, clock)
+            engines[env.partition].process(
+                env.topic, env.partition, env.offset, env.key, env.payload, 0, None, None, clock
+            )
+            for e in engines:
+                for event in e.take_relinks():
+                    for p, other in enumerate(engines):
+                        if route:
+                            other.relinked(event, p)
+        for e in engines:
+            e.flush(0)
+            alerts.extend(e.drain()[0])
+        return final(alerts)
+
+    others = [e for e in envelopes if e.topic != CHANGES]
+    changes = [e for e in envelopes if e.topic == CHANGES]
+    for first in (0, 1):
+        order = others + sorted(changes, key=lambda e: e.partition != first)
+        assert run(order, route=True) == in_order
+        dropped = run(order, route=False)
+        assert dropped != in_order
+        assert {k: v for k, v in dropped.items() if k not in in_order} and all(
+            v == "recipient_unlinked" for k, v in dropped.items() if k not in in_order
+        )
