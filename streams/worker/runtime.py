@@ -351,6 +351,9 @@ class Runtime:
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         async with self._lock:
+            # other workers' address links into this worker's view, at least once a tick (see
+            # seams.apply_table_buffers); before the pipeline's tick, which retries held relinks
+            seams.apply_table_buffers(self.app)
             self.pipeline.mark_behind(self.broker.behind)
             self.pipeline.tick()
             await self._flush()
