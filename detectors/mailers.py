@@ -69,9 +69,9 @@ class MailerDict:
         """Drop the numbers whose time is before `floor` (see `kept`); returns how many entries changed."""
         changed = 0
         for key, entry in list(self.entries.items()):
-            kept = _kept(entry, floor)
-            if len(kept) != len(entry):
-                self.put_in(*key, kept)
+            left = kept(entry, floor)
+            if len(left) != len(entry):
+                self.put_in(*key, left)
                 changed += 1
         return changed
 
@@ -97,9 +97,9 @@ class MailerIndex:
         known = entry.get(ref)
         if known is not None and known >= t - REFRESH_US:
             return  # (the common case: known, and recent enough)
-        kept = _kept(entry, self.floor)
-        kept[ref] = t if known is None or t > known else known
-        store.put_in(addr, partition, kept)
+        left = kept(entry, self.floor)
+        left[ref] = t if known is None or t > known else known
+        store.put_in(addr, partition, left)
 
     def candidates(self, addr: bytes, t: int, partitions: Iterable[int]) -> list[tuple[str, int]]:
         """(ref, partition) of the numbers of `partitions` that may have a mail to `addr` at or
@@ -123,8 +123,9 @@ class MailerIndex:
             store.expire(floor)
 
 
-def _kept(entry: Entry, floor: int) -> Entry:
-    """The entry without the numbers whose last mail (at most REFRESH_US after their time) is
-    before `floor`."""
+def kept(entry: Entry, floor: int) -> Entry:
+    """The one rule of the index's expiry (at a write, at a sweep; offline and in the worker): the
+    entry without the numbers whose last mail (at most REFRESH_US after their time) is before
+    `floor`."""
     since = floor - REFRESH_US
     return {ref: last for ref, last in entry.items() if last >= since}

@@ -251,7 +251,8 @@ def apply_table_buffers(app: Any) -> None:
     recovery_buffer_size (1,000) records before it applies them: another worker's address links
     would reach this worker's view a thousand address changes later, at a quiet time never.
     Recovery.flush_buffers is what Faust itself calls at the end of a recovery."""
-    recovery = table_recovery(app)
+    tables = getattr(app, "tables", None)  # (none: an app without tables, the runtime's tests' fakes)
+    recovery = None if tables is None else getattr(tables, "_recovery", None)
     if recovery is not None and not recovery.in_recovery and any(recovery.buffers.values()):
         recovery.flush_buffers()
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from detectors.codec import NumberCodec, decode_links, encode_links, number_key
-from detectors.mailers import Entry
+from detectors.mailers import Entry, kept
 from detectors.state import Link, NumberState
 from streams import seams
 
@@ -186,11 +186,11 @@ class TableNumbers:
         self.cache.update(kept)
 
     def __len__(self) -> int:
-        return sum(1 for key in self.table.data if not _is_mailers_key(key))
+        return sum(1 for key in self.table.data if not is_mailers_key(key))
 
     def values(self) -> Iterator[NumberState]:
         for key, raw in self.table.data.items():
-            if not _is_mailers_key(key):
+            if not is_mailers_key(key):
                 yield self.codec.decode(raw)
 
 
@@ -205,7 +205,7 @@ def mailers_key(addr: bytes, partition: int) -> bytes:
     return MAILERS_PREFIX + addr + partition.to_bytes(2, "big")
 
 
-def _is_mailers_key(key: bytes) -> bool:
+def is_mailers_key(key: bytes) -> bool:
     return len(key) == _MAILERS_KEY_BYTES and key.startswith(MAILERS_PREFIX)
 
 
@@ -256,6 +256,22 @@ class TableMailers:
         if len(cache) > self.cache_max:
             cache.clear()  # clean entries only: dirty ones were just written
         return out
+
+    def expire_rows(self, keys: list[bytes], partition: int, floor: int) -> int:
+        """Drop the numbers before `floor` (detectors.mailers.kept) from the entries of these keys
+        of one partition (the sweeper's walk: an address no number mails again would keep its
+        entry for ever, as only a new mail rewrites it); returns how many entries changed."""
+        changed = 0
+        for key in keys:
+            addr = key[1:-2]
+            entry = self.get_in(addr, partition)
+            if entry is None:
+                continue
+            left = kept(entry, floor)
+            if len(left) != len(entry):
+                self.put_in(addr, partition, left)
+                changed += 1
+        return changed
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """After a revocation: another worker writes these partitions' entries now."""

@@ -168,7 +168,7 @@ class Pipeline:
         self.links_changelog = Changelog(links_changelog, links)
         self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links), mailers=self.mailers)
         self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
-        self.sweeper = Sweeper(self.engine, numbers)
+        self.sweeper = Sweeper(self.engine, numbers, mailers=self.mailers)
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
