@@ -363,8 +363,9 @@ class Pipeline:
 
     def _relinks(self) -> None:
         """Take the engine's Relinks (late changes that altered an address's links) and broadcast
-        each to every partition of the relinks topic, with the digest of the address's links as
-        this worker's view holds them now (after the change), in the output queue: delivered
+        each to every partition of the relinks topic, with the digest of the origin number's links
+        of the address as this worker's view holds them now (after the change), in the output
+        queue: delivered
         before the acks of the records behind them (at least once), or in the flush's transaction.
         Every partition, the origin's too: its other numbers may have mailed the address."""
         relinks = self.engine.take_relinks()
