@@ -52,6 +52,7 @@ from detectors.holdings import (
     derive,
     fold,
 )
+from detectors.mailers import MailerIndex, MailerStore
 from detectors.privacy import Pseudonymiser, mask_msisdn
 from detectors.records import (
     UNKNOWN_TOPIC,
@@ -108,11 +109,12 @@ class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
     recipient_unlinked or recipient_stale_contract).
 
     The engine emits one into `Engine.relinks` for each address whose links a late change
-    altered, and consumes it with `Engine.relinked`. Where every number is in one engine (the
-    offline replay; a store that is no PartitionedStore) it consumes its own at once. The worker's
-    engine holds only its partitions' numbers: its shell takes them (take_relinks) at every
-    flush; routing each to the engines that hold a number that mailed the address is not done
-    yet, they are counted (docs/topics.md 2.6a).
+    altered, and consumes it with `Engine.relinked` (its candidates: the mailers index,
+    detectors.mailers). Where every number is in one engine (the offline replay; a store that is
+    no PartitionedStore) it consumes its own at once. The worker's engine holds only its
+    partitions' numbers: its shell takes them (take_relinks) at every flush and broadcasts them
+    to every input partition's owner, which consumes each for that partition (docs/topics.md
+    2.6a, streams/worker/pipeline.py).
     """
 
     addr: bytes
@@ -205,6 +207,7 @@ class Engine:
         "_horizon",
         "_keep_past",
         "_late_dups",
+        "_mail_partition",
         "_masks",
         "_new_id",
         "_notified",
@@ -227,6 +230,7 @@ class Engine:
         "failed",
         "index",
         "live",
+        "mailers",
         "numbers",
         "relinks",
         "rules",
@@ -241,6 +245,7 @@ class Engine:
         new_id: Callable[[], str],
         numbers: NumberStore | None = None,
         index: AddressIndex | None = None,
+        mailers: MailerStore | None = None,
     ) -> None:
         self.settings = settings
         self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
@@ -248,6 +253,11 @@ class Engine:
         self.numbers: NumberStore = numbers if numbers is not None else {}
         self._partitioned = numbers if isinstance(numbers, PartitionedStore) else None
         self.index = index if index is not None else AddressIndex()
+        # which numbers mailed each address within the past span, per input partition
+        # (detectors.mailers): the candidates of a Relink. One engine holding every number (no
+        # PartitionedStore) keeps them under partition -1; the worker's under each input partition.
+        self.mailers = MailerIndex(mailers)
+        self._mail_partition = -1  # the input partition of the record being applied (see _apply)
         self._stats = Stats()
         self.alerts: list[Alert] = []
         self.deadletters: list[DeadLetter] = []
@@ -474,6 +484,7 @@ class Engine:
         """Expire (detectors.expiry) what no record on time after event time `now` can use,
         in each (ref, state); changed states are written back. Returns how many changed."""
         horizons = Horizons.at(now, self.settings)
+        self.mailers.expire(horizons.past)
         changed = 0
         for ref, state in numbers:
             old_changes = state.changes
@@ -514,7 +525,11 @@ class Engine:
         are judged again, _correct) or TOO_LATE (applied and judged as it is, nothing re-judged)."""
         numbers = self.numbers
         partitioned = self._partitioned
-        state = numbers.get(ref) if partitioned is None else partitioned.get_in(ref, partition)
+        if partitioned is None:
+            state = numbers.get(ref)
+        else:
+            state = partitioned.get_in(ref, partition)
+            self._mail_partition = partition
         if state is None:
             state = NumberState(masked=mask_msisdn(record.msisdn))
         else:
@@ -803,6 +818,8 @@ class Engine:
         """Keep a notification or bounce in the number's past, for the correction horizon and what
         verdicts within it read before it (see _keep_past); in release order; within its budget
         (detectors.expiry.cap_past, called only once the room kept here is used up)."""
+        if p.category == NOTIFICATION and p.channel == "email":  # (its address's mailers: a Relink's candidates)
+            self.mailers.note(p.to_ref, ref, p.t, self._mail_partition)
         past = state.past
         known = self._past_rooms.get(ref)
         if known is not None and known[0] is not past:
@@ -914,28 +931,41 @@ class Engine:
                 else:
                     self.relinks.extend(events)
 
-    def relinked(self, event: Relink) -> int:
-        """Consume a Relink: re-judge, from its event time on, every number of this engine (other
-        than its origin) with a remembered mail to its address at or after that time. Returns how
-        many numbers were re-judged. Needs a store that can list its numbers (a dict offline)."""
-        items = getattr(self.numbers, "items", None)
-        if items is None:
-            raise TypeError("relinked needs a number store with items() (the offline engine's dict)")
+    def relinked(self, event: Relink, partition: int | None = None) -> int:
+        """Consume a Relink: re-judge, from its event time on, every number (other than its origin)
+        with a remembered mail to its address at or after that time, among the candidates of the
+        mailers index (detectors.mailers). `partition`: the input partition whose numbers to
+        re-judge, for an engine with a PartitionedStore (the worker's: each partition's owner
+        consumes the Relink); None for one engine holding every number. Returns how many numbers
+        were re-judged."""
+        partitioned = self._partitioned
+        if partitioned is None:
+            partitions = (-1,)
+        elif partition is None:
+            raise TypeError("relinked needs the input partition of the numbers to re-judge (a PartitionedStore)")
+        else:
+            partitions = (partition,)
         addr, t = event.addr, event.t
-        hits: list[tuple[str, NumberState]] = []
-        for ref, state in items():
+        hits: list[tuple[str, NumberState, int]] = []
+        for ref, p in self.mailers.candidates(addr, t, partitions):
             if ref == event.origin:
                 continue
-            for p in reversed(state.past):
-                if p.t < t:
+            state = self.numbers.get(ref) if partitioned is None else partitioned.get_in(ref, p)
+            if state is None:
+                continue
+            for past in reversed(state.past):
+                if past.t < t:
                     break
-                if p.category == NOTIFICATION and p.to_ref == addr and p.channel == "email":
-                    hits.append((ref, state))
+                if past.category == NOTIFICATION and past.to_ref == addr and past.channel == "email":
+                    hits.append((ref, state, p))
                     break
-        for ref, state in hits:
+        for ref, state, p in hits:
             self._stats.corrections["relink"] += 1
             self._rejudge(ref, state, t, event.by)
-            self.numbers[ref] = state
+            if partitioned is None:
+                self.numbers[ref] = state
+            else:
+                partitioned.put_in(ref, state, p)
         return len(hits)
 
     def _rejudge(self, ref: str, state: NumberState, t0: int, by: list[str]) -> None:

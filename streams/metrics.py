@@ -131,10 +131,24 @@ class Metrics:
             ["kind", "severity"],
             registry=r,
         )
-        self.relinks_unrouted = Counter(
-            "notifguard_relinks_unrouted",
-            "Relinks (a late change that altered an address's links) whose other numbers' mails the "
-            "worker did not judge again (docs/topics.md 2.6a)",
+        self.relinks_sent = Counter(
+            "notifguard_relinks_sent",
+            "Relinks (a late change that altered an address's links) broadcast to every partition of "
+            "the relinks topic (docs/topics.md 2.6a)",
+            registry=r,
+        )
+        self.relinks_applied = Counter(
+            "notifguard_relinks_applied",
+            "Relink records applied to a partition's numbers, by the address-index view they were applied "
+            "with: current (it held the Relink's links) or waited_out (after relink_wait_s)",
+            ["view"],
+            registry=r,
+        )
+        for view in ("current", "waited_out"):
+            self.relinks_applied.labels(view)
+        self.relinks_held = Gauge(
+            "notifguard_relinks_held",
+            "Relink records held until this worker's address-index view holds their links (at most relink_wait_s)",
             registry=r,
         )
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)
