@@ -30,13 +30,12 @@ from detectors.arrival import (
     DUPLICATE,
     LATE,
     NOTIFICATION,
-    TOO_LATE,
     Arrival,
     Item,
     change_code,
 )
 from detectors.deadletters import DeadLetter, dead_letter
-from detectors.expiry import PARTS, Horizons, cap, cap_fired, cap_past, expire, past_entry_bytes
+from detectors.expiry import PARTS, Horizons, cap, cap_fired, cap_past, expire
 from detectors.holdings import (
     ADDRESS,
     ADDRESS_EVENTS,
@@ -97,7 +96,6 @@ _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
 _NO_ADDRS: Final[frozenset[bytes]] = frozenset()
 _KIND_INDEX: Final = {k: i for i, k in enumerate(kinds.KINDS)}
 _MASKS_MAX: Final = 100_000
-_PAST_ROOMS_MAX: Final = 100_000
 # re_port and port_flapping are judged at these changes (Engine._patterns)
 _PATTERN_CHANGES: Final = STARTS | PORTS
 
@@ -213,7 +211,6 @@ class Engine:
         "_notified",
         "_now",
         "_partitioned",
-        "_past_rooms",
         "_pseudo",
         "_refs",
         "_replay",
@@ -292,10 +289,6 @@ class Engine:
         self._correlation = us(settings.delivery_correlation_s)
         self._keep_past = self._horizon + max(self._correlation, us(settings.bounce_burst_window_s))
         self._masks: dict[str, str] = {}  # recipient -> its masked form (a memo)
-        # ref -> [a number's past, at most its detectors.expiry.past_room]: kept entry by entry
-        # (_remember) while the number's past is that very list (expiry's sweep and the codec make
-        # new ones; _remember alone changes one in place)
-        self._past_rooms: dict[str, list[Any]] = {}  # [past, room]: changed in place
         self._replay: list[tuple[int, Alert]] | None = None  # while re-judging: where alerts go
         self._replay_t = 0
         # Relink events of late changes (see Relink), for a shell whose engine does not hold every number
@@ -401,10 +394,11 @@ class Engine:
         category = _CATEGORY[kind]
         arrival = self.arrival
         status = arrival.arrive(category, partition, t, record, ref, now_us if clock_us is None else clock_us, token)
-        if status in (LATE, TOO_LATE):
-            self._apply_one(category, t, record, ref, status, token, partition)
-        elif status == DUPLICATE and token is not None:
-            self.done.append(token)
+        if status:  # (ON_TIME is 0: most records wait in the grace buffer)
+            if status != DUPLICATE:  # LATE or TOO_LATE
+                self._apply_one(category, t, record, ref, status, token, partition)
+            elif token is not None:
+                self.done.append(token)
         ready = arrival.take_ready()  # (what is due: detectors.arrival decides)
         if ready:
             self._release(ready)
@@ -553,27 +547,34 @@ class Engine:
             if self.collect_metrics and record.__class__ is not Remembered:
                 self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
             self._cap(ref, state)  # (its seen id)
+        elif not late:  # (on time, most records: the fewest checks)
+            if category == NOTIFICATION:
+                if self._notification(t, record, ref, state, False):  # (one alert at most)
+                    alerts = self.alerts
+                    self._fired(state, t, alerts, len(alerts) - 1)
+                self._cap(ref, state)
+            else:
+                alerts = self.alerts
+                n = len(alerts)
+                if category == DELIVERY:
+                    if self.collect_metrics:
+                        self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+                    self._delivery(t, record, ref, state, False)
+                    self._cap(ref, state)
+                else:
+                    self._change(t, record, ref, state, False)
+                if len(alerts) != n:
+                    self._fired(state, t, alerts, n)
         elif late == LATE:  # (True too)
             if category == DELIVERY and self.collect_metrics:
                 self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
             self._correct(category, t, record, ref, state)
             if category != CHANGE:
                 self._cap(ref, state)  # (_change caps the change log and the rest)
-        else:
+        else:  # TOO_LATE: judged as it is
             alerts = self.alerts
             n = len(alerts)
-            if late:  # TOO_LATE: judged as it is
-                self._judge(category, t, record, ref, state, True)
-            elif category == NOTIFICATION:
-                self._notification(t, record, ref, state, False)
-                self._cap(ref, state)
-            elif category == DELIVERY:
-                if self.collect_metrics:
-                    self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
-                self._delivery(t, record, ref, state, False)
-                self._cap(ref, state)
-            else:
-                self._change(t, record, ref, state, False)
+            self._judge(category, t, record, ref, state, True)
             if len(alerts) != n:
                 self._fired(state, t, alerts, n)
         if partitioned is None:
@@ -738,9 +739,9 @@ class Engine:
 
     def _notification(
         self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool, past: Past | None = None
-    ) -> None:
+    ) -> bool:
         """Judge a notification and remember it (state.past); `past`: re-judging (_rejudge) the one
-        remembered, `rec` its stand-in."""
+        remembered, `rec` its stand-in. Whether it raised an alert."""
         addr: bytes | None = None
         if past is not None:
             if rec.channel == "email":
@@ -762,9 +763,11 @@ class Engine:
             if self.collect_metrics:
                 kind = kinds.OK if verdict is None else verdict.kind
                 self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
-        if verdict is not None:
-            to_ref = past.to_ref.hex() if past is not None and addr is None else None
-            self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
+        if verdict is None:
+            return False
+        to_ref = past.to_ref.hex() if past is not None and addr is None else None
+        self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
+        return True
 
     def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
         recipient = rec.recipient
@@ -817,13 +820,10 @@ class Engine:
     def _remember(self, ref: str, state: NumberState, p: Past, msisdn: str) -> None:
         """Keep a notification or bounce in the number's past, for the correction horizon and what
         verdicts within it read before it (see _keep_past); in release order; within its budget
-        (detectors.expiry.cap_past, called only once the room kept here is used up)."""
+        (detectors.expiry.cap_past)."""
         if p.category == NOTIFICATION and p.channel == "email":  # (its address's mailers: a Relink's candidates)
             self.mailers.note(p.to_ref, ref, p.t, self._mail_partition)
         past = state.past
-        known = self._past_rooms.get(ref)
-        if known is not None and known[0] is not past:
-            known = None
         if past:
             horizon = state.max_t - self._keep_past
             if past[0].t < horizon:  # (in order: the oldest go, usually one)
@@ -840,19 +840,7 @@ class Engine:
             past.append(p)
             if not state.masked:  # (a state of before contract 1.1: its first entry)
                 state.masked = mask_msisdn(msisdn)
-        if known is not None:
-            room = known[1] - past_entry_bytes(p)
-            if room >= 0:
-                known[1] = room
-                return
-        room = cap_past(past, self._stats.capped)
-        if known is not None:
-            known[1] = room
-            return
-        rooms = self._past_rooms
-        if len(rooms) >= _PAST_ROOMS_MAX:
-            rooms.clear()
-        rooms[ref] = [past, room]
+        cap_past(past, self._stats.capped)
 
     # --------------------------------------------------------------- deliveries
 

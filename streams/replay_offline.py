@@ -19,7 +19,7 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 import msgspec
 
 from detectors.alerts import RETRACTED, Alert, encode_alert
-from detectors.arrival import DELIVERY, LATE, NOTIFICATION, TOO_LATE, Arrival
+from detectors.arrival import DELIVERY, DUPLICATE, NOTIFICATION, Arrival
 from detectors.capture import Envelope, decode_line
 from detectors.engine import TOPIC_KINDS, Engine, Remembered
 from detectors.incidents import Incidents, encode_record
@@ -342,7 +342,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                         clock = ts * 1000
                     assert t is not None  # (decoded)
                     status = arrive(category, env.partition, t, record, ref, clock)
-                    if status in (LATE, TOO_LATE):  # applied at once (the status says how)
+                    if status and status != DUPLICATE:  # LATE or TOO_LATE: applied at once (the status says how)
                         out += (category, t, status, wire(category, record))
                     for item in take_ready():  # (what is due: detectors.arrival decides)
                         out += (item[1], item[0], False, wire(item[1], item[6]))

@@ -16,7 +16,7 @@ from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.offsets import TP
 from streams.worker.pipeline import FlushBatch, Pipeline
 from tests.detectors.test_properties import histories
-from tests.factories import change, mail
+from tests.factories import FILLER_START, change, mail
 from tests.streams.test_metrics import samples
 from tests.streams.worker.test_runtime import DAY, ConsumerRecord, S, _table, as_batches, expected_keys
 
