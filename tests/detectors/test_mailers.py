@@ -15,7 +15,7 @@ from tests.detectors.test_corrections import GRACE, HORIZON, _arrivals, final
 from tests.detectors.test_properties import NUMBERS, histories
 from tests.factories import Rec
 
-H = 3_600_000_000  # an hour, in µs
+H = REFRESH_US  # the unit of these tests: a refresh span (detectors.mailers)
 A, B = b"a" * 12, b"b" * 12
 
 
@@ -28,9 +28,10 @@ def test_a_known_number_is_written_once_per_refresh_span():
             super().put_in(addr, partition, entry)
 
     index = MailerIndex(Counting())
-    for minute in range(0, 120, 5):  # two hours of mails to one address
-        index.note(A, "r1", minute * 60_000_000, 0)
-    assert [w[2] for w in writes] == [{"r1": 0}, {"r1": 65 * 60_000_000}]
+    step = REFRESH_US // 12
+    for k in range(24):  # two refresh spans of mails to one address
+        index.note(A, "r1", k * step, 0)
+    assert [w[2] for w in writes] == [{"r1": 0}, {"r1": 13 * step}]
     index.note(A, "r1", 10, 0)  # a late mail, older than the time known: nothing to write
     index.note(A, "r2", 10, 0)  # a new number: written
     index.note(A, "r3", 10, 1)  # another partition: an entry of its own
