@@ -129,6 +129,7 @@ def test_a_sweep_drops_the_numbers_before_its_past_horizon_from_the_mailers_rows
     import msgspec
 
     from detectors.expiry import past_span
+    from detectors.mailers import REFRESH_US
     from streams.tablestore import TableMailers, mailers_key
 
     numbers = TableNumbers(table)
@@ -136,7 +137,7 @@ def test_a_sweep_drops_the_numbers_before_its_past_horizon_from_the_mailers_rows
     engine = Engine(Settings(), new_id=lambda: "x", numbers=numbers, mailers=mailers)
     now = NOW + 30_000_000
     horizon = now - past_span(Settings())  # (the sweep's event time is the watermark less grace already)
-    old, recent = horizon - 2 * 3_600_000_000, horizon + 1
+    old, recent = horizon - 2 * REFRESH_US, horizon + 1
     rows = {
         (b"a" * 12, 0): {"r1": old},
         (b"b" * 12, 0): {"r1": old, "r2": recent},
