@@ -63,6 +63,8 @@ def quantile(q: float, histogram: str) -> str:
 class Query:
     expr: str
     legend: str
+    # drawn against a right-hand axis in the panel's right_unit (a gauge beside rates)
+    right: bool = False
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Panel:
     kind: str = "timeseries"  # or "stat"
     min_zero: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    right_unit: str = "short"
 
 
 @dataclass
@@ -127,7 +130,16 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.P
         .grid_pos(dm.GridPos(h=PANEL_HEIGHT, w=PANEL_WIDTH, x=x, y=y))
     )
     for i, q in enumerate(p.queries):
-        builder = builder.with_target(_target(chr(ord("A") + i), q))
+        ref = chr(ord("A") + i)
+        builder = builder.with_target(_target(ref, q))
+        if q.right and isinstance(builder, timeseries.Panel):
+            builder = builder.override_by_query(
+                ref,
+                [
+                    dm.DynamicConfigValue(id_val="unit", value=p.right_unit),
+                    dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                ],
+            )
     return builder
 
 
@@ -218,6 +230,9 @@ DEADLETTERS = "notifguard_deadletters_total"
 LATE = "notifguard_late_records_total"
 TOO_LATE = "notifguard_too_late_records_total"
 CORRECTIONS = "notifguard_corrections_total"
+RELINKS_SENT = "notifguard_relinks_sent_total"
+RELINKS_APPLIED = "notifguard_relinks_applied_total"
+RELINKS_HELD = "notifguard_relinks_held"
 RAISED_LATE = "notifguard_alerts_raised_late_total"
 RETRACTED = "notifguard_alerts_retracted_total"
 DUPLICATES = "notifguard_duplicates_total"
@@ -414,6 +429,21 @@ def notification_health() -> dict[str, Any]:
                     "Records later than correction_horizon (7 days) behind the watermark: state updated, nothing "
                     "judged again, verdicts stand as judged. Should stay 0: alert "
                     "NotifguardRecordsBeyondCorrectionHorizon.",
+                ),
+                Panel(
+                    "Relinks: sent, applied by view, held",
+                    "ops",
+                    [
+                        Query(f"sum({rate(RELINKS_SENT)})", "sent"),
+                        Query(f"sum by (view) ({rate(RELINKS_APPLIED)})", "applied: {{view}}"),
+                        Query(f"sum by (instance) ({sel(RELINKS_HELD)})", "held: {{instance}}", right=True),
+                    ],
+                    "Cross-number corrections (docs/topics.md 2.6a): a late change that alters an address's links "
+                    "sends a Relink to every partition of <app_id>-relinks (sent: Relinks, each one record a "
+                    "partition); each partition's owner applies its record once its address-index view holds the "
+                    "origin's links (current) or after relink_wait_s, 30 s (waited_out: judged on the view there "
+                    "was). Held (right axis, records): what waits now, per worker. waited_out that persists means "
+                    "that worker's address-index changelog lags: alert NotifguardRelinksWaitedOut.",
                 ),
             ],
         ),

@@ -79,6 +79,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     "NotifguardLateContractChanges": ">= 10 late contract changes in 15 min, for 1 h",
     # --- contract 1.1: the scenarios' records come on time ------------------
     "NotifguardRecordsBeyondCorrectionHorizon": "records 7 days behind the watermark: none",
+    "NotifguardRelinksWaitedOut": "relink records waiting out relink_wait_s, for 30 min: the view keeps up",
     "NotifguardConsumerLagGrowing": "> 1000 records of lag, growing for 15 min",
     # --- fire on failures of the worker itself, which is healthy here --------
     "NotifguardWorkerDown": "up == 0: the worker is up",
