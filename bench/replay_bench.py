@@ -68,6 +68,7 @@ def state_size(engine: Engine) -> dict[str, float]:
     index_bytes = sum(len(addr) + len(encode_links(links)) for addr, links in engine.index.items())
     # the mailers index (detectors.mailers): in the worker, rows of the numbers table
     # (streams.tablestore.TableMailers: key m + address + partition, msgpack of ref -> time)
+    engine.build_mailers()  # (offline it is built at the first Relink only; the worker's notes every mail)
     store = engine.mailers.store
     assert isinstance(store, MailerDict)
     encode = msgspec.msgpack.Encoder().encode

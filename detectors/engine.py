@@ -262,7 +262,7 @@ class Engine:
         self.mailers = MailerIndex(mailers)
         # Whether each e-mail is noted in the mailers index as it is remembered. One engine holding
         # every number in a dict (the offline replay) builds the index from its numbers' pasts at its
-        # first Relink instead (_build_mailers) and notes from then on: a capture with no late
+        # first Relink instead (build_mailers) and notes from then on: a capture with no late
         # change of links pays nothing for it (~5 % of the replay's bytecodes when noted at each mail).
         self._noting = self._partitioned is not None or not isinstance(self.numbers, dict)
         self._mail_partition = -1  # the input partition of the record being applied (see _apply)
@@ -958,7 +958,7 @@ class Engine:
         if partitioned is None:
             partitions = (-1,)
             if not self._noting:
-                self._build_mailers()
+                self.build_mailers()
         elif partition is None:
             raise TypeError("relinked needs the input partition of the numbers to re-judge (a PartitionedStore)")
         else:
@@ -986,10 +986,13 @@ class Engine:
                 partitioned.put_in(ref, state, p)
         return len(hits)
 
-    def _build_mailers(self) -> None:
+    def build_mailers(self) -> None:
         """Note every remembered e-mail of every number in the mailers index, and each one from now
         on (see _noting): what noting each as it was remembered would hold of the mails still in
-        the pasts, which is what relinked reads."""
+        the pasts, which is what relinked reads (and what bench.replay_bench measures of the
+        worker's index, which notes every mail)."""
+        if self._noting:
+            return
         numbers = self.numbers
         assert isinstance(numbers, dict)
         note = self.mailers.note
