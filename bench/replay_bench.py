@@ -18,10 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from detectors.codec import encode_links, encode_number, number_key
 from detectors.engine import Engine
+from detectors.mailers import MailerDict
 from detectors.settings import Settings
 from streams.replay_offline import replay
+from streams.tablestore import mailers_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,18 +59,26 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
 def state_size(engine: Engine) -> dict[str, float]:
     """Bytes the worker persists per tracked number: both tables, keys included.
 
-    The number-state table holds number_key(ref) -> encode_number(state), the
-    address index addr -> encode_links(links) (streams/tablestore.py).
+    The number-state table holds number_key(ref) -> encode_number(state) and the mailers index's
+    rows, the address index addr -> encode_links(links) (streams/tablestore.py).
     """
     numbers = engine.numbers
     n = len(numbers)  # type: ignore[arg-type]
     number_bytes = sum(len(number_key(ref)) + len(encode_number(s)) for ref, s in numbers.items())  # type: ignore[attr-defined, misc]
     index_bytes = sum(len(addr) + len(encode_links(links)) for addr, links in engine.index.items())
+    # the mailers index (detectors.mailers): in the worker, rows of the numbers table
+    # (streams.tablestore.TableMailers: key m + address + partition, msgpack of ref -> time)
+    engine.build_mailers()  # (offline it is built at the first Relink only; the worker's notes every mail)
+    store = engine.mailers.store
+    assert isinstance(store, MailerDict)
+    encode = msgspec.msgpack.Encoder().encode
+    mailers_bytes = sum(len(mailers_key(addr, 0)) + len(encode(entry)) for (addr, _), entry in store.entries.items())
     return {
         "tracked_numbers": n,
         "number_state_bytes_per_number": number_bytes / n,
         "address_index_bytes_per_number": index_bytes / n,
-        "total_bytes_per_number": (number_bytes + index_bytes) / n,
+        "mailers_index_bytes_per_number": mailers_bytes / n,
+        "total_bytes_per_number": (number_bytes + index_bytes + mailers_bytes) / n,
     }
 
 

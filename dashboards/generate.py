@@ -4,7 +4,7 @@
     .venv/bin/python dashboards/generate.py --check   # exit 1 if a committed file differs
 
 Three dashboards: "Notification health" (what the notifications do: volume,
-mismatched recipients, alerts, bounces, re-ports), "Detector pipeline" (how
+mismatched recipients, alerts, bounces, re-ports, corrections), "Detector pipeline" (how
 the worker keeps up) and "Incidents" (the incidents process, job
 ``notifguard-incidents``: open incidents, affected numbers, time left to the
 reporting deadlines, reported or not). Every panel queries the data source variable
@@ -63,6 +63,8 @@ def quantile(q: float, histogram: str) -> str:
 class Query:
     expr: str
     legend: str
+    # drawn against a right-hand axis in the panel's right_unit (a gauge beside rates)
+    right: bool = False
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Panel:
     kind: str = "timeseries"  # or "stat"
     min_zero: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    right_unit: str = "short"
 
 
 @dataclass
@@ -127,7 +130,16 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.P
         .grid_pos(dm.GridPos(h=PANEL_HEIGHT, w=PANEL_WIDTH, x=x, y=y))
     )
     for i, q in enumerate(p.queries):
-        builder = builder.with_target(_target(chr(ord("A") + i), q))
+        ref = chr(ord("A") + i)
+        builder = builder.with_target(_target(ref, q))
+        if q.right and isinstance(builder, timeseries.Panel):
+            builder = builder.override_by_query(
+                ref,
+                [
+                    dm.DynamicConfigValue(id_val="unit", value=p.right_unit),
+                    dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                ],
+            )
     return builder
 
 
@@ -216,6 +228,13 @@ VERDICT_DELAY = "notifguard_verdict_delay_seconds"
 PROCESSING = "notifguard_processing_seconds"
 DEADLETTERS = "notifguard_deadletters_total"
 LATE = "notifguard_late_records_total"
+TOO_LATE = "notifguard_too_late_records_total"
+CORRECTIONS = "notifguard_corrections_total"
+RELINKS_SENT = "notifguard_relinks_sent_total"
+RELINKS_APPLIED = "notifguard_relinks_applied_total"
+RELINKS_HELD = "notifguard_relinks_held"
+RAISED_LATE = "notifguard_alerts_raised_late_total"
+RETRACTED = "notifguard_alerts_retracted_total"
 DUPLICATES = "notifguard_duplicates_total"
 ERRORS = "notifguard_processing_errors_total"
 PRODUCED = "notifguard_records_produced_total"
@@ -229,6 +248,7 @@ EXPIRED = "notifguard_states_expired_total"
 CAPPED = "notifguard_state_capped_total"
 
 NOT_OK = 'verdict!="ok"'
+CHANGES_TOPIC = 'topic="contracts.changes"'
 HARD_BOUNCE = 'status="bounced", bounce_type="hard"'
 FINAL = 'status=~"delivered|bounced"'
 BOUNCE_KINDS = 'kind=~"current_address_bouncing|bounce_burst"'
@@ -288,7 +308,8 @@ def notification_health() -> dict[str, Any]:
                     "Alerts per second by kind",
                     "ops",
                     [Query(f"sum by (kind, severity) ({rate(ALERTS)})", "{{kind}} ({{severity}})")],
-                    "Records written to notifguard.alerts.",
+                    "Alerts raised (on time or late) and written to notifguard.alerts; their retractions are "
+                    "counted apart (row Corrections).",
                 ),
                 Panel(
                     "Alerts by severity",
@@ -365,11 +386,73 @@ def notification_health() -> dict[str, Any]:
                 ),
             ],
         ),
+        Row(
+            "Corrections",
+            [
+                Panel(
+                    "Alerts raised late and retracted, by kind",
+                    "ops",
+                    [
+                        Query(f"sum by (kind) ({rate(RAISED_LATE)})", "raised late: {{kind}}"),
+                        Query(f"sum by (kind) ({rate(RETRACTED)})", "retracted: {{kind}}"),
+                    ],
+                    "Contract 1.1: a record later than grace but within the correction horizon judges its number "
+                    "again; what now holds is raised late (late: true, also counted in Alerts), what no longer "
+                    "holds is retracted (Alertmanager resolves it at once). Runbook: an alert was retracted or "
+                    "raised late.",
+                ),
+                Panel(
+                    "Corrections by cause",
+                    "ops",
+                    [Query(f"sum by (cause) ({rate(CORRECTIONS)})", "{{cause}}")],
+                    "Numbers judged again, by the topic of the late record (changes, outbound, delivery) or relink "
+                    "(a late change of another number altered an address's links); whether or not anything changed.",
+                ),
+                Panel(
+                    "Share of contract changes arriving late",
+                    "percentunit",
+                    [
+                        Query(
+                            f"sum by (topic) ({rate(LATE, CHANGES_TOPIC)})\n"
+                            f"/\n(sum by (topic) ({rate(CONSUMED, CHANGES_TOPIC)}) > 0)",
+                            "{{topic}}",
+                        )
+                    ],
+                    "Contract changes later than grace (applied in their place, their numbers judged again). "
+                    "Batches pass; a share that stays high means a feed falls behind: alert "
+                    "NotifguardLateContractChanges.",
+                ),
+                Panel(
+                    "Records beyond the correction horizon, by topic",
+                    "short",
+                    [Query(f"sum by (topic) ({increase(TOO_LATE)})", "{{topic}}")],
+                    "Records later than correction_horizon (7 days) behind the watermark: state updated, nothing "
+                    "judged again, verdicts stand as judged. Should stay 0: alert "
+                    "NotifguardRecordsBeyondCorrectionHorizon.",
+                ),
+                Panel(
+                    "Relinks: sent, applied by view, held",
+                    "ops",
+                    [
+                        Query(f"sum({rate(RELINKS_SENT)})", "sent"),
+                        Query(f"sum by (view) ({rate(RELINKS_APPLIED)})", "applied: {{view}}"),
+                        Query(f"sum by (instance) ({sel(RELINKS_HELD)})", "held: {{instance}}", right=True),
+                    ],
+                    "Cross-number corrections (docs/topics.md 2.6a): a late change that alters an address's links "
+                    "sends a Relink to every partition of <app_id>-relinks (sent: Relinks, each one record a "
+                    "partition); each partition's owner applies its record once its address-index view holds the "
+                    "origin's links (current) or after relink_wait_s, 30 s (waited_out: judged on the view there "
+                    "was). Held (right axis, records): what waits now, per worker. waited_out that persists means "
+                    "that worker's address-index changelog lags: alert NotifguardRelinksWaitedOut.",
+                ),
+            ],
+        ),
     ]
     return build(
         "notifguard-notification-health",
         "Notification health",
-        "Where notifications go: volume, mismatched recipients, alerts, bounces, numbers changing hands.",
+        "Where notifications go: volume, mismatched recipients, alerts, bounces, numbers changing hands, "
+        "corrections by late data.",
         rows,
     )
 

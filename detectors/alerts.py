@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from detectors import kinds
+
+# an alert record's `status` (contract 1.1): an alert, or the withdrawal of its dedup_key's alert
+FIRING: Final = "firing"
+RETRACTED: Final = "retracted"
 
 
 class Subject(msgspec.Struct, frozen=True):
@@ -36,7 +40,11 @@ class Alert(msgspec.Struct, frozen=True):
     runbook_url: str
     schema_version: int = 1
     # contract 1.1: "firing", or "retracted" for a record withdrawing the alert of this dedup_key
-    status: str = "firing"
+    status: str = FIRING
+    # a retraction's (null on a firing alert): the event ids of the late records that changed the
+    # verdict, and why, for a person
+    retracted_by: list[str] | None = None
+    reason: str | None = None
 
 
 def dedup_key(kind: str, trigger_event_id: str) -> str:

@@ -20,7 +20,9 @@ process and the worker alike:
   different numbers in event-time order too, which the address links across
   numbers (`recipient_other_customer`) need.
 - A record is late when its event time is below the watermark less grace on
-  arrival: the caller applies it at once. Otherwise it waits in the grace
+  arrival: the caller applies it at once. Late within the correction horizon
+  (event time at least the watermark less `horizon`: LATE) its number's verdicts
+  are judged again (detectors.engine, contract 1.1); beyond it (TOO_LATE) not. Otherwise it waits in the grace
   buffer and is released, in (event time, topic order, change type, event id)
   order, once the watermark less grace has passed it. That order does not
   depend on the arrival order.
@@ -64,6 +66,7 @@ CATEGORIES: Final = (CHANGE, NOTIFICATION, DELIVERY)
 ON_TIME: Final = 0  # in the grace buffer: take_ready() releases it
 LATE: Final = 1  # apply it now
 DUPLICATE: Final = 2  # the same (number, event id) waits in the buffer: drop it
+TOO_LATE: Final = 3  # late beyond the correction horizon: apply it now, re-judge nothing (contract 1.1)
 
 NEVER: Final = -(1 << 62)  # before any clock or event time
 _FOREVER: Final = 1 << 62
@@ -111,8 +114,16 @@ _EMPTY: Final[list[Item]] = []
 class Arrival:
     """Watermarks, idleness, the grace buffer and its release order, pending dedup, sweep points."""
 
-    def __init__(self, grace_us: int, idle_us: int, sweep_interval_us: int, max_buffered: int = 1 << 62) -> None:
+    def __init__(
+        self,
+        grace_us: int,
+        idle_us: int,
+        sweep_interval_us: int,
+        max_buffered: int = 1 << 62,
+        horizon_us: int = _FOREVER,
+    ) -> None:
         self.grace = grace_us
+        self.horizon = horizon_us  # the correction horizon: later than this behind the watermark is TOO_LATE
         self.idle = idle_us
         self.sweep_interval = sweep_interval_us
         self.max_buffered = max_buffered
@@ -126,6 +137,7 @@ class Arrival:
         # counters by category (CHANGE, NOTIFICATION, DELIVERY)
         self.arrived = [0, 0, 0]
         self.late = [0, 0, 0]
+        self.too_late = [0, 0, 0]  # of the late, those beyond the correction horizon
         self.duplicates = [0, 0, 0]
         self.released = 0
         self.released_early = 0  # of them, released over the buffer's bound
@@ -145,7 +157,7 @@ class Arrival:
     ) -> int:
         """Take one decoded record (event time `t`, µs) of a source at arrival clock `clock`.
 
-        Returns ON_TIME (buffered), LATE (the caller applies it now) or DUPLICATE.
+        Returns ON_TIME (buffered), LATE or TOO_LATE (the caller applies it now) or DUPLICATE.
         After any call, take_ready() has what the watermark released.
         """
         if clock > self.clock:
@@ -171,6 +183,9 @@ class Arrival:
         if t < self.limit:
             self.late[category] += 1
             status = LATE
+            if t < self.limit + self.grace - self.horizon:  # watermark - horizon
+                self.too_late[category] += 1
+                status = TOO_LATE
         else:
             self.seq = seq = self.seq + 1
             sub = 0
@@ -361,7 +376,7 @@ class Arrival:
         return (
             self.watermark, self.clock, self.seq, self.swept_at, self._max_t, self._latest,
             list(self.arrived), list(self.late), list(self.duplicates), self.released, sources,
-            self.released_early, self._moved_at, self._moved_wm,
+            self.released_early, self._moved_at, self._moved_wm, list(self.too_late),
         )  # fmt: skip
 
     def restore(self, snap: Iterable[Any]) -> None:
@@ -369,7 +384,8 @@ class Arrival:
         if self.pending:
             raise ValueError("restore() needs an empty grace buffer")
         (wm, clock, seq, swept_at, max_t, latest, arrived, late, duplicates, released, sources,
-         self.released_early, self._moved_at, self._moved_wm) = snap  # fmt: skip
+         self.released_early, self._moved_at, self._moved_wm, too_late) = snap  # fmt: skip
+        self.too_late = list(too_late)
         self.watermark = wm
         self.limit = NEVER if wm is None else wm - self.grace
         self.clock, self.seq, self.swept_at, self._max_t, self._latest = clock, seq, swept_at, max_t, latest

@@ -10,12 +10,12 @@ forms without memos, for one-off use (tests, size measurements).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from detectors.holdings import Change
-from detectors.state import Link, Mark, NumberState, Sent
+from detectors.state import Fired, Link, Mark, NumberState, Past, Sent
 
 # States and link lists are stored in a compact binary form (see the format versions below),
 # written and read only here. Everything round-trips exactly; what makes it small:
@@ -193,9 +193,39 @@ def encode_number(state: NumberState) -> bytes:
     return _log_head(state.changes) + msgspec.msgpack.encode(_hot(state))
 
 
-def _hot(state: NumberState) -> _Hot:
-    """The parts of a number's state msgspec writes (see above)."""
-    return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
+def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
+    """The parts of a number's state msgspec writes (see above): the 7 of before contract 1.1 while
+    the 1.1 parts are empty (the same bytes as then), else all 10."""
+    if not state.past and not state.fired and not state.masked:
+        return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
+    return _Hot(
+        state.sent,
+        state.bounces,
+        state.bounce_hot,
+        state.ports,
+        state.port_hot,
+        state.seen,
+        state.max_t,
+        state.past,
+        state.fired,
+        state.masked,
+    )
+
+
+def _state(changes: list[Change], hot: _Hot) -> NumberState:
+    return NumberState(
+        changes,
+        hot.sent,
+        hot.bounces,
+        hot.bounce_hot,
+        hot.ports,
+        hot.port_hot,
+        hot.seen,
+        hot.max_t,
+        hot.past,
+        hot.fired,
+        hot.masked,
+    )
 
 
 def _log_head(changes: list[Change]) -> bytes:
@@ -255,7 +285,7 @@ class NumberCodec:
         if len(decoded) >= self.decoded_max:
             decoded.clear()
         decoded[id(changes)] = (changes, tuple(changes), data[:end])
-        return NumberState(changes, *hot)
+        return _state(changes, hot)
 
     def forget(self, ref: str) -> None:
         self._memo.pop(ref, None)
@@ -263,8 +293,24 @@ class NumberCodec:
 
 _NUMBER_HEAD: Final = bytes((_NUMBER_TAG,))
 _LINKS_HEAD: Final = bytes((_LINKS_TAG,))
-# The hot parts of a number's state: an array of sent, bounces, bounce_hot, ports, port_hot, seen, max_t.
-_Hot = tuple[list[Sent], list[Mark], bool, list[Mark], bool, list[Mark], int]
+
+
+class _Hot(msgspec.Struct, array_like=True, gc=False):
+    """The hot parts of a number's state: an array of sent, bounces, bounce_hot, ports, port_hot, seen,
+    max_t, then (contract 1.1, the correction horizon) past, fired, masked. A state with none of the
+    1.1 parts is written without them (_hot), with the bytes of format version 3 before them, and
+    such bytes decode with the defaults: the format stays version 3."""
+
+    sent: list[Sent]
+    bounces: list[Mark]
+    bounce_hot: bool
+    ports: list[Mark]
+    port_hot: bool
+    seen: list[Mark]
+    max_t: int
+    past: list[Past] = msgspec.field(default_factory=list)
+    fired: list[Fired] = msgspec.field(default_factory=list)
+    masked: str = ""
 
 
 def _encode_changes(out: bytearray, changes: list[Change]) -> None:
@@ -463,7 +509,7 @@ def _check_bytes(data: bytes, tag: int, what: str) -> bytes:
 def decode_number(data: bytes) -> NumberState:
     """The inverse of encode_number; StateDecodeError for anything it did not write."""
     changes, _, _, hot = _decode_number(data, _decode_hot)
-    return NumberState(changes, *hot)
+    return _state(changes, hot)
 
 
 def _decode_hot(data: memoryview) -> _Hot:

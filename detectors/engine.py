@@ -15,6 +15,7 @@ their alerts. The stored form of state is detectors.codec's.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
@@ -22,14 +23,25 @@ from typing import Any, Final, Protocol, runtime_checkable
 import msgspec
 
 from detectors import kinds
-from detectors.alerts import Alert
-from detectors.arrival import CHANGE, DELIVERY, DUPLICATE, LATE, NOTIFICATION, Arrival, Item, change_code
+from detectors.alerts import FIRING, Alert
+from detectors.arrival import (
+    CHANGE,
+    DELIVERY,
+    DUPLICATE,
+    LATE,
+    NOTIFICATION,
+    Arrival,
+    Item,
+    change_code,
+)
 from detectors.deadletters import DeadLetter, dead_letter
-from detectors.expiry import PARTS, Horizons, cap, expire
+from detectors.expiry import PARTS, Horizons, cap, cap_fired, cap_past, expire, past_entry_bytes
 from detectors.holdings import (
     ADDRESS,
     ADDRESS_EVENTS,
     CLOSED,
+    PORTED_IN,
+    PORTED_OUT,
     PORTS,
     STARTED,
     STARTS,
@@ -39,29 +51,35 @@ from detectors.holdings import (
     derive,
     fold,
 )
-from detectors.privacy import Pseudonymiser
+from detectors.mailers import MailerIndex, MailerStore
+from detectors.privacy import Pseudonymiser, mask_msisdn
 from detectors.records import (
     UNKNOWN_TOPIC,
     BadRecord,
     ContractChange,
+    ContractStarted,
     Delivery,
     InputRecord,
     Outbound,
+    PortedIn,
+    PortedOut,
     decode,
     future_bound,
 )
 from detectors.rules import Rules
 from detectors.settings import Settings
-from detectors.state import AddressIndex, Link, Mark, NumberState
+from detectors.state import AddressIndex, Fired, Link, Mark, NumberState, Past
 from detectors.timefmt import rfc3339
-from detectors.wording import Wording
+from detectors.wording import Wording, masked_recipient
 
 __all__ = [
+    "CORRECTION_CAUSES",
     "TOPIC_KINDS",
     "DeadLetter",
     "Engine",
     "NumberStore",
     "PartitionedStore",
+    "Relink",
     "Remembered",
     "Stats",
     "VerdictRecord",
@@ -70,9 +88,41 @@ __all__ = [
 
 # The input topics by category (detectors.arrival: CHANGE, NOTIFICATION, DELIVERY).
 TOPIC_KINDS: Final = ("changes", "outbound", "delivery")
+# the causes of a correction (Stats.corrections): a late record of an input topic, or a Relink
+CORRECTION_CAUSES: Final = (*TOPIC_KINDS, "relink")
 _CATEGORY: Final = {"changes": CHANGE, "outbound": NOTIFICATION, "delivery": DELIVERY}
 _HOLDINGS_CACHE_MAX: Final = 100_000
 _NO_PAIRS: Final[list[tuple[bytes, Link]]] = []
+_NO_ADDRS: Final[frozenset[bytes]] = frozenset()
+_KIND_INDEX: Final = {k: i for i, k in enumerate(kinds.KINDS)}
+_MASKS_MAX: Final = 100_000
+# ref -> [its past, its room] (Engine._remember). An entry stays valid while the number's past is
+# that very list; one of a state the store's cache let go holds that list until the memo is cleared
+# at this many entries: at most this many pasts beyond the cache (a few hundred bytes each).
+_PAST_ROOMS_MAX: Final = 100_000
+# re_port and port_flapping are judged at these changes (Engine._patterns)
+_PATTERN_CHANGES: Final = STARTS | PORTS
+
+
+class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Contract 1.1, the cross-number part of a correction: a late change (event ids `by`) of
+    number `origin` altered the links of address `addr` from event time `t` on, so mails to that
+    address on other numbers from `t` on are judged again (recipient_other_customer against
+    recipient_unlinked or recipient_stale_contract).
+
+    The engine emits one into `Engine.relinks` for each address whose links a late change
+    altered, and consumes it with `Engine.relinked` (its candidates: the mailers index,
+    detectors.mailers). Where every number is in one engine (the offline replay; a store that is
+    no PartitionedStore) it consumes its own at once. The worker's engine holds only its
+    partitions' numbers: its shell takes them (take_relinks) at every flush and broadcasts them
+    to every input partition's owner, which consumes each for that partition (docs/topics.md
+    2.6a, streams/worker/pipeline.py).
+    """
+
+    addr: bytes
+    t: int
+    by: list[str]
+    origin: str  # msisdn_ref of the number whose links changed (its own re-judging covers its mails)
 
 
 class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="remembered", tag_field="type"):
@@ -123,9 +173,17 @@ class Stats:
     late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
     deadletters: dict[str, int] = field(default_factory=dict)
+    # alerts raised (on time or late), not their retractions
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     released: int = 0
     released_early: int = 0  # over the grace buffer's bound (detectors.arrival)
+    # late records beyond the correction horizon, by topic (applied; nothing re-judged)
+    too_late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPIC_KINDS, 0))
+    # contract 1.1 corrections: re-judgings of a number, by cause (a late record's topic, or
+    # "relink": a late change of another number); alerts raised late by them, retractions, by kind
+    corrections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CORRECTION_CAUSES, 0))
+    raised_late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
+    retracted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     expired: int = 0  # number states a sweep changed
     # entries dropped from number states over their size budgets, by part (detectors.expiry.cap)
     capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
@@ -143,17 +201,26 @@ class Engine:
         "__dict__",
         "_addresses",
         "_applied_dups",
+        "_correlation",
         "_dedup",
         "_future_skew",
         "_grace",
         "_holdings",
+        "_horizon",
+        "_keep_past",
         "_late_dups",
+        "_mail_partition",
+        "_masks",
         "_new_id",
         "_notified",
+        "_noting",
         "_now",
         "_partitioned",
+        "_past_rooms",
         "_pseudo",
         "_refs",
+        "_replay",
+        "_replay_t",
         "_stats",
         "_topic_kind",
         "alerts",
@@ -166,7 +233,9 @@ class Engine:
         "failed",
         "index",
         "live",
+        "mailers",
         "numbers",
+        "relinks",
         "rules",
         "settings",
         "verdicts",
@@ -179,6 +248,7 @@ class Engine:
         new_id: Callable[[], str],
         numbers: NumberStore | None = None,
         index: AddressIndex | None = None,
+        mailers: MailerStore | None = None,
     ) -> None:
         self.settings = settings
         self._pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
@@ -186,6 +256,16 @@ class Engine:
         self.numbers: NumberStore = numbers if numbers is not None else {}
         self._partitioned = numbers if isinstance(numbers, PartitionedStore) else None
         self.index = index if index is not None else AddressIndex()
+        # which numbers mailed each address within the past span, per input partition
+        # (detectors.mailers): the candidates of a Relink. One engine holding every number (no
+        # PartitionedStore) keeps them under partition -1; the worker's under each input partition.
+        self.mailers = MailerIndex(mailers)
+        # Whether each e-mail is noted in the mailers index as it is remembered. One engine holding
+        # every number in a dict (the offline replay) builds the index from its numbers' pasts at its
+        # first Relink instead (build_mailers) and notes from then on: a capture with no late
+        # change of links pays nothing for it (~5 % of the replay's bytecodes when noted at each mail).
+        self._noting = self._partitioned is not None or not isinstance(self.numbers, dict)
+        self._mail_partition = -1  # the input partition of the record being applied (see _apply)
         self._stats = Stats()
         self.alerts: list[Alert] = []
         self.deadletters: list[DeadLetter] = []
@@ -202,13 +282,29 @@ class Engine:
         self._grace = us(settings.grace_s)
         self._dedup = us(settings.dedup_retention_s)
         self.arrival = Arrival(
-            self._grace, us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
+            self._grace,
+            us(settings.idle_flush_s),
+            us(settings.expiry_sweep_interval_s),
+            settings.max_buffered,
+            us(settings.correction_horizon_s),
         )
         # What each record means (detectors.rules) and how its alerts read (detectors.wording).
         self.rules = Rules(settings)
         self.wording = Wording(settings, self._pseudo, new_id)
         self._notified = self.rules.notification  # (bound once: once per notification)
         self._future_skew = us(settings.max_future_skew_s)
+        # contract 1.1: late records within the correction horizon re-judge their number (_rejudge)
+        # over its past notifications and bounces, kept for the horizon and, before it, for what the
+        # verdicts from there on read of earlier ones (a bounce's mail, a bounce_burst window)
+        self._horizon = us(settings.correction_horizon_s)
+        self._correlation = us(settings.delivery_correlation_s)
+        self._keep_past = self._horizon + max(self._correlation, us(settings.bounce_burst_window_s))
+        self._masks: dict[str, str] = {}  # recipient -> its masked form (a memo)
+        self._past_rooms: dict[str, list[Any]] = {}  # see _PAST_ROOMS_MAX: [past, room], changed in place
+        self._replay: list[tuple[int, Alert]] | None = None  # while re-judging: where alerts go
+        self._replay_t = 0
+        # Relink events of late changes (see Relink), for a shell whose engine does not hold every number
+        self.relinks: list[Relink] = []
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
         # expiry sweep's event time never passes it.
@@ -243,6 +339,8 @@ class Engine:
             s.duplicates[kind] = a.duplicates[c] + dups
         s.released = a.released
         s.released_early = a.released_early
+        for c, kind in enumerate(TOPIC_KINDS):
+            s.too_late[kind] = a.too_late[c]
         return s
 
     @property
@@ -308,10 +406,11 @@ class Engine:
         category = _CATEGORY[kind]
         arrival = self.arrival
         status = arrival.arrive(category, partition, t, record, ref, now_us if clock_us is None else clock_us, token)
-        if status == LATE:
-            self._apply_one(category, t, record, ref, True, token, partition)
-        elif status == DUPLICATE and token is not None:
-            self.done.append(token)
+        if status:  # (ON_TIME is 0: most records wait in the grace buffer)
+            if status != DUPLICATE:  # LATE or TOO_LATE
+                self._apply_one(category, t, record, ref, status, token, partition)
+            elif token is not None:
+                self.done.append(token)
         ready = arrival.take_ready()  # (what is due: detectors.arrival decides)
         if ready:
             self._release(ready)
@@ -321,8 +420,8 @@ class Engine:
         process runs detectors.arrival for it), in their release order.
 
         `items` is flat: category (CHANGE, NOTIFICATION or DELIVERY), event time,
-        late, record, for each record. While `collect_metrics` is off, a delivery
-        event that is no bounce may come as a Remembered: applying one only
+        late (False, or detectors.arrival's LATE or TOO_LATE), record, for each record. While
+        `collect_metrics` is off, a delivery event that is no bounce may come as a Remembered: applying one only
         remembers its event id.
         """
         self._now = now_us
@@ -363,6 +462,12 @@ class Engine:
         done, self.done = self.done, []
         return done
 
+    def take_relinks(self) -> list[Relink]:
+        """The Relinks emitted since the last call (see Relink): a shell whose store is a
+        PartitionedStore takes them at every flush, so that the list never grows."""
+        relinks, self.relinks = self.relinks, []
+        return relinks
+
     def drain(self) -> tuple[list[Alert], list[DeadLetter], list[VerdictRecord]]:
         """Take the outputs collected since the last drain (delivery outcomes are dropped:
         read `deliveries` before draining when they are wanted)."""
@@ -385,6 +490,7 @@ class Engine:
         """Expire (detectors.expiry) what no record on time after event time `now` can use,
         in each (ref, state); changed states are written back. Returns how many changed."""
         horizons = Horizons.at(now, self.settings)
+        self.mailers.expire(horizons.past)
         changed = 0
         for ref, state in numbers:
             old_changes = state.changes
@@ -403,7 +509,7 @@ class Engine:
         for t, category, _, _, _, ref, record, token, source in items:
             self._apply_one(category, t, record, ref, False, token, source.partition)
 
-    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: bool, token: Any, partition: int) -> None:
+    def _apply_one(self, category: int, t: int, record: Any, ref: str, late: int, token: Any, partition: int) -> None:
         if token is None:
             self._apply(category, t, record, ref, late, partition)
             return
@@ -417,14 +523,21 @@ class Engine:
         else:
             self.done.append(token)
 
-    def _apply(self, category: int, t: int, record: Any, ref: str, late: bool, partition: int = -1) -> None:
+    def _apply(self, category: int, t: int, record: Any, ref: str, late: int, partition: int = -1) -> None:
         """Apply one record of input partition `partition` (-1: unknown, for a store that is not a
-        PartitionedStore: apply_released's records come without)."""
+        PartitionedStore: apply_released's records come without).
+
+        `late`: False (on time), LATE (True; within the correction horizon: its number's verdicts
+        are judged again, _correct) or TOO_LATE (applied and judged as it is, nothing re-judged)."""
         numbers = self.numbers
         partitioned = self._partitioned
-        state = numbers.get(ref) if partitioned is None else partitioned.get_in(ref, partition)
+        if partitioned is None:
+            state = numbers.get(ref)
+        else:
+            state = partitioned.get_in(ref, partition)
+            self._mail_partition = partition
         if state is None:
-            state = NumberState()
+            state = NumberState(masked=mask_msisdn(record.msisdn))
         else:
             event_id = record.event_id
             for m in state.seen:  # a duplicate of a record applied before: nothing to do
@@ -441,23 +554,58 @@ class Engine:
             horizon = state.max_t - self._dedup
             seen[:] = [m for m in seen if m.t >= horizon]
         seen.append(Mark(t, record.event_id))
-        if category == NOTIFICATION:
-            self._notification(t, record, ref, state, late)
-        elif category == DELIVERY:
-            if record.__class__ is Remembered or record.status != "bounced":
-                if self.collect_metrics and record.__class__ is not Remembered:
-                    self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
-                self._cap(ref, state)  # (its seen id; _delivery caps what a bounce adds)
+        # (state.masked: set with the state, or with its past (_remember) for one of before contract 1.1)
+        if category == DELIVERY and (record.__class__ is Remembered or record.status != "bounced"):
+            if self.collect_metrics and record.__class__ is not Remembered:
+                self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
+            self._cap(ref, state)  # (its seen id)
+        elif not late:  # (on time, most records: the fewest checks)
+            if category == NOTIFICATION:
+                if self._notification(t, record, ref, state, False):  # (one alert at most)
+                    alerts = self.alerts
+                    self._fired(state, t, alerts, len(alerts) - 1)
+                self._cap(ref, state)
             else:
-                if self.collect_metrics:
-                    self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
-                self._delivery(t, record, ref, state, late)
-        else:
-            self._change(t, record, ref, state, late)
+                alerts = self.alerts
+                n = len(alerts)
+                if category == DELIVERY:
+                    if self.collect_metrics:
+                        self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+                    self._delivery(t, record, ref, state, False)
+                    self._cap(ref, state)
+                else:
+                    self._change(t, record, ref, state, False)
+                if len(alerts) != n:
+                    self._fired(state, t, alerts, n)
+        elif late == LATE:  # (True too)
+            if category == DELIVERY and self.collect_metrics:
+                self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+            self._correct(category, t, record, ref, state)
+            if category != CHANGE:
+                self._cap(ref, state)  # (_change caps the change log and the rest)
+        else:  # TOO_LATE: judged as it is
+            alerts = self.alerts
+            n = len(alerts)
+            self._judge(category, t, record, ref, state, True)
+            if len(alerts) != n:
+                self._fired(state, t, alerts, n)
         if partitioned is None:
             numbers[ref] = state
         else:
             partitioned.put_in(ref, state, partition)
+
+    def _judge(self, category: int, t: int, record: Any, ref: str, state: NumberState, late: bool) -> None:
+        """Judge a record late beyond the correction horizon as it is (_apply)."""
+        if category == NOTIFICATION:
+            self._notification(t, record, ref, state, late)
+            self._cap(ref, state)
+        elif category == DELIVERY:
+            if self.collect_metrics:
+                self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
+            self._delivery(t, record, ref, state, late)
+            self._cap(ref, state)
+        else:
+            self._change(t, record, ref, state, late)
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
@@ -530,7 +678,12 @@ class Engine:
 
     # --------------------------------------------------------- contract changes
 
-    def _change(self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool) -> None:
+    def _change(
+        self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool, correcting: bool = False
+    ) -> frozenset[bytes]:
+        """Apply a contract change; judge the patterns it completes (not while `correcting`: the
+        caller re-judges the number, _correct). Returns the addresses whose links changed, when
+        `correcting` (else an empty set)."""
         code = change_code(type(rec))
         email = getattr(rec, "email", None)
         addr = self._pseudo.address_ref(email) if email and email.strip() else None
@@ -544,9 +697,10 @@ class Engine:
             addr,
         )
         entry = self._derived(ref, state)
+        relinked = _NO_ADDRS
         if addr is not None and code in ADDRESS_EVENTS and not late and _restates(entry.holdings, change, state):
             self._cap(ref, state, changes=True)
-            return  # the holding's current address already: nothing to store or link
+            return relinked  # the holding's current address already: nothing to store or link
         changes = state.changes
         last = changes[-1] if changes else None
         if last is None or (last.t, last.type, last.event_id) <= (t, code, change.event_id):
@@ -557,22 +711,33 @@ class Engine:
             replaced, added = self._fold(ref, entry, change)
             if replaced or added:
                 self.index.replace(ref, replaced, added)
+                if correcting:
+                    relinked = _altered(replaced, added)
         else:
             old_links = _links(ref, entry.holdings)
             state.add_change(change)
             entry = self._derived(ref, state)
-            self.index.replace(ref, old_links, _links(ref, entry.holdings))
-        after_holdings = entry.holdings
+            new_links = _links(ref, entry.holdings)
+            self.index.replace(ref, old_links, new_links)
+            if correcting:
+                relinked = _altered(old_links, new_links)
+        if not correcting:
+            self._patterns(t, code, rec, ref, state, entry.holdings, late)
+        self._cap(ref, state, changes=True)
+        return relinked
 
+    def _patterns(
+        self, t: int, code: int, rec: ContractChange, ref: str, state: NumberState, holdings: list[Holding], late: bool
+    ) -> None:
+        """The patterns a contract change completes: re_port (a start), port_flapping (a port)."""
         if code in STARTS:
-            re_port = self.rules.re_port(after_holdings, rec.event_id)
+            re_port = self.rules.re_port(holdings, rec.event_id)
             if re_port is not None:
                 self._emit(self.wording.re_port(t, self._now, rec, ref, *re_port, late))
         if code in PORTS:
             window = self.rules.port(state, t, rec.event_id)
             if window is not None:
                 self._emit(self.wording.port_flapping(t, self._now, rec, ref, window, late))
-        self._cap(ref, state, changes=True)
 
     def _cap(self, ref: str, state: NumberState, changes: bool = False) -> None:
         """detectors.expiry.cap, after a record changed `state` (`changes`: a contract change, which
@@ -584,9 +749,16 @@ class Engine:
 
     # ----------------------------------------------------------- notifications
 
-    def _notification(self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool) -> None:
+    def _notification(
+        self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool, past: Past | None = None
+    ) -> bool:
+        """Judge a notification and remember it (state.past); `past`: re-judging (_rejudge) the one
+        remembered, `rec` its stand-in. Whether it raised an alert."""
         addr: bytes | None = None
-        if rec.channel == "email":
+        if past is not None:
+            if rec.channel == "email":
+                addr = past.to_ref
+        elif rec.channel == "email":
             recipient = rec.recipient
             addr = self._addresses.get(recipient)
             if addr is None:
@@ -598,30 +770,310 @@ class Engine:
         else:
             holdings = self._derived(ref, state).holdings
         verdict = self._notified(state, holdings, t, rec, addr, self.index, ref)
-        if self.collect_metrics:
-            kind = kinds.OK if verdict is None else verdict.kind
-            self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
-        if verdict is not None:
-            self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late))
-        self._cap(ref, state)
+        if past is None:
+            self._remember(ref, state, self._past_notification(t, rec, addr), rec.msisdn)
+            if self.collect_metrics:
+                kind = kinds.OK if verdict is None else verdict.kind
+                self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
+        if verdict is None:
+            return False
+        to_ref = past.to_ref.hex() if past is not None and addr is None else None
+        self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
+        return True
+
+    def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
+        recipient = rec.recipient
+        masked = self._masks.get(recipient)
+        if masked is None:
+            if len(self._masks) >= _MASKS_MAX:
+                self._masks.clear()
+            masked = self._masks[recipient] = masked_recipient(recipient, rec.channel)
+        if addr is None:  # an sms: the recipient number's keyed hash
+            number = self._refs.get(recipient)
+            addr = bytes.fromhex(number if number is not None else self._pseudo.msisdn_ref(recipient))
+        return Past(
+            t,
+            NOTIFICATION,
+            rec.event_id,
+            rec.message_id,
+            rec.brand,
+            rec.sender,
+            addr,
+            masked,
+            rec.channel,
+            rec.template,
+            rec.contract_id,
+            rec.customer_id,
+        )
+
+    def _past_bounce(self, t: int, rec: Delivery) -> Past:
+        recipient = rec.recipient
+        addr = self._addresses.get(recipient)
+        if addr is None:
+            addr = self._pseudo.address_ref(recipient)
+        masked = self._masks.get(recipient)
+        if masked is None:
+            if len(self._masks) >= _MASKS_MAX:
+                self._masks.clear()
+            masked = self._masks[recipient] = masked_recipient(recipient, "email")
+        return Past(
+            t,
+            DELIVERY,
+            rec.event_id,
+            rec.message_id,
+            rec.brand,
+            rec.sender,
+            addr,
+            masked,
+            rec.bounce_type or "",
+            rec.smtp_status,
+        )
+
+    def _remember(self, ref: str, state: NumberState, p: Past, msisdn: str) -> None:
+        """Keep a notification or bounce in the number's past, for the correction horizon and what
+        verdicts within it read before it (see _keep_past); in release order; within its budget
+        (detectors.expiry.cap_past, called only once the room kept here is used up: measuring the
+        whole past costs ~9 µs at 40 entries)."""
+        if self._noting and p.category == NOTIFICATION and p.channel == "email":  # (a Relink's candidates)
+            self.mailers.note(p.to_ref, ref, p.t, self._mail_partition)
+        past = state.past
+        known = self._past_rooms.get(ref)
+        if known is not None and known[0] is not past:
+            known = None
+        if past:
+            horizon = state.max_t - self._keep_past
+            if past[0].t < horizon:  # (in order: the oldest go, usually one)
+                k, n = 1, len(past)
+                while k < n and past[k].t < horizon:
+                    k += 1
+                del past[:k]
+            last = past[-1] if past else None
+            if last is None or last.t < p.t or (last.t == p.t and _past_key(last) <= _past_key(p)):
+                past.append(p)
+            else:
+                insort(past, p, key=_past_key)
+        else:
+            past.append(p)
+            if not state.masked:  # (a state of before contract 1.1: its first entry)
+                state.masked = mask_msisdn(msisdn)
+        if known is not None:
+            room = known[1] - past_entry_bytes(p)
+            if room >= 0:
+                known[1] = room
+                return
+        room = cap_past(past, self._stats.capped)
+        if known is not None:
+            known[1] = room
+            return
+        rooms = self._past_rooms
+        if len(rooms) >= _PAST_ROOMS_MAX:
+            rooms.clear()
+        rooms[ref] = [past, room]
 
     # --------------------------------------------------------------- deliveries
 
-    def _delivery(self, t: int, rec: Delivery, ref: str, state: NumberState, late: bool) -> None:
+    def _delivery(
+        self, t: int, rec: Delivery, ref: str, state: NumberState, late: bool, past: Past | None = None
+    ) -> None:
+        """Judge a bounce and remember it (state.past); `past`: re-judging the one remembered."""
         if rec.status != "bounced":
             return
+        if past is None:
+            past = self._past_bounce(t, rec)
+            self._remember(ref, state, past, rec.msisdn)
         burst, bounced = self.rules.bounce(state, t, rec)
         if burst is not None:
             self._emit(self.wording.bounce_burst(t, self._now, rec, ref, burst, late))
         if bounced is not None:
-            self._emit(self.wording.bouncing(t, self._now, rec, ref, bounced, late))
-        self._cap(ref, state)
+            self._emit(self.wording.bouncing(t, self._now, rec, ref, bounced, late, past.to_ref))
 
     # ---------------------------------------------------------------- outputs
 
     def _emit(self, alert: Alert) -> None:
-        self._stats.alerts[alert.kind] += 1
+        replay = self._replay
+        if replay is not None:  # re-judging: _rejudge compares them with what was raised
+            replay.append((self._replay_t, alert))
+            return
+        if alert.status == FIRING:  # a retraction is counted in Stats.retracted
+            self._stats.alerts[alert.kind] += 1
         self.alerts.append(alert)
+
+    def _fired(self, state: NumberState, t: int, alerts: list[Alert], n: int) -> None:
+        """Remember the alerts raised for a record at `t` of the number (alerts[n:]) for the horizon."""
+        fired = state.fired
+        if fired and fired[0].t < state.max_t - self._horizon:
+            horizon = state.max_t - self._horizon
+            fired[:] = [f for f in fired if f.t >= horizon]
+        for a in alerts[n:]:
+            fired.append(Fired(t, _KIND_INDEX[a.kind], a.trigger_event_id))
+        cap_fired(fired, self._stats.capped)
+
+    # ------------------------------------------------------------- corrections (contract 1.1)
+
+    def _correct(self, category: int, t: int, record: Any, ref: str, state: NumberState) -> None:
+        """A record late within the correction horizon: put it in its event-time place (the change
+        log, the number's past) and judge the number's verdicts from its event time again; a change
+        that altered address links also re-judges the mails to those addresses on other numbers."""
+        stats = self._stats
+        stats.corrections[TOPIC_KINDS[category]] += 1
+        if not state.masked:  # (a state of before contract 1.1)
+            state.masked = mask_msisdn(record.msisdn)
+        by = [record.event_id]
+        if category == NOTIFICATION:
+            addr = None
+            if record.channel == "email":
+                addr = self._addresses.get(record.recipient) or self._pseudo.address_ref(record.recipient)
+            self._remember(ref, state, self._past_notification(t, record, addr), record.msisdn)
+            if self.collect_metrics:  # (its verdict counts once, as judged now)
+                verdict = self._notified(
+                    NumberState(state.changes), self.holdings(ref, state), t, record, addr, self.index, ref
+                )
+                kind = kinds.OK if verdict is None else verdict.kind
+                self.verdicts.append(
+                    VerdictRecord(record.brand, record.template, record.sender, record.channel, kind, True, t)
+                )
+            self._rejudge(ref, state, t, by)
+        elif category == DELIVERY:
+            self._remember(ref, state, self._past_bounce(t, record), record.msisdn)
+            self._rejudge(ref, state, t, by)
+        else:
+            relinked = self._change(t, record, ref, state, True, correcting=True)
+            self._rejudge(ref, state, t, by)
+            if relinked:
+                events = [Relink(addr, t, by, ref) for addr in sorted(relinked)]
+                if self._partitioned is None:
+                    for event in events:
+                        self.relinked(event)
+                else:
+                    self.relinks.extend(events)
+
+    def relinked(self, event: Relink, partition: int | None = None) -> int:
+        """Consume a Relink: re-judge, from its event time on, every number (other than its origin)
+        with a remembered mail to its address at or after that time, among the candidates of the
+        mailers index (detectors.mailers). `partition`: the input partition whose numbers to
+        re-judge, for an engine with a PartitionedStore (the worker's: each partition's owner
+        consumes the Relink); None for one engine holding every number. Returns how many numbers
+        were re-judged."""
+        partitioned = self._partitioned
+        if partitioned is None:
+            partitions = (-1,)
+            if not self._noting:
+                self.build_mailers()
+        elif partition is None:
+            raise TypeError("relinked needs the input partition of the numbers to re-judge (a PartitionedStore)")
+        else:
+            partitions = (partition,)
+        addr, t = event.addr, event.t
+        hits: list[tuple[str, NumberState, int]] = []
+        for ref, p in self.mailers.candidates(addr, t, partitions):
+            if ref == event.origin:
+                continue
+            state = self.numbers.get(ref) if partitioned is None else partitioned.get_in(ref, p)
+            if state is None:
+                continue
+            for past in reversed(state.past):
+                if past.t < t:
+                    break
+                if past.category == NOTIFICATION and past.to_ref == addr and past.channel == "email":
+                    hits.append((ref, state, p))
+                    break
+        for ref, state, p in hits:
+            self._stats.corrections["relink"] += 1
+            self._rejudge(ref, state, t, event.by)
+            if partitioned is None:
+                self.numbers[ref] = state
+            else:
+                partitioned.put_in(ref, state, p)
+        return len(hits)
+
+    def build_mailers(self) -> None:
+        """Note every remembered e-mail of every number in the mailers index, and each one from now
+        on (see _noting): what noting each as it was remembered would hold of the mails still in
+        the pasts, which is what relinked reads (and what bench.replay_bench measures of the
+        worker's index, which notes every mail)."""
+        if self._noting:
+            return
+        numbers = self.numbers
+        assert isinstance(numbers, dict)
+        note = self.mailers.note
+        for ref, state in numbers.items():
+            for p in state.past:
+                if p.category == NOTIFICATION and p.channel == "email":
+                    note(p.to_ref, ref, p.t, -1)
+        self._noting = True
+
+    def _rejudge(self, ref: str, state: NumberState, t0: int, by: list[str]) -> None:
+        """Judge the number's verdicts from event time `t0` on again, over its change log and its
+        past (the same rules, in the order the grace buffer releases records, into a scratch state),
+        and raise what is new (late) and retract what was raised and no longer holds, by kind and
+        trigger event; the scratch's pattern state replaces the number's.
+
+        What the verdicts at and after t0 read of earlier events (a bounce's mail within the delivery
+        correlation, a bounce_burst window, port marks) is re-derived from the past kept before t0
+        and the log, so the scratch reaches t0 in the state the in-order run had there."""
+        holdings = self.holdings(ref, state)
+        scratch = NumberState(state.changes, masked=state.masked)
+        masked = state.masked
+        sink: list[tuple[int, Alert]] = []
+        outer, outer_t = self._replay, self._replay_t
+        self._replay = sink
+        try:
+            changes = [c for c in state.changes if c.type in _PATTERN_CHANGES]
+            past = state.past
+            i = j = 0
+            while i < len(changes) or j < len(past):
+                # contract changes first at one event time, as the grace buffer releases them
+                if j >= len(past) or (i < len(changes) and changes[i].t <= past[j].t):
+                    c = changes[i]
+                    i += 1
+                    self._replay_t = t = c.t
+                    if t > scratch.max_t:
+                        scratch.max_t = t
+                    self._patterns(t, c.type, _stand_in_change(c, masked), ref, scratch, holdings, True)
+                else:
+                    p = past[j]
+                    j += 1
+                    self._replay_t = t = p.t
+                    if t > scratch.max_t:
+                        scratch.max_t = t
+                    if p.category == NOTIFICATION:
+                        self._notification(t, _stand_in_notification(p, masked), ref, scratch, True, p)
+                    else:
+                        self._delivery(t, _stand_in_bounce(p, masked), ref, scratch, True, p)
+        finally:
+            self._replay, self._replay_t = outer, outer_t
+        new: dict[tuple[str, str], tuple[int, Alert]] = {}
+        for t, a in sink:
+            if t >= t0:
+                new.setdefault((a.kind, a.trigger_event_id), (t, a))
+        kept: list[Fired] = []
+        old: dict[tuple[str, str], Fired] = {}
+        for f in state.fired:
+            if f.t >= t0:
+                old[(kinds.KINDS[f.kind], f.trigger_event_id)] = f
+            else:
+                kept.append(f)
+        stats = self._stats
+        now_kinds = {trigger: kind for kind, trigger in new}
+        for key, f in old.items():
+            if key not in new:
+                kind, trigger = key
+                retraction = self.wording.retraction(
+                    f.t, self._now, kind, trigger, ref, masked, by, now_kinds.get(trigger)
+                )
+                stats.retracted[kind] += 1
+                self._emit(retraction)
+        for key, (_, a) in new.items():
+            if key not in old:
+                stats.raised_late[a.kind] += 1
+                self._emit(a)
+        kept.extend(Fired(t, _KIND_INDEX[a.kind], a.trigger_event_id) for t, a in new.values())
+        kept.sort(key=_fired_key)
+        state.fired = kept
+        cap_fired(state.fired, stats.capped)
+        state.sent = scratch.sent
+        state.bounces, state.bounce_hot = scratch.bounces, scratch.bounce_hot
+        state.ports, state.port_hot = scratch.ports, scratch.port_hot
 
     # ------------------------------------------------------------ dead letters
 
@@ -639,6 +1091,89 @@ class Engine:
         self.deadletters.append(
             dead_letter(topic, partition, offset, timestamp_ms, key, value, bad.reason, bad.code, rfc3339(self._now))
         )
+
+
+def _past_key(p: Past) -> tuple[int, int, str]:
+    return (p.t, p.category, p.event_id)
+
+
+def _fired_key(f: Fired) -> tuple[int, int, str]:
+    return (f.t, f.kind, f.trigger_event_id)
+
+
+def _altered(old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> frozenset[bytes]:
+    """The addresses whose links differ between two lists of a number's links."""
+    old_by: dict[bytes, set[Link]] = {}
+    new_by: dict[bytes, set[Link]] = {}
+    for addr, link in old:
+        old_by.setdefault(addr, set()).add(link)
+    for addr, link in new:
+        new_by.setdefault(addr, set()).add(link)
+    return frozenset(addr for addr in old_by.keys() | new_by.keys() if old_by.get(addr) != new_by.get(addr))
+
+
+def _stand_in_notification(p: Past, masked: str) -> Outbound:
+    """The notification of a Past, as its re-judging reads it: masked number and recipient, no clear text."""
+    return Outbound(
+        schema_version=1,
+        event_id=p.event_id,
+        event_time="",
+        msisdn=masked,
+        message_id=p.message_id,
+        brand=p.brand,
+        channel="sms" if p.channel == "sms" else "email",
+        recipient=p.to_masked,
+        template=p.text or "",
+        sender=p.sender,
+        contract_id=p.contract_id,
+        customer_id=p.customer_id,
+    )
+
+
+def _stand_in_bounce(p: Past, masked: str) -> Delivery:
+    """The bounce of a Past, as its re-judging reads it (see _stand_in_notification)."""
+    return Delivery(
+        schema_version=1,
+        event_id=p.event_id,
+        event_time="",
+        msisdn=masked,
+        message_id=p.message_id,
+        recipient=p.to_masked,
+        status="bounced",
+        brand=p.brand,
+        sender=p.sender,
+        bounce_type="hard" if p.channel == "hard" else "soft" if p.channel == "soft" else None,
+        smtp_status=p.text,
+    )
+
+
+def _stand_in_change(c: Change, masked: str) -> ContractChange:
+    """The start or port change of a log entry, as the pattern wording reads it."""
+    if c.type == PORTED_OUT:
+        return PortedOut(
+            schema_version=1, event_id=c.event_id, event_time="", msisdn=masked, contract_id=c.contract_id, operator="?"
+        )
+    cls = PortedIn if c.type == PORTED_IN else ContractStarted
+    if cls is PortedIn:
+        return PortedIn(
+            schema_version=1,
+            event_id=c.event_id,
+            event_time="",
+            msisdn=masked,
+            contract_id=c.contract_id,
+            customer_id=c.customer_id or "",
+            brand=c.brand or "",
+            operator="?",
+        )
+    return ContractStarted(
+        schema_version=1,
+        event_id=c.event_id,
+        event_time="",
+        msisdn=masked,
+        contract_id=c.contract_id,
+        customer_id=c.customer_id or "",
+        brand=c.brand or "",
+    )
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

@@ -23,13 +23,16 @@ its size, for a number that gets a flood of records within them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
 
+import msgspec
+
 from detectors.holdings import HOLDER_CHANGED, STARTS, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent
+from detectors.state import Fired, Mark, NumberState, Past, Sent
 from detectors.text import ID_MAX, NAME_MAX
 
 
@@ -42,6 +45,8 @@ class Horizons:
     bounces: int  # marks at or before this are outside every later window
     ports: int
     history: int
+    past: int  # notifications and bounces kept for re-judging (contract 1.1)
+    fired: int  # alerts raised, kept to compare a re-judging with
 
     @classmethod
     def at(cls, now: int, settings: Settings) -> Horizons:
@@ -52,7 +57,19 @@ class Horizons:
             bounces=now - us(settings.bounce_burst_window_s),
             ports=now - us(settings.port_flapping_window_s),
             history=now - us(settings.history_retention_s),
+            past=now - past_span(settings),
+            fired=now - us(settings.correction_horizon_s),
         )
+
+
+def past_span(settings: Settings) -> int:
+    """How long (µs) a number's notifications and bounces are kept behind its newest event (or a
+    sweep's event time): the correction horizon, and before it what verdicts within it read of
+    earlier events (a bounce's mail, the delivery correlation; a bounce_burst window)."""
+    us = settings.us
+    return us(settings.correction_horizon_s) + max(
+        us(settings.delivery_correlation_s), us(settings.bounce_burst_window_s)
+    )
 
 
 def history_cut(changes: list[Change], horizon: int) -> int:
@@ -98,6 +115,14 @@ def expire(state: NumberState, h: Horizons) -> bool:
     if ports and ports[0].t <= h.ports:
         state.ports = [m for m in ports if m.t > h.ports]
         changed = True
+    past = state.past
+    if past and past[0].t < h.past:  # (in event-time order: a new list of the newer ones)
+        state.past = past[bisect_left(past, h.past, key=_T) :]
+        changed = True
+    fired = state.fired
+    if fired and fired[0].t < h.fired:
+        state.fired = [f for f in fired if f.t >= h.fired]
+        changed = True
     changes = state.changes
     if changes and changes[0].t < h.history:
         cut = history_cut(changes, h.history)
@@ -128,23 +153,29 @@ def expire(state: NumberState, h: Horizons) -> bool:
 # marks even at the longest ids (default thresholds: 3), and the change log keeps
 # what makes the number's last holding (see _trim_changes).
 STATE_MAX_BYTES: Final = 64 * 1024
-SEEN_BYTES: Final = 16 * 1024
-SENT_BYTES: Final = 16 * 1024
+SEEN_BYTES: Final = 9 * 1024
+SENT_BYTES: Final = 10 * 1024
 MARKS_BYTES: Final = 6 * 1024  # bounces, and ports, each
 CHANGES_BYTES: Final = 18 * 1024
+# contract 1.1 (the correction horizon): a number's past notifications and bounces, the alerts raised
+PAST_BYTES: Final = 13 * 1024
+FIRED_BYTES: Final = 1024
 # Encoded bytes of an entry, less its strings' UTF-8 (at most): msgpack array and
 # integer headers (Mark, Sent, as detectors.codec's msgpack writes them), and the change
 # log's header, time, string headers and address hash (detectors.codec, v3).
 _MARK_FIXED: Final = 13
 _SENT_FIXED: Final = 21
 _CHANGE_FIXED: Final = 48
+_FIRED_FIXED: Final = 16
 # An entry at its largest (every string at its cap, 4 bytes a character): a list
 # no longer than budget // this needs no measuring.
 _UTF8_MAX: Final = 4
 _MARK_LARGEST: Final = _MARK_FIXED + _UTF8_MAX * ID_MAX
 _SENT_LARGEST: Final = _SENT_FIXED + _UTF8_MAX * (2 * ID_MAX + NAME_MAX)
 _CHANGE_LARGEST: Final = _CHANGE_FIXED + _UTF8_MAX * (3 * ID_MAX + NAME_MAX)
-PARTS: Final = ("seen", "sent", "bounces", "ports", "changes")
+# (a past entry is measured as written, by msgspec's encoder: past_entry_bytes, cap_past)
+_encode: Final = msgspec.msgpack.Encoder().encode
+PARTS: Final = ("seen", "sent", "bounces", "ports", "changes", "past", "fired")
 # A list over its budget is cut to 3/4 of it: a flooded number's lists are then
 # cut once every few dozen records, not at every one (each cut measures every entry).
 _REFILL: Final = 3
@@ -200,6 +231,7 @@ def _changes_bytes(changes: list[Change]) -> int:
     return len(changes) * _CHANGE_FIXED + _texts_bytes(texts)
 
 
+_T: Final = attrgetter("t")
 _EVENT_ID: Final = attrgetter("event_id")
 _MESSAGE_ID: Final = attrgetter("message_id")
 _TEMPLATE: Final = attrgetter("template")
@@ -240,6 +272,52 @@ def cap(state: NumberState, capped: dict[str, int], changes: bool = True) -> Non
         if kept is not None:
             capped["changes"] = capped.get("changes", 0) + len(log) - len(kept)
             state.changes = kept
+
+
+def past_entry_bytes(p: Past) -> int:
+    """The bytes of one entry of a number's past (its notifications and bounces kept for the
+    correction horizon), as detectors.codec writes it (msgspec's encoder)."""
+    return len(_encode(p))
+
+
+def past_room(past: list[Past]) -> int:
+    """How many more bytes of entries (past_entry_bytes) the past takes within PAST_BYTES; below
+    0, it is over. The past grows one entry at a time (Engine._remember): its caller keeps the
+    room by subtracting each entry's past_entry_bytes as it adds it (what it drops is not added
+    back: the room only errs low) and calls cap_past, which measures the whole list (~9 µs for 40
+    entries), only once the room is used up, rather than at every record."""
+    return PAST_BYTES - _ARRAY_HEAD_MAX - (len(_encode(past)) - _array_head(len(past)))
+
+
+def cap_past(past: list[Past], capped: dict[str, int]) -> int:
+    """Bring a number's past within PAST_BYTES (in place, its oldest entries dropped; counted in
+    `capped`), and return its past_room."""
+    room = past_room(past)
+    if room >= 0:
+        return room
+    k = _drop_oldest([past_entry_bytes(p) for p in past], PAST_BYTES * _REFILL // 4 - _ARRAY_HEAD_MAX)
+    del past[:k]
+    capped["past"] = capped.get("past", 0) + k
+    return past_room(past)
+
+
+# msgpack's header of an array (fixarray, array 16, array 32): a past within PAST_BYTES has
+# fewer than 2**16 entries, so at most 3 bytes
+_ARRAY_HEAD_MAX: Final = 3
+
+
+def _array_head(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
+def cap_fired(fired: list[Fired], capped: dict[str, int]) -> None:
+    """Bring the alerts raised for a number within FIRED_BYTES (after it grew: an alert is rare);
+    a re-judging may raise one dropped here again."""
+    sizes = [_FIRED_FIXED + _text_bytes(f.trigger_event_id) for f in fired]
+    if sum(sizes) > FIRED_BYTES:
+        k = _drop_oldest(sizes, FIRED_BYTES * _REFILL // 4)
+        del fired[:k]
+        capped["fired"] = capped.get("fired", 0) + k
 
 
 def _cap_list(

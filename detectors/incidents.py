@@ -42,7 +42,7 @@ from typing import Any, Final
 import msgspec
 
 from detectors import kinds
-from detectors.alerts import Alert
+from detectors.alerts import FIRING, RETRACTED, Alert
 from detectors.timefmt import parse_rfc3339, rfc3339
 
 SECOND_US: Final = 1_000_000
@@ -59,9 +59,6 @@ DEFAULT_BREACH_KINDS: Final = (
     kinds.RECIPIENT_OTHER_CUSTOMER,
     kinds.NOTIFICATION_WITHOUT_CONTRACT,
 )
-
-FIRING: Final = "firing"
-RETRACTED: Final = "retracted"
 
 OPEN: Final = "open"
 CLOSED: Final = "closed"

@@ -89,6 +89,12 @@ class Settings:
     # correlation span: a quiet number then holds its last mails and marks at
     # most two spans, for the price of one visit of each number a week.
     expiry_sweep_interval_s: float = 7 * DAY_S
+    # Contract 1.1 ("Late contract changes"; shared spec default): a record later than grace
+    # but at most this far (event time) behind the watermark is applied in its event-time place
+    # and the verdicts it changes are judged again (late alerts, retractions). 7 days: nightly and
+    # weekend batch exports of legacy billing and porting confirmations arrive within days; it is
+    # also the delivery correlation span, so the history it keeps per number is about a week's.
+    correction_horizon_s: float = 7 * DAY_S
     # Where runbooks live; runbook_url is this + "<kind>.md".
     runbook_base_url: str = "docs/runbooks/"
     topics: Topics = field(default_factory=Topics)
@@ -102,6 +108,8 @@ class Settings:
                 f"history_retention_s ({self.history_retention_s:g}) must be at least "
                 f"re_port_window_s ({self.re_port_window_s:g})"
             )
+        if self.correction_horizon_s < 0:
+            raise ValueError("correction_horizon_s must not be negative")
         if self.expiry_sweep_interval_s <= 0:
             raise ValueError("expiry_sweep_interval_s must be positive")
 

@@ -29,6 +29,37 @@ class Sent(msgspec.Struct, array_like=True, gc=False):
     alerted: bool = False
 
 
+class Past(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A notification or a bounce applied to a number, kept for the correction horizon (contract 1.1,
+    "Late contract changes"): what re-judging the number's verdicts (Engine._rejudge) needs of it,
+    and no clear text: the recipient as its keyed hash and its mask.
+
+    Ordered like the grace buffer releases records: (t, category, event_id).
+    """
+
+    t: int
+    category: int  # detectors.arrival.NOTIFICATION or DELIVERY (a bounce)
+    event_id: str
+    message_id: str
+    brand: str
+    sender: str
+    to_ref: bytes  # the recipient's keyed hash: an address's (e-mail), a number's msisdn_ref bytes (sms)
+    to_masked: str
+    channel: str  # notification: "email" or "sms"; bounce: its bounce_type, "" for none
+    text: str | None = None  # notification: template; bounce: smtp_status
+    contract_id: str | None = None
+    customer_id: str | None = None
+
+
+class Fired(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An alert raised for a number and not retracted, kept for the correction horizon: what a
+    re-judging compares its verdicts with (kind: an index into detectors.kinds.KINDS)."""
+
+    t: int
+    kind: int
+    trigger_event_id: str
+
+
 class NumberState(msgspec.Struct, array_like=True):
     """Everything notifguard keeps about one number (keyed by its msisdn_ref)."""
 
@@ -40,6 +71,11 @@ class NumberState(msgspec.Struct, array_like=True):
     port_hot: bool = False
     seen: list[Mark] = msgspec.field(default_factory=list)
     max_t: int = 0  # newest event time seen for the number, for pruning
+    # contract 1.1, late records within the correction horizon (Engine._rejudge): the number's
+    # notifications and bounces, the alerts raised for it, and its masked number (for their wording)
+    past: list[Past] = msgspec.field(default_factory=list)
+    fired: list[Fired] = msgspec.field(default_factory=list)
+    masked: str = ""
 
     def add_change(self, change: Change) -> None:
         insort(self.changes, change, key=Change.sort_key)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from detectors import kinds
-from detectors.alerts import Alert, Subject, dedup_key, unique
+from detectors.alerts import RETRACTED, Alert, Subject, dedup_key, unique
 from detectors.holdings import TYPE_NAMES, Holding
 from detectors.privacy import Pseudonymiser, mask_address, mask_msisdn
 from detectors.records import ContractChange, Delivery, InputRecord, Outbound
@@ -72,8 +72,21 @@ class Wording:
             runbook_url=f"{self._runbooks}{kind}.md",
         )
 
-    def recipient(self, t: int, now: int, rec: Outbound, ref: str, addr: bytes | None, v: Verdict, late: bool) -> Alert:
-        """The alert of a notification whose verdict `v` is a recipient kind (detectors.rules)."""
+    def recipient(
+        self,
+        t: int,
+        now: int,
+        rec: Outbound,
+        ref: str,
+        addr: bytes | None,
+        v: Verdict,
+        late: bool,
+        to_ref: str | None = None,
+    ) -> Alert:
+        """The alert of a notification whose verdict `v` is a recipient kind (detectors.rules).
+
+        `to_ref`: the keyed hash of an sms recipient when `rec` is a stand-in with masked fields
+        (a re-judging, detectors.engine), else it is computed from `rec.recipient`."""
         masked_number = mask_msisdn(rec.msisdn)
         masked_to = masked_recipient(rec.recipient, rec.channel)
         brand, template = shown_name(rec.brand, "brand"), shown_name(rec.template, "template")
@@ -83,7 +96,11 @@ class Wording:
             "channel": rec.channel,
             "message_id": rec.message_id,
             "recipient_masked": masked_to,
-            "recipient_ref": addr.hex() if addr is not None else self._pseudo.msisdn_ref(rec.recipient),
+            "recipient_ref": addr.hex()
+            if addr is not None
+            else to_ref
+            if to_ref is not None
+            else self._pseudo.msisdn_ref(rec.recipient),
             "notification_contract_id": rec.contract_id,
             "notification_customer_id": rec.customer_id,
             "active": active.describe() if active is not None else None,
@@ -205,8 +222,11 @@ class Wording:
             rec.sender,
         )
 
-    def bouncing(self, t: int, now: int, rec: Delivery, ref: str, sent: Sent, late: bool) -> Alert:
-        """The alert of a hard bounce of a mail `sent` to the number's current address."""
+    def bouncing(
+        self, t: int, now: int, rec: Delivery, ref: str, sent: Sent, late: bool, to_ref: bytes | None = None
+    ) -> Alert:
+        """The alert of a hard bounce of a mail `sent` to the number's current address (`to_ref`: the
+        keyed hash of the bounce's recipient, when known)."""
         masked_to = masked_recipient(rec.recipient, "email")
         summary = (
             f"{shown_name(rec.brand, 'brand')} {shown_name(sent.template, 'template')} mail to the current address "
@@ -216,7 +236,7 @@ class Wording:
         evidence = {
             "message_id": rec.message_id,
             "recipient_masked": masked_to,
-            "recipient_ref": self._pseudo.address_ref(rec.recipient).hex(),
+            "recipient_ref": (to_ref if to_ref is not None else self._pseudo.address_ref(rec.recipient)).hex(),
             "smtp_status": rec.smtp_status,
             "notification_event_id": sent.event_id,
             "notification_time": rfc3339(sent.t),
@@ -235,6 +255,52 @@ class Wording:
             rec.brand,
             sent.template,
             rec.sender,
+        )
+
+    def retraction(
+        self,
+        t: int,
+        now: int,
+        kind: str,
+        trigger_event_id: str,
+        ref: str,
+        masked_number: str,
+        by: list[str],
+        now_kind: str | None,
+    ) -> Alert:
+        """The record withdrawing the alert of `kind` on `trigger_event_id` (contract 1.1, "Retractions"):
+        a late record (`by`) changed the verdict; `now_kind` is what the same event raises now, if anything."""
+        what = "notification" if kind in kinds.RECIPIENT_KINDS else "event"
+        if now_kind is not None:
+            outcome = f"the {what} is now {now_kind} (its own alert)"
+        elif kind in kinds.RECIPIENT_KINDS:
+            outcome = "the notification went where it should, as the state of the number is now known"
+        else:
+            outcome = f"the {kind} pattern no longer holds at this event"
+        reason = (
+            f"{kind} on {masked_number} withdrawn: input that arrived late ({len(by)} event(s)) changed "
+            f"the verdict; {outcome}"
+        )
+        return Alert(
+            alert_id=self._new_id(),
+            dedup_key=dedup_key(kind, trigger_event_id),
+            kind=kind,
+            severity=kinds.SEVERITY[kind],
+            event_time=rfc3339(t),
+            detected_at=rfc3339(now),
+            trigger_event_id=trigger_event_id,
+            event_ids=unique([trigger_event_id, *by]),
+            subject=Subject(mask_msisdn(masked_number), ref),
+            brand=None,
+            template=None,
+            sender=None,
+            summary=reason,
+            evidence={"retracted_by": list(by), "now": now_kind},
+            late=True,
+            runbook_url=f"{self._runbooks}{kind}.md",
+            status=RETRACTED,
+            retracted_by=list(by),
+            reason=reason,
         )
 
 

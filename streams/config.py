@@ -264,11 +264,21 @@ class WorkerConfig:
     # third of its backlog throughput (bench.worker_bench, docs/performance.md). A second is
     # nothing against deadlines of hours, and a page takes Prometheus' scrape interval anyway.
     incidents_step_s: float = 1.0
+    # A Relink (docs/topics.md 2.6a, "Across numbers") read from `<app_id>-relinks` is applied
+    # once this worker's view of the address-index GlobalTable holds the links it carries the
+    # digest of (the change's own worker flushed them to the changelog in the same flush that
+    # produced the Relink, usually well under a second earlier); it is held (not acked, retried at
+    # each batch and tick) at most this long, then applied with the view there is (counted:
+    # notifguard_relinks_applied_total{view="waited_out"}). A view that never matches is a newer
+    # one (a later change of the address) or a lagging one (the GlobalTable still recovering);
+    # 30 s is far above a flush and a fetch (0.25 s and 25 ms) and a leader election (seconds),
+    # and short against the stall bound (120 s), which a held Relink must not reach.
+    relink_wait_s: float = 30.0
     # The [incidents] table and NOTIFGUARD_INCIDENTS_* (load_incident_settings).
     incident_settings: IncidentSettings = dataclasses.field(default_factory=IncidentSettings)
 
     def __post_init__(self) -> None:
-        for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s"):
+        for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s", "relink_wait_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if self.fetch_min_bytes < 1 or self.fetch_max_wait_ms < 0:

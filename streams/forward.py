@@ -7,6 +7,17 @@ dedup_key twice is one item in the queue. Alertmanager resolves an alert at its
 and re-post every still-active alert each ``resend_interval`` seconds (so an
 Alertmanager restart without persistent storage loses nothing), then forget it.
 
+An alert raised late (``late: true``: by a correction, contract 1.1) carries the annotations
+``late`` and ``detected_at``: its startsAt is the mail's time, hours or days before.
+
+A retraction (contract 1.1: a record with ``status: retracted``, the same
+dedup_key, sent when late input withdrew the verdict) resolves its alert at
+once: the alert's own labels are posted again with ``endsAt`` now and the
+annotations ``retracted`` (the retraction's ``reason``) and ``retracted_by``
+(the late event ids). Its labels are those posted for the alert, or, when this
+process did not post it (a restart), those Alertmanager holds for the
+dedup_key; an alert Alertmanager does not have (resolved already) needs nothing.
+
 Offsets are committed only after the POST of the records' alerts succeeded.
 The active map is in memory: after a restart already-posted alerts are not
 re-sent, but Alertmanager keeps them firing until their endsAt anyway.
@@ -24,11 +35,13 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from detectors.alerts import RETRACTED
 from detectors.settings import Secret
 
 log = logging.getLogger("notifguard.forward")
@@ -70,6 +83,11 @@ def to_alertmanager(alert: dict[str, Any], now: float, resolve_after: float) -> 
         "event_time": str(alert.get("event_time") or ""),
         "trigger_event_id": str(alert.get("trigger_event_id") or ""),
     }
+    if alert.get("late") is True:
+        # raised by a correction (contract 1.1): startsAt is the mail's time, hours or days ago; the
+        # breach clocks run from detection (docs/runbooks/README.md, "An alert was retracted or raised late")
+        annotations["late"] = "true"
+        annotations["detected_at"] = str(alert.get("detected_at") or "")
     return {
         "labels": {
             "alertname": kind,
@@ -82,6 +100,24 @@ def to_alertmanager(alert: dict[str, Any], now: float, resolve_after: float) -> 
         "startsAt": _rfc3339(started),
         "endsAt": _rfc3339(now + resolve_after),
     }
+
+
+def resolution(
+    alert: dict[str, Any], labels: dict[str, str], annotations: dict[str, str], starts_at: str | None, now: float
+) -> dict[str, Any]:
+    """A retraction record as the Alertmanager alert that resolves the alert of `labels` now (endsAt
+    now), its `annotations` kept and the retraction's reason and late event ids added."""
+    reason = str(
+        alert.get("reason") or alert.get("summary") or "withdrawn by notifguard: late input changed the verdict"
+    )
+    by = alert.get("retracted_by")
+    notes = dict(annotations)
+    notes["retracted"] = reason
+    if isinstance(by, list) and by:
+        notes["retracted_by"] = ", ".join(str(x) for x in by)
+    ends = _rfc3339(now)
+    starts = starts_at if starts_at is not None and (_parse_time(starts_at) or now) <= now else ends
+    return {"labels": dict(labels), "annotations": notes, "startsAt": starts, "endsAt": ends}
 
 
 @dataclass
@@ -116,7 +152,10 @@ class Forwarder:
         self._last_resend: float | None = None
 
     def handle(self, alert: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """Register an alert record; return what to POST now (empty for a still-active dedup_key)."""
+        """Register an alert record; return what to POST now (empty for a still-active dedup_key).
+        A retraction returns the resolution of its alert (see retract)."""
+        if alert.get("status") == RETRACTED:
+            return self.retract(alert, now)
         am = to_alertmanager(alert, now, self.resolve_after)
         key = am["labels"]["dedup_key"]
         if key in self.active and self.active[key].expires_at > now:
@@ -125,6 +164,33 @@ class Forwarder:
         if self._last_resend is None:
             self._last_resend = now
         return [am]
+
+    def retract(self, alert: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """A retraction record: forget its dedup_key's alert (no more re-sends) and return what
+        resolves it in Alertmanager now: the labels this process posted for it, else those
+        Alertmanager holds for the dedup_key (firing_in_alertmanager); nothing if it has none."""
+        key = alert.get("dedup_key")
+        if not isinstance(key, str) or not key:
+            raise ValueError("retraction without dedup_key")
+        active = self.active.pop(key, None)
+        if active is not None:
+            am = active.alert
+            return [resolution(alert, am["labels"], am["annotations"], am["startsAt"], now)]
+        return [
+            resolution(alert, a["labels"], a.get("annotations") or {}, a.get("startsAt"), now)
+            for a in self.firing_in_alertmanager(key)
+        ]
+
+    def firing_in_alertmanager(self, dedup_key: str) -> list[dict[str, Any]]:
+        """The alerts Alertmanager holds (not resolved) with this dedup_key and service=notifguard;
+        raises OSError (URLError/HTTPError) when it does not answer."""
+        query = urllib.parse.urlencode([("filter", f'dedup_key="{dedup_key}"'), ("filter", f'service="{SERVICE}"')])
+        req = urllib.request.Request(f"{self.url}?{query}", headers=self._auth())
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
+            found = json.loads(resp.read())
+        if not isinstance(found, list):
+            return []
+        return [a for a in found if isinstance(a, dict) and isinstance(a.get("labels"), dict)]
 
     def expire(self, now: float) -> None:
         for key in [k for k, a in self.active.items() if a.expires_at <= now]:
@@ -220,12 +286,22 @@ def run(consumer: _Consumer, forwarder: Forwarder, stop: threading.Event, poll_m
                 for record in records:
                     uncommitted = True
                     alert = _decode(record.value)
-                    try:
-                        if alert is None:
-                            raise ValueError("not a JSON object")
-                        pending.extend(forwarder.handle(alert, time.time()))
-                    except ValueError as err:
-                        log.warning("skipping record %s[%s]@%s: %s", record.topic, record.partition, record.offset, err)
+                    while True:
+                        try:
+                            if alert is None:
+                                raise ValueError("not a JSON object")
+                            pending.extend(forwarder.handle(alert, time.time()))
+                        except ValueError as err:
+                            log.warning(
+                                "skipping record %s[%s]@%s: %s", record.topic, record.partition, record.offset, err
+                            )
+                        except OSError as err:  # a retraction's look-up in Alertmanager: retried
+                            log.warning("look-up in %s failed: %s; retrying in %.0fs", forwarder.url, err, backoff)
+                            if stop.wait(backoff):
+                                return  # nothing committed: the records come again
+                            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                            continue
+                        break
         if pending:
             try:
                 forwarder.post(pending)

@@ -6,12 +6,13 @@ import platform
 from collections import Counter as _Tally
 from collections.abc import Iterable
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from detectors import kinds
-from detectors.engine import Stats, VerdictRecord
+from detectors.alerts import RETRACTED, Alert
+from detectors.engine import CORRECTION_CAUSES, Stats, VerdictRecord
 from detectors.expiry import PARTS
 from detectors.records import REASON_CODES, WORKER_REASON_CODES
 from detectors.settings import Topics
@@ -56,6 +57,23 @@ class LabelValues:
         return label
 
 
+class Counted(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Both:
+    """Two counters moved on together (an alert raised late counts as an alert and as late)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Counted, second: Counted) -> None:
+        self.first, self.second = first, second
+
+    def inc(self, amount: float = 1) -> None:
+        self.first.inc(amount)
+        self.second.inc(amount)
+
+
 class Metrics:
     """The worker's registry; `*_created` series are off (they double every counter for nothing)."""
 
@@ -81,11 +99,58 @@ class Metrics:
             registry=r,
         )
         self.alerts = Counter(
-            "notifguard_alerts", "Alerts delivered to the alerts topic", ["kind", "severity"], registry=r
+            "notifguard_alerts",
+            "Alerts delivered to the alerts topic, on time or late (retractions are not counted here)",
+            ["kind", "severity"],
+            registry=r,
         )
         self.deadletters = Counter("notifguard_deadletters", "Records dead-lettered", ["topic", "reason"], registry=r)
         self.duplicates = Counter("notifguard_duplicates", "Repeated event ids ignored", ["topic"], registry=r)
         self.late = Counter("notifguard_late_records", "Records later than grace", ["topic"], registry=r)
+        self.too_late = Counter(
+            "notifguard_too_late_records",
+            "Records later than the correction horizon: applied, nothing judged again (docs/topics.md 2.6a)",
+            ["topic"],
+            registry=r,
+        )
+        self.corrections = Counter(
+            "notifguard_corrections",
+            "Numbers judged again (contract 1.1): for a late record of an input topic, or a relink",
+            ["cause"],
+            registry=r,
+        )
+        self.raised_late = Counter(
+            "notifguard_alerts_raised_late",
+            "Alerts with late: true (by a correction, or a record beyond the horizon) delivered; also in alerts_total",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.retracted = Counter(
+            "notifguard_alerts_retracted",
+            "Retractions (status: retracted) delivered to the alerts topic, by the withdrawn alert's kind",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.relinks_sent = Counter(
+            "notifguard_relinks_sent",
+            "Relinks (a late change that altered an address's links) broadcast to every partition of "
+            "the relinks topic (docs/topics.md 2.6a)",
+            registry=r,
+        )
+        self.relinks_applied = Counter(
+            "notifguard_relinks_applied",
+            "Relink records applied to a partition's numbers, by the address-index view they were applied "
+            "with: current (it held the Relink's links) or waited_out (after relink_wait_s)",
+            ["view"],
+            registry=r,
+        )
+        for view in ("current", "waited_out"):
+            self.relinks_applied.labels(view)
+        self.relinks_held = Gauge(
+            "notifguard_relinks_held",
+            "Relink records held until this worker's address-index view holds their links (at most relink_wait_s)",
+            registry=r,
+        )
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)
         self.released_early = Counter(
             "notifguard_released_early",
@@ -150,10 +215,15 @@ class Metrics:
         self.build_info.labels(VERSION, platform.python_version(), faust_version).set(1)
         for kind in kinds.KINDS:
             self.alerts.labels(kind, kinds.SEVERITY[kind])
+            self.raised_late.labels(kind, kinds.SEVERITY[kind])
+            self.retracted.labels(kind, kinds.SEVERITY[kind])
+        for cause in CORRECTION_CAUSES:
+            self.corrections.labels(cause)
         for topic in self.topics.values():
             self.consumed.labels(topic)
             self.duplicates.labels(topic)
             self.late.labels(topic)
+            self.too_late.labels(topic)
             self.errors.labels(topic)
             self.quarantined.labels(topic)
             self.consumer_lag.labels(topic)
@@ -165,15 +235,26 @@ class Metrics:
         self._known_verdict_labels: set[tuple[str, ...]] = set()
         self._verdict_children: dict[tuple[str, ...], Any] = {}  # labels -> counter child (labels() is slow)
         self._delivery_children: dict[tuple[str, ...], Any] = {}
-        self._alert_children: dict[str, Any] = {}
+        self._alert_children: dict[tuple[str, str, bool], Counted] = {}
         # one guard per label name, shared by the metrics that have the label
         self.brand, self.template, self.sender = LabelValues(), LabelValues(), LabelValues()
 
-    def alert_counter(self, kind: str) -> Any:
-        """notifguard_alerts_total of one kind: counted when the alert has been delivered (the committers)."""
-        child = self._alert_children.get(kind)
+    def alert_counter(self, alert: Alert) -> Counted:
+        """What counts an alert record once the broker has it (the committers): a firing alert in
+        notifguard_alerts_total, one raised late (`late: true`) in notifguard_alerts_raised_late_total
+        too; a retraction only in notifguard_alerts_retracted_total (it withdraws an alert counted
+        before: docs/metrics.md, "Corrections")."""
+        key = (alert.kind, alert.status, alert.late)
+        child = self._alert_children.get(key)
         if child is None:
-            child = self._alert_children[kind] = self.alerts.labels(kind, kinds.SEVERITY[kind])
+            kind, severity = alert.kind, kinds.SEVERITY[alert.kind]
+            if alert.status == RETRACTED:
+                child = self.retracted.labels(kind, severity)
+            elif alert.late:
+                child = _Both(self.alerts.labels(kind, severity), self.raised_late.labels(kind, severity))
+            else:
+                child = self.alerts.labels(kind, severity)
+            self._alert_children[key] = child
         return child
 
     def observe_verdicts(self, verdicts: Iterable[VerdictRecord]) -> None:
@@ -219,6 +300,9 @@ class Metrics:
         for kind, topic in self.topics.items():
             self.late.labels(topic).inc(stats.late[kind] - last.late[kind])
             self.duplicates.labels(topic).inc(stats.duplicates[kind] - last.duplicates[kind])
+            self.too_late.labels(topic).inc(stats.too_late[kind] - last.too_late[kind])
+        for cause, n in stats.corrections.items():
+            self.corrections.labels(cause).inc(n - last.corrections.get(cause, 0))
         self.expired.inc(stats.expired - last.expired)
         self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():
@@ -233,6 +317,10 @@ class Metrics:
             released_early=stats.released_early,
             expired=stats.expired,
             capped=dict(stats.capped),
+            too_late=dict(stats.too_late),
+            corrections=dict(stats.corrections),
+            raised_late=dict(stats.raised_late),
+            retracted=dict(stats.retracted),
         )
 
     def exposition(self) -> bytes:

@@ -18,8 +18,8 @@ from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hin
 
 import msgspec
 
-from detectors.alerts import Alert, encode_alert
-from detectors.arrival import DELIVERY, LATE, NOTIFICATION, Arrival
+from detectors.alerts import RETRACTED, Alert, encode_alert
+from detectors.arrival import DELIVERY, DUPLICATE, NOTIFICATION, Arrival
 from detectors.capture import Envelope, decode_line
 from detectors.engine import TOPIC_KINDS, Engine, Remembered
 from detectors.incidents import Incidents, encode_record
@@ -51,6 +51,10 @@ class Summary:
     by_topic: Counter[str] = field(default_factory=Counter)
     alerts_by_kind: Counter[str] = field(default_factory=Counter)
     alerts_by_severity: Counter[str] = field(default_factory=Counter)
+    # contract 1.1 corrections, by kind: of the alerts above those raised late; the retractions,
+    # counted here only (as notifguard_alerts_total and its two correction counters count them)
+    raised_late: Counter[str] = field(default_factory=Counter)
+    retracted: Counter[str] = field(default_factory=Counter)
     deadletters: Counter[str] = field(default_factory=Counter)
     late: int = 0
     duplicates: int = 0
@@ -67,6 +71,10 @@ class Summary:
         ]
         lines += [f"  {k:<32}{v:>8,}" for k, v in sorted(self.alerts_by_kind.items())]
         lines += [f"  severity {k:<23}{v:>8,}" for k, v in sorted(self.alerts_by_severity.items())]
+        if self.raised_late or self.retracted:
+            lines.append(f"  {'of them raised late':<32}{sum(self.raised_late.values()):>8,}")
+            lines.append(f"retractions  {sum(self.retracted.values()):>10,}")
+            lines += [f"  {k:<32}{v:>8,}" for k, v in sorted(self.retracted.items())]
         lines.append(f"dead letters {sum(self.deadletters.values()):>10,}")
         lines += [f"  {k:<32}{v:>8,}" for k, v in sorted(self.deadletters.items())]
         lines.append(f"late records {self.late:>10,}")
@@ -81,6 +89,8 @@ def _now_us() -> int:
 
 def alert_line(a: Alert) -> str:
     """One readable line per alert, for people watching a terminal."""
+    if a.status == RETRACTED:
+        return f"[RETRACTED] {a.kind:<28} {a.event_time}  {a.subject.msisdn_masked}  {a.reason or a.summary}"
     late = " LATE" if a.late else ""
     return f"[{a.severity:<8}] {a.kind:<29} {a.event_time}  {a.subject.msisdn_masked}{late}  {a.summary}"
 
@@ -229,7 +239,11 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     hours, minsecs, fractions, good_msisdns = _HOURS, _MINSEC, _FRACTIONS, _GOOD_MSISDNS
     us = settings.us
     arrival = Arrival(
-        us(settings.grace_s), us(settings.idle_flush_s), us(settings.expiry_sweep_interval_s), settings.max_buffered
+        us(settings.grace_s),
+        us(settings.idle_flush_s),
+        us(settings.expiry_sweep_interval_s),
+        settings.max_buffered,
+        us(settings.correction_horizon_s),
     )
     arrival.restore(arrival_state)
     arrive, take_ready, sweep_due = arrival.arrive, arrival.take_ready, arrival.sweep_due
@@ -328,8 +342,8 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                         clock = ts * 1000
                     assert t is not None  # (decoded)
                     status = arrive(category, env.partition, t, record, ref, clock)
-                    if status == LATE:  # applied at once
-                        out += (category, t, True, wire(category, record))
+                    if status and status != DUPLICATE:  # LATE or TOO_LATE: applied at once (the status says how)
+                        out += (category, t, status, wire(category, record))
                     for item in take_ready():  # (what is due: detectors.arrival decides)
                         out += (item[1], item[0], False, wire(item[1], item[6]))
                 if n % _SEND:
@@ -438,8 +452,13 @@ def replay(
             engine.sweep(list(engine.numbers.items()), swept_at)
         alerts, dead, _ = engine.drain()
         for a in alerts:
-            summary.alerts_by_kind[a.kind] += 1
-            summary.alerts_by_severity[a.severity] += 1
+            if a.status == RETRACTED:
+                summary.retracted[a.kind] += 1
+            else:
+                summary.alerts_by_kind[a.kind] += 1
+                summary.alerts_by_severity[a.severity] += 1
+                if a.late:
+                    summary.raised_late[a.kind] += 1
             if alerts_out is not None:
                 alerts_out.write(encode_alert(a) + b"\n")
             if print_alerts is not None:

@@ -243,6 +243,20 @@ def table_recovery(app: Any) -> Any:
     return getattr(app.tables, "_recovery", None)
 
 
+def apply_table_buffers(app: Any) -> None:
+    """Apply the changelog records Faust's table recovery holds in its buffers, once recovery is
+    over. A GlobalTable's changelog partitions are all assigned to every worker as actives (to be
+    recovered at start) and as standbys (to be followed after it); Faust's recovery loop takes
+    the active branch for them, and so buffers what it reads after recovery up to
+    recovery_buffer_size (1,000) records before it applies them: another worker's address links
+    would reach this worker's view a thousand address changes later, at a quiet time never.
+    Recovery.flush_buffers is what Faust itself calls at the end of a recovery."""
+    tables = getattr(app, "tables", None)  # (none: an app without tables, the runtime's tests' fakes)
+    recovery = None if tables is None else getattr(tables, "_recovery", None)
+    if recovery is not None and not recovery.in_recovery and any(recovery.buffers.values()):
+        recovery.flush_buffers()
+
+
 def producer_created(app: Any) -> bool:
     return app._producer is not None
 

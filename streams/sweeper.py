@@ -17,15 +17,20 @@ from typing import Any
 from detectors.codec import number_key
 from detectors.engine import Engine
 from streams import seams
-from streams.tablestore import TableNumbers
+from streams.tablestore import TableMailers, TableNumbers, is_mailers_key
 
 _KEY_BYTES = len(number_key("00" * 12))  # number keys are fixed-size; Faust's metadata keys are not
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, numbers: TableNumbers, batch: int = 2_000) -> None:
+    def __init__(
+        self, engine: Engine, numbers: TableNumbers, batch: int = 2_000, mailers: TableMailers | None = None
+    ) -> None:
         self.engine = engine
         self.numbers = numbers
+        # the mailers index's rows in the same table (detectors.mailers): walked with the numbers,
+        # the numbers before the sweep's past horizon dropped from them
+        self.mailers = mailers
         self.batch = batch
         self.now: int | None = None
         self._todo: list[int] = []  # partitions left to walk, the current one first
@@ -61,7 +66,11 @@ class Sweeper:
             limit = self.batch - visited
             keys = _keys_after(self.numbers, partition, self._after, limit)
             states = []
+            rows: list[bytes] = []
             for key in keys:
+                if len(key) != _KEY_BYTES:
+                    rows.append(key)
+                    continue
                 ref = key.hex()
                 state = self.numbers.get_in(ref, partition)
                 if state is None:
@@ -69,6 +78,8 @@ class Sweeper:
                 self.numbers.partition_of[ref] = partition  # where Engine.sweep writes it, if it changes
                 states.append((ref, state))
             self.changed += self.engine.sweep(states, self.now)  # one sweep (one set of horizons) a slice
+            if rows and self.mailers is not None:
+                self.mailers.expire_rows(rows, partition, self.engine.mailers.floor)  # (set by engine.sweep)
             visited += len(keys)
             if len(keys) < limit:  # the partition is done
                 self._todo.pop(0)
@@ -82,7 +93,8 @@ class Sweeper:
 
 
 def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limit: int) -> list[bytes]:
-    """Up to `limit` number keys of one partition's store, in key order, after `after`."""
+    """Up to `limit` number keys and mailers keys (streams.tablestore.mailers_key) of one
+    partition's store, in key order, after `after`."""
     store: Any = numbers.table.data
     if not seams.has_partition_dbs(store):
         # the memory store (tests): one dict for all partitions, so a key's partition is
@@ -91,7 +103,11 @@ def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limi
         keys = sorted(
             k
             for k in store.data
-            if len(k) == _KEY_BYTES and (after is None or k > after) and part(k.hex(), written(k)) == partition
+            if (after is None or k > after)
+            and (
+                (len(k) == _KEY_BYTES and part(k.hex(), written(k)) == partition)
+                or (is_mailers_key(k) and int.from_bytes(k[-2:], "big") == partition)
+            )
         )
         return keys[:limit]
     out: list[bytes] = []
@@ -104,7 +120,7 @@ def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limi
             it.next()
     while it.valid() and len(out) < limit:
         key = it.key()
-        if isinstance(key, bytes) and len(key) == _KEY_BYTES:
+        if isinstance(key, bytes) and (len(key) == _KEY_BYTES or is_mailers_key(key)):
             out.append(key)
         it.next()
     return out

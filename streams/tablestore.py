@@ -10,9 +10,12 @@ before it acknowledges the records they came from.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from detectors.codec import NumberCodec, decode_links, encode_links, number_key
+from detectors.mailers import Entry, kept
 from detectors.state import Link, NumberState
 from streams import seams
 
@@ -183,11 +186,98 @@ class TableNumbers:
         self.cache.update(kept)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.data)
+        return sum(1 for key in self.table.data if not is_mailers_key(key))
 
     def values(self) -> Iterator[NumberState]:
-        for raw in self.table.data.values():
-            yield self.codec.decode(raw)
+        for key, raw in self.table.data.items():
+            if not is_mailers_key(key):
+                yield self.codec.decode(raw)
+
+
+# A mailers entry's key in the numbers table: this prefix, the address hash and the input partition
+# (2 bytes): never the 12 bytes of a number key (streams/sweeper.py walks only those), and one key
+# per partition in the memory store, which is one dict for all partitions.
+MAILERS_PREFIX: Final = b"m"
+_MAILERS_KEY_BYTES: Final = 1 + 12 + 2  # (an address hash: detectors.privacy.REF_BYTES)
+
+
+def mailers_key(addr: bytes, partition: int) -> bytes:
+    return MAILERS_PREFIX + addr + partition.to_bytes(2, "big")
+
+
+def is_mailers_key(key: bytes) -> bool:
+    return len(key) == _MAILERS_KEY_BYTES and key.startswith(MAILERS_PREFIX)
+
+
+class TableMailers:
+    """The mailers index of the worker's partitions (detectors.mailers: addr and input partition
+    -> the numbers that mailed it) as rows of the numbers table, in the changelog partition of
+    the numbers that wrote them: they move with those numbers on a rebalance, are recovered
+    with them, and are flushed with them (Changelog of streams.worker.pipeline), before the acks.
+
+    Only this worker writes its partitions' entries, so they are cached (read once, then kept
+    until the cache is full or a partition is revoked): noting a mail is a dict lookup.
+    """
+
+    def __init__(self, numbers: TableNumbers, cache_max: int = 200_000) -> None:
+        self.table = numbers.table
+        self.cache: dict[tuple[bytes, int], Entry] = {}
+        self.dirty: set[tuple[bytes, int]] = set()
+        self.cache_max = cache_max
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Entry).decode
+
+    def get_in(self, addr: bytes, partition: int) -> Entry | None:
+        key = (addr, partition)
+        entry = self.cache.get(key)
+        if entry is None:
+            raw = store_get(self.table, partition, mailers_key(addr, partition))
+            entry = self.cache[key] = {} if raw is None else self._decode(raw)
+        return entry or None
+
+    def put_in(self, addr: bytes, partition: int, entry: Entry) -> None:
+        key = (addr, partition)
+        self.cache[key] = entry
+        self.dirty.add(key)
+
+    def flush(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Write dirty entries to the local store; returns the changelog records to send."""
+        cache, encode = self.cache, self._encode
+        out: list[tuple[int, bytes, bytes | None]] = [
+            (
+                partition,
+                mailers_key(addr, partition),
+                encode(cache[(addr, partition)]) if cache[(addr, partition)] else None,
+            )
+            for addr, partition in self.dirty
+        ]
+        store_put_many(self.table, out)
+        self.dirty.clear()
+        if len(cache) > self.cache_max:
+            cache.clear()  # clean entries only: dirty ones were just written
+        return out
+
+    def expire_rows(self, keys: list[bytes], partition: int, floor: int) -> int:
+        """Drop the numbers before `floor` (detectors.mailers.kept) from the entries of these keys
+        of one partition (the sweeper's walk: an address no number mails again would keep its
+        entry for ever, as only a new mail rewrites it); returns how many entries changed."""
+        changed = 0
+        for key in keys:
+            addr = key[1:-2]
+            entry = self.get_in(addr, partition)
+            if entry is None:
+                continue
+            left = kept(entry, floor)
+            if len(left) != len(entry):
+                self.put_in(addr, partition, left)
+                changed += 1
+        return changed
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """After a revocation: another worker writes these partitions' entries now."""
+        for key in [k for k in self.cache if k[1] in partitions]:
+            del self.cache[key]
+            self.dirty.discard(key)
 
 
 class TableLinks:

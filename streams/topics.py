@@ -86,6 +86,13 @@ def incident_feed_topic(app_id: str) -> str:
     return f"{app_id}-incident-alerts"
 
 
+def relinks_topic(app_id: str) -> str:
+    """The worker's Relinks (a late change that altered an address's links, detectors.engine.Relink),
+    broadcast to every partition: co-partitioned with the inputs, so partition i goes to the owner
+    of input partition i, which re-judges its numbers' mails to the address (docs/topics.md 2.6a)."""
+    return f"{app_id}-relinks"
+
+
 def incidents_id(app_id: str) -> str:
     """The worker's incidents computation's consumer group and topic prefix (`<app_id>-incidents-members`):
     `notifguard-incidents` for the default app id, as `incidents run`'s default --app-id."""
@@ -119,6 +126,15 @@ def topic_specs(settings: Settings, partitions: int = 6, app_id: str = "notifgua
         # Compacted: the newest state per key is the state.
         TopicSpec(numbers_topic(app_id), "internal", partitions, {"cleanup.policy": "compact"}, True),
         TopicSpec(address_index_topic(app_id), "internal", partitions, {"cleanup.policy": "compact"}, True),
+        # Relinks broadcast between the workers' partitions, read at once (held at most
+        # relink_wait_s): kept as long as the alerts, for a worker that was down that long.
+        TopicSpec(
+            relinks_topic(app_id),
+            "internal",
+            partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+            True,
+        ),
     ]
 
 

@@ -62,6 +62,7 @@ example prints it, and `build_pipeline` of it gives the same records again.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import random
 from collections import Counter
@@ -765,3 +766,42 @@ def iter_values(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(doc, dict):
             yield doc
+
+
+def add_cross_partition_links(pipeline: Pipeline) -> None:
+    """Add two stories (one each way between the two partitions) that only a routed Relink gets
+    right when the contract changes come late: number A starts a contract early; number B of the
+    other partition sets an address late in the run; A mails that address an hour after. In
+    order, A's mail goes to another customer's address (recipient_other_customer). With the
+    changes late, A's own re-judging (its start) may run before B's change is applied in the other
+    partition (whichever the worker happens to apply first: hence a story each way), and then only
+    B's Relink, consumed by A's partition's owner, turns A's recipient_unlinked into it."""
+    start, end = pipeline.records[0].event_time, max(r.event_time for r in pipeline.records)
+    by_partition: dict[int, list[str]] = {0: [], 1: []}
+    for i in itertools.count():
+        msisdn = f"+4915550{i:06d}"
+        bucket = by_partition[kafka_partition(msisdn.encode(), 2)]
+        if len(bucket) < 2:
+            bucket.append(msisdn)
+        if all(len(b) == 2 for b in by_partition.values()):
+            break
+    added: list[Record] = []
+
+    def record(topic: str, t: int, msisdn: str, **fields: Any) -> None:
+        value = {"schema_version": 1, "event_id": f"x-{len(added)}-{msisdn[-4:]}", "event_time": rfc3339(t),
+                 "msisdn": msisdn, **fields}  # fmt: skip
+        added.append(Record(t, 0, topic, msisdn, json.dumps(value, separators=(",", ":")), t))
+
+    for n, (a, b) in enumerate(((by_partition[0][0], by_partition[1][0]), (by_partition[1][1], by_partition[0][1]))):
+        shared = f"shared-{n}@cross.example"
+        record(CHANGES, start + _HOUR_US, a, type="contract_started", contract_id=f"KA{n}", customer_id=f"CA{n}",
+               brand="o2", email=f"a{n}@cross.example")  # fmt: skip
+        record(CHANGES, start + _HOUR_US, b, type="contract_started", contract_id=f"KB{n}", customer_id=f"CB{n}",
+               brand="o2", email=f"b{n}@cross.example")  # fmt: skip
+        record(CHANGES, end - 3 * _HOUR_US, b, type="email_changed", contract_id=f"KB{n}", email=shared)
+        record(OUTBOUND, end - 2 * _HOUR_US, a, message_id=f"xm{n}", brand="o2", channel="email",
+               recipient=shared, template="contract_info", sender="crm-mailer")  # fmt: skip
+    pipeline.records = sorted(pipeline.records + added, key=lambda r: r.arrival)
+
+
+_HOUR_US = 3_600_000_000

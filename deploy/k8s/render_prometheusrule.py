@@ -59,8 +59,9 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(rules_file: Path = RULES_FILE) -> str:
     doc = yaml.safe_load(rules_file.read_text(encoding="utf-8"))
-    body = yaml.dump(prometheus_rule(doc["groups"]), Dumper=_Dumper, sort_keys=False, width=1_000_000,
-                     allow_unicode=True)
+    body = yaml.dump(
+        prometheus_rule(doc["groups"]), Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True
+    )
     return HEADER + body
 
 

@@ -155,7 +155,21 @@ def create_app(config: WorkerConfig) -> faust.App:
         )
     app = App(config.app_id, **settings)
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
-    links_table = app.GlobalTable("address-index", partitions=config.partitions, key_type=bytes, value_type=bytes)
+    # Every worker follows every partition of the address index's changelog after recovery
+    # (synchronize_all_active_partitions; with Faust's default it follows only those it is not
+    # active for, and a worker writes an address to the partition of the address's hash, which
+    # may be one another worker is active for: that worker never saw it), and the records it
+    # reads are applied at least once a tick (seams.apply_table_buffers). So another worker's
+    # links reach this one's view within about a tick: what a Relink waits for (docs/topics.md
+    # 2.6a, "The global table's race"); without both, the two-worker broker run's Relinks of the
+    # other worker all waited relink_wait_s out, and were applied with a view without their links.
+    links_table = app.GlobalTable(
+        "address-index",
+        partitions=config.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        synchronize_all_active_partitions=True,
+    )
     rt = Runtime(app, config, numbers_table, links_table)
     app.notifguard = rt  # type: ignore[attr-defined]
     app.fetch_settings = (config.fetch_max_wait_ms, config.fetch_min_bytes)  # type: ignore[attr-defined]
@@ -163,12 +177,15 @@ def create_app(config: WorkerConfig) -> faust.App:
 
     sensor = install_faust_sensor(app, rt.metrics.registry, rt.topics)  # Faust's own signals as notifguard_ metrics
     rt.sender.count_produced = _batch_counter(sensor)
-    inputs = app.topic(*rt.inputs, **_RAW)
+    # The inputs and the relinks topic (docs/topics.md 2.6a): one subscription, so that Faust's
+    # assignor co-partitions them (the same partition count): relinks partition i goes to the
+    # owner of input partition i, whose numbers it re-judges.
+    inputs = app.topic(*rt.inputs, rt.pipeline.relinks, **_RAW)
 
     # Subscribed through the conductor (acks enabled); the records come to
     # rt.on_messages a fetched batch at a time (see streams.seams.BatchConsumer), not through a stream.
     app.topics.add(inputs)
-    app.batch_topics = frozenset(rt.inputs)  # type: ignore[attr-defined]
+    app.batch_topics = frozenset((*rt.inputs, rt.pipeline.relinks))  # type: ignore[attr-defined]
     app.batch_handler = rt.on_messages  # type: ignore[attr-defined]
 
     @app.timer(config.tick_interval_s)

@@ -96,7 +96,7 @@ class AtLeastOnce:
         self.stage = "handing alerts and dead letters to the producer"
         send, track = self.sender.send, self._in_flight.append
         for o in outputs:
-            track(await send(o.topic, o.key, o.value, None))
+            track(await send(o.topic, o.key, o.value, o.partition))
         self._unconfirmed += outputs
 
     async def commit(self, batch: FlushBatch) -> str | None:

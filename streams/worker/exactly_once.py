@@ -119,7 +119,7 @@ class ExactlyOnce:
                     )
                 await producer.begin_transaction()
                 send = producer.send
-                futures = [await send(o.topic, o.value, key=o.key) for o in out]
+                futures = [await send(o.topic, o.value, key=o.key, partition=o.partition) for o in out]
                 changelog = batch.links.changelog
                 futures += [
                     await send(changelog, value, key=key, partition=partition) for partition, key, value in links

@@ -12,10 +12,12 @@ waiting on the broker) comes in as a function. Unit-tested with fakes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -23,16 +25,17 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 
 from detectors.alerts import encode_alert
-from detectors.engine import TOPIC_KINDS, Engine, dead_letter
-from detectors.records import PROCESSING_ERROR, QUARANTINED, BadRecord, decode
+from detectors.codec import encode_links
+from detectors.engine import TOPIC_KINDS, Engine, Relink, dead_letter
+from detectors.records import INVALID_RECORD, PROCESSING_ERROR, QUARANTINED, BadRecord, decode
 from detectors.settings import Topics
-from detectors.state import AddressIndex
+from detectors.state import AddressIndex, Link
 from detectors.timefmt import rfc3339
 from streams.config import WorkerConfig
-from streams.metrics import Metrics
+from streams.metrics import Counted, Metrics
 from streams.sweeper import Sweeper
-from streams.tablestore import TableLinks, TableNumbers
-from streams.topics import incident_feed_topic
+from streams.tablestore import TableLinks, TableMailers, TableNumbers
+from streams.topics import incident_feed_topic, relinks_topic
 from streams.worker.offsets import TP, Batch
 from streams.worker.quarantine import CrashJournal
 
@@ -56,17 +59,42 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-class Counted(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
 class Output(NamedTuple):
-    """An alert or a dead letter to produce; `sent` is counted once the broker has it."""
+    """An alert, a dead letter or a relink to produce; `sent` is counted once the broker has it;
+    `partition`: the topic's partition, None for the producer's partitioner (by key)."""
 
     topic: str
     key: bytes
     value: bytes
     sent: Counted | None = None
+    partition: int | None = None
+
+
+class RelinkRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A record of the relinks topic (msgpack): the engine's Relink and the digest of the origin
+    number's links of the address as the worker that made it saw them after the change
+    (origin_links_digest): its consumer waits until its own view of the address-index GlobalTable
+    holds them (Pipeline._apply_relinks)."""
+
+    relink: Relink
+    links: bytes
+
+
+def origin_links_digest(links: list[Link], origin: str) -> bytes:
+    """A digest of the links of number `origin` among an address's links (detectors.codec's
+    encoding; none: empty). The origin's own links only: a later change of another number to the
+    same address does not make a view that holds this change look different."""
+    own = [link for link in links if link.msisdn_ref == origin]
+    return hashlib.blake2b(encode_links(own), digest_size=8).digest() if own else b""
+
+
+class HeldRelink(NamedTuple):
+    """A relink record read and not applied yet: its Kafka record (acked once applied and its
+    outputs delivered), what it says, and when it was first tried (monotonic seconds)."""
+
+    msg: Any
+    record: RelinkRecord
+    since: float
 
 
 class StateWrites(Protocol):
@@ -93,14 +121,18 @@ class FlushBatch:
 
 
 class Changelog:
-    """A table store (TableNumbers or TableLinks) with the name of its changelog topic."""
+    """Table stores (TableNumbers and the TableMailers in its table, or TableLinks) with the name of
+    their table's changelog topic."""
 
-    def __init__(self, store: TableNumbers | TableLinks, changelog: str) -> None:
-        self.store = store
+    def __init__(self, changelog: str, *stores: TableNumbers | TableMailers | TableLinks) -> None:
+        self.stores = stores
         self.changelog = changelog
 
     def flush(self) -> list[ChangelogRecord]:
-        return self.store.flush()
+        out: list[ChangelogRecord] = []
+        for store in self.stores:
+            out += store.flush()
+        return out
 
 
 class Pipeline:
@@ -127,11 +159,12 @@ class Pipeline:
         self._kind_of = dict(zip(self.inputs, TOPIC_KINDS, strict=True))
         self._category = {topic: i for i, topic in enumerate(self.inputs)}
         self.numbers, self.links = numbers, links
-        self.numbers_changelog = Changelog(numbers, numbers_changelog)
-        self.links_changelog = Changelog(links, links_changelog)
-        self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links))
+        self.mailers = TableMailers(numbers)  # (rows of the numbers table: flushed with the numbers)
+        self.numbers_changelog = Changelog(numbers_changelog, self.mailers, numbers)
+        self.links_changelog = Changelog(links_changelog, links)
+        self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links), mailers=self.mailers)
         self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
-        self.sweeper = Sweeper(self.engine, numbers)
+        self.sweeper = Sweeper(self.engine, numbers, mailers=self.mailers)
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
@@ -146,6 +179,14 @@ class Pipeline:
         self.feed = incident_feed_topic(config.app_id) if config.incidents else None
         self._joins = config.incident_settings.joins
         self._consumed: dict[str, Any] = {}  # records_consumed counter per input topic
+        # Relinks between the workers' partitions (docs/topics.md 2.6a): each Relink the engine
+        # emits goes to every partition of this topic; each partition's records are applied to
+        # that input partition's numbers, in order, each held until the address-index view holds
+        # its links (at most relink_wait_s)
+        self.relinks = relinks_topic(config.app_id)
+        self.held: dict[int, deque[HeldRelink]] = {}
+        self._relink_encode = msgspec.msgpack.Encoder().encode
+        self._relink_decode = msgspec.msgpack.Decoder(RelinkRecord).decode
         self._n = 0
         # the crash journal (streams.worker.quarantine): told each record before it is decoded and
         # before it is applied; records it charged with too many crashes are set aside on arrival
@@ -179,10 +220,14 @@ class Pipeline:
         quarantine = journal.quarantine if journal is not None else None
         arrived = self.monotonic()
         now = clock()
+        relinks = self.relinks
         for tp, records in batch:
             if not records:
                 continue
             topic, p = tp
+            if topic == relinks:  # no event-time input: applied at once, past arrival (_read_relinks)
+                self._read_relinks(p, records, now)
+                continue
             counter = consumed.get(topic)
             if counter is None:
                 counter = consumed[topic] = self.metrics.consumed.labels(topic)
@@ -223,6 +268,7 @@ class Pipeline:
         if journal is not None:
             journal.idle()
         self._take_done()
+        self._apply_relinks()
         self._emit()
 
     def _quarantine(self, rec: Any, now: int) -> None:
@@ -269,10 +315,12 @@ class Pipeline:
         if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
             self.sweeper.start(now, {tp.partition for tp in self.assigned})
         self.sweeper.step()
+        self._apply_relinks()
         self._emit()
 
     def take_flush(self) -> FlushBatch:
         """The outputs and acks gathered since the last flush, with the state stores to write."""
+        self._relinks()
         out, self.out = self.out, []
         done, self.done = self.done, []
         return FlushBatch(out, self.links_changelog, self.numbers_changelog, done)
@@ -309,8 +357,87 @@ class Pipeline:
             msg, f"internal error (a bug, reported): {trace.splitlines()[-1]}", PROCESSING_ERROR, self.clock()
         )
 
+    def _relinks(self) -> None:
+        """Take the engine's Relinks (late changes that altered an address's links) and broadcast
+        each to every partition of the relinks topic, with the digest of the origin number's links
+        of the address as this worker's view holds them now (after the change), in the output
+        queue: delivered
+        before the acks of the records behind them (at least once), or in the flush's transaction.
+        Every partition, the origin's too: its other numbers may have mailed the address."""
+        relinks = self.engine.take_relinks()
+        if not relinks:
+            return
+        encode, out, topic = self._relink_encode, self.out, self.relinks
+        for relink in relinks:
+            digest = origin_links_digest(self.links.get(relink.addr, []), relink.origin)
+            value = encode(RelinkRecord(relink, digest))
+            key = relink.addr.hex().encode()
+            out.extend(Output(topic, key, value, None, p) for p in range(self.config.partitions))
+        self.metrics.relinks_sent.inc(len(relinks))
+
+    def _read_relinks(self, partition: int, records: list[Any], now: int) -> None:
+        """Relink records of one partition, in offset order: held (in order) for _apply_relinks;
+        one that does not decode is dead-lettered (invalid_record) and done."""
+        held = self.held.get(partition)
+        if held is None:
+            held = self.held[partition] = deque()
+        since = self.monotonic()
+        quarantine = self.journal.quarantine if self.journal is not None else None
+        for rec in records:
+            if quarantine and (rec.topic, partition, rec.offset) in quarantine:
+                self._quarantine(rec, now)
+                continue
+            try:
+                record = self._relink_decode(rec.value)
+            except (msgspec.DecodeError, TypeError) as exc:
+                self._set_aside(rec, f"a relink record that does not decode: {exc}", INVALID_RECORD, now)
+                continue
+            held.append(HeldRelink(rec, record, since))
+
+    def _apply_relinks(self) -> None:
+        """Apply the held relink records whose links this worker's address-index view holds, or that
+        waited relink_wait_s (with the view there is: a newer view only knows more), each partition
+        in offset order; each is done (acked) once applied, its outputs delivered."""
+        if not self.held:
+            return
+        engine, links, metrics, journal = self.engine, self.links, self.metrics, self.journal
+        now = self.monotonic()
+        wait = self.config.relink_wait_s
+        waiting = 0
+        for partition, held in self.held.items():
+            while held:
+                msg, record, since = held[0]
+                relink = record.relink
+                if origin_links_digest(links.get(relink.addr, []), relink.origin) == record.links:
+                    view = "current"
+                elif now - since >= wait:
+                    view = "waited_out"
+                    log.warning(
+                        "a relink of partition %d applied after %.0f s (relink_wait_s) with an address-index view "
+                        "that does not hold its links",
+                        partition,
+                        now - since,
+                    )
+                else:
+                    break
+                held.popleft()
+                if journal is not None:
+                    journal.working_on(msg)
+                try:
+                    engine.relinked(relink, partition)
+                except Exception:
+                    self.bug(msg, traceback.format_exc(limit=3))
+                    continue
+                metrics.relinks_applied.labels(view).inc()
+                self.done.append(msg)
+            waiting += len(held)
+        if journal is not None:
+            journal.idle()
+        metrics.relinks_held.set(waiting)
+
     def _emit(self) -> None:
         engine = self.engine
+        self._relinks()
         if engine.deliveries:
             self.metrics.observe_deliveries(engine.deliveries)
         alerts, dead, verdicts = engine.drain()
@@ -319,7 +446,7 @@ class Pipeline:
         feed, joins = self.feed, self._joins
         for a in alerts:
             key, value = a.dedup_key.encode(), encode_alert(a)
-            out.append(Output(self.topics.alerts, key, value, metrics.alert_counter(a.kind)))
+            out.append(Output(self.topics.alerts, key, value, metrics.alert_counter(a)))
             if feed is not None and joins(a.kind):
                 out.append(Output(feed, key, value))
             if self.echo is not None:
@@ -389,6 +516,9 @@ class Pipeline:
         self.engine.arrival.forget(partitions)
         self.paused = {tp for tp in self.paused if tp.partition not in partitions}
         self.numbers.forget_partitions(partitions)
+        self.mailers.forget_partitions(partitions)
+        for p in partitions:  # (not acked: the next owner reads them again)
+            self.held.pop(p, None)
         self.sweeper.forget(partitions)
         self.read = {k: v for k, v in self.read.items() if k[1] not in partitions}
         self.done.clear()

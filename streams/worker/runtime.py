@@ -206,7 +206,8 @@ class Runtime:
         self.sender = FaustSender(app)
         self.committer: Committer
         if config.processing_guarantee == EXACTLY_ONCE:
-            self.committer = ExactlyOnce(app, self.inputs)
+            # (the relinks topic's offsets are committed in the transactions as the inputs' are)
+            self.committer = ExactlyOnce(app, (*self.inputs, self.pipeline.relinks))
         else:
             self.committer = AtLeastOnce(self.sender, FaustAcker(app))
         self.last_flush = time.monotonic()
@@ -350,6 +351,9 @@ class Runtime:
     async def tick(self) -> None:
         """Wall-clock timer: idle partitions move on, queued partitions retry, gauges refresh."""
         async with self._lock:
+            # other workers' address links into this worker's view, at least once a tick (see
+            # seams.apply_table_buffers); before the pipeline's tick, which retries held relinks
+            seams.apply_table_buffers(self.app)
             self.pipeline.mark_behind(self.broker.behind)
             self.pipeline.tick()
             await self._flush()
@@ -467,7 +471,7 @@ class Runtime:
             # that starts nothing and writes nothing); a death found in flight is charged now
             journal = CrashJournal(
                 Path(self.config.datadir) / f"{self.config.app_id}-quarantine",
-                input_topics(self.topics),
+                (*input_topics(self.topics), self.pipeline.relinks),
                 self.config.crash_quarantine_after,
             )
             self.pipeline.use_journal(journal)

@@ -69,12 +69,17 @@ MAY_BE_EMPTY: dict[str, str] = {
     # --- need a day of history (avg_over_time(...[1d] offset 1h)) ------------
     "brand_template_sender:notifguard_recipient_mismatch:ratio_rate5m:avg1d": "1-day baseline ending 1 h ago",
     "kind:notifguard_alerts:rate1h:avg1d": "1-day baseline ending 1 h ago",
+    "job_topic:notifguard_late_records:ratio_rate15m:avg1d": "1-day baseline ending 1 h ago",
     # --- volume thresholds far above a 60-record scenario replay --------------
     "NotifguardSystemicRecipientMismatch": ">= 100 verdicts and >= 3 mismatches per 5 min per brand/template/sender",
     "NotifguardHardBounceRateHigh": ">= 100 final delivery outcomes per hour per brand/sender",
     "NotifguardCurrentAddressBouncingRising": ">= 10 current_address_bouncing alerts per hour",
     "NotifguardDeadLettersHigh": ">= 10 dead letters in 15 min (the scenarios are well-formed)",
     "NotifguardLateRecordsHigh": ">= 10 late records in 15 min",
+    "NotifguardLateContractChanges": ">= 10 late contract changes in 15 min, for 1 h",
+    # --- contract 1.1: the scenarios' records come on time ------------------
+    "NotifguardRecordsBeyondCorrectionHorizon": "records 7 days behind the watermark: none",
+    "NotifguardRelinksWaitedOut": "relink records waiting out relink_wait_s, for 30 min: the view keeps up",
     "NotifguardConsumerLagGrowing": "> 1000 records of lag, growing for 15 min",
     # --- fire on failures of the worker itself, which is healthy here --------
     "NotifguardWorkerDown": "up == 0: the worker is up",

@@ -52,7 +52,7 @@ def test_nothing_is_judged_before_the_watermark_passes_event_time_plus_grace():
     assert kinds_of(engine.drain()[0]) == [("recipient_unlinked", "n")]
 
 
-def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
+def test_a_change_later_than_grace_within_the_horizon_retracts_what_it_disproves():
     engine = new_engine()
     feed(engine, [STARTED, FILLER_START, mail("new@x.de", DAY + 5, id="n1")])
     advance(engine, DAY + 100)
@@ -61,9 +61,29 @@ def test_a_change_later_than_grace_updates_state_but_withdraws_nothing():
     )
     engine.flush(0)
     alerts = engine.drain()[0]
+    # n1's alert, then its retraction (contract 1.1); n2 sees the late change: silent
+    assert [(a.kind, a.trigger_event_id, a.status) for a in alerts] == [
+        ("recipient_unlinked", "n1", "firing"),
+        ("recipient_unlinked", "n1", "retracted"),
+    ]
+    assert alerts[0].late is False and alerts[1].dedup_key == alerts[0].dedup_key
+    assert alerts[1].retracted_by == ["late-change"] and alerts[1].reason
+    assert engine.stats.late["changes"] == 1 and engine.stats.too_late["changes"] == 0
+    assert engine.stats.retracted["recipient_unlinked"] == 1 and engine.stats.corrections["changes"] == 1
+
+
+def test_a_change_later_than_the_correction_horizon_updates_state_but_withdraws_nothing():
+    engine = new_engine(Settings(correction_horizon_s=60))
+    feed(engine, [STARTED, FILLER_START, mail("new@x.de", DAY + 5, id="n1")])
+    advance(engine, DAY + 100)
+    feed(
+        engine, [change("email_changed", DAY, id="late-change", email="new@x.de"), mail("new@x.de", DAY + 200, id="n2")]
+    )
+    engine.flush(0)
+    alerts = engine.drain()[0]
     assert kinds_of(alerts) == [("recipient_unlinked", "n1")]  # n2 sees the late change: silent
-    assert alerts[0].late is False
-    assert engine.stats.late["changes"] == 1
+    assert alerts[0].late is False and alerts[0].status == "firing"
+    assert engine.stats.late["changes"] == 1 and engine.stats.too_late["changes"] == 1
 
 
 def test_a_late_notification_is_judged_at_once_and_marked():

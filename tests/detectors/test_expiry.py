@@ -16,6 +16,7 @@ from detectors.engine import Engine, _links
 from detectors.expiry import (
     CHANGES_BYTES,
     PARTS,
+    PAST_BYTES,
     SEEN_BYTES,
     SENT_BYTES,
     STATE_MAX_BYTES,
@@ -27,7 +28,7 @@ from detectors.expiry import (
 )
 from detectors.holdings import TYPE_CODES, Change, derive
 from detectors.settings import Settings
-from detectors.state import Mark, NumberState, Sent
+from detectors.state import Fired, Mark, NumberState, Past, Sent
 from detectors.timefmt import parse_rfc3339, rfc3339
 from tests.detectors.test_properties import histories
 from tests.factories import T0, Rec, change, comparable, delivery, feed, kinds_of, mail, new_engine
@@ -123,8 +124,13 @@ def test_the_rest_of_a_cut_log_derives_the_same_later_holdings(log, horizon):
 
 
 def test_expire_drops_each_part_at_its_own_horizon():
-    h = Horizons(seen=100, sent=50, bounces=80, ports=20, history=0)
+    h = Horizons(seen=100, sent=50, bounces=80, ports=20, history=0, past=40, fired=60)
     state = NumberState(
+        past=[
+            Past(39, 1, "e0", "m0", "o2", "s", b"a", "a***", "email"),
+            Past(40, 1, "e1", "m1", "o2", "s", b"a", "a***", "email"),
+        ],
+        fired=[Fired(59, 4, "e0"), Fired(60, 4, "e1")],
         sent=[Sent(49, "m1", "e1", True, "x"), Sent(50, "m2", "e2", True, "x")],
         bounces=[Mark(80, "b1"), Mark(81, "b2")],
         bounce_hot=True,
@@ -136,6 +142,7 @@ def test_expire_drops_each_part_at_its_own_horizon():
     assert [m.event_id for m in state.bounces] == ["b2"]  # a window (t - w, t] never holds t - w
     assert [m.event_id for m in state.ports] == ["p1"]
     assert [m.event_id for m in state.seen] == ["e2"]
+    assert [p.event_id for p in state.past] == ["e1"] and [f.trigger_event_id for f in state.fired] == ["e1"]
     assert state.bounce_hot  # the episode flag belongs to the newest event, not to the marks
     assert not expire(state, h)
 
@@ -283,7 +290,7 @@ def test_a_flood_of_mails_to_one_number_keeps_its_state_within_budget_and_judges
     feed(engine, [change("contract_started", 0, id="s", email="a@x.de"), *flood])
     engine.flush(0)
     (state,) = engine.numbers.values()
-    assert len(encode_number(state)) <= SEEN_BYTES + SENT_BYTES + 1024
+    assert len(encode_number(state)) <= SEEN_BYTES + SENT_BYTES + PAST_BYTES + 1024
     capped = engine.stats.capped
     assert capped["seen"] > 2000 and capped["sent"] > 2000 and capped["changes"] == 0
     assert state.seen[-1].event_id == "mail-02999" and state.sent[-1].message_id == "m-02999"
@@ -303,8 +310,8 @@ def test_a_flood_of_mails_to_one_number_keeps_its_state_within_budget_and_judges
 def test_within_budget_nothing_is_capped():
     records = [
         change("contract_started", 0, id="s", email="a@x.de"),
-        *(mail("a@x.de", 60 + i, id=f"m{i}") for i in range(100)),
-        *(delivery(f"m-m{i}", "bounced", 200 + i, bounce_type="soft") for i in range(50)),
+        *(mail("a@x.de", 60 + i, id=f"m{i}") for i in range(60)),
+        *(delivery(f"m-m{i}", "bounced", 200 + i, bounce_type="soft") for i in range(40)),
     ]
     engine = new_engine()
     feed(engine, records)

@@ -251,6 +251,7 @@ class KafkaRun:
                     t.deadletter,
                     f"{self.app_id}-numbers-changelog",
                     f"{self.app_id}-address-index-changelog",
+                    f"{self.app_id}-relinks",
                     f"{self.app_id}-__assignor-__leader",
                     t.incidents,
                     f"{self.app_id}-incident-alerts",

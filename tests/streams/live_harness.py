@@ -260,6 +260,8 @@ class LiveRun(KafkaRun):
         super().__init__(bootstrap, tmp, partitions, **rules)
         t = self.topics
         self.inputs = (t.changes, t.outbound, t.delivery)
+        # what the group consumes: the inputs and the Relinks the workers broadcast (docs/topics.md 2.6a)
+        self.consumed = (*self.inputs, f"{self.app_id}-relinks")
         self.producers: list[Producer] = []
 
     def env(self, web_port: int) -> dict[str, str]:
@@ -351,11 +353,11 @@ class LiveRun(KafkaRun):
             offsets = admin.list_group_offsets({self.app_id: None}).get(self.app_id, {})
         finally:
             admin.close()
-        return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in self.inputs}
+        return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in self.consumed}
 
     def behind(self) -> int:
-        """Input records the group has not committed yet (every input record, before its first commit)."""
-        ends = self.end_offsets(self.inputs)
+        """Input and relink records the group has not committed yet (every one, before its first commit)."""
+        ends = self.end_offsets(self.consumed)
         committed = self.committed()
         return sum(max(0, end - max(0, committed.get(tp, 0))) for tp, end in ends.items())
 

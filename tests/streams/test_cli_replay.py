@@ -283,3 +283,44 @@ def test_a_far_future_event_time_is_dead_lettered_and_moves_no_watermark(tmp_pat
         ("re_port", "info"),
         ("recipient_previous_holder", "critical"),
     ]
+
+
+def test_the_summary_counts_a_retraction_apart_from_the_alerts_and_the_late_alerts_among_them(tmp_path):
+    """A late email_changed retracts n1's unlinked alert; a late contract_ended raises n2's alert late.
+    The summary's alerts are those raised (n1's, n2's late one), as notifguard_alerts_total counts them;
+    the retraction is counted apart (docs/metrics.md, "Corrections")."""
+    from detectors.capture import Envelope
+    from detectors.settings import Settings
+    from streams.replay_offline import alert_line, replay
+    from tests.factories import FILLER, FILLER_START, change, delivery, mail
+
+    DAY = 86_400
+
+    holder = "+4917688888888"
+    records = [
+        FILLER_START,
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("contract_started", 0, id="h", msisdn=holder, contract_id="K-H", customer_id="C-H", email="h@x.de"),
+        mail("new@x.de", DAY, id="n1"),
+        mail("h@x.de", DAY + 60, id="n2", msisdn=holder),
+        change("email_verified", DAY + 3600, id="fc", msisdn=FILLER, contract_id="K-F", email="filler@example.com"),
+        mail("filler@example.com", DAY + 3600, id="fm", msisdn=FILLER),
+        delivery("m-fm", "delivered", DAY + 3600, id="fd", msisdn=FILLER),
+        change("email_changed", DAY - 600, id="late-email", email="new@x.de"),
+        change("contract_ended", DAY - 600, id="late-end", msisdn=holder, contract_id="K-H", customer_id="C-H"),
+    ]
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(b"".join(encode_line(Envelope(r.topic, 0, o, r.value, r.key)) for o, r in enumerate(records)))
+    summary, alerts = replay([path], Settings(), jobs=1)
+    assert sorted((a.kind, a.trigger_event_id, a.status, a.late) for a in alerts) == [
+        ("notification_without_contract", "n2", "firing", True),
+        ("recipient_unlinked", "n1", "firing", False),
+        ("recipient_unlinked", "n1", "retracted", True),
+    ]
+    assert summary.alerts_by_kind == {"recipient_unlinked": 1, "notification_without_contract": 1}
+    assert summary.raised_late == {"notification_without_contract": 1}
+    assert summary.retracted == {"recipient_unlinked": 1}
+    text = summary.render()
+    assert "alerts                2" in text and "retractions           1" in text
+    assert "of them raised late                    1" in text
+    assert [alert_line(a).split()[0] for a in alerts if a.status == "retracted"] == ["[RETRACTED]"]

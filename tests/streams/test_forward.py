@@ -68,6 +68,16 @@ def test_mapping() -> None:
     assert all(isinstance(v, str) for v in am["labels"].values())
 
 
+def test_an_alert_raised_late_says_so_and_when_it_was_detected() -> None:
+    """Its startsAt is the mail's event time, hours before: the annotations say it came late, and
+    detected_at, from which the breach clocks run (docs/runbooks/README.md)."""
+    am = to_alertmanager(alert(late=True, detected_at="2024-05-01T11:59:31.000Z"), NOW, 3600)
+    assert am["annotations"]["late"] == "true"
+    assert am["annotations"]["detected_at"] == "2024-05-01T11:59:31.000Z"
+    assert am["startsAt"] == "2024-05-01T11:59:30.250Z"
+    assert "late" not in to_alertmanager(alert(), NOW, 3600)["annotations"]
+
+
 def test_mapping_null_brand_bad_or_future_times() -> None:
     am = to_alertmanager(alert(brand=None, event_time="nonsense"), NOW, 60)
     assert am["labels"]["brand"] == "unknown"
@@ -99,6 +109,51 @@ def test_dedup_resend_and_expiry() -> None:
     assert fw.due_resends(NOW + 400) == []
     assert fw.active == {}
     assert len(fw.handle(alert(), NOW + 500)) == 1  # after resolution a new occurrence fires again
+
+
+def retraction(dedup_key: str = "recipient_previous_holder:0123456789abcdef0123", **over: Any) -> dict[str, Any]:
+    kind = dedup_key.split(":")[0]
+    reason = f"{kind} on +49176******78 withdrawn: input that arrived late (1 event(s)) changed the verdict"
+    rec = alert(
+        dedup_key,
+        status="retracted",
+        brand=None,
+        template=None,
+        sender=None,
+        summary=reason,
+        reason=reason,
+        retracted_by=["late-1"],
+        late=True,
+        detected_at="2024-05-01T12:00:05Z",
+    )
+    rec.update(over)
+    return rec
+
+
+def test_a_retraction_resolves_its_alert_at_once_and_says_why() -> None:
+    fw = Forwarder("http://127.0.0.1:1/", resend_interval=60, resolve_after=300)
+    (firing,) = fw.handle(alert(), NOW)
+    (resolved,) = fw.handle(retraction(), NOW + 10)
+    assert resolved["labels"] == firing["labels"]  # brand "o2" as posted, though the retraction has none
+    assert resolved["startsAt"] == firing["startsAt"]
+    assert resolved["endsAt"] == "2024-05-01T12:00:10.000Z"  # now: resolved at once
+    assert resolved["annotations"]["retracted"].startswith("recipient_previous_holder on +49176******78 withdrawn")
+    assert resolved["annotations"]["retracted_by"] == "late-1"
+    assert resolved["annotations"]["trigger_event_id"] == "ev-1"
+    assert fw.active == {} and fw.due_resends(NOW + 60) == []  # not re-sent (re-opened) any more
+    assert len(fw.handle(alert(), NOW + 20)) == 1  # raised again later: fires again
+
+
+def test_a_retraction_of_an_alert_posted_before_a_restart_takes_its_labels_from_alertmanager() -> None:
+    fw = Forwarder("http://127.0.0.1:1/", resend_interval=60, resolve_after=300)
+    held = to_alertmanager(alert(), NOW - 100, 300)
+    asked: list[str] = []
+    fw.firing_in_alertmanager = lambda key: asked.append(key) or [held]  # type: ignore[method-assign]
+    (resolved,) = fw.handle(retraction(), NOW)
+    assert asked == ["recipient_previous_holder:0123456789abcdef0123"]
+    assert resolved["labels"] == held["labels"] and resolved["endsAt"] == "2024-05-01T12:00:00.000Z"
+    fw.firing_in_alertmanager = lambda key: []  # type: ignore[method-assign]
+    assert fw.handle(retraction(), NOW) == []  # Alertmanager has none (resolved already): nothing to do
 
 
 def test_cli_parses_forward_alerts() -> None:
@@ -194,6 +249,27 @@ def test_forwarder_against_real_alertmanager(alertmanager: str) -> None:
     assert rp["labels"]["alertname"] == "re_port"
     assert rp["labels"]["severity"] == "warning"
     assert rp["labels"]["brand"] == "unknown"
+
+
+@pytest.mark.prometheus
+def test_a_retraction_resolves_the_alert_in_a_real_alertmanager(alertmanager: str) -> None:
+    fw = Forwarder(alertmanager, resend_interval=1, resolve_after=600)
+    now = time.time()
+    other = "re_port:ffffffffffffffffffff"
+    fw.post(fw.handle(alert(), now) + fw.handle(alert(other, severity="info"), now))
+    wait_for(lambda: len(_get_json(f"{alertmanager}/api/v2/alerts")) == 2 or None, 10, what="two alerts")
+    posted = fw.handle(retraction(), time.time())
+    assert posted[0]["annotations"]["retracted"].endswith("changed the verdict")
+    fw.post(posted)
+    # a restarted forwarder: the retraction's alert is found in Alertmanager by its dedup_key
+    fresh = Forwarder(alertmanager, resend_interval=1, resolve_after=600)
+    fresh.post(fresh.handle(retraction(other), time.time()))
+
+    def gone() -> bool | None:
+        return _get_json(f"{alertmanager}/api/v2/alerts") == [] or None
+
+    wait_for(gone, 10, what="both alerts resolved")
+    assert fresh.firing_in_alertmanager(other) == []
 
 
 @pytest.mark.prometheus

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from detectors.alerts import FIRING, RETRACTED, Alert, Subject, dedup_key
 from detectors.engine import Stats, VerdictRecord
+from detectors.kinds import SEVERITY
 from detectors.settings import Topics
 from streams.metrics import LABEL_VALUES_MAX, Metrics, observe_n
 
@@ -104,3 +106,71 @@ def test_capped_state_entries_are_counted_by_part() -> None:
     got = samples(m.registry)
     assert got['notifguard_state_capped_total{part="seen"}'] == 10
     assert got['notifguard_state_capped_total{part="changes"}'] == 0
+
+
+def alert(kind: str, *, late: bool = False, status: str = FIRING) -> Alert:
+    return Alert(
+        alert_id="a",
+        dedup_key=dedup_key(kind, "n1"),
+        kind=kind,
+        severity=SEVERITY[kind],
+        event_time="2027-01-01T00:00:00Z",
+        detected_at="2027-01-01T00:00:00Z",
+        trigger_event_id="n1",
+        event_ids=["n1"],
+        subject=Subject("+49176****1234", "ref"),
+        brand=None,
+        template=None,
+        sender=None,
+        summary="s",
+        evidence={},
+        late=late or status == RETRACTED,  # a retraction is late by nature (detectors.wording)
+        runbook_url="",
+        status=status,
+    )
+
+
+def test_corrections_are_counted_and_the_correction_series_pre_initialised() -> None:
+    m = Metrics(Topics())
+    got = samples(m.registry)  # pre-initialised, for dashboards to divide by
+    assert got['notifguard_alerts_retracted_total{kind="recipient_unlinked",severity="warning"}'] == 0
+    assert got['notifguard_alerts_raised_late_total{kind="re_port",severity="info"}'] == 0
+    assert got['notifguard_corrections_total{cause="relink"}'] == 0
+    stats = Stats()
+    stats.too_late["changes"] += 2
+    stats.corrections["changes"] += 3
+    stats.corrections["relink"] += 1
+    m.sync_stats(stats)
+    stats.corrections["changes"] += 1
+    m.sync_stats(stats)
+    got = samples(m.registry)
+    topics = Topics()
+    assert got[f'notifguard_too_late_records_total{{topic="{topics.changes}"}}'] == 2
+    assert got[f'notifguard_too_late_records_total{{topic="{topics.outbound}"}}'] == 0
+    assert got['notifguard_corrections_total{cause="changes"}'] == 4
+    assert got['notifguard_corrections_total{cause="relink"}'] == 1
+
+
+def test_a_retraction_counts_as_a_retraction_and_a_late_alert_as_an_alert_and_late() -> None:
+    """notifguard_alerts_total counts alerts raised (on time or late), never their retractions
+    (a retracted alert was counted when it fired: counting its withdrawal too would double it);
+    the correction counters count the late ones and the retractions, all once delivered."""
+    m = Metrics(Topics())
+    for a in [
+        alert("recipient_unlinked"),
+        alert("recipient_unlinked", status=RETRACTED),
+        alert("recipient_previous_holder", late=True),
+        alert("recipient_previous_holder", late=True),
+        alert("recipient_previous_holder"),
+    ]:
+        m.alert_counter(a).inc()
+    got = samples(m.registry)
+    key = '{kind="%s",severity="%s"}'
+    unlinked, holder = key % ("recipient_unlinked", "warning"), key % ("recipient_previous_holder", "critical")
+    assert got["notifguard_alerts_total" + unlinked] == 1
+    assert got["notifguard_alerts_retracted_total" + unlinked] == 1
+    assert got["notifguard_alerts_raised_late_total" + unlinked] == 0
+    assert got["notifguard_alerts_total" + holder] == 3
+    assert got["notifguard_alerts_raised_late_total" + holder] == 2
+    assert got["notifguard_alerts_retracted_total" + holder] == 0
+    assert m.alert_counter(alert("recipient_unlinked")) is m.alert_counter(alert("recipient_unlinked"))

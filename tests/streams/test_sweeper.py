@@ -120,3 +120,41 @@ def test_a_revoked_partition_leaves_the_sweep(table):
     assert {int(r, 16) for r in numbers.dirty} == {0, 2, 10, 12, 14}
     sweeper.forget({1})
     assert not sweeper.active and sweeper.step() == 0
+
+
+def test_a_sweep_drops_the_numbers_before_its_past_horizon_from_the_mailers_rows_of_its_partitions(table):
+    """detectors.mailers in the worker: its rows in the numbers table are walked with the numbers;
+    a row whose numbers all mailed before the sweep's past horizon is deleted, one that keeps some
+    is rewritten, a row of another partition is left alone."""
+    import msgspec
+
+    from detectors.expiry import past_span
+    from detectors.mailers import REFRESH_US
+    from streams.tablestore import TableMailers, mailers_key
+
+    numbers = TableNumbers(table)
+    mailers = TableMailers(numbers)
+    engine = Engine(Settings(), new_id=lambda: "x", numbers=numbers, mailers=mailers)
+    now = NOW + 30_000_000
+    horizon = now - past_span(Settings())  # (the sweep's event time is the watermark less grace already)
+    old, recent = horizon - 2 * REFRESH_US, horizon + 1
+    rows = {
+        (b"a" * 12, 0): {"r1": old},
+        (b"b" * 12, 0): {"r1": old, "r2": recent},
+        (b"c" * 12, 1): {"r3": old},
+    }
+    for (addr, partition), entry in rows.items():
+        table.put(partition, mailers_key(addr, partition), msgspec.msgpack.encode(entry))
+    table.put(0, number_key(_ref(1)), encode_number(_fresh()))
+    if isinstance(table, MemoryTable):
+        numbers.partition_of[_ref(1)] = 0
+    sweeper = Sweeper(engine, numbers, batch=2, mailers=mailers)
+    sweeper.start(now, {0})
+    while sweeper.active:
+        sweeper.step()
+    assert engine.mailers.floor == horizon
+    written = {(p, k): v for p, k, v in mailers.flush()}
+    assert written == {
+        (0, mailers_key(b"a" * 12, 0)): None,
+        (0, mailers_key(b"b" * 12, 0)): msgspec.msgpack.encode({"r2": recent}),
+    }

@@ -59,7 +59,16 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from detectors.settings import Topics
-from tests.pipelines import CHANGES, DAY, Pipeline, Shape, build_pipeline, large_shape, pipelines
+from tests.pipelines import (
+    CHANGES,
+    DAY,
+    Pipeline,
+    Shape,
+    add_cross_partition_links,
+    build_pipeline,
+    large_shape,
+    pipelines,
+)
 from tests.streams.kafka_harness import require_broker
 from tests.streams.live_harness import (
     LiveRun,
@@ -341,3 +350,57 @@ def test_at_scale_a_year_of_2000_numbers_live_gives_the_offline_dedup_keys(live_
     producer.wait()
     result = live.finish(started, done_timeout=600)
     assert_equivalent(result, live.tmp, exactly_once=kill)
+
+
+# ------------------------------------------------------------------ contract changes late beyond grace (1.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+def test_contract_changes_produced_days_of_event_time_behind_give_the_in_order_final_alerts(live_run, workers):
+    """contracts.changes produced only after the other two topics were read and committed: every
+    change arrives later than grace (its topic idle meanwhile), days of event time behind the
+    watermark but within correction_horizon (7 days): the worker's final set (firing minus
+    retracted, by dedup_key) is the in-order offline replay's (contract 1.1, docs/topics.md 2.6a).
+
+    With family numbers (a new holder who has another number already), two partitions and the
+    stories of tests.pipelines.add_cross_partition_links: a late change of one number that links
+    an address a number of the other partition mailed is a Relink broadcast through
+    `<app_id>-relinks` and applied by that partition's owner (without it those mails keep a
+    recipient_unlinked verdict); with two workers, each partition's owner is another process.
+    """
+    pipeline = small(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5)
+    add_cross_partition_links(pipeline)
+    live = live_run(pipeline)
+    changes = live.part("changes", [e for e in live.envelopes if e.topic == CHANGES])
+    others = live.part("others", [e for e in live.envelopes if e.topic != CHANGES])
+    delta = live.delta_to(now_us())
+    ports = [live.run.start_worker(name=f"w{i + 1}") for i in range(workers)]
+    deadline = time.monotonic() + 60
+    while not all(live.run.health(p).get("ready") for p in ports):
+        assert time.monotonic() < deadline, "the workers did not settle"
+        time.sleep(0.5)
+    started = time.monotonic()
+    live.run.produce(others, rebase=rebase_target(others, delta, 0)).wait()
+    assert live.run.wait_done(240) == 0  # judged without the contract changes, committed
+    live.run.produce(changes, rebase=rebase_target(changes, delta, 0)).wait()
+    result = live.finish(started, done_timeout=240)
+    got = result.alerts
+    assert any(a.get("status") == "retracted" for a in got) and any(a.get("late") for a in got), (
+        "no corrections: the changes were not late"
+    )
+    expositions = [live.run.metrics(p) for p in ports]
+    for exposition in expositions:
+        print("\n".join(line for line in exposition.splitlines() if "relink" in line and not line.startswith("#")))
+    if workers == 2:
+        assert all(live.run.health(p).get("consumed", 0) for p in ports), "both workers should have had partitions"
+    assert sum(_sample(m, "notifguard_relinks_sent_total") for m in expositions) > 0
+    relinked = sum(_sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
+    assert relinked > 0, "no other number was re-judged"
+    assert_equivalent(result, live.tmp)
+
+
+def _sample(exposition: str, name: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the worker's metrics")

@@ -16,7 +16,8 @@ from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.offsets import TP
 from streams.worker.pipeline import FlushBatch, Pipeline
 from tests.detectors.test_properties import histories
-from tests.factories import change, mail
+from tests.factories import FILLER_START, change, mail
+from tests.streams.test_metrics import samples
 from tests.streams.worker.test_runtime import DAY, ConsumerRecord, S, _table, as_batches, expected_keys
 
 TOPICS = Settings().topics
@@ -130,6 +131,172 @@ def test_a_revocation_forgets_the_partitions_and_their_undone_records():
     assert p.take_flush().done == []  # nothing of theirs is acked: the next owner reads them again
 
 
+OTHER = "+4917600000001"  # partition 1 of 2 (as_batches: the key's last digit); MSISDN's is 0
+
+
+def _worker(partition: int, links: Any, partitions: int = 2, **config: Any) -> tuple[Pipeline, list[int], list[float]]:
+    """A pipeline owning one input partition of `partitions`, over a shared address-index view
+    (`links`: the GlobalTable) and a monotonic clock of its own."""
+    wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
+    mono = [0.0]
+    cfg = WorkerConfig(rules=Settings(), partitions=partitions, **config)
+    p = Pipeline(
+        cfg,
+        TableNumbers(_table("numbers")),
+        TableLinks(links, partitions),
+        Metrics(TOPICS),
+        clock=lambda: wall[0],
+        monotonic=lambda: mono[0],
+    )
+    p.assign({TP(t, partition) for t in p.inputs})
+    return p, wall, mono
+
+
+def _story() -> tuple[list[Any], Any]:
+    """MSISDN (partition 0) mails an address no customer has; OTHER (partition 1) later, and late,
+    turns out to have set it before the mail."""
+    records = [
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("contract_started", 0, id="o", msisdn=OTHER, contract_id="K-O", customer_id="C-OTHER", email="o@x.de"),
+        mail("shared@x.de", DAY, id="n"),
+        mail("o@x.de", DAY + 100, id="on", msisdn=OTHER),
+    ]
+    late = change("email_changed", DAY - 600, id="late", msisdn=OTHER, contract_id="K-O", email="shared@x.de")
+    return records, late
+
+
+def _relink_records(flushes: list[FlushBatch], relinks: str, start: int = 0) -> list[ConsumerRecord]:
+    """The relinks a worker produced, as the consumer of the relinks topic reads them; the
+    flushes' state written to the tables first, as the committer does."""
+    out = []
+    for f in flushes:
+        f.links.flush()
+        f.numbers.flush()
+        for o in f.outputs:
+            if o.topic == relinks:
+                assert o.partition is not None
+                out.append(ConsumerRecord(relinks, o.partition, start + len(out), o.key, o.value, 0))
+    return out
+
+
+def _alert_events(flushes: list[FlushBatch]) -> list[tuple[str, str, str]]:
+    return [
+        (v["kind"], v["trigger_event_id"], v["status"])
+        for f in flushes
+        for o in f.outputs
+        if o.topic == TOPICS.alerts
+        for v in [json.loads(o.value)]
+    ]
+
+
+def test_a_late_change_s_relink_goes_to_every_partition_and_the_other_worker_re_judges_its_mail():
+    """Contract 1.1 across partitions (docs/topics.md 2.6a): the worker of the late change
+    broadcasts its Relink to every partition of the relinks topic, with the digest of the links;
+    the owner of the mailing number's partition re-judges that mail (a retraction and a late
+    recipient_other_customer) and acks the relink record only with them; the other partition's
+    owner finds no other number of its own that mailed the address."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, late = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    mine = [r for r in records if r.key and not r.key.endswith("1")]
+    theirs = [r for r in records if r.key and r.key.endswith("1")]
+    first_a = drive(a, wall_a, as_batches(mine, 2, topics, batch=10))
+    drive(b, wall_b, as_batches(theirs, 2, topics, batch=10))
+    assert _alert_events(first_a) == [("recipient_unlinked", "n", "firing")]
+    flushes_b = drive(b, wall_b, as_batches([late], 2, topics, batch=10))
+    assert b.engine.stats.late["changes"] == 1
+    relinks = _relink_records(flushes_b, b.relinks)
+    assert sorted(r.partition for r in relinks) == [0, 1]  # every partition, the origin's too
+    # OTHER itself was re-judged by its own worker: its mail to its old address is now to a stale one
+    assert _alert_events(flushes_b) == [("recipient_stale_contract", "on", "firing")]
+    assert samples(b.metrics.registry)["notifguard_relinks_sent_total"] == 1
+
+    for worker, partition in ((a, 0), (b, 1)):
+        (record,) = [r for r in relinks if r.partition == partition]
+        worker.on_events([(TP(worker.relinks, partition), [record])])
+        flush = worker.take_flush()
+        assert [(m.topic, m.partition, m.offset) for m in flush.done] == [(worker.relinks, partition, record.offset)]
+        got = samples(worker.metrics.registry)
+        assert got['notifguard_relinks_applied_total{view="current"}'] == 1
+        if worker is a:
+            assert _alert_events([flush]) == [
+                ("recipient_unlinked", "n", "retracted"),
+                ("recipient_other_customer", "n", "firing"),
+            ]
+            assert a.engine.stats.corrections["relink"] == 1
+        else:
+            assert _alert_events([flush]) == [] and b.engine.stats.corrections["relink"] == 0
+
+
+def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wait_runs_out():
+    """The global-table race: the consumer's view of the address's links may lag the change. The
+    relink record is held (not done, not acked) until its view matches the digest it carries; past
+    relink_wait_s it is applied with the view there is, and counted."""
+    from detectors.codec import decode_links
+
+    links_b = _table("links")
+    b, wall_b, _ = _worker(1, links_b)
+    records, late = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(b, wall_b, as_batches([r for r in records if r.key and r.key.endswith("1")], 2, topics, batch=10))
+    relinks = _relink_records(drive(b, wall_b, as_batches([late], 2, topics, batch=10)), b.relinks)
+    (record,) = [r for r in relinks if r.partition == 0]
+
+    for catch_up in (True, False):
+        links_a = _table("links")  # worker A's view: B's links changelog not read yet
+        for key, value in links_b.data.data.items():
+            if decode_links(value)[0].msisdn_ref != b.engine.pseudonymiser.msisdn_ref(OTHER):
+                links_a.data.data[key] = value
+        a, wall_a, mono_a = _worker(0, links_a, relink_wait_s=30.0)
+        drive(a, wall_a, as_batches([r for r in records if r.key and not r.key.endswith("1")], 2, topics, batch=10))
+        a.on_events([(TP(a.relinks, 0), [record])])
+        a.tick()
+        assert a.take_flush().done == [] and len(a.held[0]) == 1
+        assert samples(a.metrics.registry)["notifguard_relinks_held"] == 1
+        if catch_up:
+            links_a.data.data.update(links_b.data.data)  # the changelog's records arrive
+            view = "current"
+        else:
+            mono_a[0] += 30.0  # never: applied with the view there is
+            view = "waited_out"
+        a.tick()
+        flush = a.take_flush()
+        assert [m.offset for m in flush.done] == [record.offset] and not a.held[0]
+        got = samples(a.metrics.registry)
+        assert got[f'notifguard_relinks_applied_total{{view="{view}"}}'] == 1
+        assert got["notifguard_relinks_held"] == 0
+        expected = [("recipient_unlinked", "n", "retracted"), ("recipient_other_customer", "n", "firing")]
+        assert _alert_events([flush]) == (expected if catch_up else [])  # (the old view: nothing changes)
+
+
+def test_a_relink_record_that_does_not_decode_is_dead_lettered_and_done():
+    links = _table("links")
+    a, _, _ = _worker(0, links)
+    bad = ConsumerRecord(a.relinks, 0, 7, b"k", b"not msgpack of a relink", 0)
+    a.on_events([(TP(a.relinks, 0), [bad])])
+    flush = a.take_flush()
+    (letter,) = [json.loads(o.value) for o in flush.outputs if o.topic == TOPICS.deadletter]
+    assert (letter["source_topic"], letter["offset"], letter["reason_code"]) == (a.relinks, 7, "invalid_record")
+    assert [m.offset for m in flush.done] == [7]
+    assert a.engine.arrival.pending_count() == 0 and not a.held.get(0)
+
+
+def test_relink_records_never_enter_arrival_nor_hold_the_watermark():
+    """A relink record is no event-time input: an idle relinks topic holds no watermark, and a
+    relink record read moves none."""
+    links = _table("links")
+    a, wall, _ = _worker(0, links)
+    assert all(tp.topic in a.inputs for tp in a.assigned)
+    records, _ = _story()
+    drive(a, wall, as_batches([r for r in records if r.key and not r.key.endswith("1")], 2, list(a.inputs), 10))
+    before = a.engine.arrival.partition_watermarks()
+    a.on_events([(TP(a.relinks, 0), [ConsumerRecord(a.relinks, 0, 0, b"k", b"x", 0)])])
+    assert a.engine.arrival.partition_watermarks() == before
+    assert a.consumed_total == len([r for r in records if r.key and not r.key.endswith("1")])
+
+
 def test_breach_alerts_also_go_to_the_incident_feed_in_the_same_flush_and_only_they() -> None:
     """The feed of the worker's incidents computation (streams/worker/incidents.py): each alert of a kind
     that joins incidents (IncidentSettings.joins) once more, same key and value, in the alerts' flush."""
@@ -150,3 +317,43 @@ def test_breach_alerts_also_go_to_the_incident_feed_in_the_same_flush_and_only_t
         feed = {o.key: o.value for o in outputs if o.topic == incident_feed_topic("notifguard")}
         assert any(json.loads(v)["kind"] == "notification_without_contract" for v in alerts.values())
         assert feed == {k: v for k, v in alerts.items() if incidents and json.loads(v)["kind"] in kinds}
+
+
+def test_delivered_corrections_count_a_retraction_as_retracted_and_a_late_alert_as_an_alert_and_late():
+    """A late email_changed retracts the unlinked alert of a mail it explains; a late contract_ended
+    raises a late alert for a mail it leaves without a contract. Once the broker has them (the
+    committers call `sent.inc()`), notifguard_alerts_total counts the first alert and the late one,
+    never the retraction; the correction counters count each once. Nothing counts before delivery."""
+    p, wall = pipeline(partitions=1)
+    holder = "+4917688888888"
+    records = [
+        FILLER_START,
+        change("contract_started", 0, id="s", email="me@x.de"),
+        change("contract_started", 0, id="h", msisdn=holder, contract_id="K-H", customer_id="C-H", email="h@x.de"),
+        mail("new@x.de", DAY, id="n1"),
+        mail("h@x.de", DAY + 60, id="n2", msisdn=holder),
+    ]
+    first = drive(p, wall, as_batches(records, 1, [TOPICS.changes, TOPICS.outbound], batch=10))
+    late = [
+        change("email_changed", DAY - 600, id="late-email", email="new@x.de"),
+        change("contract_ended", DAY - 600, id="late-end", msisdn=holder, contract_id="K-H", customer_id="C-H"),
+    ]
+    second = drive(p, wall, as_batches(late, 1, [TOPICS.changes], batch=10))
+    outputs = [o for f in first + second for o in f.outputs if o.topic == TOPICS.alerts]
+    records_out = [json.loads(o.value) for o in outputs]
+    assert sorted((r["kind"], r["trigger_event_id"], r["status"], r["late"]) for r in records_out) == [
+        ("notification_without_contract", "n2", "firing", True),
+        ("recipient_unlinked", "n1", "firing", False),
+        ("recipient_unlinked", "n1", "retracted", True),
+    ]
+    key = '{kind="%s",severity="%s"}'
+    unlinked, nwc = key % ("recipient_unlinked", "warning"), key % ("notification_without_contract", "critical")
+    assert samples(p.metrics.registry)["notifguard_alerts_total" + unlinked] == 0  # judged, not delivered
+    for o in outputs:
+        assert o.sent is not None
+        o.sent.inc()
+    got = samples(p.metrics.registry)
+    assert got["notifguard_alerts_total" + unlinked] == 1 and got["notifguard_alerts_retracted_total" + unlinked] == 1
+    assert got["notifguard_alerts_raised_late_total" + unlinked] == 0
+    assert got["notifguard_alerts_total" + nwc] == 1 and got["notifguard_alerts_raised_late_total" + nwc] == 1
+    assert got["notifguard_alerts_retracted_total" + nwc] == 0

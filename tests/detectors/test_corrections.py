@@ -1,0 +1,175 @@
+"""Contract 1.1, late records within the correction horizon: late alerts, retractions, and the guarantee
+that the final alert set does not depend on when the records came."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.alerts import Alert
+from detectors.engine import Engine
+from detectors.settings import Settings
+from tests.detectors.test_properties import _t, histories
+from tests.factories import FILLER_START, Rec, advance, change, feed, mail, new_engine
+
+DAY = 86_400
+HORIZON = 2_000.0  # seconds: the generated histories span 2,000 s
+GRACE = 30.0
+
+
+def final(alerts: list[Alert]) -> dict[str, str]:
+    """Firing minus retracted, by dedup_key (the last word on each key): key -> kind."""
+    out: dict[str, str] = {}
+    for a in alerts:
+        if a.status == "retracted":
+            out.pop(a.dedup_key, None)
+        else:
+            out[a.dedup_key] = a.kind
+    return out
+
+
+def _run(records: list[Rec], s: Settings) -> tuple[list[Alert], Engine]:
+    engine = new_engine(s)
+    feed(engine, records)
+    engine.flush(0)
+    return engine.drain()[0], engine
+
+
+def _arrivals(records: list[Rec], data: st.DataObject, max_delay: float) -> list[Rec]:
+    delays = [data.draw(st.floats(min_value=0, max_value=max_delay)) for _ in records]
+    arrival = [_t(r) + d for r, d in zip(records, delays, strict=True)]
+    tiebreak = data.draw(st.permutations(range(len(records))))
+    return [r for _, _, r in sorted(zip(arrival, tiebreak, records, strict=True))]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_any_arrival_order_within_the_horizon_gives_the_in_order_final_alerts(records, data):
+    s = Settings(correction_horizon_s=HORIZON)
+    expected, _ = _run(sorted(records, key=_t), s)
+    assert all(a.status == "firing" for a in expected)
+    # delays up to the horizon: many records arrive later than grace
+    got, engine = _run(_arrivals(records, data, HORIZON - GRACE), s)
+    assert final(got) == final(expected)
+    assert sum(engine.stats.too_late.values()) == 0
+    # nothing is raised twice, nothing retracted that was not raised
+    live: set[str] = set()
+    for a in got:
+        if a.status == "retracted":
+            assert a.dedup_key in live
+            live.discard(a.dedup_key)
+        else:
+            assert a.dedup_key not in live
+            live.add(a.dedup_key)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_beyond_the_horizon_nothing_is_re_judged(records, data):
+    """With a horizon of 0 every late record is too late: applied and judged against the state as
+    it is, as before contract 1.1 (no retraction, no re-judging, each alert once)."""
+    s = Settings(correction_horizon_s=0)
+    got, engine = _run(_arrivals(records, data, 1_000.0), s)
+    assert all(a.status == "firing" for a in got)
+    assert sum(engine.stats.corrections.values()) == 0
+    assert engine.stats.too_late == engine.stats.late
+    assert len({a.dedup_key for a in got}) == len(got)
+
+
+# ------------------------------------------------------------------ scenarios
+
+BLAU = "+4917611111111"
+OTHER = "+4917622222222"
+
+
+def test_a_nightly_batch_brings_a_ported_out_late_and_the_final_alerts_are_the_in_order_ones():
+    anna = change("contract_started", 0, id="anna", msisdn=BLAU, contract_id="K-B", customer_id="C-ANNA",
+                  brand="blau", email="anna@gmx.de")  # fmt: skip
+    # ported out at 18:00, into o2 for Ben at 20:00; o2's port-in comes on time, the donor's
+    # ported_out only with the nightly batch; o2 mails go to Anna's address
+    ben = change("ported_in", DAY + 20 * 3600, id="ben", msisdn=BLAU, contract_id="K-O2", customer_id="C-BEN",
+                 brand="o2", email="ben@o2.de")  # fmt: skip
+    mails = [mail("anna@gmx.de", DAY + h * 3600, id=f"mail-{h}", msisdn=BLAU) for h in (21, 22)]
+    out = change("ported_out", DAY + 18 * 3600, id="late-out", msisdn=BLAU, contract_id="K-B")
+    engine = new_engine()
+    feed(engine, [FILLER_START, anna, ben, *mails])
+    advance(engine, 2 * DAY)
+    feed(engine, [out])
+    engine.flush(0)
+    got = engine.drain()[0]
+    expected, _ = _run([FILLER_START, anna, out, ben, *mails], Settings())
+    assert final(got) == final(expected)
+    # the late port-out makes Ben's start a re-port, raised late; the mails stay critical previous-holder alerts
+    late = {(a.kind, a.trigger_event_id) for a in got if a.late and a.status == "firing"}
+    assert ("re_port", "ben") in late
+    assert {k for k in final(got).values()} >= {"recipient_previous_holder", "re_port"}
+
+
+def test_a_late_ported_out_turns_mails_after_it_into_late_critical_alerts():
+    """Yesterday's mails after the port-out, to the previous holder's address: with no holding then
+    they are notification_without_contract (critical), raised late once the ported_out comes."""
+    engine = new_engine()
+    feed(
+        engine,
+        [
+            FILLER_START,
+            change("contract_started", 0, id="anna", msisdn=BLAU, contract_id="K-B", customer_id="C-ANNA",
+                   brand="blau", email="anna@gmx.de"),
+            mail("anna@gmx.de", DAY + 19 * 3600, id="mail-1", msisdn=BLAU),
+            mail("anna@gmx.de", DAY + 23 * 3600, id="mail-2", msisdn=BLAU),
+        ],
+    )  # fmt: skip
+    advance(engine, 2 * DAY)
+    assert engine.drain()[0] == []  # to Anna's current address, as far as anyone knew
+    feed(engine, [change("ported_out", DAY + 18 * 3600, id="late-out", msisdn=BLAU, contract_id="K-B")])
+    alerts = engine.drain()[0]
+    assert sorted((a.kind, a.trigger_event_id, a.severity, a.late, a.status) for a in alerts) == [
+        ("notification_without_contract", "mail-1", "critical", True, "firing"),
+        ("notification_without_contract", "mail-2", "critical", True, "firing"),
+    ]
+    assert engine.stats.raised_late["notification_without_contract"] == 2
+
+
+def test_a_late_email_changed_retracts_an_unlinked_alert():
+    engine = new_engine()
+    feed(engine, [FILLER_START, change("contract_started", 0, id="s", email="old@x.de"), mail("new@x.de", DAY, id="n")])
+    advance(engine, DAY + 3600)
+    (alert,) = engine.drain()[0]
+    assert alert.kind == "recipient_unlinked"
+    feed(engine, [change("email_changed", DAY - 60, id="late", email="new@x.de")])
+    (retraction,) = engine.drain()[0]
+    assert (retraction.status, retraction.dedup_key, retraction.kind, retraction.trigger_event_id) == (
+        "retracted",
+        alert.dedup_key,
+        "recipient_unlinked",
+        "n",
+    )
+    assert retraction.retracted_by == ["late"] and "withdrawn" in (retraction.reason or "")
+    assert "new@x.de" not in retraction.summary
+
+
+def test_a_late_change_of_another_number_turns_an_unlinked_alert_into_recipient_other_customer():
+    engine = new_engine()
+    feed(
+        engine,
+        [
+            FILLER_START,
+            change("contract_started", 0, id="s", email="me@x.de"),
+            change("contract_started", 0, id="o", msisdn=OTHER, contract_id="K-O", customer_id="C-OTHER",
+                   email="other-old@x.de"),
+            mail("shared@x.de", DAY, id="n"),
+        ],
+    )  # fmt: skip
+    advance(engine, DAY + 3600)
+    (alert,) = engine.drain()[0]
+    assert alert.kind == "recipient_unlinked"
+    # the other number's customer set that address before the mail; the change comes late
+    feed(engine, [change("email_changed", DAY - 600, id="late", msisdn=OTHER, contract_id="K-O", email="shared@x.de")])
+    alerts = engine.drain()[0]
+    assert sorted((a.kind, a.trigger_event_id, a.status) for a in alerts) == [
+        ("recipient_other_customer", "n", "firing"),
+        ("recipient_unlinked", "n", "retracted"),
+    ]
+    assert engine.stats.corrections["relink"] == 1
+    other = next(a for a in alerts if a.status == "firing")
+    assert other.late and other.severity == "critical"

@@ -1,0 +1,283 @@
+"""The mailers index (detectors.mailers) and Engine.relinked over it, one engine and partitioned."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.engine import Engine
+from detectors.mailers import REFRESH_US, MailerDict, MailerIndex
+from detectors.settings import Settings
+from detectors.state import AddressIndex, NumberState
+from tests.detectors.test_corrections import GRACE, HORIZON, _arrivals, final
+from tests.detectors.test_properties import NUMBERS, histories
+from tests.factories import Rec
+
+H = REFRESH_US  # the unit of these tests: a refresh span (detectors.mailers)
+A, B = b"a" * 12, b"b" * 12
+
+
+def test_a_known_number_is_written_once_per_refresh_span():
+    writes: list[tuple[bytes, int, dict[str, int]]] = []
+
+    class Counting(MailerDict):
+        def put_in(self, addr: bytes, partition: int, entry: dict[str, int]) -> None:
+            writes.append((addr, partition, dict(entry)))
+            super().put_in(addr, partition, entry)
+
+    index = MailerIndex(Counting())
+    step = REFRESH_US // 12
+    for k in range(24):  # two refresh spans of mails to one address
+        index.note(A, "r1", k * step, 0)
+    assert [w[2] for w in writes] == [{"r1": 0}, {"r1": 13 * step}]
+    index.note(A, "r1", 10, 0)  # a late mail, older than the time known: nothing to write
+    index.note(A, "r2", 10, 0)  # a new number: written
+    index.note(A, "r3", 10, 1)  # another partition: an entry of its own
+    assert len(writes) == 4
+    assert index.candidates(A, 0, [0]) == [("r1", 0), ("r2", 0)]
+    assert index.candidates(A, 0, [0, 1]) == [("r1", 0), ("r2", 0), ("r3", 1)]
+    assert index.candidates(B, 0, [0, 1]) == []
+
+
+def test_a_candidate_s_time_may_be_a_refresh_span_older_than_its_last_mail():
+    index = MailerIndex()
+    index.note(A, "r1", 0, 0)
+    index.note(A, "r1", REFRESH_US, 0)  # not written: within the refresh span of the time known
+    assert index.candidates(A, REFRESH_US, [0]) == [("r1", 0)]
+    assert index.candidates(A, REFRESH_US + 1, [0]) == []
+
+
+def test_a_rewrite_drops_the_numbers_before_the_floor_and_a_sweep_expires_offline():
+    store = MailerDict()
+    index = MailerIndex(store)
+    index.note(A, "old", 0, 0)
+    index.note(B, "old", 0, 0)
+    index.note(A, "kept", 50 * H, 0)
+    index.expire(10 * H)  # offline: the dict is expired whole
+    assert store.entries == {(A, 0): {"kept": 50 * H}}
+    index.note(A, "old", 0, 0)
+    store.entries[(A, 0)]["gone"] = 0  # (as if written before the floor moved)
+    index.floor = 60 * H
+    index.note(A, "new", 60 * H, 0)  # rewritten: drops what is before the floor
+    assert store.entries[(A, 0)] == {"new": 60 * H}
+
+
+MAILS = st.lists(
+    st.tuples(
+        st.sampled_from(["r1", "r2", "r3"]),
+        st.sampled_from([A, B]),
+        st.integers(0, 40).map(lambda h: h * H // 4),
+        st.sampled_from([0, 1]),
+        st.one_of(st.none(), st.integers(0, 40).map(lambda h: h * H // 4)),  # a sweep's floor, sometimes
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MAILS, st.integers(0, 40).map(lambda h: h * H // 4))
+def test_the_index_never_misses_a_number_that_mailed_the_address_at_or_after_t(mails, t):
+    """For every t at or after the floor (no Relink reaches back before a sweep's past horizon),
+    each number with a mail to the address at or after t is a candidate; in any mail order."""
+    index = MailerIndex()
+    mailed: list[tuple[str, bytes, int, int]] = []
+    for ref, addr, when, partition, floor in mails:
+        if floor is not None and floor > index.floor:
+            index.expire(floor)
+            mailed = [m for m in mailed if m[2] >= floor]  # what a sweep at that horizon drops
+        index.note(addr, ref, when, partition)
+        mailed.append((ref, addr, when, partition))
+    if t < index.floor:
+        return
+    for addr in (A, B):
+        want = {(ref, p) for ref, a, when, p in mailed if a == addr and when >= t}
+        assert want <= set(index.candidates(addr, t, [0, 1]))
+
+
+# ------------------------------------------------------------- partitioned engines
+
+
+class Partitioned:
+    """A PartitionedStore of one engine's partitions (a worker's numbers table, in dicts)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, NumberState]] = {}
+
+    def get(self, ref: str) -> NumberState | None:
+        for states in self.parts.values():
+            if ref in states:
+                return states[ref]
+        return None
+
+    def __setitem__(self, ref: str, state: NumberState) -> None:
+        for states in self.parts.values():
+            if ref in states:
+                states[ref] = state
+
+    def get_in(self, ref: str, partition: int) -> NumberState | None:
+        return self.parts.get(partition, {}).get(ref)
+
+    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
+        self.parts.setdefault(partition, {})[ref] = state
+
+
+def _engine(s: Settings, store: Partitioned | None = None, links: dict | None = None) -> Engine:
+    counter = itertools.count()
+    return Engine(
+        s,
+        new_id=lambda: f"alert-{next(counter)}",
+        numbers=store,
+        index=AddressIndex(links) if links is not None else None,
+    )
+
+
+class _Scan(MailerIndex):
+    """Every number of the partitions is a candidate (the oracle)."""
+
+    __slots__ = ("numbers",)
+
+    def __init__(self, numbers: Partitioned) -> None:
+        super().__init__()
+        self.numbers = numbers
+
+    def candidates(self, addr: bytes, t: int, partitions) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+        return sorted((ref, p) for p in partitions for ref in self.numbers.parts.get(p, {}))
+
+
+def _feed_workers(records: list[Rec], s: Settings, scan: bool = False) -> tuple[list, int]:
+    """Each number's records in partition NUMBERS.index(msisdn), each partition in an engine of its
+    own (two workers), the address links shared (the global table), every Relink broadcast to
+    every partition's engine after each record (the worker's relinks topic). `scan`: the
+    candidates of a Relink are every number of the partition (the scan of every number's past
+    that relinked did before the index: the oracle)."""
+    links: dict = {}
+    engines = [_engine(s, Partitioned(), links) for _ in NUMBERS]
+    if scan:
+        for e in engines:
+            assert isinstance(e.numbers, Partitioned)
+            e.mailers = _Scan(e.numbers)
+    alerts: list = []
+    relinked = 0
+
+    def route() -> None:
+        nonlocal relinked
+        for e in engines:
+            for event in e.take_relinks():
+                for p, target in enumerate(engines):
+                    relinked += target.relinked(event, p)
+        for e in engines:
+            alerts.extend(e.drain()[0])
+
+    for i, r in enumerate(records):
+        p = NUMBERS.index(r.event["msisdn"])
+        engines[p].process(r.topic, p, i, r.key, r.value, 0)
+        route()
+    for e in engines:
+        e.flush(0)
+    route()
+    return alerts, relinked
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_relinks_broadcast_between_partitioned_engines_re_judge_what_a_scan_of_every_number_does(records, data):
+    """The index in place of the scan changes nothing: the same numbers re-judged, the same alerts.
+
+    (Against the in-order run of one engine, two engines differ where a change is on time in its
+    own partition but behind a mail another partition judged already: no Relink then;
+    docs/topics.md 2.6a. test_corrections holds the in-order guarantee for one engine.)"""
+    s = Settings(correction_horizon_s=HORIZON)
+    arrivals = _arrivals(records, data, HORIZON - GRACE)
+    got, relinked = _feed_workers(arrivals, s)
+    want, scanned = _feed_workers(arrivals, s, scan=True)
+    assert (final(got), relinked) == (final(want), scanned)
+    assert [(a.kind, a.trigger_event_id, a.status) for a in got] == [
+        (a.kind, a.trigger_event_id, a.status) for a in want
+    ]
+
+
+def test_relinked_re_judges_only_the_numbers_of_its_partition():
+    from tests.factories import change, delivery, mail
+
+    day = 86_400
+    a, b = NUMBERS
+
+    def moving(msisdn: str, t: float, k: int, email: str, contract: str) -> list[Rec]:
+        """Records of all three input topics of the number's partition: its watermark moves to t."""
+        return [
+            change("email_verified", t, id=f"v{msisdn[-1]}{k}", msisdn=msisdn, contract_id=contract, email=email),
+            mail(email, t, id=f"m{msisdn[-1]}{k}", msisdn=msisdn, message_id=f"mid{msisdn[-1]}{k}"),
+            delivery(f"mid{msisdn[-1]}{k}", "delivered", t, id=f"d{msisdn[-1]}{k}", msisdn=msisdn),
+        ]
+
+    records = [
+        change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+        change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+        mail("shared@x.de", day, id="n", msisdn=a),
+        *(r for k in (1, 2) for r in moving(a, day + 3600 * k, k, "a@x.de", "K-1")),
+        *(r for k in (1, 2) for r in moving(b, day + 3600 * k, k, "b@x.de", "K-2")),
+        change("email_changed", day - 600, id="late", msisdn=b, contract_id="K-2", email="shared@x.de"),
+    ]  # fmt: skip
+    got, relinked = _feed_workers(records, Settings())
+    assert relinked == 1  # number a's mail, in partition 0; partition 1 has no other number
+    assert [(x.kind, x.trigger_event_id, x.status, x.late) for x in got if x.trigger_event_id == "n"] == [
+        ("recipient_unlinked", "n", "firing", False),
+        ("recipient_unlinked", "n", "retracted", True),
+        ("recipient_other_customer", "n", "firing", True),
+    ]
+
+
+def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
+    """The premise of test_live's contracts-days-behind run, without a broker: two partitioned
+    engines, the contract changes after everything else (their topic idle meanwhile), in either
+    partition's order: with the Relinks broadcast the final set is the in-order one; dropped, the
+    stories' mails keep recipient_unlinked."""
+    from detectors.engine import Engine as _Engine
+    from tests.pipelines import CHANGES, Shape, add_cross_partition_links, build_pipeline
+
+    pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
+    add_cross_partition_links(pipeline)
+    envelopes = pipeline.envelopes()
+    s = Settings(grace_s=10, idle_flush_s=15)
+    one = _engine(s)
+    for e in envelopes:
+        one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    assert sorted(in_order.values()).count("recipient_other_customer") >= 2
+
+    def run(order: list, route: bool) -> dict[str, str]:
+        links: dict = {}
+        engines: list[_Engine] = [_engine(s, Partitioned(), links) for _ in range(2)]
+        alerts: list = []
+        clock = 0
+        for env in order:
+            if env.topic == CHANGES and clock == 0:
+                clock = 60_000_000  # its topic was silent past idle_flush: every change is late
+                for e in engines:
+                    e.tick(0, clock)
+            engines[env.partition].process(
+                env.topic, env.partition, env.offset, env.key, env.payload, 0, None, None, clock
+            )
+            for e in engines:
+                for event in e.take_relinks():
+                    for p, other in enumerate(engines):
+                        if route:
+                            other.relinked(event, p)
+        for e in engines:
+            e.flush(0)
+            alerts.extend(e.drain()[0])
+        return final(alerts)
+
+    others = [e for e in envelopes if e.topic != CHANGES]
+    changes = [e for e in envelopes if e.topic == CHANGES]
+    for first in (0, 1):
+        order = others + sorted(changes, key=lambda e: e.partition != first)
+        assert run(order, route=True) == in_order
+        dropped = run(order, route=False)
+        assert dropped != in_order
+        assert {k: v for k, v in dropped.items() if k not in in_order} and all(
+            v == "recipient_unlinked" for k, v in dropped.items() if k not in in_order
+        )
