@@ -155,20 +155,18 @@ def create_app(config: WorkerConfig) -> faust.App:
         )
     app = App(config.app_id, **settings)
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
-    # Every worker follows every partition of the address index's changelog after recovery
-    # (synchronize_all_active_partitions; with Faust's default it follows only those it is not
-    # active for, and a worker writes an address to the partition of the address's hash, which
-    # may be one another worker is active for: that worker never saw it), and the records it
-    # reads are applied at least once a tick (seams.apply_table_buffers). So another worker's
-    # links reach this one's view within about a tick: what a Relink waits for (docs/topics.md
-    # 2.6a, "The global table's race"); without both, the two-worker broker run's Relinks of the
-    # other worker all waited relink_wait_s out, and were applied with a view without their links.
+    # Faust follows (as a standby) only the address index's changelog partitions a worker is not
+    # active for, and a worker writes an address to the partition of the address's hash: another
+    # worker's links of an address in a partition this one is active for reach its view only at
+    # its next recovery (docs/topics.md 2.6a, limits). synchronize_all_active_partitions=True
+    # would follow those too, but it broke restarts: with it a SIGKILLed at-least-once worker's
+    # successor lost records (tests/streams/worker/test_incidents.py, 1 run in 3). The records read
+    # while following are applied at least once a tick (seams.apply_table_buffers).
     links_table = app.GlobalTable(
         "address-index",
         partitions=config.partitions,
         key_type=bytes,
         value_type=bytes,
-        synchronize_all_active_partitions=True,
     )
     rt = Runtime(app, config, numbers_table, links_table)
     app.notifguard = rt  # type: ignore[attr-defined]
