@@ -177,11 +177,11 @@ def test_recovery_completed_is_set_once_after_the_first_seek_to_the_committed_of
 
 def test_table_buffers_held_after_recovery_are_applied(app: Any, monkeypatch: Any) -> None:
     """seams.apply_table_buffers: what Faust's recovery loop buffers once recovery is over (the
-    GlobalTable's changelog partitions, active and standby at once, read in its active branch)
-    is applied by Recovery.flush_buffers, and the buffers emptied; not during a recovery."""
+    GlobalTable's changelog partitions, read in its active branch) is applied by
+    Recovery.flush_buffers, and the buffers emptied; not during a recovery."""
     recovery = app.tables.recovery
     table = app.tables["address-index"]
-    assert table.is_global and table.synchronize_all_active_partitions
+    assert table.is_global
     applied: list[list[Any]] = []
     monkeypatch.setattr(table, "apply_changelog_batch", lambda batch: applied.append(list(batch)))
     recovery.buffers[table].append("event")
