@@ -30,6 +30,7 @@ from detectors.arrival import (
     DUPLICATE,
     LATE,
     NOTIFICATION,
+    TOO_LATE,
     Arrival,
     Item,
     change_code,
@@ -559,34 +560,16 @@ class Engine:
             if self.collect_metrics and record.__class__ is not Remembered:
                 self.deliveries.append((record.brand, record.sender, record.status, record.bounce_type or "none"))
             self._cap(ref, state)  # (its seen id)
-        elif not late:  # (on time, most records: the fewest checks)
-            if category == NOTIFICATION:
-                if self._notification(t, record, ref, state, False):  # (one alert at most)
-                    alerts = self.alerts
-                    self._fired(state, t, alerts, len(alerts) - 1)
-                self._cap(ref, state)
-            else:
-                alerts = self.alerts
-                n = len(alerts)
-                if category == DELIVERY:
-                    if self.collect_metrics:
-                        self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
-                    self._delivery(t, record, ref, state, False)
-                    self._cap(ref, state)
-                else:
-                    self._change(t, record, ref, state, False)
-                if len(alerts) != n:
-                    self._fired(state, t, alerts, n)
         elif late == LATE:  # (True too)
             if category == DELIVERY and self.collect_metrics:
                 self.deliveries.append((record.brand, record.sender, "bounced", record.bounce_type or "none"))
             self._correct(category, t, record, ref, state)
             if category != CHANGE:
                 self._cap(ref, state)  # (_change caps the change log and the rest)
-        else:  # TOO_LATE: judged as it is
+        else:  # on time (most records), or TOO_LATE: judged as it is
             alerts = self.alerts
             n = len(alerts)
-            self._judge(category, t, record, ref, state, True)
+            self._judge(category, t, record, ref, state, late == TOO_LATE)
             if len(alerts) != n:
                 self._fired(state, t, alerts, n)
         if partitioned is None:
@@ -595,7 +578,7 @@ class Engine:
             partitioned.put_in(ref, state, partition)
 
     def _judge(self, category: int, t: int, record: Any, ref: str, state: NumberState, late: bool) -> None:
-        """Judge a record late beyond the correction horizon as it is (_apply)."""
+        """Judge a record as it is (_apply): on time, or late beyond the correction horizon."""
         if category == NOTIFICATION:
             self._notification(t, record, ref, state, late)
             self._cap(ref, state)
@@ -751,9 +734,9 @@ class Engine:
 
     def _notification(
         self, t: int, rec: Outbound, ref: str, state: NumberState, late: bool, past: Past | None = None
-    ) -> bool:
+    ) -> None:
         """Judge a notification and remember it (state.past); `past`: re-judging (_rejudge) the one
-        remembered, `rec` its stand-in. Whether it raised an alert."""
+        remembered, `rec` its stand-in."""
         addr: bytes | None = None
         if past is not None:
             if rec.channel == "email":
@@ -775,11 +758,9 @@ class Engine:
             if self.collect_metrics:
                 kind = kinds.OK if verdict is None else verdict.kind
                 self.verdicts.append(VerdictRecord(rec.brand, rec.template, rec.sender, rec.channel, kind, late, t))
-        if verdict is None:
-            return False
-        to_ref = past.to_ref.hex() if past is not None and addr is None else None
-        self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
-        return True
+        if verdict is not None:
+            to_ref = past.to_ref.hex() if past is not None and addr is None else None
+            self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
 
     def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
         recipient = rec.recipient
