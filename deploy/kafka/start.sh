@@ -32,9 +32,15 @@ fi
 
 die() { echo "start.sh: $*" >&2; exit 1; }
 
+launched=""  # the pid of a broker this run started, stopped again if it does not come up
+
 # Startup failure: show the broker's errors before exiting.
 fail() {
     echo "start.sh: $*" >&2
+    if [[ -n "$launched" ]] && process_alive "$launched"; then
+        kill -KILL "$launched" 2>/dev/null || true
+        echo "start.sh: stopped the broker this run started (pid $launched)" >&2
+    fi
     for f in "$KAFKA_LOG_DIR/stdout.log" "$KAFKA_LOG_DIR/server.log"; do
         if [[ -s "$f" ]]; then
             echo "--- last errors in $f" >&2
@@ -45,12 +51,24 @@ fail() {
     exit 1
 }
 
-# Waits until the broker answers, or its process dies, or the timeout passes.
+# Exit 0 while process $1 runs (a dead child stays a zombie of this shell: kill -0 is not enough).
+process_alive() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != Z ]]
+}
+
+# Waits until the broker answers, or its process dies, or the timeout passes. Liveness is the
+# process itself, not the command line: right after the fork the child is still this shell
+# (not yet exec'd into java), which a busy machine shows for a while.
 wait_ready() {
-    local pid="$1" deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    local pid="$1" deadline=$((SECONDS + KAFKA_START_TIMEOUT)) recorded
     while ((SECONDS < deadline)); do
-        # (kafka_running_pid, not kill -0: a dead child stays a zombie of this shell)
-        kafka_running_pid >/dev/null || fail "broker process $pid exited during startup"
+        process_alive "$pid" || fail "broker process $pid exited during startup"
+        recorded="$(cat "$KAFKA_PID_FILE" 2>/dev/null || true)"
+        [[ "$recorded" == "$pid" ]] \
+            || fail "$KAFKA_PID_FILE no longer holds $pid (now: '${recorded:-removed}'): another start.sh or stop.sh uses $KAFKA_DATA at the same time; give each run its own NOTIFGUARD_KAFKA_DATA"
         ping_broker && return 0
         sleep 0.5
     done
@@ -159,6 +177,7 @@ fi
 setsid java "${JAVA_OPTS[@]}" -Dkafka.broker.tag=notifguard kafka.Kafka "$KAFKA_CONFIG" \
     </dev/null >"$KAFKA_LOG_DIR/stdout.log" 2>&1 &
 pid=$!
+launched="$pid"
 echo "$pid" >"$KAFKA_PID_FILE"
 
 wait_ready "$pid"
