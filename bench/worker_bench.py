@@ -946,10 +946,14 @@ def bench_latency(
         if t1_ > t0_:
             cpu["machine_cpu_busy_fraction"] = round((m1 - m0) / (t1_ - t0_), 3)
     first_seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    retracted = 0
     for wall, value in alerts_raw:
         try:
             a = json.loads(value)
         except (TypeError, ValueError):
+            continue
+        if a.get("status") == "retracted":  # withdraws an alert: not one, and no latency of its own
+            retracted += 1
             continue
         key = a.get("dedup_key") or a.get("alert_id")
         if key not in first_seen:
@@ -1009,6 +1013,7 @@ def bench_latency(
         "alerts_outside_window": outside,
         "alerts_unknown_trigger": unknown,
         "alerts_late": late,
+        "retractions_read": retracted,
         "alerts_by_kind": dict(sorted(kinds.items())),
         "added_latency": stats(added),
         "trigger_to_detected_minus_grace": stats(worker_part),

@@ -1134,8 +1134,7 @@ def _stand_in_change(c: Change, masked: str) -> ContractChange:
         return PortedOut(
             schema_version=1, event_id=c.event_id, event_time="", msisdn=masked, contract_id=c.contract_id, operator="?"
         )
-    cls = PortedIn if c.type == PORTED_IN else ContractStarted
-    if cls is PortedIn:
+    if c.type == PORTED_IN:
         return PortedIn(
             schema_version=1,
             event_id=c.event_id,
