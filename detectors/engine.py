@@ -98,8 +98,10 @@ _NO_ADDRS: Final[frozenset[bytes]] = frozenset()
 _KIND_INDEX: Final = {k: i for i, k in enumerate(kinds.KINDS)}
 _MASKS_MAX: Final = 100_000
 # ref -> [its past, its room] (Engine._remember). An entry stays valid while the number's past is
-# that very list; one of a state the store's cache let go holds that list until the memo is cleared
-# at this many entries: at most this many pasts beyond the cache (a few hundred bytes each).
+# that very list (what drops entries cuts it in place: the room only errs low; a new list, e.g. a
+# state decoded from the store, is measured again); one of a state the store's cache let go holds
+# that list until the memo is cleared at this many entries: at most this many pasts beyond the
+# cache (a few hundred bytes each).
 _PAST_ROOMS_MAX: Final = 100_000
 # re_port and port_flapping are judged at these changes (Engine._patterns)
 _PATTERN_CHANGES: Final = STARTS | PORTS

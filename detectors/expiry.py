@@ -116,8 +116,8 @@ def expire(state: NumberState, h: Horizons) -> bool:
         state.ports = [m for m in ports if m.t > h.ports]
         changed = True
     past = state.past
-    if past and past[0].t < h.past:  # (in event-time order: a new list of the newer ones)
-        state.past = past[bisect_left(past, h.past, key=_T) :]
+    if past and past[0].t < h.past:  # (in event-time order; cut in place: see Engine._remember's room)
+        del past[: bisect_left(past, h.past, key=_T)]
         changed = True
     fired = state.fired
     if fired and fired[0].t < h.fired:
