@@ -281,3 +281,43 @@ def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
         assert {k: v for k, v in dropped.items() if k not in in_order} and all(
             v == "recipient_unlinked" for k, v in dropped.items() if k not in in_order
         )
+
+
+def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the_horizon_as_raised():
+    """The receiving number is more than the correction horizon ahead of a Relink (its worker far
+    ahead of the origin's, whose change is late only in its own partition): the receiver's past
+    before its horizon is gone (Engine._remember keeps the horizon and what verdicts within it
+    read), so its alerts raised then are not judged again, and stay. Before, the re-judging started
+    at the Relink's time and retracted an alert whose mail it no longer had (a correct
+    recipient_previous_holder, in a two-worker broker run)."""
+    from tests.factories import change, delivery, mail
+
+    day = 86_400
+    a, b = NUMBERS
+
+    def moving(msisdn: str, t: float, k: int, email: str, contract: str) -> list[Rec]:
+        """Records of all three input topics of the number's partition: its watermark moves to t."""
+        return [
+            change("email_verified", t, id=f"v{msisdn[-1]}{k}", msisdn=msisdn, contract_id=contract, email=email),
+            mail(email, t, id=f"m{msisdn[-1]}{k}", msisdn=msisdn, message_id=f"mid{msisdn[-1]}{k}"),
+            delivery(f"mid{msisdn[-1]}{k}", "delivered", t, id=f"d{msisdn[-1]}{k}", msisdn=msisdn),
+        ]
+
+    records = [
+        change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+        mail("stray@x.de", day, id="n", msisdn=a),  # recipient_unlinked, in any order
+        *(r for k in range(2, 21, 2) for r in moving(a, k * day, k, "a@x.de", "K-1")),  # a: 20 days on
+        change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+        *moving(b, day, 1, "b@x.de", "K-2"),
+        # late in b's partition (half a day behind its watermark), within the horizon: a Relink of
+        # a's own address, older than everything of a's past
+        change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
+    ]  # fmt: skip
+    one = _engine(Settings())
+    for i, r in enumerate(sorted(records, key=lambda r: r.event["event_time"])):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    assert sorted(final(one.drain()[0]).values()) == ["recipient_unlinked"]
+    got, relinked = _feed_workers(records, Settings())
+    assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
+    assert [(x.kind, x.trigger_event_id, x.status) for x in got] == [("recipient_unlinked", "n", "firing")]
