@@ -196,7 +196,7 @@ def encode_number(state: NumberState) -> bytes:
 def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
     """The parts of a number's state msgspec writes (see above): the 7 of before contract 1.1 while
     the 1.1 parts are empty (the same bytes as then), else all 10."""
-    if not state.past and not state.fired and not state.masked:
+    if not state.past and not state.fired and not state.masked and not state.restated:
         return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
     return _Hot(
         state.sent,
@@ -209,6 +209,7 @@ def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
         state.past,
         state.fired,
         state.masked,
+        state.restated,
     )
 
 
@@ -225,6 +226,7 @@ def _state(changes: list[Change], hot: _Hot) -> NumberState:
         hot.past,
         hot.fired,
         hot.masked,
+        hot.restated,
     )
 
 
@@ -297,7 +299,8 @@ _LINKS_HEAD: Final = bytes((_LINKS_TAG,))
 
 class _Hot(msgspec.Struct, array_like=True, gc=False):
     """The hot parts of a number's state: an array of sent, bounces, bounce_hot, ports, port_hot, seen,
-    max_t, then (contract 1.1, the correction horizon) past, fired, masked. A state with none of the
+    max_t, then (contract 1.1, the correction horizon) past, fired, masked, restated (written as
+    msgspec writes a Change: a few a number, for the horizon only). A state with none of the
     1.1 parts is written without them (_hot), with the bytes of format version 3 before them, and
     such bytes decode with the defaults: the format stays version 3."""
 
@@ -311,6 +314,7 @@ class _Hot(msgspec.Struct, array_like=True, gc=False):
     past: list[Past] = msgspec.field(default_factory=list)
     fired: list[Fired] = msgspec.field(default_factory=list)
     masked: str = ""
+    restated: list[Change] = msgspec.field(default_factory=list)
 
 
 def _encode_changes(out: bytearray, changes: list[Change]) -> None:

@@ -123,6 +123,10 @@ def expire(state: NumberState, h: Horizons) -> bool:
     if fired and fired[0].t < h.fired:
         state.fired = [f for f in fired if f.t >= h.fired]
         changed = True
+    restated = state.restated
+    if restated and restated[0].t < h.fired:
+        state.restated = [c for c in restated if c.t >= h.fired]
+        changed = True
     changes = state.changes
     if changes and changes[0].t < h.history:
         cut = history_cut(changes, h.history)

@@ -76,6 +76,9 @@ class NumberState(msgspec.Struct, array_like=True):
     past: list[Past] = msgspec.field(default_factory=list)
     fired: list[Fired] = msgspec.field(default_factory=list)
     masked: str = ""
+    # address events dropped in order as restating their holding's current address (Engine._change),
+    # kept for the correction horizon: a late change before one can make it count again
+    restated: list[Change] = msgspec.field(default_factory=list)
 
     def add_change(self, change: Change) -> None:
         insort(self.changes, change, key=Change.sort_key)

@@ -10,7 +10,7 @@ from detectors.alerts import Alert
 from detectors.engine import Engine
 from detectors.settings import Settings
 from tests.detectors.test_properties import _t, histories
-from tests.factories import FILLER_START, Rec, advance, change, feed, mail, new_engine
+from tests.factories import FILLER_START, Rec, advance, change, delivery, feed, mail, new_engine
 
 DAY = 86_400
 HORIZON = 2_000.0  # seconds: the generated histories span 2,000 s
@@ -173,3 +173,29 @@ def test_a_late_change_of_another_number_turns_an_unlinked_alert_into_recipient_
     assert engine.stats.corrections["relink"] == 1
     other = next(a for a in alerts if a.status == "firing")
     assert other.late and other.severity == "critical"
+
+
+def test_a_late_holder_changed_makes_an_address_event_dropped_as_a_restatement_count():
+    """In order, the email_changed after a holder_changed sets the new holder's address; read
+    before the (late) holder_changed it restates the holding's current address and is dropped
+    (Engine._change: nothing to store or link). Kept for the correction horizon, it goes into the
+    log once the holder_changed comes, as in order: the bounce of the mail to that address is the
+    current address bouncing, not a mail to a previous holder's address (found by Hypothesis)."""
+    start = change("contract_started", 0, id="s", contract_id="K-2", customer_id="C-1", email="a@x.de")
+    holder = change("holder_changed", 505, id="h", contract_id="K-2", customer_id="C-1")
+    restating = change("email_changed", 505, id="ec", contract_id="K-2", email="a@x.de")
+    mailed = [mail("a@x.de", 540, id="n", message_id="m0"), delivery("m0", "bounced", 540, id="b", bounce_type="hard")]
+
+    def final_of(first: list[Rec], after: list[Rec]) -> tuple[dict[str, str], Engine]:
+        engine = new_engine()
+        feed(engine, [FILLER_START, *first])
+        advance(engine, 600)  # released: judged, and the restating email_changed dropped or not
+        feed(engine, after)
+        advance(engine, 700)
+        return final(engine.drain()[0]), engine
+
+    in_order, _ = final_of([start, holder, restating, *mailed], [])
+    assert sorted(in_order.values()) == ["current_address_bouncing"]
+    got, engine = final_of([start, restating, *mailed], [holder])
+    assert engine.stats.late  # the holder_changed came later than grace
+    assert got == in_order
