@@ -198,26 +198,29 @@ def test_relinks_broadcast_between_partitioned_engines_re_judge_what_a_scan_of_e
     ]
 
 
-def test_relinked_re_judges_only_the_numbers_of_its_partition():
+def _moving(msisdn: str, t: float, k: int, email: str, contract: str) -> list[Rec]:
+    """Records of all three input topics of the number's partition: its watermark moves to t."""
     from tests.factories import change, delivery, mail
+
+    return [
+        change("email_verified", t, id=f"v{msisdn[-1]}{k}", msisdn=msisdn, contract_id=contract, email=email),
+        mail(email, t, id=f"m{msisdn[-1]}{k}", msisdn=msisdn, message_id=f"mid{msisdn[-1]}{k}"),
+        delivery(f"mid{msisdn[-1]}{k}", "delivered", t, id=f"d{msisdn[-1]}{k}", msisdn=msisdn),
+    ]
+
+
+def test_relinked_re_judges_only_the_numbers_of_its_partition():
+    from tests.factories import change, mail
 
     day = 86_400
     a, b = NUMBERS
-
-    def moving(msisdn: str, t: float, k: int, email: str, contract: str) -> list[Rec]:
-        """Records of all three input topics of the number's partition: its watermark moves to t."""
-        return [
-            change("email_verified", t, id=f"v{msisdn[-1]}{k}", msisdn=msisdn, contract_id=contract, email=email),
-            mail(email, t, id=f"m{msisdn[-1]}{k}", msisdn=msisdn, message_id=f"mid{msisdn[-1]}{k}"),
-            delivery(f"mid{msisdn[-1]}{k}", "delivered", t, id=f"d{msisdn[-1]}{k}", msisdn=msisdn),
-        ]
 
     records = [
         change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
         change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
         mail("shared@x.de", day, id="n", msisdn=a),
-        *(r for k in (1, 2) for r in moving(a, day + 3600 * k, k, "a@x.de", "K-1")),
-        *(r for k in (1, 2) for r in moving(b, day + 3600 * k, k, "b@x.de", "K-2")),
+        *(r for k in (1, 2) for r in _moving(a, day + 3600 * k, k, "a@x.de", "K-1")),
+        *(r for k in (1, 2) for r in _moving(b, day + 3600 * k, k, "b@x.de", "K-2")),
         change("email_changed", day - 600, id="late", msisdn=b, contract_id="K-2", email="shared@x.de"),
     ]  # fmt: skip
     got, relinked = _feed_workers(records, Settings())
@@ -290,25 +293,17 @@ def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the
     read), so its alerts raised then are not judged again, and stay. Before, the re-judging started
     at the Relink's time and retracted an alert whose mail it no longer had (a correct
     recipient_previous_holder, in a two-worker broker run)."""
-    from tests.factories import change, delivery, mail
+    from tests.factories import change, mail
 
     day = 86_400
     a, b = NUMBERS
 
-    def moving(msisdn: str, t: float, k: int, email: str, contract: str) -> list[Rec]:
-        """Records of all three input topics of the number's partition: its watermark moves to t."""
-        return [
-            change("email_verified", t, id=f"v{msisdn[-1]}{k}", msisdn=msisdn, contract_id=contract, email=email),
-            mail(email, t, id=f"m{msisdn[-1]}{k}", msisdn=msisdn, message_id=f"mid{msisdn[-1]}{k}"),
-            delivery(f"mid{msisdn[-1]}{k}", "delivered", t, id=f"d{msisdn[-1]}{k}", msisdn=msisdn),
-        ]
-
     records = [
         change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
         mail("stray@x.de", day, id="n", msisdn=a),  # recipient_unlinked, in any order
-        *(r for k in range(2, 21, 2) for r in moving(a, k * day, k, "a@x.de", "K-1")),  # a: 20 days on
+        *(r for k in range(2, 21, 2) for r in _moving(a, k * day, k, "a@x.de", "K-1")),  # a: 20 days on
         change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
-        *moving(b, day, 1, "b@x.de", "K-2"),
+        *_moving(b, day, 1, "b@x.de", "K-2"),
         # late in b's partition (half a day behind its watermark), within the horizon: a Relink of
         # a's own address, older than everything of a's past
         change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
