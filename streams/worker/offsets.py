@@ -141,6 +141,12 @@ class OffsetTracker:
             if end is not None:
                 self._next[tp] = end
             nxt = self._next.get(tp)
+            if nxt is None and self._done[tp]:
+                # Nothing committed yet and the first record delivered still held, but records past
+                # it done (a dead letter: its output in this transaction): commit that first
+                # offset, where a successor starts anyway, with them listed, or it would do them again.
+                q = self._pending.get(tp)
+                nxt = q[0] if q else None
             if nxt is not None:
                 out[tp] = (nxt, encode_done(nxt, self._done[tp]))
         self._dirty.clear()

@@ -244,6 +244,22 @@ def test_offsets_stop_at_the_first_record_not_done_and_list_the_done_ones_past_i
     assert t.committable() == {tp: (14, "eos1:")}
 
 
+def test_done_records_past_a_first_record_still_held_are_committed_before_any_offset_is():
+    """A fresh group: nothing committed, the partition's first record held in a grace buffer and a
+    record past it dead-lettered in this transaction. The commit lists it past the first offset
+    (before, nothing was committed, and a worker killed then had its successor dead-letter it
+    again: test_exactly_once_sigkill_then_restart..., 1 run in 8)."""
+    from faust.types import TP
+
+    tp = TP("t", 0)
+    t = OffsetTracker()
+    t.delivered([(tp, [Rec(o) for o in range(0, 5)])])
+    t.done([Rec(2), Rec(3)])
+    assert t.committable() == {tp: (0, encode_done(0, [2, 3]))}
+    t.done([Rec(0)])
+    assert t.committable() == {tp: (1, encode_done(1, [2, 3]))}
+
+
 def test_records_done_before_a_restart_are_skipped_and_stay_recorded_until_passed():
     from faust.types import TP
 
