@@ -195,7 +195,7 @@ def encode_number(state: NumberState) -> bytes:
 
 def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
     """The parts of a number's state msgspec writes (see above): the 7 of before contract 1.1 while
-    the 1.1 parts are empty (the same bytes as then), else all 10."""
+    the 1.1 parts are empty (the same bytes as then), else all 11."""
     if not state.past and not state.fired and not state.masked and not state.restated:
         return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
     return _Hot(
