@@ -195,8 +195,8 @@ def encode_number(state: NumberState) -> bytes:
 
 def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
     """The parts of a number's state msgspec writes (see above): the 7 of before contract 1.1 while
-    the 1.1 parts are empty (the same bytes as then), else all 11."""
-    if not state.past and not state.fired and not state.masked and not state.restated:
+    the 1.1 parts are empty (the same bytes as then), else all 12."""
+    if not state.past and not state.fired and not state.masked and not state.restated and state.cut is None:
         return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
     return _Hot(
         state.sent,
@@ -210,6 +210,7 @@ def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
         state.fired,
         state.masked,
         state.restated,
+        state.cut,
     )
 
 
@@ -227,6 +228,7 @@ def _state(changes: list[Change], hot: _Hot) -> NumberState:
         hot.fired,
         hot.masked,
         hot.restated,
+        hot.cut,
     )
 
 
@@ -300,7 +302,8 @@ _LINKS_HEAD: Final = bytes((_LINKS_TAG,))
 class _Hot(msgspec.Struct, array_like=True, gc=False):
     """The hot parts of a number's state: an array of sent, bounces, bounce_hot, ports, port_hot, seen,
     max_t, then (contract 1.1, the correction horizon) past, fired, masked, restated (written as
-    msgspec writes a Change: a few a number, for the horizon only). A state with none of the
+    msgspec writes a Change: a few a number, for the horizon only), cut (None unless a budget cut
+    within the horizon). A state with none of the
     1.1 parts is written without them (_hot), with the bytes of format version 3 before them, and
     such bytes decode with the defaults: the format stays version 3."""
 
@@ -315,6 +318,7 @@ class _Hot(msgspec.Struct, array_like=True, gc=False):
     fired: list[Fired] = msgspec.field(default_factory=list)
     masked: str = ""
     restated: list[Change] = msgspec.field(default_factory=list)
+    cut: int | None = None
 
 
 def _encode_changes(out: bytearray, changes: list[Change]) -> None:

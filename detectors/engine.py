@@ -850,7 +850,7 @@ class Engine:
             if room >= 0:
                 known[1] = room
                 return
-        room = cap_past(past, self._stats.capped)
+        room = cap_past(state, self._stats.capped)
         if known is not None:
             known[1] = room
             return
@@ -895,7 +895,7 @@ class Engine:
             fired[:] = [f for f in fired if f.t >= horizon]
         for a in alerts[n:]:
             fired.append(Fired(t, _KIND_INDEX[a.kind], a.trigger_event_id))
-        cap_fired(fired, self._stats.capped)
+        cap_fired(state, self._stats.capped)
 
     # ------------------------------------------------------------- corrections (contract 1.1)
 
@@ -1005,8 +1005,15 @@ class Engine:
         no more than that and what verdicts within it read (_remember), so an alert raised before
         it stays as raised, as its mail is not judged again (a Relink older than that: the origin's
         worker far behind this one; not a late record, within the horizon behind its partition's
-        watermark, which the number's released records do not pass)."""
+        watermark, which the number's released records do not pass).
+
+        Nor at or before the newest entry its budgets cut from the past or the alerts raised
+        (state.cut): an alert of a cut mail could not be judged again, and a cut alert would be
+        raised a second time; those stand as raised."""
         t0 = max(t0, state.max_t - self._horizon)
+        cut = state.cut
+        if cut is not None and t0 <= cut:
+            t0 = cut + 1
         holdings = self.holdings(ref, state)
         scratch = NumberState(state.changes, masked=state.masked)
         masked = state.masked
@@ -1066,7 +1073,7 @@ class Engine:
         kept.extend(Fired(t, _KIND_INDEX[a.kind], a.trigger_event_id) for t, a in new.values())
         kept.sort(key=_fired_key)
         state.fired = kept
-        cap_fired(state.fired, stats.capped)
+        cap_fired(state, stats.capped)
         state.sent = scratch.sent
         state.bounces, state.bounce_hot = scratch.bounces, scratch.bounce_hot
         state.ports, state.port_hot = scratch.ports, scratch.port_hot

@@ -32,7 +32,7 @@ import msgspec
 
 from detectors.holdings import HOLDER_CHANGED, STARTS, Change, derive
 from detectors.settings import Settings
-from detectors.state import Fired, Mark, NumberState, Past, Sent
+from detectors.state import Mark, NumberState, Past, Sent
 from detectors.text import ID_MAX, NAME_MAX
 
 
@@ -126,6 +126,9 @@ def expire(state: NumberState, h: Horizons) -> bool:
     restated = state.restated
     if restated and restated[0].t < h.fired:
         state.restated = [c for c in restated if c.t >= h.fired]
+        changed = True
+    if state.cut is not None and state.cut < h.fired:  # (no re-judging reaches back to it)
+        state.cut = None
         changed = True
     changes = state.changes
     if changes and changes[0].t < h.history:
@@ -293,16 +296,23 @@ def past_room(past: list[Past]) -> int:
     return PAST_BYTES - _ARRAY_HEAD_MAX - (len(_encode(past)) - _array_head(len(past)))
 
 
-def cap_past(past: list[Past], capped: dict[str, int]) -> int:
+def cap_past(state: NumberState, capped: dict[str, int]) -> int:
     """Bring a number's past within PAST_BYTES (in place, its oldest entries dropped; counted in
-    `capped`), and return its past_room."""
+    `capped`, and the newest dropped one's time in state.cut), and return its past_room."""
+    past = state.past
     room = past_room(past)
     if room >= 0:
         return room
     k = _drop_oldest([past_entry_bytes(p) for p in past], PAST_BYTES * _REFILL // 4 - _ARRAY_HEAD_MAX)
+    _note_cut(state, past[k - 1].t)
     del past[:k]
     capped["past"] = capped.get("past", 0) + k
     return past_room(past)
+
+
+def _note_cut(state: NumberState, t: int) -> None:
+    if state.cut is None or t > state.cut:
+        state.cut = t
 
 
 # msgpack's header of an array (fixarray, array 16, array 32): a past within PAST_BYTES has
@@ -314,12 +324,14 @@ def _array_head(n: int) -> int:
     return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
-def cap_fired(fired: list[Fired], capped: dict[str, int]) -> None:
+def cap_fired(state: NumberState, capped: dict[str, int]) -> None:
     """Bring the alerts raised for a number within FIRED_BYTES (after it grew: an alert is rare);
-    a re-judging may raise one dropped here again."""
+    the newest dropped one's time goes in state.cut, so a re-judging does not raise them again."""
+    fired = state.fired
     sizes = [_FIRED_FIXED + _text_bytes(f.trigger_event_id) for f in fired]
     if sum(sizes) > FIRED_BYTES:
         k = _drop_oldest(sizes, FIRED_BYTES * _REFILL // 4)
+        _note_cut(state, fired[k - 1].t)
         del fired[:k]
         capped["fired"] = capped.get("fired", 0) + k
 

@@ -17,7 +17,7 @@ from detectors.codec import (
     number_key,
 )
 from detectors.holdings import Change
-from detectors.state import Link, Mark, NumberState, Sent
+from detectors.state import Fired, Link, Mark, NumberState, Past, Sent
 
 # Ids in every form the codec treats specially, and in none.
 IDS = st.one_of(
@@ -44,9 +44,9 @@ ADDRS = st.one_of(st.binary(min_size=12, max_size=12), st.binary(max_size=20))
 
 
 @st.composite
-def changes(draw) -> Change:
+def changes(draw, times: st.SearchStrategy[int] = TIMES) -> Change:
     return Change(
-        draw(TIMES),
+        draw(times),
         draw(st.one_of(st.integers(0, 7), st.integers(0, 10_000))),
         draw(IDS),
         draw(IDS),
@@ -73,6 +73,23 @@ def number_states(draw) -> NumberState:
         draw(st.booleans()),
         draw(st.lists(mark, max_size=6)),
         draw(HOT_TIMES),
+        *(draw(horizon_parts()) if draw(st.booleans()) else ()),
+    )
+
+
+@st.composite
+def horizon_parts(draw) -> tuple[list[Past], list[Fired], str, list[Change], int | None]:
+    """The parts of contract 1.1 (the correction horizon): past, fired, masked, restated, cut."""
+    past = st.builds(
+        Past, HOT_TIMES, st.integers(1, 2), IDS, IDS, IDS, IDS, ADDRS, IDS, IDS,
+        st.none() | IDS, st.none() | IDS, st.none() | IDS,
+    )  # fmt: skip
+    return (
+        draw(st.lists(past, max_size=3)),
+        draw(st.lists(st.builds(Fired, HOT_TIMES, st.integers(0, 8), IDS), max_size=3)),
+        draw(st.just("") | IDS),
+        draw(st.lists(changes(HOT_TIMES), max_size=2)),  # (msgpack: 64-bit times)
+        draw(st.none() | HOT_TIMES),
     )
 
 

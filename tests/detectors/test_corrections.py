@@ -3,9 +3,11 @@ that the final alert set does not depend on when the records came."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detectors import expiry
 from detectors.alerts import Alert
 from detectors.engine import Engine
 from detectors.settings import Settings
@@ -199,3 +201,69 @@ def test_a_late_holder_changed_makes_an_address_event_dropped_as_a_restatement_c
     got, engine = final_of([start, restating, *mailed], [holder])
     assert engine.stats.late  # the holder_changed came later than grace
     assert got == in_order
+
+
+# ------------------------------------------------------------------ budgets (docs/topics.md 2.3a)
+
+
+def test_an_alert_whose_mail_the_past_s_budget_cut_is_not_retracted_by_a_later_correction():
+    """A flooded number's past is cut at its budget (detectors.expiry.PAST_BYTES), oldest first:
+    the mail of an alert raised early goes. A late record before that alert re-judges the number:
+    the alert, whose mail can no longer be judged again, stays as raised (the in-order result)."""
+    flood = [mail("me@x.de", DAY + 10 + i, id=f"ok-{i}") for i in range(400)]
+    early = [FILLER_START, change("contract_started", 0, id="s", email="me@x.de"), mail("stranger@y.de", DAY, id="n")]
+    late = mail("me@x.de", DAY - 60, id="late")
+    engine = new_engine()
+    feed(engine, early)
+    advance(engine, DAY + 5)
+    feed(engine, flood)
+    advance(engine, DAY + 3600)
+    assert engine.stats.capped.get("past", 0) > 0  # the stranger's mail is gone from the past
+    feed(engine, [late])
+    advance(engine, DAY + 3700)
+    assert engine.stats.late
+    got = engine.drain()[0]
+    expected, _ = _run([*early, late, *flood], Settings())
+    assert final(got) == final(expected)
+    assert [a.kind for a in got] == ["recipient_unlinked"]  # raised once, never retracted
+
+
+def test_alerts_the_fired_budget_cut_are_not_raised_again_by_a_later_correction():
+    """More alerts than the number's fired list holds (detectors.expiry.FIRED_BYTES): the oldest
+    are cut from it. A late record before them re-judges their mails, still in the past: they hold
+    as before and must not be raised a second time."""
+    strangers = [mail(f"stranger-{i}@y.de", DAY + i, id=f"n-{i}") for i in range(80)]
+    early = [FILLER_START, change("contract_started", 0, id="s", email="me@x.de")]
+    late = mail("me@x.de", DAY - 60, id="late")
+    engine = new_engine()
+    feed(engine, [*early, *strangers])
+    advance(engine, DAY + 3600)
+    assert engine.stats.capped.get("fired", 0) > 0
+    feed(engine, [late])
+    advance(engine, DAY + 3700)
+    assert engine.stats.late
+    got = engine.drain()[0]
+    keys = [a.dedup_key for a in got]
+    assert len(keys) == len(set(keys)) == 80  # each raised once, none retracted
+    assert all(a.status == "firing" for a in got)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data(), st.sampled_from([(300, 40), (700, 60), (2_000, 100)]))
+def test_with_budgets_that_cut_nothing_is_raised_twice_or_retracted_unraised(records, data, budgets):
+    """Budgets small enough to cut the past and the alerts raised (docs/topics.md 2.3a): the final
+    set may then differ from the in-order one, but a correction never raises an alert a second
+    time, nor retracts one that was not raised."""
+    past_bytes, fired_bytes = budgets
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(expiry, "PAST_BYTES", past_bytes)
+        mp.setattr(expiry, "FIRED_BYTES", fired_bytes)
+        got, _ = _run(_arrivals(records, data, HORIZON - GRACE), Settings(correction_horizon_s=HORIZON))
+    live: set[str] = set()
+    for a in got:
+        if a.status == "retracted":
+            assert a.dedup_key in live
+            live.discard(a.dedup_key)
+        else:
+            assert a.dedup_key not in live
+            live.add(a.dedup_key)
