@@ -193,25 +193,18 @@ def encode_number(state: NumberState) -> bytes:
     return _log_head(state.changes) + msgspec.msgpack.encode(_hot(state))
 
 
-def _hot(state: NumberState) -> _Hot | tuple[Any, ...]:
-    """The parts of a number's state msgspec writes (see above): the 7 of before contract 1.1 while
-    the 1.1 parts are empty (the same bytes as then), else all 12."""
-    if not state.past and not state.fired and not state.masked and not state.restated and state.cut is None:
-        return (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
-    return _Hot(
-        state.sent,
-        state.bounces,
-        state.bounce_hot,
-        state.ports,
-        state.port_hot,
-        state.seen,
-        state.max_t,
-        state.past,
-        state.fired,
-        state.masked,
-        state.restated,
-        state.cut,
-    )
+def _hot(state: NumberState) -> tuple[Any, ...]:
+    """The parts of a number's state msgspec writes (see _Hot): the 7 of before contract 1.1, then
+    those of 1.1 up to the last that is not at its default (the bytes of a state that has none
+    of the later parts are the bytes it had before they were added)."""
+    head = (state.sent, state.bounces, state.bounce_hot, state.ports, state.port_hot, state.seen, state.max_t)
+    if state.cut is not None:
+        return (*head, state.past, state.fired, state.masked, state.restated, state.cut)
+    if state.restated:
+        return (*head, state.past, state.fired, state.masked, state.restated)
+    if state.past or state.fired or state.masked:
+        return (*head, state.past, state.fired, state.masked)
+    return head
 
 
 def _state(changes: list[Change], hot: _Hot) -> NumberState:
@@ -303,9 +296,9 @@ class _Hot(msgspec.Struct, array_like=True, gc=False):
     """The hot parts of a number's state: an array of sent, bounces, bounce_hot, ports, port_hot, seen,
     max_t, then (contract 1.1, the correction horizon) past, fired, masked, restated (written as
     msgspec writes a Change: a few a number, for the horizon only), cut (None unless a budget cut
-    within the horizon). A state with none of the
-    1.1 parts is written without them (_hot), with the bytes of format version 3 before them, and
-    such bytes decode with the defaults: the format stays version 3."""
+    within the horizon). A state is written without its trailing parts at their defaults (_hot):
+    one with none of the 1.1 parts has the bytes of format version 3 before them, and such bytes
+    decode with the defaults: the format stays version 3."""
 
     sent: list[Sent]
     bounces: list[Mark]
