@@ -77,7 +77,7 @@ class Sweeper:
                     continue
                 self.numbers.partition_of[ref] = partition  # where Engine.sweep writes it, if it changes
                 states.append((ref, state))
-            self.changed += self.engine.sweep(states, self.now)  # one sweep (one set of horizons) a slice
+            self.changed += self.engine.sweep(states, self.now, partition)  # one sweep (one set of horizons) a slice
             if rows and self.mailers is not None:
                 self.mailers.expire_rows(rows, partition, self.engine.mailers.floor)  # (set by engine.sweep)
             visited += len(keys)
