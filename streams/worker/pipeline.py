@@ -146,7 +146,7 @@ class Pipeline:
         metrics: Metrics,
         *,
         numbers_changelog: str = "numbers-changelog",
-        links_changelog: str = "address-index-changelog",
+        links_changelog: str = "address-index-v2-changelog",
         clock: Callable[[], int] = wall_clock_us,
         monotonic: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,

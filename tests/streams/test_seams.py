@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from detectors.settings import Settings
 from streams import seams
 from streams.config import WorkerConfig
+from streams.topics import ADDRESS_INDEX_TABLE
 from streams.worker import create_app
 
 # Overridden methods: the parameters notifguard's override takes (a changed signature means
@@ -180,7 +181,7 @@ def test_table_buffers_held_after_recovery_are_applied(app: Any, monkeypatch: An
     GlobalTable's changelog partitions, read in its active branch) is applied by
     Recovery.flush_buffers, and the buffers emptied; not during a recovery."""
     recovery = app.tables.recovery
-    table = app.tables["address-index"]
+    table = app.tables[ADDRESS_INDEX_TABLE]
     assert table.is_global
     applied: list[list[Any]] = []
     monkeypatch.setattr(table, "apply_changelog_batch", lambda batch: applied.append(list(batch)))
