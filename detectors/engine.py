@@ -601,6 +601,12 @@ class Engine:
         else:
             self._change(t, record, ref, state, late)
 
+    def index_number(self, ref: str, state: NumberState, partition: int = -1) -> None:
+        """Put the links the number's holdings create in the address index (`partition`: its
+        input partition): a rebuild of an index from the number states (streams.sweeper.LinksRebuild).
+        AddressIndex.replace upserts, so a number indexed again, or indexed already, changes nothing."""
+        self.index.replace(ref, [], _links(ref, derive(state.changes)), partition)
+
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
 

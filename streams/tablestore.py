@@ -289,6 +289,20 @@ def links_key(addr: bytes, partition: int) -> bytes:
     return addr + partition.to_bytes(2, "big")
 
 
+def is_links_key(key: bytes) -> bool:
+    return len(key) == _LINKS_KEY_BYTES
+
+
+# Written in changelog partition P once the entries of P's numbers are in the table (a partition
+# written from its first record on, or filled from its numbers' states: streams.sweeper.LinksRebuild);
+# never 14 bytes long, so never read as an entry.
+_BUILT_PREFIX: Final = b"built"
+
+
+def built_key(partition: int) -> bytes:
+    return _BUILT_PREFIX + partition.to_bytes(2, "big")
+
+
 class TableLinks:
     """addr -> list[Link] over a Faust GlobalTable (every worker sees every address), as one entry
     per input partition: key (addr, P) holds the links of the numbers of input partition P, in
@@ -317,6 +331,7 @@ class TableLinks:
         self.owner: dict[bytes, dict[str, int]] = {}
         # addr -> the partitions whose entries to write at the flush
         self.writes: dict[bytes, set[int]] = {}
+        self.built_now: set[int] = set()  # partitions whose built mark the flush writes
         self.decoded: dict[bytes, tuple[Link, ...]] = {}
         self.decoded_max = decoded_max
 
@@ -363,6 +378,16 @@ class TableLinks:
         owner[msisdn_ref] = partition
         self.writes[addr].add(partition)
 
+    def built(self, partition: int) -> bool:
+        """Does the table hold the links of every number of input partition `partition`? (No: a
+        partition of a deployment upgraded from the table keyed by address alone, until
+        streams.sweeper.LinksRebuild has filled it from the numbers' states.)"""
+        return partition in self.built_now or store_get(self.table, partition, built_key(partition)) is not None
+
+    def mark_built(self, partition: int) -> None:
+        """It does (written with the flush, after the entries)."""
+        self.built_now.add(partition)
+
     def get(self, addr: bytes, default: Any = None) -> Any:
         links = self._load(addr)
         return default if links is None else links
@@ -386,7 +411,7 @@ class TableLinks:
         """Each address and its links (merged) as stored; Faust's walk over every partition."""
         entries: dict[bytes, list[tuple[int, bytes]]] = {}
         for key, raw in self.table.data.items():
-            if len(key) == _LINKS_KEY_BYTES:
+            if is_links_key(key):
                 entries.setdefault(key[:-2], []).append((int.from_bytes(key[-2:], "big"), raw))
         for addr, raws in entries.items():
             yield addr, [link for _, raw in sorted(raws) for link in decode_links(raw)]
@@ -403,7 +428,9 @@ class TableLinks:
             for partition in sorted(partitions):
                 own = [link for link in links if owners.get(link.msisdn_ref) == partition]
                 out.append((partition, links_key(addr, partition), encode_links(own) if own else None))
+        out.extend((partition, built_key(partition), b"1") for partition in sorted(self.built_now))
         store_put_many(self.table, out)
+        self.built_now.clear()
         touched.clear()
         owner.clear()
         self.writes.clear()

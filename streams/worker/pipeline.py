@@ -33,7 +33,7 @@ from detectors.state import AddressIndex, Link
 from detectors.timefmt import rfc3339
 from streams.config import WorkerConfig
 from streams.metrics import Counted, Metrics
-from streams.sweeper import Sweeper
+from streams.sweeper import LinksRebuild, Sweeper
 from streams.tablestore import TableLinks, TableMailers, TableNumbers
 from streams.topics import incident_feed_topic, relinks_topic
 from streams.worker.offsets import TP, Batch
@@ -165,6 +165,10 @@ class Pipeline:
         self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links), mailers=self.mailers)
         self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
         self.sweeper = Sweeper(self.engine, numbers, mailers=self.mailers)
+        # the address index of assigned partitions it does not hold yet (an upgraded deployment),
+        # filled from the numbers' states a slice per tick once the tables are recovered
+        self.rebuild = LinksRebuild(self.engine, numbers, links)
+        self._rebuild_due = False
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
@@ -305,8 +309,10 @@ class Pipeline:
         )
         self.done.append(msg)
 
-    def tick(self) -> None:
-        """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
+    def tick(self, recovered: bool = True) -> None:
+        """The wall-clock timer's part: idle partitions move on, due sweeps run a slice, and once
+        the tables are `recovered` after an assignment, the address index of the partitions
+        it lacks is filled a slice (streams.sweeper.LinksRebuild)."""
         self.engine.tick(self.clock())
         if self.journal is not None:
             self.journal.idle()
@@ -315,8 +321,28 @@ class Pipeline:
         if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
             self.sweeper.start(now, {tp.partition for tp in self.assigned})
         self.sweeper.step()
+        if recovered:
+            self._rebuild_step()
         self._apply_relinks()
         self._emit()
+
+    def _rebuild_step(self) -> None:
+        rebuild = self.rebuild
+        if self._rebuild_due:
+            self._rebuild_due = False
+            rebuild.start({tp.partition for tp in self.assigned})
+            if rebuild.active:
+                log.warning(
+                    "the address index has no entries of input partitions %s (a deployment upgraded from "
+                    "the index keyed by address alone, docs/topics.md 2.6a): filling them from the numbers' "
+                    "states, %d numbers a tick; until then verdicts on those numbers' links may miss them",
+                    rebuild.todo,
+                    rebuild.batch,
+                )
+        if rebuild.active:
+            rebuild.step()
+            if not rebuild.active:
+                log.warning("the address index is filled: %d numbers' links indexed", rebuild.indexed)
 
     def take_flush(self) -> FlushBatch:
         """The outputs and acks gathered since the last flush, with the state stores to write."""
@@ -509,6 +535,7 @@ class Pipeline:
         for p in sorted({tp.partition for tp in self.assigned}):
             self.engine.arrival.expect(p, clock)
         self.read = {k: v for k, v in self.read.items() if k in self.assigned}
+        self._rebuild_due = True  # (at the next tick once the tables are recovered)
 
     def revoke(self, partitions: set[int]) -> None:
         """After the revocation's flush: another worker owns these partitions now. Their buffered
@@ -520,6 +547,7 @@ class Pipeline:
         for p in partitions:  # (not acked: the next owner reads them again)
             self.held.pop(p, None)
         self.sweeper.forget(partitions)
+        self.rebuild.forget(partitions)
         self.read = {k: v for k, v in self.read.items() if k[1] not in partitions}
         self.done.clear()
 

@@ -355,7 +355,8 @@ class Runtime:
             # seams.apply_table_buffers); before the pipeline's tick, which retries held relinks
             seams.apply_table_buffers(self.app)
             self.pipeline.mark_behind(self.broker.behind)
-            self.pipeline.tick()
+            app = self.app
+            self.pipeline.tick(recovered=not app.rebalancing and not getattr(app, "in_recovery", False))
             await self._flush()
             self._flow_control()
         self.pipeline.refresh_gauges(self.broker.waiting)
