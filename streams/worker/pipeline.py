@@ -169,6 +169,8 @@ class Pipeline:
         # filled from the numbers' states a slice per tick once the tables are recovered
         self.rebuild = LinksRebuild(self.engine, numbers, links)
         self._rebuild_due = False
+        self._rebuild_from = 0  # rebuild.indexed when the current walk started
+        self._rebuild_todo: list[int] = []  # the partitions it walks (for the log)
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
@@ -327,22 +329,29 @@ class Pipeline:
         self._emit()
 
     def _rebuild_step(self) -> None:
+        """A slice of LinksRebuild, started after each assignment (a fresh deployment's partitions,
+        with no numbers, are marked built at the first step; logged only when numbers are indexed)."""
         rebuild = self.rebuild
         if self._rebuild_due:
             self._rebuild_due = False
             rebuild.start({tp.partition for tp in self.assigned})
-            if rebuild.active:
-                log.warning(
-                    "the address index has no entries of input partitions %s (a deployment upgraded from "
-                    "the index keyed by address alone, docs/topics.md 2.6a): filling them from the numbers' "
-                    "states, %d numbers a tick; until then verdicts on those numbers' links may miss them",
-                    rebuild.todo,
-                    rebuild.batch,
-                )
-        if rebuild.active:
-            rebuild.step()
-            if not rebuild.active:
-                log.warning("the address index is filled: %d numbers' links indexed", rebuild.indexed)
+            self._rebuild_from = rebuild.indexed
+            self._rebuild_todo = list(rebuild.todo)
+        if not rebuild.active:
+            return
+        announced = rebuild.indexed > self._rebuild_from
+        rebuild.step()
+        indexed = rebuild.indexed - self._rebuild_from
+        if indexed and not announced:
+            log.warning(
+                "the address index has no entries of input partitions %s (a deployment upgraded from the "
+                "index keyed by address alone, docs/topics.md 2.6a): filling them from the numbers' states, "
+                "%d numbers a tick; until then verdicts on those numbers' links may miss them",
+                self._rebuild_todo,
+                rebuild.batch,
+            )
+        if indexed and not rebuild.active:
+            log.warning("the address index is filled: %d numbers' links indexed", indexed)
 
     def take_flush(self) -> FlushBatch:
         """The outputs and acks gathered since the last flush, with the state stores to write."""
