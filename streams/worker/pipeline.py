@@ -171,6 +171,8 @@ class Pipeline:
         self._rebuild_due = False
         self._rebuild_from = 0  # rebuild.indexed when the current walk started
         self._rebuild_todo: list[int] = []  # the partitions it walks (for the log)
+        # batches fetched while the index is filled: applied once it is (the inputs paused meanwhile)
+        self._waiting: Batch = []
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
@@ -212,6 +214,17 @@ class Pipeline:
         idleness, and the verdict delay), and the clock moves on every
         _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
         """
+        if self._rebuild_due or self.rebuild.active:
+            # records come once the tables are recovered: the fill starts (or goes on) here too,
+            # and a fresh deployment's empty partitions are marked built at once
+            self._rebuild_step()
+            if self.rebuild.active:
+                # the address index of this worker's partitions is not filled yet (an upgraded
+                # deployment, LinksRebuild): a record judged now would miss links the fill brings
+                self._waiting.extend(batch)
+                return
+        if self._waiting:
+            batch, self._waiting = [*self._waiting, *batch], []
         engine = self.engine
         process, process_decoded, not_after = engine.process, engine.process_decoded, engine.not_after
         kind_of = self._kind_of
@@ -325,6 +338,8 @@ class Pipeline:
         self.sweeper.step()
         if recovered:
             self._rebuild_step()
+            if self._waiting and not self.rebuild.active:
+                self.on_events([])  # the batches that waited for it
         self._apply_relinks()
         self._emit()
 
@@ -516,7 +531,9 @@ class Pipeline:
         arrival = self.engine.arrival
         pending = arrival.pending_count()
         limit = self.config.max_pending
-        if pending >= limit:
+        if self.rebuild.active:  # (see on_events)
+            want = set(self.assigned)
+        elif pending >= limit:
             by_key = {(tp.topic, tp.partition): tp for tp in self.assigned}  # the consumer's own TP objects
             want = set(self.paused)
             for s in arrival.ahead():
@@ -555,6 +572,7 @@ class Pipeline:
         self.mailers.forget_partitions(partitions)
         for p in partitions:  # (not acked: the next owner reads them again)
             self.held.pop(p, None)
+        self._waiting = [(tp, records) for tp, records in self._waiting if tp[1] not in partitions]
         self.sweeper.forget(partitions)
         self.rebuild.forget(partitions)
         self.read = {k: v for k, v in self.read.items() if k[1] not in partitions}
