@@ -216,12 +216,12 @@ class Engine:
         "_horizon",
         "_keep_past",
         "_late_dups",
-        "_mail_partition",
         "_masks",
         "_new_id",
         "_notified",
         "_noting",
         "_now",
+        "_partition",
         "_partitioned",
         "_past_rooms",
         "_pseudo",
@@ -272,7 +272,9 @@ class Engine:
         # first Relink instead (build_mailers) and notes from then on: a capture with no late
         # change of links pays nothing for it (~5 % of the replay's bytecodes when noted at each mail).
         self._noting = self._partitioned is not None or not isinstance(self.numbers, dict)
-        self._mail_partition = -1  # the input partition of the record being applied (see _apply)
+        # the input partition of the numbers being changed: of the record being applied (_apply), of
+        # the numbers re-judged (relinked) or swept (sweep); where their mails and links are kept
+        self._partition = -1
         self._stats = Stats()
         self.alerts: list[Alert] = []
         self.deadletters: list[DeadLetter] = []
@@ -493,11 +495,14 @@ class Engine:
             now = self._now
         return now
 
-    def sweep(self, numbers: Iterable[tuple[str, NumberState]], now: int) -> int:
+    def sweep(self, numbers: Iterable[tuple[str, NumberState]], now: int, partition: int = -1) -> int:
         """Expire (detectors.expiry) what no record on time after event time `now` can use,
-        in each (ref, state); changed states are written back. Returns how many changed."""
+        in each (ref, state); changed states are written back. Returns how many changed.
+        `partition`: the input partition of these numbers (a PartitionedStore's caller sweeps one
+        at a time), whose links expiry drops."""
         horizons = Horizons.at(now, self.settings)
         self.mailers.expire(horizons.past)
+        self._partition = partition
         changed = 0
         for ref, state in numbers:
             old_changes = state.changes
@@ -542,7 +547,7 @@ class Engine:
             state = numbers.get(ref)
         else:
             state = partitioned.get_in(ref, partition)
-            self._mail_partition = partition
+            self._partition = partition
         if state is None:
             state = NumberState(masked=mask_msisdn(record.msisdn))
         else:
@@ -595,6 +600,12 @@ class Engine:
             self._cap(ref, state)
         else:
             self._change(t, record, ref, state, late)
+
+    def index_number(self, ref: str, state: NumberState, partition: int = -1) -> None:
+        """Put the links the number's holdings create in the address index (`partition`: its
+        input partition): a rebuild of an index from the number states (streams.sweeper.LinksRebuild).
+        AddressIndex.replace upserts, so a number indexed again, or indexed already, changes nothing."""
+        self.index.replace(ref, [], _links(ref, derive(state.changes)), partition)
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
@@ -663,7 +674,7 @@ class Engine:
         last = _links(ref, new[-1:])
         if new and new[-1].end is None:
             entry.last_links = dict(last)  # (for the next _fold, which would build it)
-        self.index.replace(ref, _links(ref, old), _links(ref, new[:-1]) + last)
+        self.index.replace(ref, _links(ref, old), _links(ref, new[:-1]) + last, self._partition)
 
     # --------------------------------------------------------- contract changes
 
@@ -701,7 +712,7 @@ class Engine:
             changes.append(change)
             replaced, added = self._fold(ref, entry, change)
             if replaced or added:
-                self.index.replace(ref, replaced, added)
+                self.index.replace(ref, replaced, added, self._partition)
                 if correcting:
                     relinked = _altered(replaced, added)
         else:
@@ -709,7 +720,7 @@ class Engine:
             state.add_change(change)
             entry = self._derived(ref, state)
             new_links = _links(ref, entry.holdings)
-            self.index.replace(ref, old_links, new_links)
+            self.index.replace(ref, old_links, new_links, self._partition)
             if correcting:
                 relinked = _altered(old_links, new_links)
         if not correcting:
@@ -824,7 +835,7 @@ class Engine:
         (detectors.expiry.cap_past, called only once the room kept here is used up: measuring the
         whole past costs ~9 µs at 40 entries)."""
         if self._noting and p.category == NOTIFICATION and p.channel == "email":  # (a Relink's candidates)
-            self.mailers.note(p.to_ref, ref, p.t, self._mail_partition)
+            self.mailers.note(p.to_ref, ref, p.t, self._partition)
         past = state.past
         known = self._past_rooms.get(ref)
         if known is not None and known[0] is not past:
@@ -968,6 +979,7 @@ class Engine:
                     break
         for ref, state, p in hits:
             self._stats.corrections["relink"] += 1
+            self._partition = p
             self._rejudge(ref, state, t, event.by)
             if partitioned is None:
                 self.numbers[ref] = state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Iterable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -120,36 +120,57 @@ class LinkTable(Protocol):
     def items(self) -> Iterable[tuple[bytes, list[Link]]]: ...
 
 
+@runtime_checkable
+class PartitionedLinks(LinkTable, Protocol):
+    """A LinkTable that keeps each number's links of an address with the input partition of the
+    number (the worker's table: one writer per partition, docs/topics.md 2.6a). AddressIndex.replace
+    tells it, before it changes the links of an address, whose links they are and of which
+    partition; the rest of the address's links stay as they are (they are other numbers')."""
+
+    def own(self, addr: bytes, msisdn_ref: str, partition: int, /) -> None: ...
+
+
 class AddressIndex:
     """Which customers each address (keyed hash) is linked to, across numbers.
 
     A plain mapping addr -> links behind a small API, so the Kafka worker can
-    hold it in an address-partitioned table instead of one dict.
+    hold it in a table instead of one dict (a PartitionedLinks: each number's links kept with
+    its input partition). The order of an address's links is no rule's input
+    (detectors.verdicts.judge picks among them by a total order), so a table may merge them in
+    its own order.
     """
 
-    __slots__ = ("_links",)
+    __slots__ = ("_links", "_own")
 
     def __init__(self, links: LinkTable | None = None) -> None:
         self._links: LinkTable = links if links is not None else {}
+        self._own = links.own if isinstance(links, PartitionedLinks) else None
 
     def get(self, addr: bytes) -> list[Link]:
         links: list[Link] = self._links.get(addr, _EMPTY)
         return links
 
-    def replace(self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> None:
-        """Swap one number's links: drop those it no longer has, upsert the rest.
+    def replace(
+        self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]], partition: int = -1
+    ) -> None:
+        """Swap one number's links: drop those it no longer has, upsert the rest. `partition`: the
+        number's input partition (a PartitionedLinks table is told it; -1: unknown, for a dict).
 
         Addresses whose links are exactly as before are left alone (upserting them
-        again would give the same list), so a change touches only what it changes.
+        again would give the same list), so a change touches only what it changes: only the
+        links of `msisdn_ref`, whatever other numbers' links the address has.
         """
         if old == new:
             return
         old_by = _by_address(old)
         new_by = _by_address(new)
+        own = self._own
         for addr, links in old_by.items():
             kept = new_by.get(addr)
             if kept == links:
                 continue
+            if own is not None:
+                own(addr, msisdn_ref, partition)
             new_ids = {link.identity() for link in kept} if kept else set()
             for link in links:
                 ident = link.identity()
@@ -158,6 +179,8 @@ class AddressIndex:
         for addr, links in new_by.items():
             if old_by.get(addr) == links:
                 continue
+            if own is not None:
+                own(addr, msisdn_ref, partition)
             for link in links:
                 self._upsert(addr, link)
 

@@ -70,9 +70,11 @@ def judge(
         if link.since > t or link.msisdn_ref == own_ref or _forgotten(link.end, oldest):
             continue
         if link.customer_id != customer:
-            if other is None or link.since > other.since:
+            if other is None or link.since > other.since or (link.since == other.since and _after(link, other)):
                 other = link
-        elif own_link is None or link.since > own_link.since:
+        elif (
+            own_link is None or link.since > own_link.since or (link.since == own_link.since and _after(link, own_link))
+        ):
             own_link = link
     if other is not None:
         return Verdict(kinds.RECIPIENT_OTHER_CUSTOMER, active, None, other, other.since_event_id, other.since)
@@ -93,6 +95,14 @@ def judge(
             own_link.since,
         )
     return Verdict(kinds.RECIPIENT_UNLINKED, active)
+
+
+def _after(a: Link, b: Link) -> bool:
+    """Between two links of an address linked since the same time: the one judge picks, whatever
+    their order in the list (a worker merges an address's links from one entry per input
+    partition, the offline index keeps them as they came): the later event id, then the greater
+    identity (unique among an address's links, AddressIndex)."""
+    return (a.since_event_id, a.identity()) > (b.since_event_id, b.identity())
 
 
 def _forgotten(end: int | None, oldest: int | None) -> bool:

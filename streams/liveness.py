@@ -41,6 +41,7 @@ CONSUMED = "records consumed"
 ACKED = "records acked"
 DELIVERED = "outputs delivered"
 COMMITTED = "offsets committed"
+INDEXED = "address index filled"  # (streams.sweeper.LinksRebuild: records wait meanwhile)
 
 # Exit status of a worker whose stop outlived ShutdownWatchdog's bound (EX_SOFTWARE, sysexits.h).
 EXIT_STOP_TIMEOUT = 70

@@ -17,7 +17,7 @@ from typing import Any
 from detectors.codec import number_key
 from detectors.engine import Engine
 from streams import seams
-from streams.tablestore import TableMailers, TableNumbers, is_mailers_key
+from streams.tablestore import TableLinks, TableMailers, TableNumbers, is_mailers_key
 
 _KEY_BYTES = len(number_key("00" * 12))  # number keys are fixed-size; Faust's metadata keys are not
 
@@ -77,7 +77,7 @@ class Sweeper:
                     continue
                 self.numbers.partition_of[ref] = partition  # where Engine.sweep writes it, if it changes
                 states.append((ref, state))
-            self.changed += self.engine.sweep(states, self.now)  # one sweep (one set of horizons) a slice
+            self.changed += self.engine.sweep(states, self.now, partition)  # one sweep (one set of horizons) a slice
             if rows and self.mailers is not None:
                 self.mailers.expire_rows(rows, partition, self.engine.mailers.floor)  # (set by engine.sweep)
             visited += len(keys)
@@ -90,6 +90,65 @@ class Sweeper:
         if not self._todo:
             self.now = None
         return visited
+
+
+class LinksRebuild:
+    """Fill the address index (TableLinks, keyed by address and input partition since
+    "address-index-v2") from the states of the numbers of this worker's partitions, for each
+    partition the table does not say is built: a deployment upgraded from the table keyed by the
+    address alone starts with an empty one (docs/topics.md 2.6a, upgrading). A slice of `batch`
+    numbers per tick, as the sweeper walks them, once the tables are recovered; each number's
+    links go in through Engine.index_number (an upsert: a number changed by a record meanwhile
+    is indexed as it is now, twice is once), and the partition is marked built at the end of
+    its walk. A revoked partition leaves the walk; its next owner walks it again.
+    """
+
+    def __init__(self, engine: Engine, numbers: TableNumbers, links: TableLinks, batch: int = 5_000) -> None:
+        self.engine = engine
+        self.numbers = numbers
+        self.links = links
+        self.batch = batch
+        self.todo: list[int] = []  # partitions left to walk, the current one first
+        self._after: bytes | None = None  # the last key walked in the current partition
+        self.indexed = 0
+
+    def start(self, partitions: set[int]) -> None:
+        """Walk those of `partitions` the table does not say are built."""
+        self.todo = sorted(p for p in partitions if not self.links.built(p))
+        self._after = None
+
+    def forget(self, partitions: set[int]) -> None:
+        if self.todo and self.todo[0] in partitions:
+            self._after = None
+        self.todo = [p for p in self.todo if p not in partitions]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.todo)
+
+    def step(self) -> int:
+        """Index up to `batch` numbers; returns how many keys were walked (0: nothing left)."""
+        walked = 0
+        while self.todo and walked < self.batch:
+            partition = self.todo[0]
+            limit = self.batch - walked
+            keys = _keys_after(self.numbers, partition, self._after, limit)
+            for key in keys:
+                if len(key) != _KEY_BYTES:
+                    continue  # (a mailers row)
+                ref = key.hex()
+                state = self.numbers.get_in(ref, partition)
+                if state is not None:
+                    self.engine.index_number(ref, state, partition)
+                    self.indexed += 1
+            walked += len(keys)
+            if len(keys) < limit:  # the partition is done
+                self.links.mark_built(partition)
+                self.todo.pop(0)
+                self._after = None
+            else:
+                self._after = keys[-1]
+        return walked
 
 
 def _keys_after(numbers: TableNumbers, partition: int, after: bytes | None, limit: int) -> list[bytes]:

@@ -280,35 +280,113 @@ class TableMailers:
             self.dirty.discard(key)
 
 
-class TableLinks:
-    """addr -> list[Link] over a Faust GlobalTable (every worker sees every address).
+# An address-index entry's key: the address hash and the input partition of the numbers whose links
+# it holds (2 bytes, as mailers_key), so that the memory store (one dict) keeps one key per partition.
+_LINKS_KEY_BYTES: Final = 12 + 2  # (an address hash: detectors.privacy.REF_BYTES)
 
-    Not cached across records (other workers update it too): an engine call's
-    touched entries are written back right after the call. What is cached is
-    the decoding of stored bytes (same bytes, same links), as a fresh list
-    each time since callers change the lists they get.
+
+def links_key(addr: bytes, partition: int) -> bytes:
+    return addr + partition.to_bytes(2, "big")
+
+
+def is_links_key(key: bytes) -> bool:
+    return len(key) == _LINKS_KEY_BYTES
+
+
+# Written in changelog partition P once the entries of P's numbers are in the table (a partition
+# written from its first record on, or filled from its numbers' states: streams.sweeper.LinksRebuild);
+# never 14 bytes long, so never read as an entry.
+_BUILT_PREFIX: Final = b"built"
+
+
+def built_key(partition: int) -> bytes:
+    return _BUILT_PREFIX + partition.to_bytes(2, "big")
+
+
+class TableLinks:
+    """addr -> list[Link] over a Faust GlobalTable (every worker sees every address), as one entry
+    per input partition: key (addr, P) holds the links of the numbers of input partition P, in
+    changelog partition P (a detectors.state.PartitionedLinks).
+
+    The table's changelog is co-partitioned with the inputs (Faust's assignor: same partition
+    count, same subscribers), so changelog partition P has one writer, the worker of input
+    partition P; every other worker follows it as a standby. A read merges an address's N
+    entries (in partition order: detectors.verdicts.judge does not depend on it); a write puts
+    back only the entries of the partitions it was made for (AddressIndex.replace says, through
+    `own`, whose links it changes), so a link of another partition's number is never written
+    here, and no worker's write overwrites another's.
+
+    Not cached across flushes (other workers update it too): touched addresses are kept (merged,
+    as the engine changes them) until the flush writes their entries back. What is cached is
+    the decoding of stored bytes (same bytes, same links), as a fresh list each time since
+    callers change the lists they get.
     """
 
     def __init__(self, table: Any, partitions: int, decoded_max: int = 100_000) -> None:
         self.table = table
         self.partitions = partitions
-        self.touched: dict[bytes, list[Link] | None] = {}
+        # addr -> its links (merged) as the engine changed them since the last flush
+        self.touched: dict[bytes, list[Link]] = {}
+        # addr -> msisdn_ref -> the input partition whose entry holds that number's links
+        self.owner: dict[bytes, dict[str, int]] = {}
+        # addr -> the partitions whose entries to write at the flush
+        self.writes: dict[bytes, set[int]] = {}
+        self.built_now: set[int] = set()  # partitions whose built mark the flush writes
         self.decoded: dict[bytes, tuple[Link, ...]] = {}
         self.decoded_max = decoded_max
 
-    def _decode(self, raw: bytes) -> list[Link]:
+    def _decode(self, raw: bytes) -> tuple[Link, ...]:
         links = self.decoded.get(raw)
         if links is None:
             if len(self.decoded) >= self.decoded_max:
                 self.decoded.clear()
             links = self.decoded[raw] = tuple(decode_links(raw))
-        return list(links)
+        return links
+
+    def _entries(self, addr: bytes) -> Iterator[tuple[int, tuple[Link, ...]]]:
+        """(partition, links) of each stored entry of the address, in partition order."""
+        table = self.table
+        for partition in range(self.partitions):
+            raw = store_get(table, partition, links_key(addr, partition))
+            if raw is not None:
+                yield partition, self._decode(raw)
 
     def _load(self, addr: bytes) -> list[Link] | None:
-        if addr in self.touched:
-            return self.touched[addr]
-        raw = store_get(self.table, int.from_bytes(addr[:4], "big") % self.partitions, addr)
-        return None if raw is None else self._decode(raw)
+        links = self.touched.get(addr)
+        if links is not None:
+            return links
+        merged: list[Link] = []
+        for _, entry in self._entries(addr):
+            merged.extend(entry)
+        return merged or None
+
+    def own(self, addr: bytes, msisdn_ref: str, partition: int) -> None:
+        """The links of number `msisdn_ref` of input partition `partition` in `addr` are about to
+        change (AddressIndex.replace): that partition's entry is written at the flush."""
+        if partition < 0:
+            raise ValueError(f"address links changed without their number's input partition ({partition})")
+        owner = self.owner.get(addr)
+        if owner is None:
+            owner = self.owner[addr] = {}
+            merged: list[Link] = []
+            for p, entry in self._entries(addr):
+                merged.extend(entry)
+                for link in entry:
+                    owner[link.msisdn_ref] = p
+            self.touched[addr] = merged
+            self.writes[addr] = set()
+        owner[msisdn_ref] = partition
+        self.writes[addr].add(partition)
+
+    def built(self, partition: int) -> bool:
+        """Does the table hold the links of every number of input partition `partition`? (No: a
+        partition of a deployment upgraded from the table keyed by address alone, until
+        streams.sweeper.LinksRebuild has filled it from the numbers' states.)"""
+        return partition in self.built_now or store_get(self.table, partition, built_key(partition)) is not None
+
+    def mark_built(self, partition: int) -> None:
+        """It does (written with the flush, after the entries)."""
+        self.built_now.add(partition)
 
     def get(self, addr: bytes, default: Any = None) -> Any:
         links = self._load(addr)
@@ -317,30 +395,43 @@ class TableLinks:
     def setdefault(self, addr: bytes, default: list[Link]) -> list[Link]:
         links = self._load(addr)
         if links is None:
-            links = default
-        self.touched[addr] = links
+            links = self.touched[addr] = default
         return links
 
     def __setitem__(self, addr: bytes, links: list[Link]) -> None:
         self.touched[addr] = links
 
     def __delitem__(self, addr: bytes) -> None:
-        self.touched[addr] = None
+        self.touched[addr] = []
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.data)
+        return sum(1 for _ in self.items())
 
     def items(self) -> Iterator[tuple[bytes, list[Link]]]:
+        """Each address and its links (merged) as stored; Faust's walk over every partition."""
+        entries: dict[bytes, list[tuple[int, bytes]]] = {}
         for key, raw in self.table.data.items():
-            yield key, decode_links(raw)
+            if is_links_key(key):
+                entries.setdefault(key[:-2], []).append((int.from_bytes(key[-2:], "big"), raw))
+        for addr, raws in entries.items():
+            yield addr, [link for _, raw in sorted(raws) for link in decode_links(raw)]
 
     def flush(self) -> list[tuple[int, bytes, bytes | None]]:
-        """Write touched entries to the local store; returns the changelog records to send."""
-        n = self.partitions
-        out: list[tuple[int, bytes, bytes | None]] = [
-            (int.from_bytes(addr[:4], "big") % n, addr, encode_links(links) if links else None)
-            for addr, links in self.touched.items()
-        ]
+        """Write the touched entries to the local store; returns the changelog records to send.
+
+        An address's entry of partition P gets the links (of the merged list the engine changed)
+        of the numbers P owns: those of P's entry when it was read, and those changed for P."""
+        out: list[tuple[int, bytes, bytes | None]] = []
+        touched, owner = self.touched, self.owner
+        for addr, partitions in self.writes.items():
+            links, owners = touched[addr], owner[addr]
+            for partition in sorted(partitions):
+                own = [link for link in links if owners.get(link.msisdn_ref) == partition]
+                out.append((partition, links_key(addr, partition), encode_links(own) if own else None))
+        out.extend((partition, built_key(partition), b"1") for partition in sorted(self.built_now))
         store_put_many(self.table, out)
-        self.touched.clear()
+        self.built_now.clear()
+        touched.clear()
+        owner.clear()
+        self.writes.clear()
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from detectors.settings import Settings
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, admin_client
@@ -70,9 +70,15 @@ class TopicsReport:
         return "\n".join(lines)
 
 
+# The worker's address-index GlobalTable: keyed by (address, input partition) since "-v2"
+# (streams.tablestore.TableLinks); the table keyed by the address alone, "address-index", is
+# never read again (docs/topics.md 2.6a, upgrading).
+ADDRESS_INDEX_TABLE: Final = "address-index-v2"
+
+
 def address_index_topic(app_id: str) -> str:
     """The changelog of the worker's address-index GlobalTable (Faust's name for it)."""
-    return f"{app_id}-address-index-changelog"
+    return f"{app_id}-{ADDRESS_INDEX_TABLE}-changelog"
 
 
 def numbers_topic(app_id: str) -> str:

@@ -21,6 +21,7 @@ from streams import seams
 from streams.config import WorkerConfig
 from streams.kafka_security import faust_settings
 from streams.liveness import ShutdownWatchdog, describe_stacks
+from streams.topics import ADDRESS_INDEX_TABLE
 from streams.worker.exactly_once import TransactionManager
 from streams.worker.offsets import TP
 from streams.worker.runtime import Runtime
@@ -156,14 +157,17 @@ def create_app(config: WorkerConfig) -> faust.App:
     app = App(config.app_id, **settings)
     numbers_table = app.Table("numbers", partitions=config.partitions, key_type=bytes, value_type=bytes)
     # Faust follows (as a standby) only the address index's changelog partitions a worker is not
-    # active for, and a worker writes an address to the partition of the address's hash: another
-    # worker's links of an address in a partition this one is active for reach its view only at
-    # its next recovery (docs/topics.md 2.6a, limits). synchronize_all_active_partitions=True
-    # would follow those too, but it broke restarts: with it a SIGKILLed at-least-once worker's
-    # successor lost records (tests/streams/worker/test_incidents.py, 1 run in 3). The records read
-    # while following are applied at least once a tick (seams.apply_table_buffers).
+    # active for (synchronize_all_active_partitions=True would follow those too, but it broke
+    # restarts: with it a SIGKILLed at-least-once worker's successor lost records,
+    # tests/streams/worker/test_incidents.py, 1 run in 3). So each number's links of an address
+    # are kept under (address, P), P the number's input partition, in changelog partition P
+    # (streams.tablestore.TableLinks): Faust's assignor co-partitions the changelog with the
+    # inputs (the same partition count and subscribers), so the worker active for changelog
+    # partition P is the one of input partition P, its only writer, and every other worker
+    # follows P (docs/topics.md 2.6a). The records read while following are applied at least
+    # once a tick (seams.apply_table_buffers).
     links_table = app.GlobalTable(
-        "address-index",
+        ADDRESS_INDEX_TABLE,
         partitions=config.partitions,
         key_type=bytes,
         value_type=bytes,

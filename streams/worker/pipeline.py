@@ -33,7 +33,7 @@ from detectors.state import AddressIndex, Link
 from detectors.timefmt import rfc3339
 from streams.config import WorkerConfig
 from streams.metrics import Counted, Metrics
-from streams.sweeper import Sweeper
+from streams.sweeper import LinksRebuild, Sweeper
 from streams.tablestore import TableLinks, TableMailers, TableNumbers
 from streams.topics import incident_feed_topic, relinks_topic
 from streams.worker.offsets import TP, Batch
@@ -146,7 +146,7 @@ class Pipeline:
         metrics: Metrics,
         *,
         numbers_changelog: str = "numbers-changelog",
-        links_changelog: str = "address-index-changelog",
+        links_changelog: str = "address-index-v2-changelog",
         clock: Callable[[], int] = wall_clock_us,
         monotonic: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -165,6 +165,14 @@ class Pipeline:
         self.engine = Engine(rules, new_id=new_id, numbers=numbers, index=AddressIndex(links), mailers=self.mailers)
         self.engine.live = True  # now_us is the wall clock: event times are bounded by it too
         self.sweeper = Sweeper(self.engine, numbers, mailers=self.mailers)
+        # the address index of assigned partitions it does not hold yet (an upgraded deployment),
+        # filled from the numbers' states a slice per tick once the tables are recovered
+        self.rebuild = LinksRebuild(self.engine, numbers, links)
+        self._rebuild_due = False
+        self._rebuild_from = 0  # rebuild.indexed when the current walk started
+        self._rebuild_todo: list[int] = []  # the partitions it walks (for the log)
+        # batches fetched while the index is filled: applied once it is (the inputs paused meanwhile)
+        self._waiting: Batch = []
         self.metrics = metrics
         self.clock, self.monotonic = clock, monotonic
         self.out: list[Output] = []  # the output queue: alerts and dead letters not handed over yet
@@ -206,6 +214,17 @@ class Pipeline:
         idleness, and the verdict delay), and the clock moves on every
         _TIME_EVERY_MASK + 1 records (a batch takes a few ms).
         """
+        if self._rebuild_due or self.rebuild.active:
+            # records come once the tables are recovered: the fill starts (or goes on) here too,
+            # and a fresh deployment's empty partitions are marked built at once
+            self._rebuild_step()
+            if self.rebuild.active:
+                # the address index of this worker's partitions is not filled yet (an upgraded
+                # deployment, LinksRebuild): a record judged now would miss links the fill brings
+                self._waiting.extend(batch)
+                return
+        if self._waiting:
+            batch, self._waiting = [*self._waiting, *batch], []
         engine = self.engine
         process, process_decoded, not_after = engine.process, engine.process_decoded, engine.not_after
         kind_of = self._kind_of
@@ -305,8 +324,10 @@ class Pipeline:
         )
         self.done.append(msg)
 
-    def tick(self) -> None:
-        """The wall-clock timer's part: idle partitions move on, due sweeps run a slice."""
+    def tick(self, recovered: bool = True) -> None:
+        """The wall-clock timer's part: idle partitions move on, due sweeps run a slice, and once
+        the tables are `recovered` after an assignment, the address index of the partitions
+        it lacks is filled a slice (streams.sweeper.LinksRebuild)."""
         self.engine.tick(self.clock())
         if self.journal is not None:
             self.journal.idle()
@@ -315,8 +336,37 @@ class Pipeline:
         if now is not None:  # detectors/expiry.py: a slice per tick, see streams/sweeper.py
             self.sweeper.start(now, {tp.partition for tp in self.assigned})
         self.sweeper.step()
+        if recovered:
+            self._rebuild_step()
+            if self._waiting and not self.rebuild.active:
+                self.on_events([])  # the batches that waited for it
         self._apply_relinks()
         self._emit()
+
+    def _rebuild_step(self) -> None:
+        """A slice of LinksRebuild, started after each assignment (a fresh deployment's partitions,
+        with no numbers, are marked built at the first step; logged only when numbers are indexed)."""
+        rebuild = self.rebuild
+        if self._rebuild_due:
+            self._rebuild_due = False
+            rebuild.start({tp.partition for tp in self.assigned})
+            self._rebuild_from = rebuild.indexed
+            self._rebuild_todo = list(rebuild.todo)
+        if not rebuild.active:
+            return
+        announced = rebuild.indexed > self._rebuild_from
+        rebuild.step()
+        indexed = rebuild.indexed - self._rebuild_from
+        if indexed and not announced:
+            log.warning(
+                "the address index has no entries of input partitions %s (a deployment upgraded from the "
+                "index keyed by address alone, docs/topics.md 2.6a): filling them from the numbers' states, "
+                "%d numbers a tick; until then verdicts on those numbers' links may miss them",
+                self._rebuild_todo,
+                rebuild.batch,
+            )
+        if indexed and not rebuild.active:
+            log.warning("the address index is filled: %d numbers' links indexed", indexed)
 
     def take_flush(self) -> FlushBatch:
         """The outputs and acks gathered since the last flush, with the state stores to write."""
@@ -481,7 +531,9 @@ class Pipeline:
         arrival = self.engine.arrival
         pending = arrival.pending_count()
         limit = self.config.max_pending
-        if pending >= limit:
+        if self.rebuild.active:  # (see on_events)
+            want = set(self.assigned)
+        elif pending >= limit:
             by_key = {(tp.topic, tp.partition): tp for tp in self.assigned}  # the consumer's own TP objects
             want = set(self.paused)
             for s in arrival.ahead():
@@ -509,6 +561,7 @@ class Pipeline:
         for p in sorted({tp.partition for tp in self.assigned}):
             self.engine.arrival.expect(p, clock)
         self.read = {k: v for k, v in self.read.items() if k in self.assigned}
+        self._rebuild_due = True  # (at the next tick once the tables are recovered)
 
     def revoke(self, partitions: set[int]) -> None:
         """After the revocation's flush: another worker owns these partitions now. Their buffered
@@ -519,7 +572,9 @@ class Pipeline:
         self.mailers.forget_partitions(partitions)
         for p in partitions:  # (not acked: the next owner reads them again)
             self.held.pop(p, None)
+        self._waiting = [(tp, records) for tp, records in self._waiting if tp[1] not in partitions]
         self.sweeper.forget(partitions)
+        self.rebuild.forget(partitions)
         self.read = {k: v for k, v in self.read.items() if k[1] not in partitions}
         self.done.clear()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from streams import seams
 from streams.config import EXACTLY_ONCE, WorkerConfig
-from streams.liveness import COMMITTED, CONSUMED, Liveness, Status, describe_stacks, stall_bound
+from streams.liveness import COMMITTED, CONSUMED, INDEXED, Liveness, Status, describe_stacks, stall_bound
 from streams.metrics import Metrics
 from streams.tablestore import TableLinks, TableNumbers
 from streams.worker.committer import AtLeastOnce, Committer, ProduceFailed
@@ -355,7 +355,11 @@ class Runtime:
             # seams.apply_table_buffers); before the pipeline's tick, which retries held relinks
             seams.apply_table_buffers(self.app)
             self.pipeline.mark_behind(self.broker.behind)
-            self.pipeline.tick()
+            app = self.app
+            indexed = self.pipeline.rebuild.indexed
+            self.pipeline.tick(recovered=not app.rebalancing and not getattr(app, "in_recovery", False))
+            if self.pipeline.rebuild.indexed != indexed:  # (records wait for the fill: see Pipeline.on_events)
+                self.liveness.progress(INDEXED)
             await self._flush()
             self._flow_control()
         self.pipeline.refresh_gauges(self.broker.waiting)

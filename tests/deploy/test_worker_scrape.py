@@ -35,6 +35,7 @@ import yaml
 
 from dashboards.queries import panel_queries, rule_expressions
 from streams.faust_sensor import LATENCY_SAMPLE
+from streams.topics import address_index_topic
 from tests.deploy.conftest import (
     METRICS_DOC,
     ROOT,
@@ -386,7 +387,7 @@ def test_faust_runtime_metrics_count_what_the_worker_did(scrape: Scrape) -> None
         return got[key]
 
     topics, app_id = scrape.kafka.topics, scrape.kafka.app_id
-    changelogs = [f"{app_id}-numbers-changelog", f"{app_id}-address-index-changelog"]
+    changelogs = [f"{app_id}-numbers-changelog", address_index_topic(app_id)]
     # Faust commits every second, and the worker ran for many seconds.
     assert value("notifguard_offset_commits_total") >= 3
     assert value("notifguard_offset_commit_seconds_count") == value("notifguard_offset_commits_total")

@@ -60,9 +60,11 @@ class _CountingIndex(AddressIndex):
         super().__init__()
         self.handed = 0
 
-    def replace(self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]]) -> None:
+    def replace(
+        self, msisdn_ref: str, old: list[tuple[bytes, Link]], new: list[tuple[bytes, Link]], partition: int = -1
+    ) -> None:
         self.handed += len(old) + len(new)
-        super().replace(msisdn_ref, old, new)
+        super().replace(msisdn_ref, old, new, partition)
 
 
 def test_an_address_change_builds_and_hands_the_index_one_link_whatever_the_history(monkeypatch):

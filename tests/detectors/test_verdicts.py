@@ -3,8 +3,13 @@
 import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from detectors.alerts import dedup_key
+from detectors.holdings import AddressSet, Holding
+from detectors.state import Link
+from detectors.verdicts import judge
 from tests.factories import change, delivery, feed, kinds_of, mail, new_engine, run
 
 DAY = 86_400
@@ -254,3 +259,41 @@ def test_a_previous_holders_address_in_the_other_idna_spelling_is_still_hers(lin
     verdict, alerts = verdict_of(history, mail(sent, 3 * DAY))
     assert verdict == "recipient_previous_holder"
     assert "gmüx" not in str(alerts) and "xn--gmx-ioa" in alerts[-1].evidence["recipient_masked"]
+
+
+# The links of an address, in any order: a worker merges them from one entry per input partition
+# (streams.tablestore.TableLinks), the offline index keeps them in the order they came.
+_SAME_SINCE = 5_000_000
+
+
+@st.composite
+def _address_links(draw: st.DrawFn) -> list[Link]:
+    n = draw(st.integers(min_value=2, max_value=6))
+    links = []
+    for i in range(n):
+        links.append(
+            Link(
+                msisdn_ref=f"{i:024x}",
+                customer_id=draw(st.sampled_from(["C-holder", "C-other", "C-third"])),
+                contract_id=f"K-{i}",
+                brand=None,
+                # ties on purpose: most links since the same time, some with the same event id
+                since=draw(st.sampled_from([_SAME_SINCE, _SAME_SINCE, _SAME_SINCE - 1])),
+                since_event_id=draw(st.sampled_from(["e-1", "e-2"])),
+                start=1_000_000,
+                start_event_id=f"s-{i}",
+                end=None,
+                end_event_id=None,
+            )
+        )
+    return links
+
+
+@given(links=_address_links(), data=st.data())
+def test_the_verdict_on_an_address_does_not_depend_on_the_order_of_its_links(links, data):
+    addr = b"\x01" * 12
+    holding = Holding("K-own", "C-holder", None, 0, 0, "start", addresses=[AddressSet(0, b"\x02" * 12, "a")])
+    shuffled = data.draw(st.permutations(links))
+    first = judge([holding], _SAME_SINCE + 1, "email", addr, links, "own")
+    assert judge([holding], _SAME_SINCE + 1, "email", addr, shuffled, "own") == first
+    assert first.link is not None  # (a link through another number decided it)

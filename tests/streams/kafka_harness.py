@@ -21,6 +21,7 @@ from detectors.capture import Envelope
 from detectors.settings import Settings, Topics
 from streams.config import worker_env
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, client_kwargs
+from streams.topics import address_index_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("NOTIFGUARD_BOOTSTRAP", "127.0.0.1:19092")
@@ -250,7 +251,7 @@ class KafkaRun:
                     t.alerts,
                     t.deadletter,
                     f"{self.app_id}-numbers-changelog",
-                    f"{self.app_id}-address-index-changelog",
+                    address_index_topic(self.app_id),
                     f"{self.app_id}-relinks",
                     f"{self.app_id}-__assignor-__leader",
                     t.incidents,

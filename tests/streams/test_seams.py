@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterator, MutableMapping
+from types import SimpleNamespace
 from typing import Any
 
 import aiokafka
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from detectors.settings import Settings
 from streams import seams
 from streams.config import WorkerConfig
+from streams.topics import ADDRESS_INDEX_TABLE
 from streams.worker import create_app
 
 # Overridden methods: the parameters notifguard's override takes (a changed signature means
@@ -180,7 +182,7 @@ def test_table_buffers_held_after_recovery_are_applied(app: Any, monkeypatch: An
     GlobalTable's changelog partitions, read in its active branch) is applied by
     Recovery.flush_buffers, and the buffers emptied; not during a recovery."""
     recovery = app.tables.recovery
-    table = app.tables["address-index"]
+    table = app.tables[ADDRESS_INDEX_TABLE]
     assert table.is_global
     applied: list[list[Any]] = []
     monkeypatch.setattr(table, "apply_changelog_batch", lambda batch: applied.append(list(batch)))
@@ -191,3 +193,42 @@ def test_table_buffers_held_after_recovery_are_applied(app: Any, monkeypatch: An
     recovery.in_recovery = False
     seams.apply_table_buffers(app)
     assert applied == [["event"]] and not recovery.buffers[table]
+
+
+def test_faust_gives_each_input_partition_s_owner_that_partition_of_the_address_index_changelog(app: Any) -> None:
+    """streams.tablestore.TableLinks rests on it: Faust's assignor co-partitions the address index's
+    changelog with the inputs (the same partition count, the same subscribers), so the worker
+    active for its partition P (which Faust does not follow) is the owner of input partition P,
+    the partition's only writer, and every other worker follows P as a standby."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+    from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
+
+    rt = app.notifguard
+    partitions = 6
+    links = app.tables[ADDRESS_INDEX_TABLE].changelog_topic.get_topic_name()
+    numbers = app.tables["numbers"].changelog_topic.get_topic_name()
+    topics = [*rt.inputs, rt.pipeline.relinks, links, numbers]
+    cluster = SimpleNamespace(partitions_for_topic=lambda t: set(range(partitions)) if t in topics else None)
+    members = {
+        f"w{i}": ConsumerProtocolMemberMetadata(
+            0,
+            topics,
+            ClientMetadata(
+                # (each as this app's own url: on_assignment reads an assignment as this app's)
+                assignment=ClientAssignment(actives={}, standbys={}),
+                url=str(app.conf.canonical_url),
+                changelog_distribution={},
+            ).dumps(),
+        )
+        for i in range(3)
+    }
+    assignment = app.assignor.assign(cluster, members)
+    owners: dict[int, str] = {}
+    for member, protocol in assignment.items():
+        app.assignor.on_assignment(protocol)
+        actives, standbys = app.assignor.assigned_actives(), app.assignor.assigned_standbys()
+        mine = {tp.partition for tp in actives if tp.topic == rt.inputs[0]}
+        assert mine and all({tp.partition for tp in actives if tp.topic == t} == mine for t in rt.inputs)
+        assert {tp.partition for tp in standbys if tp.topic == links} == set(range(partitions)) - mine
+        owners.update(dict.fromkeys(mine, member))
+    assert sorted(owners) == list(range(partitions))

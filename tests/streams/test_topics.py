@@ -77,12 +77,12 @@ def test_topic_specs_follow_the_contract() -> None:
         "notifguard.alerts",
         "notifguard.deadletter",
         "notifguard-numbers-changelog",
-        "notifguard-address-index-changelog",
+        "notifguard-address-index-v2-changelog",
         "notifguard-relinks",
     }
     assert {s.partitions for s in specs.values()} == {6}
     assert specs["notifguard.alerts"].configs == {"cleanup.policy": "compact,delete", "retention.ms": str(30 * DAY_MS)}
-    assert specs["notifguard-address-index-changelog"].co_partitioned
+    assert specs["notifguard-address-index-v2-changelog"].co_partitioned
     assert specs["notifguard-numbers-changelog"].co_partitioned
     assert specs["notifguard-relinks"].co_partitioned  # partition i: the owner of input partition i
     assert not specs["notifguard.deadletter"].co_partitioned

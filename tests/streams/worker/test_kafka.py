@@ -226,6 +226,57 @@ def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp
     settle_and_compare(run, expected, timeout=300)
 
 
+def _empty_the_address_index(run: KafkaRun) -> int:
+    """Tombstone every key of the address index's changelog (what an upgraded deployment has of
+    the new table: nothing); returns how many keys there were."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streams.topics import address_index_topic
+
+    topic = address_index_topic(run.app_id)
+    consumer = KafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000)
+    tps = [TopicPartition(topic, p) for p in range(run.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    found: set[tuple[int, bytes]] = set()
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for tp, batch in consumer.poll(timeout_ms=500).items():
+            found.update((tp.partition, r.key) for r in batch)
+    consumer.close()
+    producer = KafkaProducer(bootstrap_servers=run.bootstrap, acks="all")
+    for partition, key in found:
+        producer.send(topic, key=key, value=None, partition=partition)
+    producer.flush()
+    producer.close()
+    return len(found)
+
+
+def test_an_upgraded_deployment_fills_the_address_index_from_the_numbers_changelog(reread_run, tmp_path):
+    """An upgrade from the index keyed by address alone (docs/topics.md 2.6a): the numbers'
+    states are in their changelog, the address index (a new table) holds nothing. A worker
+    started then (a fresh RocksDB directory) fills the index of its partitions from the recovered
+    states before the rest of the stream comes, and gives the offline replay's alerts."""
+    run = reread_run
+    envs = generated(6_000, seed=14)
+    expected = keys(offline(envs, tmp_path, Settings(dedup_retention_s=REREAD_RETENTION_S)))
+    first, rest = envs[: len(envs) // 2], envs[len(envs) // 2 :]
+    run.produce(first)
+    port = run.start_worker(name="w1")
+    wait_consumed(run, [port], len(first))
+    run.kill(sig=signal.SIGTERM)  # a clean stop: everything read is flushed
+    assert _empty_the_address_index(run) > 0
+    run.start_worker(name="w2")  # a fresh RocksDB directory: the numbers from their changelog alone
+    log = run.workers[-1][2]
+    deadline = time.monotonic() + 60
+    while "the address index is filled" not in log.read_text():
+        assert time.monotonic() < deadline, "the worker did not fill the address index"
+        time.sleep(0.5)
+    assert "the address index has no entries of input partitions [0, 1, 2, 3, 4, 5]" in log.read_text()
+    run.produce(rest)
+    settle_and_compare(run, expected, timeout=300)
+
+
 def test_at_scale_the_worker_gives_exactly_the_offline_dedup_keys(run, tmp_path):
     envs = generated(100_000, seed=13)
     expected = keys(offline(envs, tmp_path))

@@ -355,22 +355,7 @@ def test_at_scale_a_year_of_2000_numbers_live_gives_the_offline_dedup_keys(live_
 # ------------------------------------------------------------------ contract changes late beyond grace (1.1)
 
 
-@pytest.mark.parametrize(
-    "workers",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                reason="a worker does not follow the address-index changelog partitions it is active for "
-                "(docs/topics.md 2.6a, limits): the other worker's links reach it only at its next recovery, "
-                "so a Relink can wait relink_wait_s out and be judged without them",
-                strict=False,
-            ),
-        ),
-    ],
-    ids=["one-worker", "two-workers"],
-)
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 def test_contract_changes_produced_days_of_event_time_behind_give_the_in_order_final_alerts(live_run, workers):
     """contracts.changes produced only after the other two topics were read and committed: every
     change arrives later than grace (its topic idle meanwhile), days of event time behind the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339
 from streams.config import WorkerConfig
 from streams.metrics import Metrics
-from streams.tablestore import TableLinks, TableNumbers
+from streams.tablestore import TableLinks, TableNumbers, is_links_key
 from streams.worker.offsets import TP
 from streams.worker.pipeline import FlushBatch, Pipeline
 from tests.detectors.test_properties import histories
@@ -247,7 +248,7 @@ def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wa
     for catch_up in (True, False):
         links_a = _table("links")  # worker A's view: B's links changelog not read yet
         for key, value in links_b.data.data.items():
-            if decode_links(value)[0].msisdn_ref != b.engine.pseudonymiser.msisdn_ref(OTHER):
+            if not is_links_key(key) or decode_links(value)[0].msisdn_ref != b.engine.pseudonymiser.msisdn_ref(OTHER):
                 links_a.data.data[key] = value
         a, wall_a, mono_a = _worker(0, links_a, relink_wait_s=30.0)
         drive(a, wall_a, as_batches([r for r in records if r.key and not r.key.endswith("1")], 2, topics, batch=10))
@@ -357,3 +358,83 @@ def test_delivered_corrections_count_a_retraction_as_retracted_and_a_late_alert_
     assert got["notifguard_alerts_raised_late_total" + unlinked] == 0
     assert got["notifguard_alerts_total" + nwc] == 1 and got["notifguard_alerts_raised_late_total" + nwc] == 1
     assert got["notifguard_alerts_retracted_total" + nwc] == 0
+
+
+def _links_table(name: str) -> Any:
+    """_table's memory store, walked as a Faust store is (TableLinks.items)."""
+    table = _table(name)
+    table.data.items = table.data.data.items
+    return table
+
+
+def test_an_upgraded_deployment_s_address_index_is_filled_from_the_numbers_states_once_recovered(caplog):
+    """An upgrade from the index keyed by address alone (docs/topics.md 2.6a): the numbers table
+    holds the states written before, the address index (a new table) nothing. Once the tables
+    are recovered the worker fills the index of its partitions from the states, a slice a tick,
+    marks each partition built, and a mail to an address another customer's number set is
+    judged with that link; a worker over the filled table walks nothing again."""
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    numbers = _table("numbers")
+    before = [
+        change(
+            "contract_started", 0, id="o", msisdn=OTHER, contract_id="K-O", customer_id="C-OTHER", email="shared@x.de"
+        ),
+        change(
+            "contract_started", 0, id="t", msisdn="+4917600000003", contract_id="K-T", customer_id="C-T", email="t@x.de"
+        ),
+    ]
+
+    def worker(links: Any) -> tuple[Pipeline, list[int]]:
+        wall = [parse_rfc3339("2027-01-01T00:00:00Z")]
+        p = Pipeline(
+            WorkerConfig(rules=Settings(), partitions=1),
+            TableNumbers(numbers),
+            TableLinks(links, 1),
+            Metrics(TOPICS),
+            clock=lambda: wall[0],
+        )
+        p.assign({TP(t, 0) for t in p.inputs})
+        return p, wall
+
+    old_links = _links_table("links")
+    old, wall = worker(old_links)
+    with caplog.at_level(logging.WARNING, logger="notifguard.worker"):
+        for f in drive(old, wall, as_batches(before, 1, topics, batch=10)):
+            f.links.flush()
+            f.numbers.flush()
+    assert not caplog.records  # (a fresh deployment: its partition marked built, nothing to say)
+    indexed = dict(TableLinks(old_links, 1).items())
+    assert len(indexed) == 2
+
+    links = _links_table("links-v2")  # the upgrade: a new, empty table over the same numbers
+    new, wall = worker(links)
+    # (the memory store is one dict: which partition a number key is of, as RocksDB's databases know)
+    new.numbers.memory_partitions.update(old.numbers.memory_partitions)
+    new.rebuild.batch = 1
+    new.tick(recovered=False)  # still recovering: nothing walked
+    assert new.take_flush().links.flush() == [] and not new.links.built(0)
+    new.tick()
+    new.take_flush().links.flush()
+    assert len(dict(new.links.items())) == 1 and not new.links.built(0)  # one number a tick
+    # a batch meanwhile waits (its inputs paused) until the index is filled
+    mails = [change("contract_started", DAY // 2, id="s", email="me@x.de"), mail("shared@x.de", DAY, id="n")]
+    batches = as_batches(mails, 1, topics, batch=10)
+    new.on_events([(TP(recs[0].topic, recs[0].partition), list(recs)) for recs in batches])
+    assert new.consumed_total == 0 and new.flow_control()[0] == new.assigned
+    for _ in range(2):
+        new.tick()
+        new.take_flush().links.flush()
+    assert dict(new.links.items()) == indexed and new.links.built(0) and new.rebuild.indexed == 2
+    assert new.consumed_total == len(mails) and new.flow_control()[1] == new.assigned
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "the address index has no entries of input partitions [0] (a deployment upgraded from the index "
+        "keyed by address alone, docs/topics.md 2.6a)",
+        "the address index is filled",
+    ]
+
+    flushes = drive(new, wall, [])
+    assert sorted(alerts_of(flushes).values()) == ["recipient_other_customer"]
+
+    again, _ = worker(links)
+    again.tick()
+    assert not again.rebuild.active and again.rebuild.indexed == 0
