@@ -120,6 +120,12 @@ class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
     partitions' numbers: its shell takes them (take_relinks) at every flush and broadcasts them
     to every input partition's owner, which consumes each for that partition (docs/topics.md
     2.6a, streams/worker/pipeline.py).
+
+    Such an engine (`relink_on_time`) emits one for an on-time change too: its watermark is the
+    minimum over its own partitions only, so a change on time here may be older than mails
+    another worker (its watermark far ahead: this worker works through a backlog) judged already,
+    without its links. Which those are only the receiver knows (its mailers index: none, mostly);
+    re-judging a number whose verdicts already saw the change raises and retracts nothing.
     """
 
     addr: bytes
@@ -238,6 +244,7 @@ class Engine:
         "live",
         "mailers",
         "numbers",
+        "relink_on_time",
         "relinks",
         "rules",
         "settings",
@@ -308,6 +315,10 @@ class Engine:
         self._replay_t = 0
         # Relink events of late changes (see Relink), for a shell whose engine does not hold every number
         self.relinks: list[Relink] = []
+        # True in the worker (a PartitionedStore: other engines hold the other partitions, each at
+        # its own watermark): on-time changes that alter an address's links emit Relinks too (see
+        # Relink). One engine holding every number has one watermark: nothing it judged is newer.
+        self.relink_on_time = False
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
         # expiry sweep's event time never passes it.
@@ -590,7 +601,10 @@ class Engine:
             self._delivery(t, record, ref, state, late)
             self._cap(ref, state)
         else:
-            self._change(t, record, ref, state, late)
+            relinked = self._change(t, record, ref, state, late, relinking=self.relink_on_time and not late)
+            if relinked:  # (on time, in an engine that relinks those: see Relink)
+                by = [record.event_id]
+                self.relinks.extend(Relink(addr, t, by, ref) for addr in sorted(relinked))
 
     def holdings(self, ref: str, state: NumberState) -> list[Holding]:
         """The number's holdings, derived from its change log (cached per log version).
@@ -664,11 +678,20 @@ class Engine:
     # --------------------------------------------------------- contract changes
 
     def _change(
-        self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool, correcting: bool = False
+        self,
+        t: int,
+        rec: ContractChange,
+        ref: str,
+        state: NumberState,
+        late: bool,
+        correcting: bool = False,
+        relinking: bool = False,
     ) -> frozenset[bytes]:
         """Apply a contract change; judge the patterns it completes (not while `correcting`: the
         caller re-judges the number, _correct). Returns the addresses whose links changed, when
-        `correcting` (else an empty set)."""
+        `correcting` or `relinking` (an on-time change in an engine that relinks those, see
+        Relink); else an empty set."""
+        relinking = relinking or correcting
         code = change_code(type(rec))
         email = getattr(rec, "email", None)
         addr = self._pseudo.address_ref(email) if email and email.strip() else None
@@ -696,7 +719,7 @@ class Engine:
             replaced, added = self._fold(ref, entry, change)
             if replaced or added:
                 self.index.replace(ref, replaced, added)
-                if correcting:
+                if relinking:
                     relinked = _altered(replaced, added)
         else:
             old_links = _links(ref, entry.holdings)
@@ -704,7 +727,7 @@ class Engine:
             entry = self._derived(ref, state)
             new_links = _links(ref, entry.holdings)
             self.index.replace(ref, old_links, new_links)
-            if correcting:
+            if relinking:
                 relinked = _altered(old_links, new_links)
         if not correcting:
             self._patterns(t, code, rec, ref, state, entry.holdings, late)
