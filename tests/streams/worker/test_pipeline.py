@@ -205,13 +205,17 @@ def test_a_late_change_s_relink_goes_to_every_partition_and_the_other_worker_re_
     first_a = drive(a, wall_a, as_batches(mine, 2, topics, batch=10))
     drive(b, wall_b, as_batches(theirs, 2, topics, batch=10))
     assert _alert_events(first_a) == [("recipient_unlinked", "n", "firing")]
+    sent = samples(b.metrics.registry)
+    assert sent["notifguard_relinks_sent_total"] == 1  # (on time: OTHER's contract_started links o@x.de)
     flushes_b = drive(b, wall_b, as_batches([late], 2, topics, batch=10))
     assert b.engine.stats.late["changes"] == 1
     relinks = _relink_records(flushes_b, b.relinks)
     assert sorted(r.partition for r in relinks) == [0, 1]  # every partition, the origin's too
     # OTHER itself was re-judged by its own worker: its mail to its old address is now to a stale one
     assert _alert_events(flushes_b) == [("recipient_stale_contract", "on", "firing")]
-    assert samples(b.metrics.registry)["notifguard_relinks_sent_total"] == 1
+    got = samples(b.metrics.registry)
+    assert got["notifguard_relinks_sent_total"] == 2
+    assert got["notifguard_relink_records_sent_total"] - sent["notifguard_relink_records_sent_total"] == 2
 
     for worker, partition in ((a, 0), (b, 1)):
         (record,) = [r for r in relinks if r.partition == partition]
@@ -228,6 +232,54 @@ def test_a_late_change_s_relink_goes_to_every_partition_and_the_other_worker_re_
             assert a.engine.stats.corrections["relink"] == 1
         else:
             assert _alert_events([flush]) == [] and b.engine.stats.corrections["relink"] == 0
+
+
+def _final(flushes: list[FlushBatch]) -> dict[str, str]:
+    """Firing minus retracted, by dedup_key: key -> kind."""
+    out: dict[str, str] = {}
+    for f in flushes:
+        for o in f.outputs:
+            if o.topic == TOPICS.alerts:
+                v = json.loads(o.value)
+                if v["status"] == "retracted":
+                    out.pop(o.key.decode(), None)
+                else:
+                    out[o.key.decode()] = v["kind"]
+    return out
+
+
+def test_a_change_on_time_in_a_worker_behind_re_judges_the_mail_the_worker_ahead_judged():
+    """Issue 12, watermarks apart: worker A runs ahead and judges MSISDN's mail (no customer has the
+    address: recipient_unlinked); worker B works through its backlog afterwards, where OTHER set
+    that address before the mail: on time in B (its own watermark), older than A's verdict. B's
+    flush sends one relinks record per partition with all its Relinks (the flush's two
+    link-altering changes); A re-judges the mail and acks the record once: the final set is the
+    in-order one."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, change = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    first_a = drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    assert _alert_events(first_a) == [("recipient_unlinked", "n", "firing")]
+    backlog = [r for r in records if r.key.endswith("1")] + [change]
+    flushes_b = drive(b, wall_b, as_batches(backlog, 2, topics, batch=10))
+    assert b.engine.stats.late["changes"] == 0  # on time in its own worker
+    relinks = _relink_records(flushes_b, b.relinks)
+    assert sorted(r.partition for r in relinks) == [0, 1]  # one record per partition for the flush
+    (record,) = [r for r in relinks if r.partition == 0]
+    assert [e.relink.by for e in b._relink_decode(record.value).relinks] == [["o"], ["late"]]
+    a.on_events([(TP(a.relinks, 0), [record])])
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [record.offset]
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+    got = samples(a.metrics.registry)
+    assert got['notifguard_relinks_applied_total{view="current"}'] == 2  # one looked up, no candidate
+    assert a.engine.stats.corrections["relink"] == 1
+    assert _final([*first_a, flush]) | _final(flushes_b) == expected_keys([*records, change])
 
 
 def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wait_runs_out():
