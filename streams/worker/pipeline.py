@@ -154,6 +154,20 @@ class Changelog:
         return out
 
 
+def _superseded(held: deque[HeldRelinks], key: tuple[bytes, str], view: bytes) -> bool:
+    """Whether a later Relink held for this partition, of the same address and origin number, carries
+    the digest `view`: the view holds the origin's links as of that later flush, which know more
+    than the first's (the origin changed them again before this worker read the first: without
+    this it would wait relink_wait_s out). Looked at only when the first does not match."""
+    addr, origin = key
+    for batch in held:
+        for entry in batch.relinks[batch.applied :]:
+            relink = entry.relink
+            if entry.links == view and relink.addr == addr and relink.origin == origin:
+                return True
+    return False
+
+
 class Pipeline:
     """Everything between the fetched records and the flush batch, for one worker process."""
 
@@ -452,7 +466,7 @@ class Pipeline:
                     view_digest = views.get(key)
                     if view_digest is None:
                         view_digest = views[key] = origin_links_digest(links.get(relink.addr, []), relink.origin)
-                    if view_digest == entry.links:
+                    if view_digest == entry.links or _superseded(held, key, view_digest):
                         view = "current"
                     elif now - batch.since >= wait:
                         view = "waited_out"

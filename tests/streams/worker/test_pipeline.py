@@ -282,6 +282,37 @@ def test_a_change_on_time_in_a_worker_behind_re_judges_the_mail_the_worker_ahead
     assert _final([*first_a, flush]) | _final(flushes_b) == expected_keys([*records, change])
 
 
+def test_a_relink_whose_origin_changed_the_address_again_goes_on_with_the_later_relink_s_view():
+    """OTHER links the address, then its contract ends (its links of the address change again) in
+    a later flush, before worker A reads the first relinks record: A's view holds the later links,
+    which the first record's digest never matches; the later Relink of the same address and origin
+    carries them, so the first is applied at once (current), not after relink_wait_s."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    first = _relink_records(
+        drive(b, wall_b, as_batches([r for r in records if r.key.endswith("1")] + [link], 2, topics, batch=10)),
+        b.relinks,
+    )
+    ended = change("contract_ended", DAY + 200, id="end", msisdn=OTHER, contract_id="K-O")
+    then = _relink_records(drive(b, wall_b, as_batches([ended], 2, topics, batch=10)), b.relinks, len(first))
+    mine = [r for r in (*first, *then) if r.partition == 0]
+    assert len(mine) == 2
+    a.on_events([(TP(a.relinks, 0), mine)])
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [r.offset for r in mine] and not a.held[0]
+    got = samples(a.metrics.registry)
+    assert got['notifguard_relinks_applied_total{view="waited_out"}'] == 0
+    assert got['notifguard_relinks_applied_total{view="current"}'] == 4  # o, late; end (its two addresses)
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+
+
 def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wait_runs_out():
     """The global-table race: the consumer's view of the address's links may lag the change. The
     relink record is held (not done, not acked) until its view matches the digest it carries; past
