@@ -392,3 +392,52 @@ def test_an_on_time_relink_whose_change_the_receiver_saw_already_changes_nothing
     assert sum(lead.relinked(e, 0) for e in events) == 1  # a's mail is a candidate, re-judged
     assert lead.drain()[0] == []  # and nothing changes
     assert list(state.fired) == fired
+
+
+def test_the_cross_partition_stories_with_one_worker_a_backlog_behind_give_the_in_order_set():
+    """The premise of test_live's worker-behind run, without a broker: two partitioned engines, one
+    reads all of its partition after the other read all of its own (a worker restarted on a
+    backlog), so every record is on time in its own engine. With on-time changes relinked, the
+    final set is the in-order one whichever is behind; without, the stories' mails in the partition
+    ahead keep recipient_unlinked."""
+    from tests.pipelines import Shape, add_cross_partition_links, build_pipeline
+
+    pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
+    add_cross_partition_links(pipeline)
+    envelopes = pipeline.envelopes()
+    s = Settings(grace_s=10, idle_flush_s=15)
+    one = _engine(s)
+    for e in envelopes:
+        one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+
+    def run(ahead: int, on_time: bool) -> tuple[dict[str, str], int]:
+        links: dict = {}
+        engines = [_engine(s, Partitioned(), links) for _ in range(2)]
+        alerts: list = []
+        for e in engines:
+            e.relink_on_time = on_time
+        order = sorted(envelopes, key=lambda env: env.partition != ahead)
+        for env in order:
+            engines[env.partition].process(env.topic, env.partition, env.offset, env.key, env.payload, 0)
+            for e in engines:
+                for event in e.take_relinks():
+                    for p, other in enumerate(engines):
+                        other.relinked(event, p)
+        for e in engines:
+            e.flush(0)
+            for event in e.take_relinks():
+                for p, other in enumerate(engines):
+                    other.relinked(event, p)
+        for e in engines:
+            alerts.extend(e.drain()[0])
+        assert sum(sum(e.stats.late.values()) for e in engines) == 0  # on time, each in its own engine
+        return final(alerts), sum(e.stats.corrections["relink"] for e in engines)
+
+    for ahead in (0, 1):
+        got, relinked = run(ahead, on_time=True)
+        assert got == in_order and relinked >= 1
+        before, _ = run(ahead, on_time=False)
+        assert before != in_order
+        assert all(v == "recipient_unlinked" for k, v in before.items() if k not in in_order)
