@@ -223,6 +223,9 @@ class Pipeline:
         self.held: dict[int, deque[HeldRelinks]] = {}
         self._relink_encode = msgspec.msgpack.Encoder().encode
         self._relink_decode = msgspec.msgpack.Decoder(RelinkBatch).decode
+        # a record of before the batches: one RelinkRecord (its digest, of the stored form, does not
+        # match this version's: applied after relink_wait_s, with the view there is)
+        self._relink_decode_one = msgspec.msgpack.Decoder(RelinkRecord).decode
         # on-time changes' Relinks too: this engine's watermark is its own partitions' only (Relink)
         self.engine.relink_on_time = True
         self._n = 0
@@ -439,11 +442,14 @@ class Pipeline:
                 self._quarantine(rec, now)
                 continue
             try:
-                record = self._relink_decode(rec.value)
+                relinks = self._relink_decode(rec.value).relinks
             except (msgspec.DecodeError, TypeError) as exc:
-                self._set_aside(rec, f"a relink record that does not decode: {exc}", INVALID_RECORD, now)
-                continue
-            held.append(HeldRelinks(rec, record.relinks, since))
+                try:
+                    relinks = [self._relink_decode_one(rec.value)]
+                except (msgspec.DecodeError, TypeError):
+                    self._set_aside(rec, f"a relink record that does not decode: {exc}", INVALID_RECORD, now)
+                    continue
+            held.append(HeldRelinks(rec, relinks, since))
 
     def _apply_relinks(self) -> None:
         """Apply the held Relinks whose links this worker's address-index view holds, or whose record

@@ -354,6 +354,43 @@ def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wa
         assert _alert_events([flush]) == (expected if catch_up else [])  # (the old view: nothing changes)
 
 
+def test_a_relink_record_of_before_the_batches_is_applied_after_the_wait():
+    """A record of the previous format (one Relink, its digest of the links' stored form) still in
+    the topic at an upgrade: held, then applied with the view there is after relink_wait_s."""
+    import hashlib
+
+    from detectors.codec import encode_links
+    from detectors.engine import Relink
+    from streams.worker.pipeline import RelinkRecord
+
+    links = _table("links")
+    a, wall_a, mono_a = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    flushes_b = drive(b, wall_b, as_batches([r for r in records if r.key.endswith("1")] + [link], 2, topics, batch=10))
+    _relink_records(flushes_b, b.relinks)  # (B's state written to the tables: A's view holds its links)
+    origin = b.engine.pseudonymiser.msisdn_ref(OTHER)
+    addr = b.engine.pseudonymiser.address_ref("shared@x.de")
+    own = [x for x in b.links.get(addr, []) if x.msisdn_ref == origin]
+    old_digest = hashlib.blake2b(encode_links(own), digest_size=8).digest()
+    relink = Relink(addr, parse_rfc3339(link.event["event_time"]), ["late"], origin)
+    value = a._relink_encode(RelinkRecord(relink, old_digest))
+    record = ConsumerRecord(a.relinks, 0, 3, b"k", value, 0)
+    a.on_events([(TP(a.relinks, 0), [record])])
+    assert a.take_flush().done == [] and len(a.held[0]) == 1
+    mono_a[0] += 30.0
+    a.tick()
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [3]
+    assert samples(a.metrics.registry)['notifguard_relinks_applied_total{view="waited_out"}'] == 1
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+
+
 def test_a_relink_record_that_does_not_decode_is_dead_lettered_and_done():
     links = _table("links")
     a, _, _ = _worker(0, links)
