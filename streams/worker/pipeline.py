@@ -69,9 +69,10 @@ class Output(NamedTuple):
     partition: int | None = None
 
 
-# At most this many Relinks in one record of the relinks topic (~100 bytes each: the address's
-# keyed hash, the event time, the change's event id, the origin's keyed hash, the digest): ~100 KB,
-# a tenth of the broker's default message.max.bytes (1 MiB). A flush of a backlog with more
+# At most this many Relinks in one record of the relinks topic (66 bytes each on the bench capture,
+# bench.relinks_bench: the address's keyed hash, the event time, the change's event id, the origin's
+# keyed hash, the digest; longer event ids make more): ~100 KB at most, a tenth of the broker's
+# default message.max.bytes (1 MiB). A flush of a backlog with more
 # link-altering changes than this sends more records (measured: docs/performance.md).
 RELINKS_PER_RECORD: Final = 1_000
 
@@ -110,13 +111,13 @@ class HeldRelinks:
     """A relinks record read and not applied whole yet: its Kafka record (acked once every Relink in
     it is applied and their outputs delivered), its Relinks, how many of them are applied, when it
     was first tried (monotonic seconds), and whether applying one raised (the record is then
-    dead-lettered, and done, once)."""
+    dead-lettered as itself once all of its are applied, and done then)."""
 
     msg: Any
     relinks: list[RelinkRecord]
     since: float
     applied: int = 0
-    failed: bool = False
+    failed: str | None = None  # the traceback of the first Relink of it whose application raised
 
 
 class StateWrites(Protocol):
@@ -492,17 +493,18 @@ class Pipeline:
                         journal.working_on(batch.msg)
                     try:
                         engine.relinked(relink, partition)
-                    except Exception:
-                        if not batch.failed:  # dead-lettered and done once; its other Relinks go on
-                            batch.failed = True
-                            self.bug(batch.msg, traceback.format_exc(limit=3))
+                    except Exception:  # (a bug) its other Relinks go on; the record is dead-lettered
+                        if batch.failed is None:
+                            batch.failed = traceback.format_exc(limit=3)
                         continue
                     metrics.relinks_applied.labels(view).inc()
                 if batch.applied < len(relinks):
                     break
                 held.popleft()
-                if not batch.failed:
+                if batch.failed is None:
                     self.done.append(batch.msg)
+                else:  # dead-lettered as itself, and done, once all of its Relinks are applied
+                    self.bug(batch.msg, batch.failed)
             waiting += sum(len(b.relinks) - b.applied for b in held)
         if journal is not None:
             journal.idle()

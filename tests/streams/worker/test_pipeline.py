@@ -282,6 +282,41 @@ def test_a_change_on_time_in_a_worker_behind_re_judges_the_mail_the_worker_ahead
     assert _final([*first_a, flush]) | _final(flushes_b) == expected_keys([*records, change])
 
 
+def test_a_relink_whose_application_raises_leaves_the_others_of_its_record_applied_and_the_record_dead_lettered(
+    monkeypatch,
+):
+    """A bug in one Relink of a record: the record's other Relinks are applied, and the record is
+    dead-lettered as itself (processing_error) and done once, after all of them."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    backlog = [r for r in records if r.key.endswith("1")] + [link]
+    (record,) = [
+        r for r in _relink_records(drive(b, wall_b, as_batches(backlog, 2, topics, batch=10)), b.relinks)
+        if r.partition == 0
+    ]  # fmt: skip
+    real = a.engine.relinked
+
+    def relinked(event, partition=None):  # type: ignore[no-untyped-def]
+        if event.by == ["o"]:
+            raise RuntimeError("boom")
+        return real(event, partition)
+
+    monkeypatch.setattr(a.engine, "relinked", relinked)
+    a.on_events([(TP(a.relinks, 0), [record])])
+    flush = a.take_flush()
+    assert [(m.topic, m.offset) for m in flush.done] == [(a.relinks, record.offset)]
+    (letter,) = [json.loads(o.value) for o in flush.outputs if o.topic == TOPICS.deadletter]
+    assert letter["reason_code"] == "processing_error" and "boom" in letter["reason"]
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+
+
 def test_a_relink_whose_origin_changed_the_address_again_goes_on_with_the_later_relink_s_view():
     """OTHER links the address, then its contract ends (its links of the address change again) in
     a later flush, before worker A reads the first relinks record: A's view holds the later links,
