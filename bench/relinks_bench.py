@@ -68,7 +68,7 @@ def run(envelopes: list[Envelope], workers: int, per_flush: int, on_time: bool, 
     links: dict[Any, Any] = {}
     counter = itertools.count()
     engines = [
-        Engine(settings, new_id=lambda: f"a{next(counter)}", numbers=_Partitions(), index=AddressIndex(links))  # type: ignore[arg-type]
+        Engine(settings, new_id=lambda: f"a{next(counter)}", numbers=_Partitions(), index=AddressIndex(links))
         for _ in range(workers)
     ]
     for e in engines:
