@@ -1016,7 +1016,14 @@ class Engine:
 
         What the verdicts at and after t0 read of earlier events (a bounce's mail within the delivery
         correlation, a bounce_burst window, port marks) is re-derived from the past kept before t0
-        and the log, so the scratch reaches t0 in the state the in-order run had there."""
+        and the log, so the scratch reaches t0 in the state the in-order run had there.
+
+        Not before the correction horizon behind the number's newest event, though: its past keeps
+        no more than that and what verdicts within it read (_remember), so an alert raised before
+        it stays as raised, as its mail is not judged again (a Relink older than that: the origin's
+        worker far behind this one; not a late record, within the horizon behind its partition's
+        watermark, which the number's released records do not pass)."""
+        t0 = max(t0, state.max_t - self._horizon)
         holdings = self.holdings(ref, state)
         scratch = NumberState(state.changes, masked=state.masked)
         masked = state.masked

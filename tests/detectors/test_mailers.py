@@ -441,3 +441,33 @@ def test_the_cross_partition_stories_with_one_worker_a_backlog_behind_give_the_i
         before, _ = run(ahead, on_time=False)
         assert before != in_order
         assert all(v == "recipient_unlinked" for k, v in before.items() if k not in in_order)
+
+
+def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the_horizon_as_raised():
+    """The receiving number is more than the correction horizon ahead of the Relink (its worker far
+    ahead of a backlog): its past before the horizon is gone (Engine._remember keeps the horizon
+    and what verdicts within it read), its alerts raised then are not judged again, and stay: a
+    re-judging does not retract an alert whose mail it no longer has (found by the two-worker
+    handover broker run: a correct recipient_previous_holder retracted by an on-time Relink)."""
+    from tests.factories import change, mail
+
+    day = 86_400
+    a, b = NUMBERS
+    records = [
+        change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+        mail("stray@x.de", day, id="n", msisdn=a),  # recipient_unlinked, in any order
+        *(mail("a@x.de", k * day, id=f"na{k}", msisdn=a, message_id=f"mid-na{k}") for k in range(2, 21, 2)),
+        # b's backlog, on time in its own worker: it links a's address on day 1/2, older than all of a's mails
+        change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+        change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
+    ]
+    one = _engine(Settings())
+    for i, r in enumerate(sorted(records, key=_t)):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    assert sorted(in_order.values()) == ["recipient_unlinked"]
+    got, relinked = _feed_workers(records, Settings())
+    assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
+    assert final(got) == in_order
+    assert [(x.kind, x.trigger_event_id, x.status) for x in got] == [("recipient_unlinked", "n", "firing")]
