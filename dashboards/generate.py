@@ -438,12 +438,13 @@ def notification_health() -> dict[str, Any]:
                         Query(f"sum by (view) ({rate(RELINKS_APPLIED)})", "applied: {{view}}"),
                         Query(f"sum by (instance) ({sel(RELINKS_HELD)})", "held: {{instance}}", right=True),
                     ],
-                    "Cross-number corrections (docs/topics.md 2.6a): a late change that alters an address's links "
-                    "sends a Relink to every partition of <app_id>-relinks (sent: Relinks, each one record a "
-                    "partition); each partition's owner applies its record once its address-index view holds the "
-                    "origin's links (current) or after relink_wait_s, 30 s (waited_out: judged on the view there "
-                    "was). Held (right axis, records): what waits now, per worker. waited_out that persists means "
-                    "that worker's address-index changelog lags: alert NotifguardRelinksWaitedOut.",
+                    "Cross-number corrections (docs/topics.md 2.6a): a change, late or on time, that alters an "
+                    "address's links sends a Relink to every partition of <app_id>-relinks (sent: Relinks, all of a "
+                    "flush's in one record a partition); each partition's owner applies each Relink once its "
+                    "address-index view holds the origin's links (current) or after relink_wait_s, 30 s (waited_out: "
+                    "judged on the view there was); most find no number of the partition to re-judge. Held (right "
+                    "axis, Relinks): what waits now, per worker. waited_out that persists means that worker's "
+                    "address-index changelog lags: alert NotifguardRelinksWaitedOut.",
                 ),
             ],
         ),

@@ -124,6 +124,12 @@ class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
     partitions' numbers: its shell takes them (take_relinks) at every flush and broadcasts them
     to every input partition's owner, which consumes each for that partition (docs/topics.md
     2.6a, streams/worker/pipeline.py).
+
+    Such an engine (`relink_on_time`) emits one for an on-time change too: its watermark is the
+    minimum over its own partitions only, so a change on time here may be older than mails
+    another worker (its watermark far ahead: this worker works through a backlog) judged already,
+    without its links. Which those are only the receiver knows (its mailers index: none, mostly);
+    re-judging a number whose verdicts already saw the change raises and retracts nothing.
     """
 
     addr: bytes
@@ -242,6 +248,7 @@ class Engine:
         "live",
         "mailers",
         "numbers",
+        "relink_on_time",
         "relinks",
         "rules",
         "settings",
@@ -314,6 +321,10 @@ class Engine:
         self._replay_t = 0
         # Relink events of late changes (see Relink), for a shell whose engine does not hold every number
         self.relinks: list[Relink] = []
+        # True in the worker (a PartitionedStore: other engines hold the other partitions, each at
+        # its own watermark): on-time changes that alter an address's links emit Relinks too (see
+        # Relink). One engine holding every number has one watermark: nothing it judged is newer.
+        self.relink_on_time = False
         # True in the worker: `now_us` is the wall clock, and no event time may lie further
         # than max_future_skew ahead of it either (detectors.records.future_bound); the
         # expiry sweep's event time never passes it.
@@ -599,7 +610,10 @@ class Engine:
             self._delivery(t, record, ref, state, late)
             self._cap(ref, state)
         else:
-            self._change(t, record, ref, state, late)
+            relinked = self._change(t, record, ref, state, late, relinking=self.relink_on_time and not late)
+            if relinked:  # (on time, in an engine that relinks those: see Relink)
+                by = [record.event_id]
+                self.relinks.extend(Relink(addr, t, by, ref) for addr in sorted(relinked))
 
     def index_number(self, ref: str, state: NumberState, partition: int = -1) -> None:
         """Put the links the number's holdings create in the address index (`partition`: its
@@ -679,11 +693,20 @@ class Engine:
     # --------------------------------------------------------- contract changes
 
     def _change(
-        self, t: int, rec: ContractChange, ref: str, state: NumberState, late: bool, correcting: bool = False
+        self,
+        t: int,
+        rec: ContractChange,
+        ref: str,
+        state: NumberState,
+        late: bool,
+        correcting: bool = False,
+        relinking: bool = False,
     ) -> frozenset[bytes]:
         """Apply a contract change; judge the patterns it completes (not while `correcting`: the
         caller re-judges the number, _correct). Returns the addresses whose links changed, when
-        `correcting` (else an empty set)."""
+        `correcting` or `relinking` (an on-time change in an engine that relinks those, see
+        Relink); else an empty set."""
+        relinking = relinking or correcting
         code = change_code(type(rec))
         email = getattr(rec, "email", None)
         addr = self._pseudo.address_ref(email) if email and email.strip() else None
@@ -713,7 +736,7 @@ class Engine:
             replaced, added = self._fold(ref, entry, change)
             if replaced or added:
                 self.index.replace(ref, replaced, added, self._partition)
-                if correcting:
+                if relinking:
                     relinked = _altered(replaced, added)
         else:
             old_links = _links(ref, entry.holdings)
@@ -721,7 +744,7 @@ class Engine:
             entry = self._derived(ref, state)
             new_links = _links(ref, entry.holdings)
             self.index.replace(ref, old_links, new_links, self._partition)
-            if correcting:
+            if relinking:
                 relinked = _altered(old_links, new_links)
         if not correcting:
             self._patterns(t, code, rec, ref, state, entry.holdings, late)

@@ -133,13 +133,18 @@ class Metrics:
         )
         self.relinks_sent = Counter(
             "notifguard_relinks_sent",
-            "Relinks (a late change that altered an address's links) broadcast to every partition of "
-            "the relinks topic (docs/topics.md 2.6a)",
+            "Relinks (a change, late or on time, that altered an address's links) broadcast to every "
+            "partition of the relinks topic (docs/topics.md 2.6a)",
+            registry=r,
+        )
+        self.relink_records_sent = Counter(
+            "notifguard_relink_records_sent",
+            "Records produced to the relinks topic: one per partition per flush with Relinks (docs/topics.md 2.6a)",
             registry=r,
         )
         self.relinks_applied = Counter(
             "notifguard_relinks_applied",
-            "Relink records applied to a partition's numbers, by the address-index view they were applied "
+            "Relinks applied to a partition's numbers, by the address-index view they were applied "
             "with: current (it held the Relink's links) or waited_out (after relink_wait_s)",
             ["view"],
             registry=r,
@@ -148,7 +153,7 @@ class Metrics:
             self.relinks_applied.labels(view)
         self.relinks_held = Gauge(
             "notifguard_relinks_held",
-            "Relink records held until this worker's address-index view holds their links (at most relink_wait_s)",
+            "Relinks read and held until this worker's address-index view holds their links (at most relink_wait_s)",
             registry=r,
         )
         self.pending = Gauge("notifguard_pending_events", "Events waiting in grace buffers", registry=r)

@@ -20,12 +20,11 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 
 from detectors.alerts import encode_alert
-from detectors.codec import encode_links
 from detectors.engine import TOPIC_KINDS, Engine, Relink, dead_letter
 from detectors.records import INVALID_RECORD, PROCESSING_ERROR, QUARANTINED, BadRecord, decode
 from detectors.settings import Topics
@@ -70,9 +69,17 @@ class Output(NamedTuple):
     partition: int | None = None
 
 
+# At most this many Relinks in one record of the relinks topic (66 bytes each on the bench capture,
+# bench.relinks_bench: the address's keyed hash, the event time, the change's event id, the origin's
+# keyed hash, the digest; longer event ids make more): ~100 KB at most, a tenth of the broker's
+# default message.max.bytes (1 MiB). A flush of a backlog with more
+# link-altering changes than this sends more records (measured: docs/performance.md).
+RELINKS_PER_RECORD: Final = 1_000
+
+
 class RelinkRecord(msgspec.Struct, array_like=True, frozen=True):
-    """A record of the relinks topic (msgpack): the engine's Relink and the digest of the origin
-    number's links of the address as the worker that made it saw them after the change
+    """One Relink of a relinks record: the engine's Relink and the digest of the origin number's
+    links of the address as the worker that made it saw them at its flush, after the change
     (origin_links_digest): its consumer waits until its own view of the address-index GlobalTable
     holds them (Pipeline._apply_relinks)."""
 
@@ -80,21 +87,37 @@ class RelinkRecord(msgspec.Struct, array_like=True, frozen=True):
     links: bytes
 
 
+class RelinkBatch(msgspec.Struct, array_like=True, frozen=True):
+    """A record of the relinks topic (msgpack): the Relinks of one flush of one worker (at most
+    RELINKS_PER_RECORD), in the order the engine emitted them: the same value to every partition."""
+
+    relinks: list[RelinkRecord]
+
+
+_links_msgpack = msgspec.msgpack.Encoder().encode
+
+
 def origin_links_digest(links: list[Link], origin: str) -> bytes:
-    """A digest of the links of number `origin` among an address's links (detectors.codec's
-    encoding; none: empty). The origin's own links only: a later change of another number to the
+    """A digest of the links of number `origin` among an address's links (their msgpack: ~1 µs, where
+    the stored form, detectors.codec.encode_links, took ~15 µs, most of a receiver's cost per
+    Relink; none: empty). The origin's own links only: a later change of another number to the
     same address does not make a view that holds this change look different."""
     own = [link for link in links if link.msisdn_ref == origin]
-    return hashlib.blake2b(encode_links(own), digest_size=8).digest() if own else b""
+    return hashlib.blake2b(_links_msgpack(own), digest_size=8).digest() if own else b""
 
 
-class HeldRelink(NamedTuple):
-    """A relink record read and not applied yet: its Kafka record (acked once applied and its
-    outputs delivered), what it says, and when it was first tried (monotonic seconds)."""
+@dataclass(slots=True)
+class HeldRelinks:
+    """A relinks record read and not applied whole yet: its Kafka record (acked once every Relink in
+    it is applied and their outputs delivered), its Relinks, how many of them are applied, when it
+    was first tried (monotonic seconds), and whether applying one raised (the record is then
+    dead-lettered as itself once all of its are applied, and done then)."""
 
     msg: Any
-    record: RelinkRecord
+    relinks: list[RelinkRecord]
     since: float
+    applied: int = 0
+    failed: str | None = None  # the traceback of the first Relink of it whose application raised
 
 
 class StateWrites(Protocol):
@@ -133,6 +156,20 @@ class Changelog:
         for store in self.stores:
             out += store.flush()
         return out
+
+
+def _superseded(held: deque[HeldRelinks], key: tuple[bytes, str], view: bytes) -> bool:
+    """Whether a later Relink held for this partition, of the same address and origin number, carries
+    the digest `view`: the view holds the origin's links as of that later flush, which know more
+    than the first's (the origin changed them again before this worker read the first: without
+    this it would wait relink_wait_s out). Looked at only when the first does not match."""
+    addr, origin = key
+    for batch in held:
+        for entry in batch.relinks[batch.applied :]:
+            relink = entry.relink
+            if entry.links == view and relink.addr == addr and relink.origin == origin:
+                return True
+    return False
 
 
 class Pipeline:
@@ -192,9 +229,14 @@ class Pipeline:
         # that input partition's numbers, in order, each held until the address-index view holds
         # its links (at most relink_wait_s)
         self.relinks = relinks_topic(config.app_id)
-        self.held: dict[int, deque[HeldRelink]] = {}
+        self.held: dict[int, deque[HeldRelinks]] = {}
         self._relink_encode = msgspec.msgpack.Encoder().encode
-        self._relink_decode = msgspec.msgpack.Decoder(RelinkRecord).decode
+        self._relink_decode = msgspec.msgpack.Decoder(RelinkBatch).decode
+        # a record of before the batches: one RelinkRecord (its digest, of the stored form, does not
+        # match this version's: applied after relink_wait_s, with the view there is)
+        self._relink_decode_one = msgspec.msgpack.Decoder(RelinkRecord).decode
+        # on-time changes' Relinks too: this engine's watermark is its own partitions' only (Relink)
+        self.engine.relink_on_time = True
         self._n = 0
         # the crash journal (streams.worker.quarantine): told each record before it is decoded and
         # before it is applied; records it charged with too many crashes are set aside on arrival
@@ -408,25 +450,38 @@ class Pipeline:
         )
 
     def _relinks(self) -> None:
-        """Take the engine's Relinks (late changes that altered an address's links) and broadcast
-        each to every partition of the relinks topic, with the digest of the origin number's links
-        of the address as this worker's view holds them now (after the change), in the output
-        queue: delivered
-        before the acks of the records behind them (at least once), or in the flush's transaction.
-        Every partition, the origin's too: its other numbers may have mailed the address."""
+        """Take the engine's Relinks (changes that altered an address's links: late ones, and on-time
+        ones, which another worker whose watermark runs ahead may need) and broadcast them to every
+        partition of the relinks topic, one record per partition per flush (RelinkBatch, more past
+        RELINKS_PER_RECORD), each Relink with the digest of the origin number's links of the
+        address as this worker's view holds them now (after the change), in the output queue:
+        delivered before the acks of the records behind them (at least once), or in the flush's
+        transaction. Every partition, the origin's too: its other numbers may have mailed the
+        address (and its owner may have changed since)."""
         relinks = self.engine.take_relinks()
         if not relinks:
             return
-        encode, out, topic = self._relink_encode, self.out, self.relinks
+        links = self.links
+        digests: dict[tuple[bytes, str], bytes] = {}
+        entries: list[RelinkRecord] = []
         for relink in relinks:
-            digest = origin_links_digest(self.links.get(relink.addr, []), relink.origin)
-            value = encode(RelinkRecord(relink, digest))
-            key = relink.addr.hex().encode()
-            out.extend(Output(topic, key, value, None, p) for p in range(self.config.partitions))
+            key = (relink.addr, relink.origin)
+            digest = digests.get(key)
+            if digest is None:
+                digest = digests[key] = origin_links_digest(links.get(relink.addr, []), relink.origin)
+            entries.append(RelinkRecord(relink, digest))
+        encode, out, topic = self._relink_encode, self.out, self.relinks
+        partitions = range(self.config.partitions)
+        records = 0
+        for start in range(0, len(entries), RELINKS_PER_RECORD):
+            value = encode(RelinkBatch(entries[start : start + RELINKS_PER_RECORD]))
+            out.extend(Output(topic, b"", value, None, p) for p in partitions)
+            records += len(partitions)
         self.metrics.relinks_sent.inc(len(relinks))
+        self.metrics.relink_records_sent.inc(records)
 
     def _read_relinks(self, partition: int, records: list[Any], now: int) -> None:
-        """Relink records of one partition, in offset order: held (in order) for _apply_relinks;
+        """Relinks records of one partition, in offset order: held (in order) for _apply_relinks;
         one that does not decode is dead-lettered (invalid_record) and done."""
         held = self.held.get(partition)
         if held is None:
@@ -438,56 +493,75 @@ class Pipeline:
                 self._quarantine(rec, now)
                 continue
             try:
-                record = self._relink_decode(rec.value)
+                relinks = self._relink_decode(rec.value).relinks
             except (msgspec.DecodeError, TypeError) as exc:
-                self._set_aside(rec, f"a relink record that does not decode: {exc}", INVALID_RECORD, now)
-                continue
-            held.append(HeldRelink(rec, record, since))
+                try:
+                    relinks = [self._relink_decode_one(rec.value)]
+                except (msgspec.DecodeError, TypeError):
+                    self._set_aside(rec, f"a relink record that does not decode: {exc}", INVALID_RECORD, now)
+                    continue
+            held.append(HeldRelinks(rec, relinks, since))
 
     def _apply_relinks(self) -> None:
-        """Apply the held relink records whose links this worker's address-index view holds, or that
+        """Apply the held Relinks whose links this worker's address-index view holds, or whose record
         waited relink_wait_s (with the view there is: a newer view only knows more), each partition
-        in offset order; each is done (acked) once applied, its outputs delivered."""
+        in offset order and each record's in its order; a record is done (acked) once all of its
+        are applied, their outputs delivered. Most find no number of the partition that mailed the
+        address at or after their time (Engine.relinked: one look at the mailers index)."""
         if not self.held:
             return
         engine, links, metrics, journal = self.engine, self.links, self.metrics, self.journal
         now = self.monotonic()
         wait = self.config.relink_wait_s
+        views: dict[tuple[bytes, str], bytes] = {}  # this worker's view, read once per pass
         waiting = 0
         for partition, held in self.held.items():
             while held:
-                msg, record, since = held[0]
-                relink = record.relink
-                if origin_links_digest(links.get(relink.addr, []), relink.origin) == record.links:
-                    view = "current"
-                elif now - since >= wait:
-                    view = "waited_out"
-                    log.warning(
-                        "a relink of partition %d applied after %.0f s (relink_wait_s) with an address-index view "
-                        "that does not hold its links",
-                        partition,
-                        now - since,
-                    )
-                else:
+                batch = held[0]
+                relinks = batch.relinks
+                while batch.applied < len(relinks):
+                    entry = relinks[batch.applied]
+                    relink = entry.relink
+                    key = (relink.addr, relink.origin)
+                    view_digest = views.get(key)
+                    if view_digest is None:
+                        view_digest = views[key] = origin_links_digest(links.get(relink.addr, []), relink.origin)
+                    if view_digest == entry.links or _superseded(held, key, view_digest):
+                        view = "current"
+                    elif now - batch.since >= wait:
+                        view = "waited_out"
+                        log.warning(
+                            "a relink of partition %d applied after %.0f s (relink_wait_s) with an address-index "
+                            "view that does not hold its links",
+                            partition,
+                            now - batch.since,
+                        )
+                    else:
+                        break
+                    batch.applied += 1
+                    if journal is not None:
+                        journal.working_on(batch.msg)
+                    try:
+                        engine.relinked(relink, partition)
+                    except Exception:  # (a bug) its other Relinks go on; the record is dead-lettered
+                        if batch.failed is None:
+                            batch.failed = traceback.format_exc(limit=3)
+                        continue
+                    metrics.relinks_applied.labels(view).inc()
+                if batch.applied < len(relinks):
                     break
                 held.popleft()
-                if journal is not None:
-                    journal.working_on(msg)
-                try:
-                    engine.relinked(relink, partition)
-                except Exception:
-                    self.bug(msg, traceback.format_exc(limit=3))
-                    continue
-                metrics.relinks_applied.labels(view).inc()
-                self.done.append(msg)
-            waiting += len(held)
+                if batch.failed is None:
+                    self.done.append(batch.msg)
+                else:  # dead-lettered as itself, and done, once all of its Relinks are applied
+                    self.bug(batch.msg, batch.failed)
+            waiting += sum(len(b.relinks) - b.applied for b in held)
         if journal is not None:
             journal.idle()
         metrics.relinks_held.set(waiting)
 
     def _emit(self) -> None:
         engine = self.engine
-        self._relinks()
         if engine.deliveries:
             self.metrics.observe_deliveries(engine.deliveries)
         alerts, dead, verdicts = engine.drain()

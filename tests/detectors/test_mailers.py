@@ -146,14 +146,17 @@ class _Scan(MailerIndex):
         return sorted((ref, p) for p in partitions for ref in self.numbers.parts.get(p, {}))
 
 
-def _feed_workers(records: list[Rec], s: Settings, scan: bool = False) -> tuple[list, int]:
+def _feed_workers(records: list[Rec], s: Settings, scan: bool = False, on_time: bool = True) -> tuple[list, int]:
     """Each number's records in partition NUMBERS.index(msisdn), each partition in an engine of its
     own (two workers), the address links shared (the global table), every Relink broadcast to
     every partition's engine after each record (the worker's relinks topic). `scan`: the
     candidates of a Relink are every number of the partition (the scan of every number's past
-    that relinked did before the index: the oracle)."""
+    that relinked did before the index: the oracle). `on_time`: the engines relink on-time
+    changes too, as the worker's do (Engine.relink_on_time)."""
     links: dict = {}
     engines = [_engine(s, Partitioned(), links) for _ in NUMBERS]
+    for e in engines:
+        e.relink_on_time = on_time
     if scan:
         for e in engines:
             assert isinstance(e.numbers, Partitioned)
@@ -183,11 +186,8 @@ def _feed_workers(records: list[Rec], s: Settings, scan: bool = False) -> tuple[
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.data())
 def test_relinks_broadcast_between_partitioned_engines_re_judge_what_a_scan_of_every_number_does(records, data):
-    """The index in place of the scan changes nothing: the same numbers re-judged, the same alerts.
-
-    (Against the in-order run of one engine, two engines differ where a change is on time in its
-    own partition but behind a mail another partition judged already: no Relink then;
-    docs/topics.md 2.6a. test_corrections holds the in-order guarantee for one engine.)"""
+    """The index in place of the scan changes nothing: the same numbers re-judged, the same alerts
+    (test_two_workers_watermarks_apart_give_the_in_order_final_set: and that is the in-order set)."""
     s = Settings(correction_horizon_s=HORIZON)
     arrivals = _arrivals(records, data, HORIZON - GRACE)
     got, relinked = _feed_workers(arrivals, s)
@@ -286,7 +286,197 @@ def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
         )
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_two_workers_watermarks_apart_give_the_in_order_final_set(records, data):
+    """Two partitioned engines, each with its own watermark (one partition each: a record of one
+    moves only its own), in any arrival order within the horizon: with on-time changes relinked
+    too, the final set is that of one engine in event-time order. Without, a change on time in its
+    own engine but behind a mail the other judged already leaves that mail's verdict as it was:
+    Hypothesis finds such an order (test_a_change_on_time_in_a_lagging_worker_re_judges...)."""
+    s = Settings(correction_horizon_s=HORIZON)
+    one = _engine(s)
+    for i, r in enumerate(sorted(records, key=_t)):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    got, _ = _feed_workers(_arrivals(records, data, HORIZON - GRACE), s)
+    assert final(got) == in_order
+    # nothing raised twice, nothing retracted that was not raised
+    live: set[str] = set()
+    for a in got:
+        assert (a.dedup_key in live) == (a.status == "retracted")
+        (live.discard if a.status == "retracted" else live.add)(a.dedup_key)
+
+
+def _lagging_story() -> list[Rec]:
+    """Number a (partition 0, the leading worker) mails shared@x.de on day 1 and runs on to day 2;
+    number b (partition 1, the lagging worker: its backlog comes after) linked that address on day
+    1 less ten minutes: on time in b's worker, older than a's mail, which a's worker judged
+    already (recipient_unlinked; in event-time order it is recipient_other_customer)."""
+    from tests.factories import change, mail
+
+    day = 86_400
+    a, b = NUMBERS
+    return [
+        change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+        mail("shared@x.de", day, id="n", msisdn=a),
+        change("email_verified", 2 * day, id="va", msisdn=a, contract_id="K-1", email="a@x.de"),
+        mail("a@x.de", 2 * day, id="na", msisdn=a, message_id="mid-na"),
+        # b's backlog, read afterwards by its own worker (its watermark: these records' times)
+        change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+        change("email_changed", day - 600, id="link", msisdn=b, contract_id="K-2", email="shared@x.de"),
+        mail("shared@x.de", day + 3600, id="nb", msisdn=b, message_id="mid-nb"),
+    ]
+
+
+def _t(rec: Rec) -> float:
+    from detectors.timefmt import parse_rfc3339
+
+    return parse_rfc3339(rec.event["event_time"]) / 1e6
+
+
+def test_a_change_on_time_in_a_lagging_worker_re_judges_the_leading_worker_s_mails():
+    records = _lagging_story()
+    one = _engine(Settings())
+    for i, r in enumerate(sorted(records, key=_t)):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    assert sorted(in_order.values()) == ["recipient_other_customer"]
+    got, relinked = _feed_workers(records, Settings())
+    assert final(got) == in_order
+    assert relinked == 1  # a's mail; b's own mail is its own worker's (the origin is excluded)
+    assert [(x.kind, x.trigger_event_id, x.status, x.late, x.retracted_by) for x in got] == [
+        ("recipient_unlinked", "n", "firing", False, None),
+        ("recipient_unlinked", "n", "retracted", True, ["link"]),
+        ("recipient_other_customer", "n", "firing", True, None),
+    ]
+    # without on-time Relinks (before): the leading worker's verdict stands
+    before, _ = _feed_workers(records, Settings(), on_time=False)
+    assert sorted(final(before).values()) == ["recipient_unlinked"]
+
+
+def test_an_on_time_relink_whose_change_the_receiver_saw_already_changes_nothing():
+    """The receiving worker judged its mails after the change (in the index then): re-judging them
+    raises and retracts nothing, and the number's fired entries stay as they were."""
+    from tests.factories import change, mail
+
+    day = 86_400
+    a, b = NUMBERS
+    links: dict = {}
+    lead, lag = (_engine(Settings(), Partitioned(), links) for _ in NUMBERS)
+    for e in (lead, lag):
+        e.relink_on_time = True
+    for i, r in enumerate(
+        [
+            change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+            change("email_changed", day - 600, id="link", msisdn=b, contract_id="K-2", email="shared@x.de"),
+        ]
+    ):
+        lag.process(r.topic, 1, i, r.key, r.value, 0)
+    lag.flush(0)
+    events = lag.take_relinks()
+    assert [e.by for e in events] == [["sb"], ["link"]]  # on time, each change that links an address
+    for i, r in enumerate(
+        [
+            change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+            mail("shared@x.de", day, id="n", msisdn=a),
+            change("email_verified", 2 * day, id="va", msisdn=a, contract_id="K-1", email="a@x.de"),
+        ]
+    ):
+        lead.process(r.topic, 0, i, r.key, r.value, 0)
+    lead.flush(0)  # (judged after the change: the view, shared here, holds its link)
+    raised = lead.drain()[0]
+    assert [(x.kind, x.trigger_event_id) for x in raised] == [("recipient_other_customer", "n")]
+    assert isinstance(lead.numbers, Partitioned)
+    (state,) = lead.numbers.parts[0].values()  # number a's
+    fired = list(state.fired)
+    assert sum(lead.relinked(e, 0) for e in events) == 1  # a's mail is a candidate, re-judged
+    assert lead.drain()[0] == []  # and nothing changes
+    assert list(state.fired) == fired
+
+
+def test_the_cross_partition_stories_with_one_worker_a_backlog_behind_give_the_in_order_set():
+    """The premise of test_live's worker-behind run, without a broker: two partitioned engines, one
+    reads all of its partition after the other read all of its own (a worker restarted on a
+    backlog), so every record is on time in its own engine. With on-time changes relinked, the
+    final set is the in-order one whichever is behind; without, the stories' mails in the partition
+    ahead keep recipient_unlinked."""
+    from tests.pipelines import Shape, add_cross_partition_links, build_pipeline
+
+    pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
+    add_cross_partition_links(pipeline)
+    envelopes = pipeline.envelopes()
+    s = Settings(grace_s=10, idle_flush_s=15)
+    one = _engine(s)
+    for e in envelopes:
+        one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+
+    def run(ahead: int, on_time: bool) -> tuple[dict[str, str], int]:
+        links: dict = {}
+        engines = [_engine(s, Partitioned(), links) for _ in range(2)]
+        alerts: list = []
+        for e in engines:
+            e.relink_on_time = on_time
+        order = sorted(envelopes, key=lambda env: env.partition != ahead)
+        for env in order:
+            engines[env.partition].process(env.topic, env.partition, env.offset, env.key, env.payload, 0)
+            for e in engines:
+                for event in e.take_relinks():
+                    for p, other in enumerate(engines):
+                        other.relinked(event, p)
+        for e in engines:
+            e.flush(0)
+            for event in e.take_relinks():
+                for p, other in enumerate(engines):
+                    other.relinked(event, p)
+        for e in engines:
+            alerts.extend(e.drain()[0])
+        assert sum(sum(e.stats.late.values()) for e in engines) == 0  # on time, each in its own engine
+        return final(alerts), sum(e.stats.corrections["relink"] for e in engines)
+
+    for ahead in (0, 1):
+        got, relinked = run(ahead, on_time=True)
+        assert got == in_order and relinked >= 1
+        before, _ = run(ahead, on_time=False)
+        assert before != in_order
+        assert all(v == "recipient_unlinked" for k, v in before.items() if k not in in_order)
+
+
 def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the_horizon_as_raised():
+    """The receiving number is more than the correction horizon ahead of the Relink (its worker far
+    ahead of a backlog): its past before the horizon is gone (Engine._remember keeps the horizon
+    and what verdicts within it read), its alerts raised then are not judged again, and stay: a
+    re-judging does not retract an alert whose mail it no longer has (found by the two-worker
+    handover broker run: a correct recipient_previous_holder retracted by an on-time Relink)."""
+    from tests.factories import change, mail
+
+    day = 86_400
+    a, b = NUMBERS
+    records = [
+        change("contract_started", 0, id="sa", msisdn=a, email="a@x.de"),
+        mail("stray@x.de", day, id="n", msisdn=a),  # recipient_unlinked, in any order
+        *(mail("a@x.de", k * day, id=f"na{k}", msisdn=a, message_id=f"mid-na{k}") for k in range(2, 21, 2)),
+        # b's backlog, on time in its own worker: it links a's address on day 1/2, older than all of a's mails
+        change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
+        change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
+    ]
+    one = _engine(Settings())
+    for i, r in enumerate(sorted(records, key=_t)):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    in_order = final(one.drain()[0])
+    assert sorted(in_order.values()) == ["recipient_unlinked"]
+    got, relinked = _feed_workers(records, Settings())
+    assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
+    assert final(got) == in_order
+    assert [(x.kind, x.trigger_event_id, x.status) for x in got] == [("recipient_unlinked", "n", "firing")]
+
+
+def test_a_late_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the_horizon_as_raised():
     """The receiving number is more than the correction horizon ahead of a Relink (its worker far
     ahead of the origin's, whose change is late only in its own partition): the receiver's past
     before its horizon is gone (Engine._remember keeps the horizon and what verdicts within it

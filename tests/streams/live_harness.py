@@ -356,10 +356,41 @@ class LiveRun(KafkaRun):
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in self.consumed}
 
     def behind(self) -> int:
-        """Input and relink records the group has not committed yet (every one, before its first commit)."""
+        """Input and relink records the group has not committed yet (every one, before its first commit).
+
+        The relinks topic is written by the workers, in their transactions under exactly_once: a
+        partition of it ends with a transaction's marker (or a killed worker's aborted records and
+        their marker), offsets no consumer is given and no commit covers, so what is left there
+        counts only while a committed record is in it (_records_left)."""
         ends = self.end_offsets(self.consumed)
         committed = self.committed()
-        return sum(max(0, end - max(0, committed.get(tp, 0))) for tp, end in ends.items())
+        left = 0
+        for tp, end in ends.items():
+            start = max(0, committed.get(tp, 0))
+            if end > start and (tp.topic != self.consumed[-1] or self._records_left(tp, start, end)):
+                left += end - start
+        return left
+
+    def _records_left(self, tp: Any, start: int, end: int) -> bool:
+        """Whether a read_committed reader finds a record in [start, end) of tp: False only once it has
+        read up to `end` (past markers and aborted records) and found none."""
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if consumer.poll(timeout_ms=500).get(tp):
+                    return True
+                if consumer.position(tp) >= end:
+                    return False
+            return True
+        finally:
+            consumer.close()
 
     def wait_done(self, timeout: float) -> int:
         """Until the group has committed every input record (0), or timeout: the records not committed."""

@@ -399,6 +399,49 @@ def test_contract_changes_produced_days_of_event_time_behind_give_the_in_order_f
     assert_equivalent(result, live.tmp)
 
 
+def test_a_worker_a_backlog_behind_the_other_gives_the_in_order_final_alerts(live_run):
+    """Issue 12, watermarks apart: two workers, one partition each. Partition 0's records (all three
+    topics) are produced, judged and committed first; partition 1's come after, a backlog its
+    worker reads on time against its own watermark, which is hours of event time behind the other
+    worker's. In the stories of tests.pipelines.add_cross_partition_links, a number of partition
+    1 links an address three hours before the end, which a number of partition 0 mailed an hour
+    later, already judged (recipient_unlinked) by the worker ahead: that change is on time where
+    it is applied and older than that verdict. Its Relink (an on-time change's: docs/topics.md
+    2.6a) is applied by the worker ahead, and the final set (firing minus retracted, by
+    dedup_key) is the in-order offline replay's.
+    """
+    pipeline = small(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5)
+    add_cross_partition_links(pipeline)
+    live = live_run(pipeline)
+    ahead = live.part("ahead", [e for e in live.envelopes if e.partition == 0])
+    behind = live.part("behind", [e for e in live.envelopes if e.partition == 1])
+    delta = live.delta_to(now_us())
+    ports = [live.run.start_worker(name=f"w{i + 1}") for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(live.run.health(p).get("ready") for p in ports):
+        assert time.monotonic() < deadline, "the workers did not settle"
+        time.sleep(0.5)
+    started = time.monotonic()
+    live.run.produce(ahead, rebase=rebase_target(ahead, delta, 0)).wait()
+    assert live.run.wait_done(240) == 0  # partition 0 judged without partition 1's links, committed
+    live.run.produce(behind, rebase=rebase_target(behind, delta, 0)).wait()
+    result = live.finish(started, done_timeout=240)
+    expositions = [live.run.metrics(p) for p in ports]
+    for exposition in expositions:
+        print(
+            "\n".join(
+                line
+                for line in exposition.splitlines()
+                if ("relink" in line or "late_records" in line) and not line.startswith("#")
+            )
+        )
+    assert all(live.run.health(p).get("consumed", 0) for p in ports), "both workers should have had partitions"
+    relinked = sum(_sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
+    assert relinked > 0, "no number of the worker ahead was re-judged"
+    assert any(a.get("status") == "retracted" for a in result.alerts)
+    assert_equivalent(result, live.tmp)
+
+
 def _sample(exposition: str, name: str) -> float:
     for line in exposition.splitlines():
         if line.startswith(name + " "):

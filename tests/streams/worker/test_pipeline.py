@@ -206,13 +206,17 @@ def test_a_late_change_s_relink_goes_to_every_partition_and_the_other_worker_re_
     first_a = drive(a, wall_a, as_batches(mine, 2, topics, batch=10))
     drive(b, wall_b, as_batches(theirs, 2, topics, batch=10))
     assert _alert_events(first_a) == [("recipient_unlinked", "n", "firing")]
+    sent = samples(b.metrics.registry)
+    assert sent["notifguard_relinks_sent_total"] == 1  # (on time: OTHER's contract_started links o@x.de)
     flushes_b = drive(b, wall_b, as_batches([late], 2, topics, batch=10))
     assert b.engine.stats.late["changes"] == 1
     relinks = _relink_records(flushes_b, b.relinks)
     assert sorted(r.partition for r in relinks) == [0, 1]  # every partition, the origin's too
     # OTHER itself was re-judged by its own worker: its mail to its old address is now to a stale one
     assert _alert_events(flushes_b) == [("recipient_stale_contract", "on", "firing")]
-    assert samples(b.metrics.registry)["notifguard_relinks_sent_total"] == 1
+    got = samples(b.metrics.registry)
+    assert got["notifguard_relinks_sent_total"] == 2
+    assert got["notifguard_relink_records_sent_total"] - sent["notifguard_relink_records_sent_total"] == 2
 
     for worker, partition in ((a, 0), (b, 1)):
         (record,) = [r for r in relinks if r.partition == partition]
@@ -229,6 +233,120 @@ def test_a_late_change_s_relink_goes_to_every_partition_and_the_other_worker_re_
             assert a.engine.stats.corrections["relink"] == 1
         else:
             assert _alert_events([flush]) == [] and b.engine.stats.corrections["relink"] == 0
+
+
+def _final(flushes: list[FlushBatch]) -> dict[str, str]:
+    """Firing minus retracted, by dedup_key: key -> kind."""
+    out: dict[str, str] = {}
+    for f in flushes:
+        for o in f.outputs:
+            if o.topic == TOPICS.alerts:
+                v = json.loads(o.value)
+                if v["status"] == "retracted":
+                    out.pop(o.key.decode(), None)
+                else:
+                    out[o.key.decode()] = v["kind"]
+    return out
+
+
+def test_a_change_on_time_in_a_worker_behind_re_judges_the_mail_the_worker_ahead_judged():
+    """Issue 12, watermarks apart: worker A runs ahead and judges MSISDN's mail (no customer has the
+    address: recipient_unlinked); worker B works through its backlog afterwards, where OTHER set
+    that address before the mail: on time in B (its own watermark), older than A's verdict. B's
+    flush sends one relinks record per partition with all its Relinks (the flush's two
+    link-altering changes); A re-judges the mail and acks the record once: the final set is the
+    in-order one."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, change = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    first_a = drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    assert _alert_events(first_a) == [("recipient_unlinked", "n", "firing")]
+    backlog = [r for r in records if r.key.endswith("1")] + [change]
+    flushes_b = drive(b, wall_b, as_batches(backlog, 2, topics, batch=10))
+    assert b.engine.stats.late["changes"] == 0  # on time in its own worker
+    relinks = _relink_records(flushes_b, b.relinks)
+    assert sorted(r.partition for r in relinks) == [0, 1]  # one record per partition for the flush
+    (record,) = [r for r in relinks if r.partition == 0]
+    assert [e.relink.by for e in b._relink_decode(record.value).relinks] == [["o"], ["late"]]
+    a.on_events([(TP(a.relinks, 0), [record])])
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [record.offset]
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+    got = samples(a.metrics.registry)
+    assert got['notifguard_relinks_applied_total{view="current"}'] == 2  # one looked up, no candidate
+    assert a.engine.stats.corrections["relink"] == 1
+    assert _final([*first_a, flush]) | _final(flushes_b) == expected_keys([*records, change])
+
+
+def test_a_relink_whose_application_raises_leaves_the_others_of_its_record_applied_and_the_record_dead_lettered(
+    monkeypatch,
+):
+    """A bug in one Relink of a record: the record's other Relinks are applied, and the record is
+    dead-lettered as itself (processing_error) and done once, after all of them."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    backlog = [r for r in records if r.key.endswith("1")] + [link]
+    (record,) = [
+        r for r in _relink_records(drive(b, wall_b, as_batches(backlog, 2, topics, batch=10)), b.relinks)
+        if r.partition == 0
+    ]  # fmt: skip
+    real = a.engine.relinked
+
+    def relinked(event, partition=None):  # type: ignore[no-untyped-def]
+        if event.by == ["o"]:
+            raise RuntimeError("boom")
+        return real(event, partition)
+
+    monkeypatch.setattr(a.engine, "relinked", relinked)
+    a.on_events([(TP(a.relinks, 0), [record])])
+    flush = a.take_flush()
+    assert [(m.topic, m.offset) for m in flush.done] == [(a.relinks, record.offset)]
+    (letter,) = [json.loads(o.value) for o in flush.outputs if o.topic == TOPICS.deadletter]
+    assert letter["reason_code"] == "processing_error" and "boom" in letter["reason"]
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
+
+
+def test_a_relink_whose_origin_changed_the_address_again_goes_on_with_the_later_relink_s_view():
+    """OTHER links the address, then its contract ends (its links of the address change again) in
+    a later flush, before worker A reads the first relinks record: A's view holds the later links,
+    which the first record's digest never matches; the later Relink of the same address and origin
+    carries them, so the first is applied at once (current), not after relink_wait_s."""
+    links = _table("links")
+    a, wall_a, _ = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    first = _relink_records(
+        drive(b, wall_b, as_batches([r for r in records if r.key.endswith("1")] + [link], 2, topics, batch=10)),
+        b.relinks,
+    )
+    ended = change("contract_ended", DAY + 200, id="end", msisdn=OTHER, contract_id="K-O")
+    then = _relink_records(drive(b, wall_b, as_batches([ended], 2, topics, batch=10)), b.relinks, len(first))
+    mine = [r for r in (*first, *then) if r.partition == 0]
+    assert len(mine) == 2
+    a.on_events([(TP(a.relinks, 0), mine)])
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [r.offset for r in mine] and not a.held[0]
+    got = samples(a.metrics.registry)
+    assert got['notifguard_relinks_applied_total{view="waited_out"}'] == 0
+    assert got['notifguard_relinks_applied_total{view="current"}'] == 4  # o, late; end (its two addresses)
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
 
 
 def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wait_runs_out():
@@ -270,6 +388,43 @@ def test_a_relink_is_held_until_the_address_index_view_holds_its_links_or_the_wa
         assert got["notifguard_relinks_held"] == 0
         expected = [("recipient_unlinked", "n", "retracted"), ("recipient_other_customer", "n", "firing")]
         assert _alert_events([flush]) == (expected if catch_up else [])  # (the old view: nothing changes)
+
+
+def test_a_relink_record_of_before_the_batches_is_applied_after_the_wait():
+    """A record of the previous format (one Relink, its digest of the links' stored form) still in
+    the topic at an upgrade: held, then applied with the view there is after relink_wait_s."""
+    import hashlib
+
+    from detectors.codec import encode_links
+    from detectors.engine import Relink
+    from streams.worker.pipeline import RelinkRecord
+
+    links = _table("links")
+    a, wall_a, mono_a = _worker(0, links)
+    b, wall_b, _ = _worker(1, links)
+    records, link = _story()
+    topics = [TOPICS.changes, TOPICS.outbound, TOPICS.delivery]
+    drive(a, wall_a, as_batches([r for r in records if not r.key.endswith("1")], 2, topics, batch=10))
+    flushes_b = drive(b, wall_b, as_batches([r for r in records if r.key.endswith("1")] + [link], 2, topics, batch=10))
+    _relink_records(flushes_b, b.relinks)  # (B's state written to the tables: A's view holds its links)
+    origin = b.engine.pseudonymiser.msisdn_ref(OTHER)
+    addr = b.engine.pseudonymiser.address_ref("shared@x.de")
+    own = [x for x in b.links.get(addr, []) if x.msisdn_ref == origin]
+    old_digest = hashlib.blake2b(encode_links(own), digest_size=8).digest()
+    relink = Relink(addr, parse_rfc3339(link.event["event_time"]), ["late"], origin)
+    value = a._relink_encode(RelinkRecord(relink, old_digest))
+    record = ConsumerRecord(a.relinks, 0, 3, b"k", value, 0)
+    a.on_events([(TP(a.relinks, 0), [record])])
+    assert a.take_flush().done == [] and len(a.held[0]) == 1
+    mono_a[0] += 30.0
+    a.tick()
+    flush = a.take_flush()
+    assert [m.offset for m in flush.done] == [3]
+    assert samples(a.metrics.registry)['notifguard_relinks_applied_total{view="waited_out"}'] == 1
+    assert _alert_events([flush]) == [
+        ("recipient_unlinked", "n", "retracted"),
+        ("recipient_other_customer", "n", "firing"),
+    ]
 
 
 def test_a_relink_record_that_does_not_decode_is_dead_lettered_and_done():
