@@ -65,18 +65,25 @@ def own_state_key(alert: dict[str, Any]) -> str:
 def final(
     records: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], str] = dedup_key
 ) -> dict[str, dict[str, Any]]:
-    """The alerts that stand at the end: each key's first firing record, unless its last record is a retraction.
+    """The alerts that stand at the end, by `key`: each dedup_key's first firing record, unless its
+    last record is a retraction (the contract's final set), then the first of those with each `key`.
 
-    Records of one dedup_key share a partition of the alerts topic (they are keyed
-    by it), so their order on it is the order they were decided in.
+    Records of one dedup_key share a partition of the alerts topic (they are keyed by it), so
+    their order on it is the order they were decided in; records of two dedup_keys have no order
+    on it, so a retraction of one never withdraws another that `key` makes the same
+    (own_state_key: a retracted recipient_unlinked and the recipient_other_customer that replaced
+    it).
     """
-    out: dict[str, dict[str, Any]] = {}
+    by_dedup: dict[str, dict[str, Any]] = {}
     for r in records:
-        k = key(r)
+        k = str(r["dedup_key"])
         if r.get("status", "firing") == "retracted":
-            out.pop(k, None)
+            by_dedup.pop(k, None)
         else:
-            out.setdefault(k, r)
+            by_dedup.setdefault(k, r)
+    out: dict[str, dict[str, Any]] = {}
+    for r in by_dedup.values():
+        out.setdefault(key(r), r)
     return out
 
 
