@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -292,6 +292,13 @@ def partition_db(store: Any, partition: int) -> Any:
     """The RocksDB database of one partition of a Faust table store, or None for the memory store."""
     db_for_partition = getattr(store, "_db_for_partition", None)
     return None if db_for_partition is None else db_for_partition(partition)
+
+
+def partition_dbs(store: Any) -> Callable[[int], Any] | None:
+    """partition_db for one store, looked up once (the address index reads an address in every
+    partition's database: TableLinks), or None for the memory store."""
+    db_for_partition: Callable[[int], Any] | None = getattr(store, "_db_for_partition", None)
+    return db_for_partition
 
 
 def has_partition_dbs(store: Any) -> bool:

@@ -97,10 +97,10 @@ class LinksRebuild:
     "address-index-v2") from the states of the numbers of this worker's partitions, for each
     partition the table does not say is built: a deployment upgraded from the table keyed by the
     address alone starts with an empty one (docs/topics.md 2.6a, upgrading). A slice of `batch`
-    numbers per tick, as the sweeper walks them, once the tables are recovered; each number's
-    links go in through Engine.index_number (an upsert: a number changed by a record meanwhile
-    is indexed as it is now, twice is once), and the partition is marked built at the end of
-    its walk. A revoked partition leaves the walk; its next owner walks it again.
+    numbers per tick and per fetched batch (Pipeline, which holds the records meanwhile), as
+    the sweeper walks them, once the tables are recovered; each number's links go in through
+    Engine.index_number (an upsert: twice is once), and the partition is marked built at the
+    end of its walk. A revoked partition leaves the walk; its next owner walks it again.
     """
 
     def __init__(self, engine: Engine, numbers: TableNumbers, links: TableLinks, batch: int = 5_000) -> None:

@@ -345,9 +345,11 @@ class TableLinks:
 
     def _entries(self, addr: bytes) -> Iterator[tuple[int, tuple[Link, ...]]]:
         """(partition, links) of each stored entry of the address, in partition order."""
-        table = self.table
+        store = self.table.data
+        db_for = seams.partition_dbs(store)
         for partition in range(self.partitions):
-            raw = store_get(table, partition, links_key(addr, partition))
+            key = addr + partition.to_bytes(2, "big")  # (links_key)
+            raw = store.data.get(key) if db_for is None else db_for(partition).get(key)
             if raw is not None:
                 yield partition, self._decode(raw)
 

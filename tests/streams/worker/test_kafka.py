@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from detectors.capture import Envelope, encode_line
+from detectors.codec import number_key
 from detectors.settings import Settings
 from detectors.timefmt import parse_rfc3339, rfc3339
 from streams.replay_offline import replay
@@ -226,6 +227,26 @@ def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp
     settle_and_compare(run, expected, timeout=300)
 
 
+def _sample(exposition: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name + " "))
+
+
+def _numbers_stored(datadir: Path, partitions: int) -> int:
+    """How many number states a stopped worker's RocksDB numbers table holds (detectors.codec.number_key)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    n = 0
+    for p in range(partitions):
+        db = Rdict(
+            str(datadir / "v1" / "tables" / f"numbers-{p}.db"),
+            Options(raw_mode=True),
+            access_type=AccessType.read_only(),
+        )
+        n += sum(1 for key in db.keys() if len(key) == len(number_key("00" * 12)))  # noqa: SIM118 (raw mode iterates keys only so)
+        db.close()
+    return n
+
+
 def _empty_the_address_index(run: KafkaRun) -> int:
     """Tombstone every key of the address index's changelog (what an upgraded deployment has of
     the new table: nothing); returns how many keys there were."""
@@ -264,7 +285,11 @@ def test_an_upgraded_deployment_fills_the_address_index_from_the_numbers_changel
     run.produce(first)
     port = run.start_worker(name="w1")
     wait_consumed(run, [port], len(first))
-    run.kill(sig=signal.SIGTERM)  # a clean stop: everything read is flushed
+    deadline = time.monotonic() + 60
+    while _sample(run.metrics(port), "notifguard_pending_events") > 0:  # (idle inputs: all released)
+        assert time.monotonic() < deadline, "the worker still holds records in its grace buffers"
+        time.sleep(0.5)
+    run.kill(sig=signal.SIGTERM)  # a clean stop: everything applied is flushed
     assert _empty_the_address_index(run) > 0
     run.start_worker(name="w2")  # a fresh RocksDB directory: the numbers from their changelog alone
     log = run.workers[-1][2]
@@ -272,7 +297,10 @@ def test_an_upgraded_deployment_fills_the_address_index_from_the_numbers_changel
     while "the address index is filled" not in log.read_text():
         assert time.monotonic() < deadline, "the worker did not fill the address index"
         time.sleep(0.5)
-    assert "the address index has no entries of input partitions [0, 1, 2, 3, 4, 5]" in log.read_text()
+    text = log.read_text()
+    assert "the address index has no entries of input partitions [0, 1, 2, 3, 4, 5]" in text
+    filled = int(text.split("the address index is filled: ")[1].split()[0])
+    assert filled == _numbers_stored(tmp_path / "data-w1", run.partitions)  # every number w1 left
     run.produce(rest)
     settle_and_compare(run, expected, timeout=300)
 
