@@ -32,35 +32,12 @@ from typing import Any
 import msgspec
 
 from bench.replay_bench import ensure_capture
+from detectors.alerts import final_set
 from detectors.capture import Envelope
-from detectors.engine import Engine
+from detectors.engine import Engine, PartitionedDict
 from detectors.settings import Settings
-from detectors.state import AddressIndex, NumberState
+from detectors.state import AddressIndex
 from streams.worker.pipeline import RelinkBatch, RelinkRecord, origin_links_digest
-
-
-class _Partitions:
-    """One worker's numbers: a PartitionedStore in dicts (the numbers table)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, dict[str, NumberState]] = {}
-
-    def get(self, ref: str) -> NumberState | None:
-        for states in self.parts.values():
-            if ref in states:
-                return states[ref]
-        return None
-
-    def __setitem__(self, ref: str, state: NumberState) -> None:
-        for states in self.parts.values():
-            if ref in states:
-                states[ref] = state
-
-    def get_in(self, ref: str, partition: int) -> NumberState | None:
-        return self.parts.get(partition, {}).get(ref)
-
-    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
-        self.parts.setdefault(partition, {})[ref] = state
 
 
 def run(envelopes: list[Envelope], workers: int, per_flush: int, on_time: bool, behind_s: float = 0) -> dict[str, Any]:
@@ -68,7 +45,7 @@ def run(envelopes: list[Envelope], workers: int, per_flush: int, on_time: bool, 
     links: dict[Any, Any] = {}
     counter = itertools.count()
     engines = [
-        Engine(settings, new_id=lambda: f"a{next(counter)}", numbers=_Partitions(), index=AddressIndex(links))
+        Engine(settings, new_id=lambda: f"a{next(counter)}", numbers=PartitionedDict(), index=AddressIndex(links))
         for _ in range(workers)
     ]
     for e in engines:
@@ -171,13 +148,7 @@ def run(envelopes: list[Envelope], workers: int, per_flush: int, on_time: bool, 
 
 
 def _final(alerts: list[Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for a in alerts:
-        if a.status == "retracted":
-            out.pop(a.dedup_key, None)
-        else:
-            out[a.dedup_key] = a.kind
-    return out
+    return {key: a.kind for key, a in final_set(alerts).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

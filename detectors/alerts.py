@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -76,3 +77,15 @@ def encode_alert(alert: Alert) -> bytes:
 
 def decode_alert(data: bytes | str) -> Alert:
     return alert_decoder.decode(data)
+
+
+def final_set(alerts: Iterable[Alert]) -> dict[str, Alert]:
+    """The final alert set of contract 1.1 (docs/topics.md 2.6a): firing minus retracted, by
+    dedup_key, in the order decided: each key's firing record since its last retraction."""
+    out: dict[str, Alert] = {}
+    for a in alerts:
+        if a.status == RETRACTED:
+            out.pop(a.dedup_key, None)
+        else:
+            out.setdefault(a.dedup_key, a)
+    return out

@@ -178,6 +178,31 @@ class PartitionedStore(NumberStore, Protocol):
     def put_in(self, ref: str, state: NumberState, partition: int) -> None: ...
 
 
+class PartitionedDict:
+    """A PartitionedStore in dicts, partition -> ref -> state: one worker's numbers table, for an
+    engine run as a worker's outside Kafka (benchmarks, tests)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, NumberState]] = {}
+
+    def get(self, ref: str) -> NumberState | None:
+        for states in self.parts.values():
+            if ref in states:
+                return states[ref]
+        return None
+
+    def __setitem__(self, ref: str, state: NumberState) -> None:
+        for states in self.parts.values():
+            if ref in states:
+                states[ref] = state
+
+    def get_in(self, ref: str, partition: int) -> NumberState | None:
+        return self.parts.get(partition, {}).get(ref)
+
+    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
+        self.parts.setdefault(partition, {})[ref] = state
+
+
 @dataclass
 class Stats:
     """Plain counters the shell exports; keys are bounded vocabularies."""

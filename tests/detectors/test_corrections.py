@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors import expiry
-from detectors.alerts import Alert
+from detectors.alerts import Alert, final_set
 from detectors.engine import Engine
 from detectors.settings import Settings
 from tests.detectors.test_properties import _t, histories
@@ -20,14 +20,20 @@ GRACE = 30.0
 
 
 def final(alerts: list[Alert]) -> dict[str, str]:
-    """Firing minus retracted, by dedup_key (the last word on each key): key -> kind."""
-    out: dict[str, str] = {}
+    """The final set (detectors.alerts.final_set): dedup_key -> kind."""
+    return {key: a.kind for key, a in final_set(alerts).items()}
+
+
+def assert_raised_once(alerts: list[Alert]) -> None:
+    """Nothing raised twice, nothing retracted that was not raised."""
+    live: set[str] = set()
     for a in alerts:
         if a.status == "retracted":
-            out.pop(a.dedup_key, None)
+            assert a.dedup_key in live
+            live.discard(a.dedup_key)
         else:
-            out[a.dedup_key] = a.kind
-    return out
+            assert a.dedup_key not in live
+            live.add(a.dedup_key)
 
 
 def _run(records: list[Rec], s: Settings) -> tuple[list[Alert], Engine]:
@@ -54,15 +60,7 @@ def test_any_arrival_order_within_the_horizon_gives_the_in_order_final_alerts(re
     got, engine = _run(_arrivals(records, data, HORIZON - GRACE), s)
     assert final(got) == final(expected)
     assert sum(engine.stats.too_late.values()) == 0
-    # nothing is raised twice, nothing retracted that was not raised
-    live: set[str] = set()
-    for a in got:
-        if a.status == "retracted":
-            assert a.dedup_key in live
-            live.discard(a.dedup_key)
-        else:
-            assert a.dedup_key not in live
-            live.add(a.dedup_key)
+    assert_raised_once(got)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -259,11 +257,4 @@ def test_with_budgets_that_cut_nothing_is_raised_twice_or_retracted_unraised(rec
         mp.setattr(expiry, "PAST_BYTES", past_bytes)
         mp.setattr(expiry, "FIRED_BYTES", fired_bytes)
         got, _ = _run(_arrivals(records, data, HORIZON - GRACE), Settings(correction_horizon_s=HORIZON))
-    live: set[str] = set()
-    for a in got:
-        if a.status == "retracted":
-            assert a.dedup_key in live
-            live.discard(a.dedup_key)
-        else:
-            assert a.dedup_key not in live
-            live.add(a.dedup_key)
+    assert_raised_once(got)

@@ -7,10 +7,11 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.engine import Engine
+from detectors.capture import Envelope
+from detectors.engine import Engine, PartitionedDict
 from detectors.mailers import REFRESH_US, MailerDict, MailerIndex
 from detectors.settings import Settings
-from detectors.state import AddressIndex, NumberState
+from detectors.state import AddressIndex
 from tests.detectors.test_corrections import GRACE, HORIZON, _arrivals, final
 from tests.detectors.test_properties import NUMBERS, histories
 from tests.factories import Rec
@@ -99,28 +100,7 @@ def test_the_index_never_misses_a_number_that_mailed_the_address_at_or_after_t(m
 # ------------------------------------------------------------- partitioned engines
 
 
-class Partitioned:
-    """A PartitionedStore of one engine's partitions (a worker's numbers table, in dicts)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, dict[str, NumberState]] = {}
-
-    def get(self, ref: str) -> NumberState | None:
-        for states in self.parts.values():
-            if ref in states:
-                return states[ref]
-        return None
-
-    def __setitem__(self, ref: str, state: NumberState) -> None:
-        for states in self.parts.values():
-            if ref in states:
-                states[ref] = state
-
-    def get_in(self, ref: str, partition: int) -> NumberState | None:
-        return self.parts.get(partition, {}).get(ref)
-
-    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
-        self.parts.setdefault(partition, {})[ref] = state
+Partitioned = PartitionedDict  # (one engine's partitions: a worker's numbers table)
 
 
 def _engine(s: Settings, store: Partitioned | None = None, links: dict | None = None) -> Engine:
@@ -232,13 +212,10 @@ def test_relinked_re_judges_only_the_numbers_of_its_partition():
     ]
 
 
-def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
-    """The premise of test_live's contracts-days-behind run, without a broker: two partitioned
-    engines, the contract changes after everything else (their topic idle meanwhile), in either
-    partition's order: with the Relinks broadcast the final set is the in-order one; dropped, the
-    stories' mails keep recipient_unlinked."""
-    from detectors.engine import Engine as _Engine
-    from tests.pipelines import CHANGES, Shape, add_cross_partition_links, build_pipeline
+def _cross_partition_stories() -> tuple[list[Envelope], Settings, dict[str, str]]:
+    """The stories of tests.pipelines.add_cross_partition_links on two partitions: their envelopes,
+    the settings they are judged with, and one engine's final set in order."""
+    from tests.pipelines import Shape, add_cross_partition_links, build_pipeline
 
     pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
     add_cross_partition_links(pipeline)
@@ -248,7 +225,18 @@ def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
     for e in envelopes:
         one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
     one.flush(0)
-    in_order = final(one.drain()[0])
+    return envelopes, s, final(one.drain()[0])
+
+
+def test_the_live_test_s_cross_partition_stories_need_the_relinks_routed():
+    """The premise of test_live's contracts-days-behind run, without a broker: two partitioned
+    engines, the contract changes after everything else (their topic idle meanwhile), in either
+    partition's order: with the Relinks broadcast the final set is the in-order one; dropped, the
+    stories' mails keep recipient_unlinked."""
+    from detectors.engine import Engine as _Engine
+    from tests.pipelines import CHANGES
+
+    envelopes, s, in_order = _cross_partition_stories()
     assert sorted(in_order.values()).count("recipient_other_customer") >= 2
 
     def run(order: list, route: bool) -> dict[str, str]:
@@ -403,17 +391,7 @@ def test_the_cross_partition_stories_with_one_worker_a_backlog_behind_give_the_i
     backlog), so every record is on time in its own engine. With on-time changes relinked, the
     final set is the in-order one whichever is behind; without, the stories' mails in the partition
     ahead keep recipient_unlinked."""
-    from tests.pipelines import Shape, add_cross_partition_links, build_pipeline
-
-    pipeline = build_pipeline(Shape(seed=104, numbers=240, days=3.0, partitions=2, p_family=0.5))
-    add_cross_partition_links(pipeline)
-    envelopes = pipeline.envelopes()
-    s = Settings(grace_s=10, idle_flush_s=15)
-    one = _engine(s)
-    for e in envelopes:
-        one.process(e.topic, e.partition, e.offset, e.key, e.payload, 0)
-    one.flush(0)
-    in_order = final(one.drain()[0])
+    envelopes, s, in_order = _cross_partition_stories()
 
     def run(ahead: int, on_time: bool) -> tuple[dict[str, str], int]:
         links: dict = {}

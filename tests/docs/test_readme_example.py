@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from detectors.alerts import RETRACTED, Alert
+from detectors.alerts import Alert, final_set
 from tests.factories import FILLER_START, Rec, advance, change, feed, mail, new_engine
 
 DAY, H = 86_400, 3_600
@@ -16,14 +16,8 @@ MAILS = [mail("anna@web.de", DAY + h * H, id=f"mail-{h}00", msisdn=X) for h in (
 
 
 def final(alerts: list[Alert]) -> dict[str, tuple[str, str]]:
-    """Firing minus retracted, by dedup_key."""
-    out: dict[str, tuple[str, str]] = {}
-    for a in alerts:
-        if a.status == RETRACTED:
-            out.pop(a.dedup_key, None)
-        else:
-            out[a.dedup_key] = (a.kind, a.trigger_event_id)
-    return out
+    """The final set (detectors.alerts.final_set): dedup_key -> (kind, trigger)."""
+    return {key: (a.kind, a.trigger_event_id) for key, a in final_set(alerts).items()}
 
 
 def in_order(records: list[Rec]) -> list[Alert]:
