@@ -47,6 +47,7 @@ class Horizons:
     history: int
     past: int  # notifications and bounces kept for re-judging (contract 1.1)
     fired: int  # alerts raised, kept to compare a re-judging with
+    horizon: int = 0  # the correction horizon (µs): no re-judging reaches further behind a number's newest event
 
     @classmethod
     def at(cls, now: int, settings: Settings) -> Horizons:
@@ -59,6 +60,7 @@ class Horizons:
             history=now - us(settings.history_retention_s),
             past=now - past_span(settings),
             fired=now - us(settings.correction_horizon_s),
+            horizon=us(settings.correction_horizon_s),
         )
 
 
@@ -121,13 +123,18 @@ def expire(state: NumberState, h: Horizons) -> bool:
         changed = True
     fired = state.fired
     if fired and fired[0].t < h.fired:
-        state.fired = [f for f in fired if f.t >= h.fired]
+        kept = [f for f in fired if f.t >= h.fired]
+        # The sweep's event time may be ahead of the number's newest event: a re-judging may still
+        # start before h.fired (Engine._rejudge: its newest event less the horizon), so what was
+        # raised and dropped here must not look new to it (cut, as for a budget's cut)
+        _note_cut(state, max(f.t for f in fired if f.t < h.fired))
+        state.fired = kept
         changed = True
     restated = state.restated
     if restated and restated[0].t < h.fired:
         state.restated = [c for c in restated if c.t >= h.fired]
         changed = True
-    if state.cut is not None and state.cut < h.fired:  # (no re-judging reaches back to it)
+    if state.cut is not None and state.cut < state.max_t - h.horizon:  # (no re-judging reaches back to it)
         state.cut = None
         changed = True
     changes = state.changes
