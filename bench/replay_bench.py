@@ -20,12 +20,14 @@ from pathlib import Path
 
 import msgspec
 
+from detectors.capture import decode_line
 from detectors.codec import encode_links, encode_number, number_key
 from detectors.engine import Engine
 from detectors.mailers import MailerDict
 from detectors.settings import Settings
+from detectors.state import Link
 from streams.replay_offline import replay
-from streams.tablestore import mailers_key
+from streams.tablestore import links_key, mailers_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,16 +58,35 @@ def ensure_capture(records: int, numbers: int, seed: int) -> Path:
     return out
 
 
-def state_size(engine: Engine) -> dict[str, float]:
+def number_partitions(capture: Path, engine: Engine) -> dict[str, int]:
+    """msisdn_ref -> the input partition of the number's records in the capture."""
+    ref_of = engine.pseudonymiser.msisdn_ref
+    by_key: dict[str, int] = {}
+    with capture.open("rb") as f:
+        for line in f:
+            env = decode_line(line)
+            if env.key is not None:
+                by_key.setdefault(env.key, env.partition)
+    return {ref_of(key): partition for key, partition in by_key.items()}
+
+
+def state_size(engine: Engine, partitions: dict[str, int]) -> dict[str, float]:
     """Bytes the worker persists per tracked number: both tables, keys included.
 
     The number-state table holds number_key(ref) -> encode_number(state) and the mailers index's
-    rows, the address index addr -> encode_links(links) (streams/tablestore.py).
+    rows; the address index one entry per address and input partition of the numbers linked to
+    it, links_key(addr, P) -> encode_links(their links) (streams/tablestore.py TableLinks;
+    `partitions`: each number's input partition, number_partitions).
     """
     numbers = engine.numbers
     n = len(numbers)  # type: ignore[arg-type]
     number_bytes = sum(len(number_key(ref)) + len(encode_number(s)) for ref, s in numbers.items())  # type: ignore[attr-defined, misc]
-    index_bytes = sum(len(addr) + len(encode_links(links)) for addr, links in engine.index.items())
+    index_bytes = 0
+    for addr, links in engine.index.items():
+        entries: dict[int, list[Link]] = {}
+        for link in links:
+            entries.setdefault(partitions[link.msisdn_ref], []).append(link)
+        index_bytes += sum(len(links_key(addr, p)) + len(encode_links(own)) for p, own in entries.items())
     # the mailers index (detectors.mailers): in the worker, rows of the numbers table
     # (streams.tablestore.TableMailers: key m + address + partition, msgpack of ref -> time)
     engine.build_mailers()  # (offline it is built at the first Relink only; the worker's notes every mail)
@@ -132,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "records_per_s_cpu_bound": round(summary.records / max(parent_cpu, child_cpu)),
         "cpu_s_all": [[round(a, 3), round(b, 3)] for a, b in cpus],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        **{k: round(v, 1) for k, v in state_size(engine).items()},
+        **{k: round(v, 1) for k, v in state_size(engine, number_partitions(capture, engine)).items()},
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
     }
