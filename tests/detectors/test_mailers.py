@@ -212,6 +212,15 @@ def test_relinked_re_judges_only_the_numbers_of_its_partition():
     ]
 
 
+def _in_order(records: list[Rec], s: Settings) -> dict[str, str]:
+    """One engine's final set of the records in event-time order (what workers must give)."""
+    one = _engine(s)
+    for i, r in enumerate(sorted(records, key=_t)):
+        one.process(r.topic, 0, i, r.key, r.value, 0)
+    one.flush(0)
+    return final(one.drain()[0])
+
+
 def _cross_partition_stories() -> tuple[list[Envelope], Settings, dict[str, str]]:
     """The stories of tests.pipelines.add_cross_partition_links on two partitions: their envelopes,
     the settings they are judged with, and one engine's final set in order."""
@@ -283,11 +292,7 @@ def test_two_workers_watermarks_apart_give_the_in_order_final_set(records, data)
     own engine but behind a mail the other judged already leaves that mail's verdict as it was:
     Hypothesis finds such an order (test_a_change_on_time_in_a_lagging_worker_re_judges...)."""
     s = Settings(correction_horizon_s=HORIZON)
-    one = _engine(s)
-    for i, r in enumerate(sorted(records, key=_t)):
-        one.process(r.topic, 0, i, r.key, r.value, 0)
-    one.flush(0)
-    in_order = final(one.drain()[0])
+    in_order = _in_order(records, s)
     got, _ = _feed_workers(_arrivals(records, data, HORIZON - GRACE), s)
     assert final(got) == in_order
     # nothing raised twice, nothing retracted that was not raised
@@ -326,11 +331,7 @@ def _t(rec: Rec) -> float:
 
 def test_a_change_on_time_in_a_lagging_worker_re_judges_the_leading_worker_s_mails():
     records = _lagging_story()
-    one = _engine(Settings())
-    for i, r in enumerate(sorted(records, key=_t)):
-        one.process(r.topic, 0, i, r.key, r.value, 0)
-    one.flush(0)
-    in_order = final(one.drain()[0])
+    in_order = _in_order(records, Settings())
     assert sorted(in_order.values()) == ["recipient_other_customer"]
     got, relinked = _feed_workers(records, Settings())
     assert final(got) == in_order
@@ -442,11 +443,7 @@ def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the
         change("contract_started", 0, id="sb", msisdn=b, contract_id="K-2", customer_id="C-2", email="b@x.de"),
         change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
     ]
-    one = _engine(Settings())
-    for i, r in enumerate(sorted(records, key=_t)):
-        one.process(r.topic, 0, i, r.key, r.value, 0)
-    one.flush(0)
-    in_order = final(one.drain()[0])
+    in_order = _in_order(records, Settings())
     assert sorted(in_order.values()) == ["recipient_unlinked"]
     got, relinked = _feed_workers(records, Settings())
     assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
@@ -476,11 +473,7 @@ def test_a_late_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_befor
         # a's own address, older than everything of a's past
         change("email_changed", day // 2, id="link", msisdn=b, contract_id="K-2", email="a@x.de"),
     ]  # fmt: skip
-    one = _engine(Settings())
-    for i, r in enumerate(sorted(records, key=lambda r: r.event["event_time"])):
-        one.process(r.topic, 0, i, r.key, r.value, 0)
-    one.flush(0)
-    assert sorted(final(one.drain()[0]).values()) == ["recipient_unlinked"]
+    assert sorted(_in_order(records, Settings()).values()) == ["recipient_unlinked"]
     got, relinked = _feed_workers(records, Settings())
     assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
     assert [(x.kind, x.trigger_event_id, x.status) for x in got] == [("recipient_unlinked", "n", "firing")]
