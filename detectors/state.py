@@ -79,9 +79,10 @@ class NumberState(msgspec.Struct, array_like=True):
     # address events dropped in order as restating their holding's current address (Engine._change),
     # kept for the correction horizon: a late change before one can make it count again
     restated: list[Change] = msgspec.field(default_factory=list)
-    # the event time of the newest entry the budgets cut from past or fired (detectors.expiry
-    # cap_past, cap_fired), None if none within the horizon: re-judging starts after it, as what
-    # was raised before it can no longer be compared with its mails judged again
+    # the event time of the newest entry the budgets cut from past or fired, or a sweep expired
+    # from fired (detectors.expiry cap_past, cap_fired, expire), None once more than the horizon
+    # behind max_t: re-judging starts after it, as what was raised before it can no longer be
+    # compared with its mails judged again
     cut: int | None = None
 
     def add_change(self, change: Change) -> None:
