@@ -294,15 +294,20 @@ def test_sigkill_mid_stream_then_restart_gives_the_offline_alerts(live_run, kill
 # ------------------------------------------------------------------ two workers
 
 
+def _ready_workers(live: Any, n: int) -> list[int]:
+    """Start workers w1..wn and wait (up to 60 s) until each says it is ready; their web ports."""
+    ports = [live.run.start_worker(name=f"w{i + 1}") for i in range(n)]
+    deadline = time.monotonic() + 60
+    while not all(live.run.health(p).get("ready") for p in ports):
+        assert time.monotonic() < deadline, "the workers did not settle"
+        time.sleep(0.5)
+    return ports
+
+
 def test_two_workers_sharing_the_partitions_give_the_offline_alerts(live_run):
     """Link-dependent kinds compared as one (own_state_key): a worker sees the other's links a flush late."""
     live = live_run(small(seed=105, numbers=250), **RESTART_RULES)  # a rebalance re-reads too
-    p1 = live.run.start_worker(name="w1")
-    p2 = live.run.start_worker(name="w2")
-    deadline = time.monotonic() + 60
-    while not all(live.run.health(p).get("ready") for p in (p1, p2)):
-        assert time.monotonic() < deadline, "the two workers did not settle"
-        time.sleep(0.5)
+    p1, p2 = _ready_workers(live, 2)
     started = time.monotonic()
     live.run.produce(live.capture, rebase="now").wait()
     result = live.finish(started, key=own_state_key)
@@ -374,11 +379,7 @@ def test_contract_changes_produced_days_of_event_time_behind_give_the_in_order_f
     changes = live.part("changes", [e for e in live.envelopes if e.topic == CHANGES])
     others = live.part("others", [e for e in live.envelopes if e.topic != CHANGES])
     delta = live.delta_to(now_us())
-    ports = [live.run.start_worker(name=f"w{i + 1}") for i in range(workers)]
-    deadline = time.monotonic() + 60
-    while not all(live.run.health(p).get("ready") for p in ports):
-        assert time.monotonic() < deadline, "the workers did not settle"
-        time.sleep(0.5)
+    ports = _ready_workers(live, workers)
     started = time.monotonic()
     live.run.produce(others, rebase=rebase_target(others, delta, 0)).wait()
     assert live.run.wait_done(240) == 0  # judged without the contract changes, committed
@@ -416,11 +417,7 @@ def test_a_worker_a_backlog_behind_the_other_gives_the_in_order_final_alerts(liv
     ahead = live.part("ahead", [e for e in live.envelopes if e.partition == 0])
     behind = live.part("behind", [e for e in live.envelopes if e.partition == 1])
     delta = live.delta_to(now_us())
-    ports = [live.run.start_worker(name=f"w{i + 1}") for i in range(2)]
-    deadline = time.monotonic() + 60
-    while not all(live.run.health(p).get("ready") for p in ports):
-        assert time.monotonic() < deadline, "the workers did not settle"
-        time.sleep(0.5)
+    ports = _ready_workers(live, 2)
     started = time.monotonic()
     live.run.produce(ahead, rebase=rebase_target(ahead, delta, 0)).wait()
     assert live.run.wait_done(240) == 0  # partition 0 judged without partition 1's links, committed
