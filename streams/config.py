@@ -274,10 +274,18 @@ class WorkerConfig:
     # 30 s is far above a flush and a fetch (0.25 s and 25 ms) and a leader election (seconds),
     # and short against the stall bound (120 s), which a held Relink must not reach.
     relink_wait_s: float = 30.0
+    # An upgraded deployment fills the address index of its partitions from the numbers' states
+    # (streams.sweeper.LinksRebuild, docs/topics.md 2.6a) this many numbers a tick and a fetched
+    # batch, holding its records meanwhile. 5,000 is the slice it was written with (the expiry
+    # sweep's is 2,000, and a fill slice only reads a state and writes its links); set it lower
+    # only to make a fill last longer, as a test of a rebalance in the middle of one does.
+    index_fill_batch: int = 5_000
     # The [incidents] table and NOTIFGUARD_INCIDENTS_* (load_incident_settings).
     incident_settings: IncidentSettings = dataclasses.field(default_factory=IncidentSettings)
 
     def __post_init__(self) -> None:
+        if self.index_fill_batch < 1:
+            raise ValueError(f"index_fill_batch must be >= 1, not {self.index_fill_batch}")
         for name in ("stall_after_s", "delivery_timeout_s", "shutdown_timeout_s", "relink_wait_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")

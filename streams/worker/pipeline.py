@@ -204,7 +204,7 @@ class Pipeline:
         self.sweeper = Sweeper(self.engine, numbers, mailers=self.mailers)
         # the address index of assigned partitions it does not hold yet (an upgraded deployment),
         # filled from the numbers' states a slice per tick once the tables are recovered
-        self.rebuild = LinksRebuild(self.engine, numbers, links)
+        self.rebuild = LinksRebuild(self.engine, numbers, links, batch=config.index_fill_batch)
         self._rebuild_due = False
         self._rebuild_from = 0  # rebuild.indexed when the current walk started
         self._rebuild_todo: list[int] = []  # the partitions it walks (for the log)

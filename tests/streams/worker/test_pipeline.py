@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -593,3 +594,15 @@ def test_an_upgraded_deployment_s_address_index_is_filled_from_the_numbers_state
     again, _ = worker(links)
     again.tick()
     assert not again.rebuild.active and again.rebuild.indexed == 0
+
+
+def test_the_address_index_fill_takes_the_slice_of_the_worker_settings():
+    """index_fill_batch (NOTIFGUARD_WORKER_INDEX_FILL_BATCH) is the numbers the fill walks a slice."""
+    from streams.config import load_worker_config
+
+    assert load_worker_config(None, env={}).index_fill_batch == 5_000
+    config = load_worker_config(None, env={"NOTIFGUARD_WORKER_INDEX_FILL_BATCH": "2"})
+    p = Pipeline(config, TableNumbers(_table("numbers")), TableLinks(_table("links"), 1), Metrics(TOPICS))
+    assert p.rebuild.batch == 2
+    with pytest.raises(ValueError, match="index_fill_batch"):
+        load_worker_config(None, env={"NOTIFGUARD_WORKER_INDEX_FILL_BATCH": "0"})
