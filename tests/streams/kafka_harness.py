@@ -273,3 +273,17 @@ def keys(alerts: Iterable[Any]) -> set[tuple[str, str, str]]:
         else:
             out.add((a.kind, a.trigger_event_id, a.subject.msisdn_ref))
     return out
+
+
+def committed_offsets(run: KafkaRun) -> int:
+    """The offsets the run's consumer group has committed on the input topics, summed: how many
+    input records its workers have acked."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=run.bootstrap)
+    try:
+        offsets = admin.list_group_offsets({run.app_id: None})[run.app_id]
+    finally:
+        admin.close()
+    inputs = {run.topics.outbound, run.topics.changes, run.topics.delivery}
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic in inputs)

@@ -22,25 +22,13 @@ from detectors.capture import encode_line
 from detectors.settings import Settings
 from streams.replay_offline import replay
 from streams.worker.offsets import OffsetTracker, decode_done, encode_done
-from tests.streams.kafka_harness import KafkaRun, keys, require_broker
+from tests.streams.kafka_harness import KafkaRun, committed_offsets, keys, require_broker
 from tests.streams.live_harness import final, repeated_firings
 from tests.streams.worker.test_kafka import REREAD_RETENTION_S, consumed, generated, wait_consumed
 
 
 def read_committed(run: KafkaRun, topic: str, until: Any, timeout: float) -> list[dict[str, Any]]:
     return run.read(topic, until, timeout, isolation_level="read_committed")
-
-
-def committed_offsets(run: KafkaRun) -> int:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=run.bootstrap)
-    try:
-        offsets = admin.list_group_offsets({run.app_id: None})[run.app_id]
-    finally:
-        admin.close()
-    inputs = {run.topics.outbound, run.topics.changes, run.topics.delivery}
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic in inputs)
 
 
 def end_offsets(run: KafkaRun, topic: str) -> int:
