@@ -47,7 +47,7 @@ class Horizons:
     history: int
     past: int  # notifications and bounces kept for re-judging (contract 1.1)
     fired: int  # alerts raised, kept to compare a re-judging with
-    horizon: int = 0  # the correction horizon (µs): no re-judging reaches further behind a number's newest event
+    horizon: int  # the correction horizon (µs): no re-judging reaches further behind a number's newest event
 
     @classmethod
     def at(cls, now: int, settings: Settings) -> Horizons:

@@ -124,7 +124,7 @@ def test_the_rest_of_a_cut_log_derives_the_same_later_holdings(log, horizon):
 
 
 def test_expire_drops_each_part_at_its_own_horizon():
-    h = Horizons(seen=100, sent=50, bounces=80, ports=20, history=0, past=40, fired=60)
+    h = Horizons(seen=100, sent=50, bounces=80, ports=20, history=0, past=40, fired=60, horizon=40)
     state = NumberState(
         past=[
             Past(39, 1, "e0", "m0", "o2", "s", b"a", "a***", "email"),
