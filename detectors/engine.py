@@ -259,6 +259,7 @@ class Engine:
         "_refs",
         "_replay",
         "_replay_t",
+        "_sms_masks",
         "_stats",
         "_topic_kind",
         "alerts",
@@ -340,7 +341,10 @@ class Engine:
         self._horizon = us(settings.correction_horizon_s)
         self._correlation = us(settings.delivery_correlation_s)
         self._keep_past = self._horizon + max(self._correlation, us(settings.bounce_burst_window_s))
-        self._masks: dict[str, str] = {}  # recipient -> its masked form (a memo)
+        # memos of masked_recipient, by channel: e-mail recipient -> its masked form, sms recipient ->
+        # its (a recipient's mask depends on its channel: one text may come as either)
+        self._masks: dict[str, str] = {}
+        self._sms_masks: dict[str, str] = {}
         self._past_rooms: dict[str, list[Any]] = {}  # see _PAST_ROOMS_MAX: [past, room], changed in place
         self._replay: list[tuple[int, Alert]] | None = None  # while re-judging: where alerts go
         self._replay_t = 0
@@ -831,11 +835,12 @@ class Engine:
 
     def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
         recipient = rec.recipient
-        masked = self._masks.get(recipient)
+        masks = self._masks if rec.channel == "email" else self._sms_masks
+        masked = masks.get(recipient)
         if masked is None:
-            if len(self._masks) >= _MASKS_MAX:
-                self._masks.clear()
-            masked = self._masks[recipient] = masked_recipient(recipient, rec.channel)
+            if len(masks) >= _MASKS_MAX:
+                masks.clear()
+            masked = masks[recipient] = masked_recipient(recipient, rec.channel)
         if addr is None:  # an sms: the recipient number's keyed hash
             number = self._refs.get(recipient)
             addr = bytes.fromhex(number if number is not None else self._pseudo.msisdn_ref(recipient))

@@ -316,3 +316,26 @@ def test_the_engine_keeps_its_attributes_in_slots():
     """Past 30 instance-dict attributes CPython 3.11 no longer specialises `self.x` (Engine.__slots__)."""
     engine = new_engine()
     assert vars(engine) == {}
+
+
+def test_a_recipient_is_masked_for_its_channel_whichever_came_first():
+    # one text as an sms recipient and as an e-mail recipient: each remembered with its own mask
+    # (the memo of masks is by channel: once keyed by the text alone, the second took the first's)
+    other = "+4917611111111"
+    text = "+4917655555555"
+    engine = new_engine()
+    feed(
+        engine,
+        [
+            STARTED,
+            mail(text, 10, id="sms", channel="sms"),
+            mail(text, 20, id="mail", msisdn=other),
+            delivery("m-mail", "bounced", 30, id="b", msisdn=other, recipient=text, bounce_type="hard"),
+        ],
+    )
+    engine.flush(0)
+    ref_of = engine.pseudonymiser.msisdn_ref
+    sms = engine.numbers[ref_of(MSISDN)].past[-1]
+    email = [p.to_masked for p in engine.numbers[ref_of(other)].past]
+    assert (sms.channel, sms.to_masked) == ("sms", "+49176******55")
+    assert email == ["+***", "+***"]  # (no @: a mailbox's text is masked whole)
