@@ -397,6 +397,24 @@ class Engine:
         """The engine's keyed hashes, with their memos."""
         return self._pseudo
 
+    def learn(
+        self,
+        numbers: dict[str, str],
+        addresses: dict[str, bytes],
+        email_masks: dict[str, str],
+        sms_masks: dict[str, str],
+    ) -> None:
+        """Add to the engine's memos what another process of one run computed with the same key and
+        functions (streams.replay_offline's decoding process): keyed hashes (Pseudonymiser.learn)
+        and masked recipients (masked_recipient, by channel). Memos only: nothing judged depends
+        on whether an entry was learnt or computed here."""
+        self._pseudo.learn(numbers, addresses)
+        for memo, new in ((self._masks, email_masks), (self._sms_masks, sms_masks)):
+            if new:
+                if len(memo) + len(new) > _MASKS_MAX:
+                    memo.clear()
+                memo.update(new)
+
     # ------------------------------------------------------------------ input
 
     def process(

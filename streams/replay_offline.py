@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO, Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import IO, Annotated, Any, Final, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -41,6 +41,7 @@ from detectors.records import (
 )
 from detectors.settings import Settings
 from detectors.timefmt import _FRACTIONS, _HOURS, _MINSEC, parse_common
+from detectors.wording import masked_recipient
 
 _json = msgspec.json.Encoder()
 
@@ -131,14 +132,19 @@ class _Progress:
 # Engine.process, which dead-letters them exactly as in one process. Both
 # modes give the same alerts, dead letters, counts and state.
 #
-# The child computes the keyed hashes of numbers (it needs them; sent with each
-# message, for the engine's memo). Those of addresses are left to the engine:
-# with arrival in the child, the two processes are about as busy.
+# The child also fills the engine's memos (Engine.learn): it computes the keyed
+# hashes of numbers (it needs them), and those of the addresses and the masked
+# recipients of the records it sends (as it decodes them, in file order: memos
+# of functions of their key alone, so the order changes nothing), each once,
+# sent with the next message. The engine's share of the work grew with the
+# correction horizon (the numbers' past); this keeps the two processes about as
+# busy (docs/performance.md).
 
 _BATCH = 2048  # lines between two drains (sweep checks), in both modes
 _SEND = 256  # lines a message (a divisor of _BATCH); small ones keep the records in the caches
 _CHUNK = 64  # lines read and decoded at once
 _PARALLEL_MIN_BYTES = 4 << 20  # below this, starting a process costs more than it saves
+_MASKS_SENT_MAX = 100_000  # recipients the child remembers having sent the masks of, by channel
 _GC_YOUNG = 20_000  # allocations between young-generation collections during a replay
 
 
@@ -167,16 +173,25 @@ _WIRE: dict[type, Any] = {Outbound: _wire_type(Outbound, "outbound"), Delivery: 
 for _cls in CHANGE_CLASSES:
     _WIRE[_cls] = _wire_type(_cls, str(_cls.__struct_config__.tag))
 _TAG = {cls: w.__struct_config__.tag for cls, w in _WIRE.items()}
+# Where a record's event_time is among its fields (the same in every record class). The transfer
+# form sends it empty: the engine reads a record's event time as the `t` sent beside it, never its
+# text (re-judging's stand-ins have none either), and leaving it out spares the parent decoding
+# 24 characters a record. Both modes giving the same alerts and state (tests/detectors/
+# test_replay_pipeline.py) holds the engine to that.
+_EVENT_TIME: Final = Outbound.__struct_fields__.index("event_time")
+assert all(msgspec.structs.fields(cls)[_EVENT_TIME].name == "event_time" for cls in _WIRE)
 # A message: the records to apply, flat (category, event time, late, record for
 # each, in apply order); the sweeps, as (records of the message applied before
 # it, event time to sweep at); the other lines, as lists: [topic, partition,
 # offset, key, payload, ts] to process as received (they are dead-lettered), or
 # [path, line number, line, error] for a line that is no envelope; lines per
-# topic; the new keyed hashes: msisdn -> msisdn_ref.
+# topic; the memo entries new since the last message (Engine.learn): msisdn ->
+# msisdn_ref, address -> its keyed hash, recipient -> its mask (e-mail, sms).
 _Item: Any = Union[(int, bool, Remembered, *_WIRE.values())]
-_Batch = tuple[list[Any], list[tuple[int, int]], list[list[Any]], dict[str, int], dict[str, str]]
+_Memos = tuple[dict[str, str], dict[str, bytes], dict[str, str], dict[str, str]]
+_Batch = tuple[list[Any], list[tuple[int, int]], list[list[Any]], dict[str, int], _Memos]
 _batch_decoder: msgspec.msgpack.Decoder[_Batch] = msgspec.msgpack.Decoder(
-    tuple[list[_Item], list[tuple[int, int]], list[list[Any]], dict[str, int], dict[str, str]]
+    tuple[list[_Item], list[tuple[int, int]], list[list[Any]], dict[str, int], _Memos]
 )
 # The last message: the child's arrival state (detectors.arrival.Arrival.snapshot).
 _envelopes = msgspec.json.Decoder(Envelope)
@@ -250,7 +265,12 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     skew = us(settings.max_future_skew_s)
     pseudo = Pseudonymiser(settings.pseudonymisation_key.reveal().encode())
     known_numbers = pseudo.numbers_memo()
-    msisdn_ref = pseudo.msisdn_ref
+    known_addresses = pseudo.addresses_memo()
+    msisdn_ref, address_ref = pseudo.msisdn_ref, pseudo.address_ref
+    # the recipients whose masks the engine has been sent, by channel (bounded: past
+    # _MASKS_SENT_MAX, sent again)
+    masked_email: set[str] = set()
+    masked_sms: set[str] = set()
     lines_by = [0, 0, 0]  # lines per input topic, by category
     out: list[Any] = []
     sweeps: list[tuple[int, int]] = []
@@ -258,7 +278,27 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
     sent_by = [0, 0, 0]  # lines_by when the last message was sent
     other_topics: Counter[str] = Counter()
     numbers: dict[str, str] = {}
+    addresses: dict[str, bytes] = {}
+    email_masks: dict[str, str] = {}
+    sms_masks: dict[str, str] = {}
     n = 0  # lines
+
+    def learn_recipient(recipient: str, channel: str) -> None:
+        """The engine's memo entries for a recipient of a mail or a bounce (e-mail), or of an sms."""
+        if channel == "email":
+            if recipient not in known_addresses:
+                addresses[recipient] = address_ref(recipient)
+            masked, masks = masked_email, email_masks
+        else:  # (an sms: the keyed hash of the recipient number)
+            if recipient not in known_numbers:
+                numbers[recipient] = msisdn_ref(recipient)
+            masked, masks = masked_sms, sms_masks
+        if recipient not in masked:
+            if len(masked) >= _MASKS_SENT_MAX:
+                masked.clear()
+            masked.add(recipient)
+            masks[recipient] = masked_recipient(recipient, channel)
+
     clock = arrival.clock  # the capture's record timestamps play the wall clock (idleness)
 
     def wire(category: int, record: Any) -> Any:
@@ -269,7 +309,9 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
         wire_tag = tag.get(cls)
         if wire_tag is None:  # a subclass (the fast decoders' classes)
             wire_tag = tag[cls] = next(tag[c] for c in cls.__mro__ if c in tag)
-        return (wire_tag, *astuple(record))
+        fields = astuple(record)
+        # (the event time travels as `t`: its text is not sent, see _EVENT_TIME)
+        return (wire_tag, *fields[:_EVENT_TIME], "", *fields[_EVENT_TIME + 1 :])
 
     def message() -> bytes:
         topics = {name: a - b for name, a, b in zip(topic_names, lines_by, sent_by, strict=True) if a != b}
@@ -277,7 +319,7 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
             topics[name] = topics.get(name, 0) + k
         sent_by[:] = lines_by
         other_topics.clear()
-        return encoder.encode((out, sweeps, others, topics, numbers))
+        return encoder.encode((out, sweeps, others, topics, (numbers, addresses, email_masks, sms_masks)))
 
     try:
         for chunk in _read(paths):
@@ -337,6 +379,18 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     ref = known_numbers.get(msisdn)
                     if ref is None:
                         ref = numbers[msisdn] = msisdn_ref(msisdn)
+                    # the engine's memos (Engine.learn): what it will hash and mask of this record
+                    if category == NOTIFICATION:
+                        recipient = record.recipient
+                        if recipient not in (masked_email if record.channel == "email" else masked_sms):
+                            learn_recipient(recipient, record.channel)
+                    elif category == DELIVERY:
+                        if record.status == "bounced" and record.recipient not in masked_email:
+                            learn_recipient(record.recipient, "email")
+                    else:
+                        email = getattr(record, "email", None)
+                        if email and email not in known_addresses:  # (a contract's address: hashed only)
+                            addresses[email] = address_ref(email)
                     ts = env.ts
                     if ts is not None:
                         clock = ts * 1000
@@ -353,7 +407,8 @@ def _decode_into(paths: list[str], settings: Settings, conn: Connection, arrival
                     if at is not None:
                         sweeps.append((len(out) // 4, at))
                 conn.send_bytes(message())
-                out, sweeps, others, numbers = [], [], [], {}
+                out, sweeps, others = [], [], []
+                numbers, addresses, email_masks, sms_masks = {}, {}, {}, {}
         if n % _BATCH:
             at = sweep_due()
             if at is not None:
@@ -517,13 +572,13 @@ def replay(
                 drain()  # before the flush, as with two processes: the sweeps are at the same points
         else:
             apply_released = engine.apply_released
-            learn = engine.pseudonymiser.learn
+            learn = engine.learn
             sweep = engine.sweep
             numbers_of = engine.numbers
             assert isinstance(numbers_of, dict)
             end: list[Any] = []
-            for items, sweeps, others, topics, numbers in _parallel(files, engine.settings, engine, end):
-                learn(numbers, {})
+            for items, sweeps, others, topics, memos in _parallel(files, engine.settings, engine, end):
+                learn(*memos)
                 summary.by_topic.update(topics)
                 summary.records += sum(topics.values())
                 for item in others:

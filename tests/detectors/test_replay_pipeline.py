@@ -8,6 +8,7 @@ import pytest
 from bench.generate import main as generate
 from detectors.codec import decode_number, encode_number
 from detectors.engine import Engine
+from detectors.privacy import Pseudonymiser
 from detectors.settings import Settings
 from streams.replay_offline import replay
 
@@ -66,6 +67,27 @@ def test_two_processes_give_the_same_alerts_dead_letters_and_state(capture):
         r: encode_number(s) for r, s in two[3].numbers.items()
     }
     assert one[3].index.items() == two[3].index.items()
+
+
+def test_the_second_process_fills_the_engines_memos_of_hashes_and_masks(capture, monkeypatch):
+    # The decoding process hashes and masks what the engine will (Engine.learn): the engine
+    # process computes no keyed hash and no masked recipient itself, and judges the same.
+    import detectors.engine as engine_module
+
+    masked: list[str] = []
+    real_mask = engine_module.masked_recipient
+    monkeypatch.setattr(engine_module, "masked_recipient", lambda r, c: masked.append(c) or real_mask(r, c))
+    engine = Engine(Settings(), new_id=lambda: "x")
+    hashed: list[bytes] = []
+    real_hmac = Pseudonymiser._hmac  # (the forked decoding process appends to its own copy of `hashed`)
+    monkeypatch.setattr(Pseudonymiser, "_hmac", lambda self, data: hashed.append(data) or real_hmac(self, data))
+    _, alerts = replay([capture], Settings(), engine=engine, jobs=2)
+    assert hashed == [] and masked == []
+    memo = engine.pseudonymiser
+    assert len(memo.numbers_memo()) > 100 and len(memo.addresses_memo()) > 100
+    assert engine._masks and engine._sms_masks  # (both channels: the capture has sms too)
+    one = _run(capture, 1)
+    assert [msgspec.structs.replace(a, alert_id="", detected_at="") for a in alerts] == one[1]
 
 
 def test_state_built_from_transferred_records_round_trips(capture):
