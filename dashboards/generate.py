@@ -233,6 +233,7 @@ CORRECTIONS = "notifguard_corrections_total"
 RELINKS_SENT = "notifguard_relinks_sent_total"
 RELINKS_APPLIED = "notifguard_relinks_applied_total"
 RELINKS_HELD = "notifguard_relinks_held"
+RELINKS_OUT_OF_REACH = "notifguard_relinks_out_of_reach_total"
 RAISED_LATE = "notifguard_alerts_raised_late_total"
 RETRACTED = "notifguard_alerts_retracted_total"
 DUPLICATES = "notifguard_duplicates_total"
@@ -437,6 +438,7 @@ def notification_health() -> dict[str, Any]:
                         Query(f"sum({rate(RELINKS_SENT)})", "sent"),
                         Query(f"sum by (view) ({rate(RELINKS_APPLIED)})", "applied: {{view}}"),
                         Query(f"sum by (instance) ({sel(RELINKS_HELD)})", "held: {{instance}}", right=True),
+                        Query(f"sum({rate(RELINKS_OUT_OF_REACH)})", "out of reach"),
                     ],
                     "Cross-number corrections (docs/topics.md 2.6a): a change, late or on time, that alters an "
                     "address's links sends a Relink to every partition of <app_id>-relinks (sent: Relinks, all of a "
@@ -444,7 +446,9 @@ def notification_health() -> dict[str, Any]:
                     "address-index view holds the origin's links (current) or after relink_wait_s, 30 s (waited_out: "
                     "judged on the view there was); most find no number of the partition to re-judge. Held (right "
                     "axis, Relinks): what waits now, per worker. waited_out that persists means that worker's "
-                    "address-index changelog lags: alert NotifguardRelinksWaitedOut.",
+                    "address-index changelog lags: alert NotifguardRelinksWaitedOut. Out of reach: numbers a "
+                    "Relink reached more than the horizon behind their newest event, whose older mails it could "
+                    "not judge again (workers far apart): alert NotifguardRelinksOutOfReach.",
                 ),
             ],
         ),

@@ -223,6 +223,9 @@ class Stats:
     raised_late: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     retracted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(kinds.KINDS, 0))
     expired: int = 0  # number states a sweep changed
+    # numbers a Relink reached more than the correction horizon behind their newest event, with
+    # mails to its address it could not judge again (Engine.relinked: workers far apart)
+    relinks_out_of_reach: int = 0
     # entries dropped from number states over their size budgets, by part (detectors.expiry.cap)
     capped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
 
@@ -1042,6 +1045,9 @@ class Engine:
             state = self.numbers.get(ref) if partitioned is None else partitioned.get_in(ref, p)
             if state is None:
                 continue
+            reach = state.max_t - self._horizon  # (where _rejudge starts, at the earliest)
+            if t < reach and _mailed_before(state.past, addr, t, reach):
+                self._stats.relinks_out_of_reach += 1
             for past in reversed(state.past):
                 if past.t < t:
                     break
@@ -1283,6 +1289,21 @@ def _restore_restated(state: NumberState, change: Change) -> bool:
     for c in after:
         state.add_change(c)
     return True
+
+
+def _mailed_before(past: list[Past], addr: bytes, t: int, reach: int) -> bool:
+    """Whether a number may have mailed `addr` at or after `t` and before `reach` (a Relink's
+    re-judging cannot go back there): a mail of its past in that span, or a past that does not go
+    back to `t` (the mailers index made it a candidate: it mailed the address about then or
+    later, and what its past no longer holds is unknown)."""
+    if not past or past[0].t > t:
+        return True
+    for p in past:
+        if p.t >= reach:
+            break
+        if p.t >= t and p.category == NOTIFICATION and p.to_ref == addr and p.channel == "email":
+            return True
+    return False
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

@@ -151,6 +151,12 @@ class Metrics:
         )
         for view in ("current", "waited_out"):
             self.relinks_applied.labels(view)
+        self.relinks_out_of_reach = Counter(
+            "notifguard_relinks_out_of_reach",
+            "Numbers a Relink reached more than the correction horizon behind their newest event, with mails "
+            "to its address from before that it could not judge again (docs/topics.md 2.6a: workers far apart)",
+            registry=r,
+        )
         self.relinks_held = Gauge(
             "notifguard_relinks_held",
             "Relinks read and held until this worker's address-index view holds their links (at most relink_wait_s)",
@@ -309,6 +315,7 @@ class Metrics:
         for cause, n in stats.corrections.items():
             self.corrections.labels(cause).inc(n - last.corrections.get(cause, 0))
         self.expired.inc(stats.expired - last.expired)
+        self.relinks_out_of_reach.inc(stats.relinks_out_of_reach - last.relinks_out_of_reach)
         self.released_early.inc(stats.released_early - last.released_early)
         for part, n in stats.capped.items():
             self.capped.labels(part).inc(n - last.capped.get(part, 0))
@@ -321,6 +328,7 @@ class Metrics:
             released=stats.released,
             released_early=stats.released_early,
             expired=stats.expired,
+            relinks_out_of_reach=stats.relinks_out_of_reach,
             capped=dict(stats.capped),
             too_late=dict(stats.too_late),
             corrections=dict(stats.corrections),

@@ -126,7 +126,9 @@ class _Scan(MailerIndex):
         return sorted((ref, p) for p in partitions for ref in self.numbers.parts.get(p, {}))
 
 
-def _feed_workers(records: list[Rec], s: Settings, scan: bool = False, on_time: bool = True) -> tuple[list, int]:
+def _feed_workers(
+    records: list[Rec], s: Settings, scan: bool = False, on_time: bool = True, engines_out: list | None = None
+) -> tuple[list, int]:
     """Each number's records in partition NUMBERS.index(msisdn), each partition in an engine of its
     own (two workers), the address links shared (the global table), every Relink broadcast to
     every partition's engine after each record (the worker's relinks topic). `scan`: the
@@ -135,6 +137,8 @@ def _feed_workers(records: list[Rec], s: Settings, scan: bool = False, on_time: 
     changes too, as the worker's do (Engine.relink_on_time)."""
     links: dict = {}
     engines = [_engine(s, Partitioned(), links) for _ in NUMBERS]
+    if engines_out is not None:  # (the caller reads their stats)
+        engines_out.extend(engines)
     for e in engines:
         e.relink_on_time = on_time
     if scan:
@@ -293,8 +297,10 @@ def test_two_workers_watermarks_apart_give_the_in_order_final_set(records, data)
     Hypothesis finds such an order (test_a_change_on_time_in_a_lagging_worker_re_judges...)."""
     s = Settings(correction_horizon_s=HORIZON)
     in_order = _in_order(records, s)
-    got, _ = _feed_workers(_arrivals(records, data, HORIZON - GRACE), s)
+    engines: list[Engine] = []
+    got, _ = _feed_workers(_arrivals(records, data, HORIZON - GRACE), s, engines_out=engines)
     assert final(got) == in_order
+    assert [e.stats.relinks_out_of_reach for e in engines] == [0, 0]  # (every Relink within reach)
     # nothing raised twice, nothing retracted that was not raised
     live: set[str] = set()
     for a in got:
@@ -445,8 +451,11 @@ def test_a_relink_older_than_the_receiver_s_horizon_leaves_its_alerts_before_the
     ]
     in_order = _in_order(records, Settings())
     assert sorted(in_order.values()) == ["recipient_unlinked"]
-    got, relinked = _feed_workers(records, Settings())
+    engines: list[Engine] = []
+    got, relinked = _feed_workers(records, Settings(), engines_out=engines)
     assert relinked == 1  # a mailed a@x.de after the link: a candidate, re-judged within its horizon
+    # a's mails to a@x.de from day 2 to 12 are before its horizon (day 20 less 7): counted, once
+    assert [e.stats.relinks_out_of_reach for e in engines] == [1, 0]
     assert final(got) == in_order
     assert [(x.kind, x.trigger_event_id, x.status) for x in got] == [("recipient_unlinked", "n", "firing")]
 

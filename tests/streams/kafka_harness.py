@@ -287,3 +287,11 @@ def committed_offsets(run: KafkaRun) -> int:
         admin.close()
     inputs = {run.topics.outbound, run.topics.changes, run.topics.delivery}
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic in inputs)
+
+
+def sample(exposition: str, name: str) -> float:
+    """The value of an unlabelled series (or one written with its labels) in a worker's /metrics."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the worker's metrics")

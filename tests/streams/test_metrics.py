@@ -136,12 +136,15 @@ def test_corrections_are_counted_and_the_correction_series_pre_initialised() -> 
     assert got['notifguard_alerts_retracted_total{kind="recipient_unlinked",severity="warning"}'] == 0
     assert got['notifguard_alerts_raised_late_total{kind="re_port",severity="info"}'] == 0
     assert got['notifguard_corrections_total{cause="relink"}'] == 0
+    assert got["notifguard_relinks_out_of_reach_total"] == 0
     stats = Stats()
     stats.too_late["changes"] += 2
     stats.corrections["changes"] += 3
     stats.corrections["relink"] += 1
+    stats.relinks_out_of_reach += 2
     m.sync_stats(stats)
     stats.corrections["changes"] += 1
+    stats.relinks_out_of_reach += 1
     m.sync_stats(stats)
     got = samples(m.registry)
     topics = Topics()
@@ -149,6 +152,7 @@ def test_corrections_are_counted_and_the_correction_series_pre_initialised() -> 
     assert got[f'notifguard_too_late_records_total{{topic="{topics.outbound}"}}'] == 0
     assert got['notifguard_corrections_total{cause="changes"}'] == 4
     assert got['notifguard_corrections_total{cause="relink"}'] == 1
+    assert got["notifguard_relinks_out_of_reach_total"] == 3
 
 
 def test_a_retraction_counts_as_a_retraction_and_a_late_alert_as_an_alert_and_late() -> None:

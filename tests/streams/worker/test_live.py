@@ -69,7 +69,7 @@ from tests.pipelines import (
     large_shape,
     pipelines,
 )
-from tests.streams.kafka_harness import require_broker
+from tests.streams.kafka_harness import require_broker, sample
 from tests.streams.live_harness import (
     LiveRun,
     Offline,
@@ -394,8 +394,8 @@ def test_contract_changes_produced_days_of_event_time_behind_give_the_in_order_f
         print("\n".join(line for line in exposition.splitlines() if "relink" in line and not line.startswith("#")))
     if workers == 2:
         assert all(live.run.health(p).get("consumed", 0) for p in ports), "both workers should have had partitions"
-    assert sum(_sample(m, "notifguard_relinks_sent_total") for m in expositions) > 0
-    relinked = sum(_sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
+    assert sum(sample(m, "notifguard_relinks_sent_total") for m in expositions) > 0
+    relinked = sum(sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
     assert relinked > 0, "no other number was re-judged"
     assert_equivalent(result, live.tmp)
 
@@ -433,14 +433,7 @@ def test_a_worker_a_backlog_behind_the_other_gives_the_in_order_final_alerts(liv
             )
         )
     assert all(live.run.health(p).get("consumed", 0) for p in ports), "both workers should have had partitions"
-    relinked = sum(_sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
+    relinked = sum(sample(m, 'notifguard_corrections_total{cause="relink"}') for m in expositions)
     assert relinked > 0, "no number of the worker ahead was re-judged"
     assert any(a.get("status") == "retracted" for a in result.alerts)
     assert_equivalent(result, live.tmp)
-
-
-def _sample(exposition: str, name: str) -> float:
-    for line in exposition.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in the worker's metrics")
