@@ -81,6 +81,7 @@ MAY_BE_EMPTY: dict[str, str] = {
     # --- contract 1.1: the scenarios' records come on time ------------------
     "NotifguardRecordsBeyondCorrectionHorizon": "records 7 days behind the watermark: none",
     "NotifguardRelinksWaitedOut": "relink records waiting out relink_wait_s, for 30 min: the view keeps up",
+    "NotifguardRelinksOutOfReach": "relinks more than the horizon behind a number: one worker, one watermark",
     "NotifguardConsumerLagGrowing": "> 1000 records of lag, growing for 15 min",
     # --- fire on failures of the worker itself, which is healthy here --------
     "NotifguardWorkerDown": "up == 0: the worker is up",
