@@ -1046,7 +1046,7 @@ class Engine:
             if state is None:
                 continue
             reach = state.max_t - self._horizon  # (where _rejudge starts, at the earliest)
-            if t < reach and _mailed_before(state.past, addr, t, reach):
+            if t < reach and _out_of_reach(state.past, addr, t, reach, self.mailers.last_mail(addr, ref, p)):
                 self._stats.relinks_out_of_reach += 1
             for past in reversed(state.past):
                 if past.t < t:
@@ -1291,19 +1291,17 @@ def _restore_restated(state: NumberState, change: Change) -> bool:
     return True
 
 
-def _mailed_before(past: list[Past], addr: bytes, t: int, reach: int) -> bool:
-    """Whether a number may have mailed `addr` at or after `t` and before `reach` (a Relink's
-    re-judging cannot go back there): a mail of its past in that span, or a past that does not go
-    back to `t` (the mailers index made it a candidate: it mailed the address about then or
-    later, and what its past no longer holds is unknown)."""
-    if not past or past[0].t > t:
-        return True
+def _out_of_reach(past: list[Past], addr: bytes, t: int, reach: int, last: int | None) -> bool:
+    """Whether a number mailed `addr` at or after `t` and before `reach` (a Relink's re-judging
+    cannot go back there): a mail of its past in that span, or its last mail to the address as the
+    mailers index holds it (`last`) in that span and gone from its past. (Earlier mails gone from
+    the past, before a last one within reach, are not known: not counted.)"""
     for p in past:
         if p.t >= reach:
             break
         if p.t >= t and p.category == NOTIFICATION and p.to_ref == addr and p.channel == "email":
             return True
-    return False
+    return last is not None and t <= last < reach and (not past or past[0].t > last)
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

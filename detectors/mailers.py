@@ -116,6 +116,12 @@ class MailerIndex:
         out.sort()
         return out
 
+    def last_mail(self, addr: bytes, ref: str, partition: int) -> int | None:
+        """The time the index holds of number `ref`'s last mail to `addr` (at most REFRESH_US older
+        than the mail's), None when it holds none."""
+        entry = self.store.get_in(addr, partition)
+        return entry.get(ref) if entry else None
+
     def expire(self, floor: int) -> None:
         """A sweep at past horizon `floor`: later writes drop numbers before it; a store that can
         be expired whole (offline) is expired now."""

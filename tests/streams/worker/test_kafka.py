@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -191,6 +192,28 @@ def settle_and_compare(run: KafkaRun, expected: set, timeout: float) -> None:
     assert not extra, f"{len(extra)} unexpected alerts, e.g. {sorted(extra)[:5]}"
 
 
+OUT_OF_REACH = "notifguard_relinks_out_of_reach_total"
+
+
+def settle_or_counted(run: KafkaRun, expected: set, records: int, counted: Callable[[], float]) -> None:
+    """Every input record acked, then the corrections of the last Relinks: the alerts that stand
+    are `expected`, or the workers counted Relinks out of reach (`counted`: their
+    notifguard_relinks_out_of_reach_total). Two workers reading a backlog of weeks of event time
+    in seconds can be further apart than the correction horizon (docs/topics.md 2.6a): a
+    difference is then allowed, one that nothing counts is not."""
+    deadline = time.monotonic() + 300
+    while committed_offsets(run) < records:
+        assert time.monotonic() < deadline, f"acked {committed_offsets(run)} of {records} records"
+        time.sleep(1)
+    got = run.alerts(lambda a: keys(final(a).values()) == expected, timeout=20)
+    standing = keys(final(got).values())
+    n = counted()
+    print(f"standing == offline: {standing == expected}; relinks out of reach: {n}")
+    if standing != expected:
+        missing, extra = sorted(expected - standing)[:3], sorted(standing - expected)[:3]
+        assert n > 0, f"differs from offline (missing {missing}, extra {extra}), nothing counted"
+
+
 # A crash or a partition handover re-reads from the last committed offsets;
 # the engine drops what it already applied by event id, within the dedup
 # retention (event time). Live, that span is seconds of event time; these
@@ -219,6 +242,10 @@ def test_sigkill_halfway_then_restart_loses_no_alert_and_raises_no_false_one(rer
 
 
 def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp_path):
+    """Two workers read a backlog of 120 days; at half, w2 leaves and w1 takes its partitions over:
+    the offline alerts, or a difference the workers counted (settle_or_counted: reading the
+    backlog at once, they can be further apart than the horizon; seen in a suite run, 2 alerts,
+    and in one of two runs of this test beside another, 56 numbers counted)."""
     run = reread_run
     envs = generated(20_000, seed=12)
     expected = keys(offline(envs, tmp_path, Settings(dedup_retention_s=REREAD_RETENTION_S)))
@@ -226,8 +253,9 @@ def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp
     p1 = run.start_worker(name="w1")
     p2 = run.start_worker(name="w2")
     wait_consumed(run, [p1, p2], len(envs) / 2)
+    left = sample(run.metrics(p2), OUT_OF_REACH)  # (what w2 counted goes with it)
     run.kill(index=-1, sig=signal.SIGTERM)  # w2 leaves the group; w1 takes its partitions over
-    settle_and_compare(run, expected, timeout=300)
+    settle_or_counted(run, expected, len(envs), lambda: left + sample(run.metrics(p1), OUT_OF_REACH))
 
 
 def _sample(exposition: str, name: str) -> float:
@@ -380,18 +408,7 @@ def test_two_workers_taking_over_a_stopped_worker_s_state_give_the_offline_alert
     ports = [run.start_worker(name="w2"), run.start_worker(name="w3")]
     time.sleep(10)  # (both in the group)
     run.produce(rest)
-    deadline = time.monotonic() + 180
-    while committed_offsets(run) < len(envs):
-        assert time.monotonic() < deadline, f"acked {committed_offsets(run)} of {len(envs)} records"
-        time.sleep(1)
-    # then the Relinks of the last flushes, and the corrections they bring
-    got = run.alerts(lambda a: keys(final(a).values()) == expected, timeout=20)
-    standing = keys(final(got).values())
-    out_of_reach = sum(sample(run.metrics(p), "notifguard_relinks_out_of_reach_total") for p in ports)
-    print(f"standing == offline: {standing == expected}; relinks out of reach: {out_of_reach}")
-    if standing != expected:
-        missing, extra = sorted(expected - standing)[:3], sorted(standing - expected)[:3]
-        assert out_of_reach > 0, f"differs from offline (missing {missing}, extra {extra}), nothing counted"
+    settle_or_counted(run, expected, len(envs), lambda: sum(sample(run.metrics(p), OUT_OF_REACH) for p in ports))
 
 
 def test_at_scale_the_worker_gives_exactly_the_offline_dedup_keys(run, tmp_path):
