@@ -854,14 +854,19 @@ class Engine:
             to_ref = past.to_ref.hex() if past is not None and addr is None else None
             self._emit(self.wording.recipient(t, self._now, rec, ref, addr, verdict, late, to_ref))
 
-    def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
-        recipient = rec.recipient
-        masks = self._masks if rec.channel == "email" else self._sms_masks
+    def _masked(self, recipient: str, channel: str) -> str:
+        """masked_recipient(recipient, channel), memoised by channel (bounded: _MASKS_MAX)."""
+        masks = self._masks if channel == "email" else self._sms_masks
         masked = masks.get(recipient)
         if masked is None:
             if len(masks) >= _MASKS_MAX:
                 masks.clear()
-            masked = masks[recipient] = masked_recipient(recipient, rec.channel)
+            masked = masks[recipient] = masked_recipient(recipient, channel)
+        return masked
+
+    def _past_notification(self, t: int, rec: Outbound, addr: bytes | None) -> Past:
+        recipient = rec.recipient
+        masked = self._masked(recipient, rec.channel)
         if addr is None:  # an sms: the recipient number's keyed hash
             number = self._refs.get(recipient)
             addr = bytes.fromhex(number if number is not None else self._pseudo.msisdn_ref(recipient))
@@ -885,11 +890,7 @@ class Engine:
         addr = self._addresses.get(recipient)
         if addr is None:
             addr = self._pseudo.address_ref(recipient)
-        masked = self._masks.get(recipient)
-        if masked is None:
-            if len(self._masks) >= _MASKS_MAX:
-                self._masks.clear()
-            masked = self._masks[recipient] = masked_recipient(recipient, "email")
+        masked = self._masked(recipient, "email")
         return Past(
             t,
             DELIVERY,
