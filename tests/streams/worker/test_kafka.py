@@ -258,10 +258,6 @@ def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp
     settle_or_counted(run, expected, len(envs), lambda: left + sample(run.metrics(p1), OUT_OF_REACH))
 
 
-def _sample(exposition: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name + " "))
-
-
 def _numbers_in_changelog(run: KafkaRun) -> int:
     """How many number states the numbers table's changelog holds (detectors.codec.number_key; the
     mailers index's rows, in the same table, have other keys): what a worker recovers."""
