@@ -301,32 +301,28 @@ def test_contract_changes_lagging_and_a_sigkill_mid_stream_give_the_offline_aler
     SIGKILLed mid-stream and restarted with a fresh RocksDB directory (its state from the
     changelogs alone, the records since the last commit read again, the lagging topic's too)."""
     tmp = tmp_path_factory.mktemp("lag-kill")
-    session_timeout = os.environ.get("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S")
-    os.environ["NOTIFGUARD_WORKER_SESSION_TIMEOUT_S"] = "10"  # (as `killable`: a function-scoped fixture)
-    live = Live(tmp, pipeline, idle_flush_s=30, **RESTART_RULES)
-    try:
-        changes = live.part("changes", [e for e in live.envelopes if e.topic == CHANGES])
-        others = live.part("others", [e for e in live.envelopes if e.topic != CHANGES])
-        speed = live.paced_speed(30)
-        delta = live.delta_to(now_us() - HOUR_US)
-        live.run.start_worker(name="w1")
-        started = time.monotonic()
-        fast = live.run.produce(others, rebase=rebase_target(others, delta, speed), speed=speed)
-        time.sleep(LAG_S)
-        late = live.run.produce(changes, rebase=rebase_target(changes, delta, speed), speed=speed)
-        time.sleep(6)
-        assert fast.proc.poll() is None and late.proc.poll() is None, "produced before the kill: not mid-stream"
-        live.run.kill()  # SIGKILL: no flush, no commit
-        live.run.start_worker(name="w1b")
-        fast.wait()
-        late.wait()
-        assert_equivalent(live.finish(started, done_timeout=240), tmp)
-    finally:
-        live.close()
-        if session_timeout is None:
-            os.environ.pop("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S")
-        else:
-            os.environ["NOTIFGUARD_WORKER_SESSION_TIMEOUT_S"] = session_timeout
+    with pytest.MonkeyPatch.context() as env:  # (as `killable`: a function-scoped fixture)
+        env.setenv("NOTIFGUARD_WORKER_SESSION_TIMEOUT_S", "10")
+        live = Live(tmp, pipeline, idle_flush_s=30, **RESTART_RULES)
+        try:
+            changes = live.part("changes", [e for e in live.envelopes if e.topic == CHANGES])
+            others = live.part("others", [e for e in live.envelopes if e.topic != CHANGES])
+            speed = live.paced_speed(30)
+            delta = live.delta_to(now_us() - HOUR_US)
+            live.run.start_worker(name="w1")
+            started = time.monotonic()
+            fast = live.run.produce(others, rebase=rebase_target(others, delta, speed), speed=speed)
+            time.sleep(LAG_S)
+            late = live.run.produce(changes, rebase=rebase_target(changes, delta, speed), speed=speed)
+            time.sleep(6)
+            assert fast.proc.poll() is None and late.proc.poll() is None, "produced before the kill: not mid-stream"
+            live.run.kill()  # SIGKILL: no flush, no commit
+            live.run.start_worker(name="w1b")
+            fast.wait()
+            late.wait()
+            assert_equivalent(live.finish(started, done_timeout=240), tmp)
+        finally:
+            live.close()
 
 
 # ------------------------------------------------------------------ two workers
