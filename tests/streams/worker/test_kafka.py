@@ -245,7 +245,7 @@ def test_two_workers_one_leaving_mid_stream_give_the_same_alerts(reread_run, tmp
     """Two workers read a backlog of 120 days; at half, w2 leaves and w1 takes its partitions over:
     the offline alerts, or a difference the workers counted (settle_or_counted: reading the
     backlog at once, they can be further apart than the horizon; seen in a suite run, 2 alerts,
-    and in one of two runs of this test beside another, 56 numbers counted)."""
+    and in one of four runs of this test beside another, 56 numbers counted)."""
     run = reread_run
     envs = generated(20_000, seed=12)
     expected = keys(offline(envs, tmp_path, Settings(dedup_retention_s=REREAD_RETENTION_S)))
