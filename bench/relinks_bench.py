@@ -34,9 +34,10 @@ import msgspec
 from bench.replay_bench import ensure_capture
 from detectors.alerts import final_set
 from detectors.capture import Envelope
-from detectors.engine import Engine, PartitionedDict
+from detectors.engine import Engine
 from detectors.settings import Settings
 from detectors.state import AddressIndex
+from detectors.stores import PartitionedDict
 from streams.worker.pipeline import RelinkBatch, RelinkRecord, origin_links_digest
 
 

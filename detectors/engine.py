@@ -18,9 +18,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, runtime_checkable
-
-import msgspec
+from typing import Any, Final
 
 from detectors import kinds
 from detectors.alerts import FIRING, Alert
@@ -53,6 +51,7 @@ from detectors.holdings import (
     fold,
 )
 from detectors.mailers import MailerIndex, MailerStore
+from detectors.messages import Relink, Remembered, VerdictRecord
 from detectors.privacy import Pseudonymiser, mask_msisdn
 from detectors.records import (
     UNKNOWN_TOPIC,
@@ -70,6 +69,7 @@ from detectors.records import (
 from detectors.rules import Rules
 from detectors.settings import Settings
 from detectors.state import AddressIndex, Fired, Link, Mark, NumberState, Past
+from detectors.stores import NumberStore, PartitionedStore
 from detectors.timefmt import rfc3339
 from detectors.wording import Wording, masked_recipient
 
@@ -109,98 +109,6 @@ _PAST_ROOMS_MAX: Final = 100_000
 _RESTATED_MAX: Final = 8
 # re_port and port_flapping are judged at these changes (Engine._patterns)
 _PATTERN_CHANGES: Final = STARTS | PORTS
-
-
-class Relink(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """Contract 1.1, the cross-number part of a correction: a late change (event ids `by`) of
-    number `origin` altered the links of address `addr` from event time `t` on, so mails to that
-    address on other numbers from `t` on are judged again (recipient_other_customer against
-    recipient_unlinked or recipient_stale_contract).
-
-    The engine emits one into `Engine.relinks` for each address whose links a late change
-    altered, and consumes it with `Engine.relinked` (its candidates: the mailers index,
-    detectors.mailers). Where every number is in one engine (the offline replay; a store that is
-    no PartitionedStore) it consumes its own at once. The worker's engine holds only its
-    partitions' numbers: its shell takes them (take_relinks) at every flush and broadcasts them
-    to every input partition's owner, which consumes each for that partition (docs/topics.md
-    2.6a, streams/worker/pipeline.py).
-
-    Such an engine (`relink_on_time`) emits one for an on-time change too: its watermark is the
-    minimum over its own partitions only, so a change on time here may be older than mails
-    another worker (its watermark far ahead: this worker works through a backlog) judged already,
-    without its links. Which those are only the receiver knows (its mailers index: none, mostly);
-    re-judging a number whose verdicts already saw the change raises and retracts nothing.
-    """
-
-    addr: bytes
-    t: int
-    by: list[str]
-    origin: str  # msisdn_ref of the number whose links changed (its own re-judging covers its mails)
-
-
-class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="remembered", tag_field="type"):
-    """A delivery event that is no bounce, for Engine.apply_released: with collect_metrics
-    off, all that applying one does is remember its event id (Engine._apply)."""
-
-    msisdn: str
-    event_id: str
-
-
-class VerdictRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """The verdict on one notification, for rate metrics (bounded labels only)."""
-
-    brand: str
-    template: str
-    sender: str
-    channel: str
-    verdict: str  # kinds.OK or a recipient kind
-    late: bool
-    event_time: int
-
-
-class NumberStore(Protocol):
-    """Where per-number state lives: a dict offline, a table in the worker."""
-
-    def get(self, ref: str) -> NumberState | None: ...
-    def __setitem__(self, ref: str, state: NumberState) -> None: ...
-
-
-@runtime_checkable
-class PartitionedStore(NumberStore, Protocol):
-    """A NumberStore that keeps each number's state in the input partition of its records (the
-    worker's table: the input topics are co-partitioned, docs/topics.md 1.1). The engine reads
-    and writes a number for a record through these, with that record's partition, so the store
-    needs no map of its own from numbers to partitions (the worker's kept every number it saw).
-    Sweeps (Engine.sweep) write through __setitem__: their caller knows the partition swept.
-    """
-
-    def get_in(self, ref: str, partition: int) -> NumberState | None: ...
-    def put_in(self, ref: str, state: NumberState, partition: int) -> None: ...
-
-
-class PartitionedDict:
-    """A PartitionedStore in dicts, partition -> ref -> state: one worker's numbers table, for an
-    engine run as a worker's outside Kafka (benchmarks, tests)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, dict[str, NumberState]] = {}
-
-    def get(self, ref: str) -> NumberState | None:
-        for states in self.parts.values():
-            if ref in states:
-                return states[ref]
-        return None
-
-    def __setitem__(self, ref: str, state: NumberState) -> None:
-        for states in self.parts.values():
-            if ref in states:
-                states[ref] = state
-
-    def get_in(self, ref: str, partition: int) -> NumberState | None:
-        return self.parts.get(partition, {}).get(ref)
-
-    def put_in(self, ref: str, state: NumberState, partition: int) -> None:
-        self.parts.setdefault(partition, {})[ref] = state
 
 
 @dataclass

@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors.capture import Envelope
-from detectors.engine import Engine, PartitionedDict
+from detectors.engine import Engine
 from detectors.mailers import REFRESH_US, MailerDict, MailerIndex
 from detectors.settings import Settings
 from detectors.state import AddressIndex
+from detectors.stores import PartitionedDict
 from tests.detectors.test_corrections import GRACE, HORIZON, _arrivals, final
 from tests.detectors.test_properties import NUMBERS, histories
 from tests.factories import Rec
