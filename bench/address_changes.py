@@ -1,6 +1,6 @@
 """Benchmark of contract changes on one number (issue 10, item 8): the engine's cost per change as its history grows.
 
-    .venv/bin/python -m bench.address_changes [--changes 5000 10000] [--runs 3] [--json FILE]
+    NOTIFGUARD_NATIVE=0 .venv/bin/python -m bench.address_changes [--changes 5000 10000] [--runs 3] [--json FILE]
 
 One number: a contract_started, then N email_changed of the same contract, each to
 a new address, one second apart, fed to the engine as Kafka records (JSON values,
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import detectors
 from detectors import expiry
 from detectors.engine import Engine
 from detectors.settings import Settings
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
+    if "uncapped" in args.modes and detectors.NATIVE:
+        p.error(
+            "the uncapped mode lifts expiry.CHANGES_BYTES, which the compiled core reads as built: NOTIFGUARD_NATIVE=0"
+        )
     rows: list[dict[str, Any]] = []
     for mode in args.modes:
         previous: dict[str, Any] | None = None

@@ -5,7 +5,8 @@
 # installed while the lock, pyproject.toml and the interpreter are unchanged;
 # when one of them changes, .venv is rebuilt from scratch, so an old .venv can
 # never hide what a fresh machine gets. Ranges live in pyproject.toml, the
-# tested versions in the lock; scripts/upgrade-deps refreshes the lock.
+# tested versions in the lock; scripts/upgrade-deps refreshes the lock. Then
+# the compiled core (mypyc, from the lock's mypy) for the sources as they are.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -21,7 +22,12 @@ fi
 [ -n "$py" ] || { echo "bootstrap: Python 3.11 is needed (the lock is resolved for 3.11)" >&2; exit 1; }
 stamp=".venv/.notifguard-lock"
 want="$(cat "$lock" pyproject.toml | sha256sum | cut -c1-16) $("$py" -c 'import sys; print(sys.version.split()[0])')"
+build_native() {
+  # The compiled core (detectors/native.py): built once for each version of its sources.
+  NOTIFGUARD_NATIVE=0 .venv/bin/python -m detectors.build_native
+}
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  build_native
   exit 0
 fi
 echo "bootstrap: building .venv from $lock ($("$py" --version))" >&2
@@ -34,3 +40,4 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check >&2
 echo "$want" > "$stamp"
+build_native

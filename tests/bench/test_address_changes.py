@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import address_changes
 from detectors import expiry
 
 
+@pytest.mark.python_core
 def test_both_modes_run_and_the_uncapped_one_lifts_the_budget_only_while_it_runs(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     budget = expiry.CHANGES_BYTES

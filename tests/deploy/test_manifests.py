@@ -113,6 +113,9 @@ def test_dockerfile() -> None:
     assert final[-1] == ("CMD", '["notifguard", "worker"]')
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "NOTIFGUARD_WORKER_WEB_HOST=0.0.0.0" in env
+    # The compiled core is built into the installed package, and the runtime requires it.
+    assert any("python -m detectors.build_native" in r for r in runs)
+    assert "NOTIFGUARD_NATIVE=1" in env
     # Everything the image copies exists (the build context is the repository root).
     for word, rest in ins:
         if word == "COPY" and not rest.startswith("--from"):

@@ -67,6 +67,7 @@ class _CountingIndex(AddressIndex):
         super().replace(msisdn_ref, old, new, partition)
 
 
+@pytest.mark.python_core
 def test_an_address_change_builds_and_hands_the_index_one_link_whatever_the_history(monkeypatch):
     built = itertools.count()
 
@@ -172,6 +173,7 @@ def test_the_index_is_the_rebuilt_one_after_many_changes_on_one_number(ordered):
     assert _normal(engine.index) == _rebuilt(engine)
 
 
+@pytest.mark.python_core
 def test_a_log_within_its_budget_is_measured_without_a_python_call_per_change(monkeypatch):
     """detectors.expiry.cap runs at every record; a number's log longer than a few changes
     was measured change by change at each of its records (a flood: ~330 calls a record)."""

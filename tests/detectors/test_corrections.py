@@ -248,6 +248,7 @@ def test_alerts_the_fired_budget_cut_are_not_raised_again_by_a_later_correction(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.data(), st.sampled_from([(300, 40), (700, 60), (2_000, 100)]))
+@pytest.mark.python_core
 def test_with_budgets_that_cut_nothing_is_raised_twice_or_retracted_unraised(records, data, budgets):
     """Budgets small enough to cut the past and the alerts raised (docs/topics.md 2.3a): the final
     set may then differ from the in-order one, but a correction never raises an alert a second

@@ -313,9 +313,10 @@ def test_delivery_outcomes_are_reported_for_metrics_and_cleared_by_drain():
 
 
 def test_the_engine_keeps_its_attributes_in_slots():
-    """Past 30 instance-dict attributes CPython 3.11 no longer specialises `self.x` (Engine.__slots__)."""
+    """Past 30 instance-dict attributes CPython 3.11 no longer specialises `self.x` (Engine.__slots__;
+    compiled, detectors.native, a struct of its own)."""
     engine = new_engine()
-    assert vars(engine) == {}
+    assert getattr(engine, "__dict__", {}) == {}
 
 
 def test_a_recipient_is_masked_for_its_channel_whichever_came_first():

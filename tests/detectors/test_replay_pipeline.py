@@ -69,6 +69,7 @@ def test_two_processes_give_the_same_alerts_dead_letters_and_state(capture):
     assert one[3].index.items() == two[3].index.items()
 
 
+@pytest.mark.python_core
 def test_the_second_process_fills_the_engines_memos_of_hashes_and_masks(capture, monkeypatch):
     # The decoding process hashes and masks what the engine will (Engine.learn): the engine
     # process computes no keyed hash and no masked recipient itself, and judges the same.

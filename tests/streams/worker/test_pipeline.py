@@ -69,6 +69,7 @@ def test_any_landing_order_gives_the_in_order_alerts_and_every_record_is_done_on
     assert len(done) == len(set(done)) == len(records)
 
 
+@pytest.mark.python_core
 def test_a_record_whose_application_raises_is_dead_lettered_as_itself_and_the_others_go_on(monkeypatch):
     """A bug while applying one released record charges that record (its topic, partition and
     offset), not the record that arrived and released it; the other records are applied."""
@@ -284,6 +285,7 @@ def test_a_change_on_time_in_a_worker_behind_re_judges_the_mail_the_worker_ahead
     assert _final([*first_a, flush]) | _final(flushes_b) == expected_keys([*records, change])
 
 
+@pytest.mark.python_core
 def test_a_relink_whose_application_raises_leaves_the_others_of_its_record_applied_and_the_record_dead_lettered(
     monkeypatch,
 ):

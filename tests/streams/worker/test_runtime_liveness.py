@@ -143,6 +143,7 @@ def test_the_progress_timestamp_is_the_last_progress() -> None:
 # ------------------------------------------------------------------ the timer
 
 
+@pytest.mark.python_core
 def test_an_exception_in_the_tick_crashes_the_worker_loudly(monkeypatch, caplog) -> None:
     rt, app, _ = worker()
 
