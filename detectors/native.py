@@ -4,8 +4,8 @@
     python -m detectors.build_native --status
 
 mypyc (part of mypy, which checks these modules strictly already) compiles the modules of
-COMPILED, from the same source, to C extension modules: the engine's path costs about a third
-less CPU (docs/performance.md). A build lives in detectors/_native/<key>/, where <key> hashes
+COMPILED, from the same source, to C extension modules: the offline replay takes about a fifth
+less CPU a record (docs/performance.md). A build lives in detectors/_native/<key>/, where <key> hashes
 the modules' sources and the Python build; `activate` (detectors/__init__.py) puts it first on
 the package's path when it is there. An edited source has another key, so a stale build is never
 loaded: the modules then load as Python, as they always can.

@@ -10,7 +10,8 @@ consumed NOTIFGUARD_TEST_FAULT_AFTER records (default 0):
   broker that stopped answering does to it);
 - tick-raises: the timer's tick raises;
 - dies-on-event: the process kills itself (SIGKILL, as the OOM killer would) when the engine
-  applies the record whose event_id is NOTIFGUARD_TEST_POISON_EVENT (a poison record).
+  applies the record whose event_id is NOTIFGUARD_TEST_POISON_EVENT (a poison record); with
+  the core's Python modules only (NOTIFGUARD_NATIVE=0: it patches the engine).
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ def install(faults: set[str], after: int) -> None:
     if "dies-on-event" in faults:
         import signal
 
+        import detectors
         from detectors.engine import Engine
 
+        if detectors.NATIVE:  # compiled, Engine calls its own _apply (detectors.native)
+            raise SystemExit("dies-on-event patches Engine._apply: run with NOTIFGUARD_NATIVE=0")
         poison = os.environ["NOTIFGUARD_TEST_POISON_EVENT"]
         engine_cls: Any = Engine
         apply = engine_cls._apply

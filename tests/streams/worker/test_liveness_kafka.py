@@ -218,6 +218,9 @@ def test_a_record_the_worker_dies_on_is_quarantined_after_three_crashes_and_the_
     env = {
         "NOTIFGUARD_TEST_FAULTS": "dies-on-event",
         "NOTIFGUARD_TEST_POISON_EVENT": poison_id,
+        # (the fault patches Engine._apply: the core's Python modules, detectors.native; the
+        # quarantine under test is the shell's)
+        "NOTIFGUARD_NATIVE": "0",
         "NOTIFGUARD_WORKER_SESSION_TIMEOUT_S": "6",
     }
     for _ in range(3):
