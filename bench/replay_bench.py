@@ -20,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 
+import detectors
 from detectors.capture import decode_line
 from detectors.codec import encode_links, encode_number, number_key
 from detectors.engine import Engine
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s_all": [[round(a, 3), round(b, 3)] for a, b in cpus],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **{k: round(v, 1) for k, v in state_size(engine, number_partitions(capture, engine)).items()},
+        "core": "compiled" if detectors.NATIVE else "python",  # (detectors.native)
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
     }

@@ -61,6 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import detectors
 from streams.config import worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,8 @@ def code_facts() -> dict[str, Any]:
         "commit": git("rev-parse", "--short", "HEAD"),
         "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
         "streams_worker_sha256": digest,
+        # the core as the worker it starts loads it (the same tree and NOTIFGUARD_NATIVE: detectors.native)
+        "core": "compiled" if detectors.NATIVE else "python",
     }
 
 
