@@ -23,8 +23,20 @@ fi
 stamp=".venv/.notifguard-lock"
 want="$(cat "$lock" pyproject.toml | sha256sum | cut -c1-16) $("$py" -c 'import sys; print(sys.version.split()[0])')"
 build_native() {
-  # The compiled core (detectors/native.py): built once for each version of its sources.
-  NOTIFGUARD_NATIVE=0 .venv/bin/python -m detectors.build_native
+  # The compiled core (detectors/native.py): built once for each version of its sources. It needs a
+  # C compiler: Debian's gcc is installed when there is none (as root, or with sudo). Without a
+  # build the core runs as Python (slower), and scripts/test, which requires the build, fails.
+  if ! command -v cc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    { "${sudo[@]}" apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends gcc libc6-dev; } >&2 \
+      || echo "bootstrap: no C compiler, and gcc could not be installed" >&2
+  fi
+  if ! NOTIFGUARD_NATIVE=0 .venv/bin/python -m detectors.build_native; then
+    echo "bootstrap: WARNING: the compiled core was not built (it needs a C compiler and Python's headers);" \
+      "the core runs as Python, slower, and scripts/test, which requires it, fails" >&2
+  fi
 }
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   build_native
