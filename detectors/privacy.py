@@ -60,8 +60,8 @@ class Pseudonymiser:
         # hash then costs two compressions, not four (hmac.digest redoes the key's)
         block = hashlib.sha256(key).digest() if len(key) > 64 else key
         block = block.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._inner = hashlib.sha256(bytes([b ^ 0x36 for b in block]))
+        self._outer = hashlib.sha256(bytes([b ^ 0x5C for b in block]))
         self._numbers: dict[str, str] = {}
         self._addresses: dict[str, bytes] = {}
 
