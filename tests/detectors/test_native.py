@@ -161,3 +161,18 @@ def test_an_installed_package_builds_its_compiled_core_in_place(tmp_path):
     package, engine = run.stdout.split()
     assert Path(package).parent == site / "detectors"
     assert Path(engine).is_relative_to(site / "detectors" / "_native") and engine.endswith(".so")
+
+
+def test_patching_the_compiled_core_fails_a_test_that_is_not_marked(monkeypatch):
+    """tests/conftest.py: such a patch would change nothing the compiled code runs."""
+    if not detectors.NATIVE:
+        pytest.skip("the core's Python modules are loaded: patching them works")
+    from detectors import codec, engine
+
+    with pytest.raises(AssertionError, match="python_core"):
+        monkeypatch.setattr(engine, "Link", None)
+    with pytest.raises(AssertionError, match="python_core"):
+        monkeypatch.setattr(engine.Engine, "tick", None)
+    with pytest.raises(AssertionError, match="python_core"):
+        monkeypatch.setattr("detectors.expiry.PAST_BYTES", 1)
+    monkeypatch.setattr(codec, "_log_head", codec._log_head)  # (not compiled: allowed)
