@@ -12,7 +12,7 @@ loaded: the modules then load as Python, as they always can.
 
 NOTIFGUARD_NATIVE: "auto" (the default: compiled when built), "0" (Python, e.g. to debug or to
 patch the modules' internals in a test), "1" (compiled, or an ImportError: the test suite and the
-benchmarks, so that they measure what runs in production).
+container image, so that they run what runs in production).
 
 Modules that define msgspec Structs or Protocols are not compiled (mypyc passes no class keywords
 to a metaclass, and builds Protocols as classes): detectors/messages.py and detectors/stores.py
