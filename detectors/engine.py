@@ -948,14 +948,14 @@ class Engine:
             partitions = (partition,)
         addr, t = event.addr, event.t
         hits: list[tuple[str, NumberState, int]] = []
-        for ref, p in self.mailers.candidates(addr, t, partitions):
+        for ref, p, last in self.mailers.candidates(addr, t, partitions):
             if ref == event.origin:
                 continue
             state = self.numbers.get(ref) if partitioned is None else partitioned.get_in(ref, p)
             if state is None:
                 continue
             reach = state.max_t - self._horizon  # (where _rejudge starts, at the earliest)
-            if t < reach and _out_of_reach(state.past, addr, t, reach, self.mailers.last_mail(addr, ref, p)):
+            if t < reach and _out_of_reach(state.past, addr, t, reach, last):
                 self._stats.relinks_out_of_reach += 1
             for past in reversed(state.past):
                 if past.t < t:
@@ -1200,7 +1200,7 @@ def _restore_restated(state: NumberState, change: Change) -> bool:
     return True
 
 
-def _out_of_reach(past: list[Past], addr: bytes, t: int, reach: int, last: int | None) -> bool:
+def _out_of_reach(past: list[Past], addr: bytes, t: int, reach: int, last: int) -> bool:
     """Whether a number mailed `addr` at or after `t` and before `reach` (a Relink's re-judging
     cannot go back there): a mail of its past in that span, or its last mail to the address as the
     mailers index holds it (`last`) in that span and gone from its past. (Earlier mails gone from
@@ -1210,7 +1210,7 @@ def _out_of_reach(past: list[Past], addr: bytes, t: int, reach: int, last: int |
             break
         if p.t >= t and p.category == NOTIFICATION and p.to_ref == addr and p.channel == "email":
             return True
-    return last is not None and t <= last < reach and (not past or past[0].t > last)
+    return t <= last < reach and (not past or past[0].t > last)
 
 
 def _restates(holdings: list[Holding], change: Change, state: NumberState) -> bool:

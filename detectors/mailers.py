@@ -103,24 +103,19 @@ class MailerIndex:
         left[ref] = t if known is None or t > known else known
         store.put_in(addr, partition, left)
 
-    def candidates(self, addr: bytes, t: int, partitions: Iterable[int]) -> list[tuple[str, int]]:
-        """(ref, partition) of the numbers of `partitions` that may have a mail to `addr` at or
-        after event time `t`, in ref order."""
-        out: list[tuple[str, int]] = []
+    def candidates(self, addr: bytes, t: int, partitions: Iterable[int]) -> list[tuple[str, int, int]]:
+        """(ref, partition, last) of the numbers of `partitions` that may have a mail to `addr` at or
+        after event time `t`, in ref order; `last`: the time the index holds of the number's last
+        mail to `addr` (at most REFRESH_US older than the mail's)."""
+        out: list[tuple[str, int, int]] = []
         get_in = self.store.get_in
         since = t - REFRESH_US
         for partition in partitions:
             entry = get_in(addr, partition)
             if entry:
-                out.extend((ref, partition) for ref, last in entry.items() if last >= since)
+                out.extend((ref, partition, last) for ref, last in entry.items() if last >= since)
         out.sort()
         return out
-
-    def last_mail(self, addr: bytes, ref: str, partition: int) -> int | None:
-        """The time the index holds of number `ref`'s last mail to `addr` (at most REFRESH_US older
-        than the mail's), None when it holds none."""
-        entry = self.store.get_in(addr, partition)
-        return entry.get(ref) if entry else None
 
     def expire(self, floor: int) -> None:
         """A sweep at past horizon `floor`: later writes drop numbers before it; a store that can

@@ -38,8 +38,8 @@ def test_a_known_number_is_written_once_per_refresh_span():
     index.note(A, "r2", 10, 0)  # a new number: written
     index.note(A, "r3", 10, 1)  # another partition: an entry of its own
     assert len(writes) == 4
-    assert index.candidates(A, 0, [0]) == [("r1", 0), ("r2", 0)]
-    assert index.candidates(A, 0, [0, 1]) == [("r1", 0), ("r2", 0), ("r3", 1)]
+    assert index.candidates(A, 0, [0]) == [("r1", 0, 13 * step), ("r2", 0, 10)]
+    assert index.candidates(A, 0, [0, 1]) == [("r1", 0, 13 * step), ("r2", 0, 10), ("r3", 1, 10)]
     assert index.candidates(B, 0, [0, 1]) == []
 
 
@@ -47,7 +47,7 @@ def test_a_candidate_s_time_may_be_a_refresh_span_older_than_its_last_mail():
     index = MailerIndex()
     index.note(A, "r1", 0, 0)
     index.note(A, "r1", REFRESH_US, 0)  # not written: within the refresh span of the time known
-    assert index.candidates(A, REFRESH_US, [0]) == [("r1", 0)]
+    assert index.candidates(A, REFRESH_US, [0]) == [("r1", 0, 0)]  # (the time known: the first mail's)
     assert index.candidates(A, REFRESH_US + 1, [0]) == []
 
 
@@ -95,7 +95,7 @@ def test_the_index_never_misses_a_number_that_mailed_the_address_at_or_after_t(m
         return
     for addr in (A, B):
         want = {(ref, p) for ref, a, when, p in mailed if a == addr and when >= t}
-        assert want <= set(index.candidates(addr, t, [0, 1]))
+        assert want <= {(ref, p) for ref, p, _ in index.candidates(addr, t, [0, 1])}
 
 
 # ------------------------------------------------------------- partitioned engines
@@ -123,8 +123,11 @@ class _Scan(MailerIndex):
         super().__init__()
         self.numbers = numbers
 
-    def candidates(self, addr: bytes, t: int, partitions) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-        return sorted((ref, p) for p in partitions for ref in self.numbers.parts.get(p, {}))
+    def candidates(self, addr: bytes, t: int, partitions) -> list[tuple[str, int, int]]:  # type: ignore[no-untyped-def]
+        """(the time of the last mail: as the index noted it; where it noted none, a time before any)"""
+        entries = {p: self.store.get_in(addr, p) or {} for p in partitions}
+        never = -(1 << 62)
+        return sorted((ref, p, entries[p].get(ref, never)) for p in partitions for ref in self.numbers.parts.get(p, {}))
 
 
 def _feed_workers(
