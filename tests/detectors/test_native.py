@@ -141,10 +141,15 @@ def test_the_compiled_core_answers_as_the_python_modules_do(tmp_path_factory, pi
 def test_an_installed_package_builds_its_compiled_core_in_place(tmp_path):
     """As the container image does (deploy/docker/Dockerfile): the package installed (not editable),
     built where it is installed, then required; this checkout's own build is not used."""
+    # what the image copies, installed from a copy: pip builds in the tree it installs from
+    source = _package_copy(tmp_path)
+    shutil.copytree(ROOT / "streams", source / "streams", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
     subprocess.run(
-        [*pip, str(ROOT)], check=True, cwd=tmp_path, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        [*pip, str(source)], check=True, cwd=tmp_path, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     build = [sys.executable, "-m", "detectors.build_native"]
