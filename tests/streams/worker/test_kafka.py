@@ -181,6 +181,14 @@ def wait_consumed(run: KafkaRun, ports: list[int], n: float, timeout: float = 30
         time.sleep(0.2)
 
 
+def wait_acked(run: KafkaRun, records: int, timeout: float) -> None:
+    """Until the workers' group has committed offsets past `records` input records."""
+    deadline = time.monotonic() + timeout
+    while committed_offsets(run) < records:
+        assert time.monotonic() < deadline, f"acked {committed_offsets(run)} of {records} records"
+        time.sleep(0.5)
+
+
 def settle_and_compare(run: KafkaRun, expected: set, timeout: float) -> None:
     """The alerts that stand (the alerts topic's firing records less the retracted, contract 1.1:
     live_harness.final) are `expected`: none missing, none more."""
@@ -201,10 +209,7 @@ def settle_or_counted(run: KafkaRun, expected: set, records: int, counted: Calla
     notifguard_relinks_out_of_reach_total). Two workers reading a backlog of weeks of event time
     in seconds can be further apart than the correction horizon (docs/topics.md 2.6a): a
     difference is then allowed, one that nothing counts is not."""
-    deadline = time.monotonic() + 300
-    while committed_offsets(run) < records:
-        assert time.monotonic() < deadline, f"acked {committed_offsets(run)} of {records} records"
-        time.sleep(1)
+    wait_acked(run, records, timeout=300)
     got = run.alerts(lambda a: keys(final(a).values()) == expected, timeout=20)
     standing = keys(final(got).values())
     n = counted()
@@ -314,10 +319,7 @@ def _applied_by_a_worker_that_stops(run: KafkaRun, envs: list[Envelope]) -> None
     flushed their states: the pending gauge is refreshed at ticks only), and stop it (SIGTERM)."""
     run.produce(envs)
     run.start_worker(name="w1")
-    deadline = time.monotonic() + 120
-    while committed_offsets(run) < len(envs):
-        assert time.monotonic() < deadline, f"w1 acked {committed_offsets(run)} records of {len(envs)}"
-        time.sleep(0.5)
+    wait_acked(run, len(envs), timeout=120)
     run.kill(sig=signal.SIGTERM)
 
 
